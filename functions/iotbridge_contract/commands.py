@@ -1,0 +1,75 @@
+"""Commands as they live in a device's `commands` named shadow.
+
+desired.{id}  = a pending command, written by the API (the queue)
+reported.{id} = its outcome, written by the device in the same update that
+                sets desired.{id} to null (so a command is never both)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+COMMANDS_SHADOW = "commands"
+PRESENCE_SHADOW = "presence"
+
+# Budget inside AWS's 8 KB (desired + reported) shadow document.
+MAX_PENDING = 10  # also AWS's in-flight shadow requests per thing
+HISTORY = 16  # outcomes a device keeps in reported; older ones are nulled
+MAX_PARAMS_BYTES = 512  # compact JSON of params
+MAX_RESULT_BYTES = 256  # compact JSON of a result
+MAX_ERROR_CHARS = 160
+DEFAULT_TTL_MS = 60_000
+MAX_TTL_MS = 7 * 24 * 3600 * 1000
+
+
+class CommandState(str, enum.Enum):
+    QUEUED = "QUEUED"  # in desired; the device was offline when asked
+    SENT = "SENT"  # in desired; the device is online and has not answered yet
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"  # the handler ran and raised
+    REJECTED = "REJECTED"  # unknown action or bad params: nothing ran
+    TIMED_OUT = "TIMED_OUT"  # the handler ran past its own deadline
+    EXPIRED = "EXPIRED"  # its time-to-live ran out before it could start
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (CommandState.QUEUED, CommandState.SENT)
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def pending_entry(action: str, params: dict[str, Any], *, issued_at: int, expires_at: int) -> dict[str, Any]:
+    return {"action": action, "params": params, "issuedAt": issued_at, "expiresAt": expires_at}
+
+
+def outcome_entry(
+    state: CommandState, action: str, *, done_at: int, result: Any = None, error: str | None = None
+) -> dict[str, Any]:
+    """A reported outcome. Keys with no value are left out: null deletes in a shadow."""
+    if not state.terminal:
+        raise ValueError(f"{state} is not a terminal state")
+    entry: dict[str, Any] = {"state": state.value, "action": action, "doneAt": done_at}
+    if result is not None:
+        if len(compact(result)) > MAX_RESULT_BYTES:
+            result = {"truncated": True}
+        entry["result"] = result
+    if error:
+        entry["error"] = error[:MAX_ERROR_CHARS]
+    return entry
+
+
+def is_expired(entry: dict[str, Any], now_ms: int) -> bool:
+    expires_at = entry.get("expiresAt")
+    return isinstance(expires_at, int) and now_ms > expires_at
+
+
+def prune_history(reported: dict[str, Any], keep: int = HISTORY) -> dict[str, None]:
+    """The reported ids to null so that at most `keep` outcomes remain (oldest go first)."""
+    outcomes = [(v.get("doneAt", 0), k) for k, v in reported.items() if isinstance(v, dict)]
+    outcomes.sort()
+    excess = len(outcomes) - keep
+    return {k: None for _, k in outcomes[:excess]} if excess > 0 else {}

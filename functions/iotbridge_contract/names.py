@@ -1,0 +1,49 @@
+"""Validation of every name that ends up in an MQTT topic or a shadow key.
+
+A name that passes here can never widen a topic: none of `/ + # $` nor NUL
+is allowed, and lengths follow AWS IoT's limits.
+"""
+
+from __future__ import annotations
+
+import re
+
+# AWS: thing names are 1-128 chars of [a-zA-Z0-9:_-]; shadow names 1-64.
+THING_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+SHADOW_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
+# A command id doubles as the shadow clientToken (AWS: at most 64 bytes) and
+# as a key in the commands shadow; ':' is left out so ids are URL-path safe.
+COMMAND_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+# Action and parameter names are shadow keys; keep them short identifiers.
+ACTION_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+class InvalidName(ValueError):
+    """A thing, shadow, command or action name outside its allowed alphabet."""
+
+    def __init__(self, kind: str, value: object, rule: str) -> None:
+        self.kind = kind
+        self.value = value
+        super().__init__(f"invalid {kind} {value!r}: must be {rule}")
+
+
+def _check(kind: str, value: object, pattern: re.Pattern[str], rule: str) -> str:
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise InvalidName(kind, value, rule)
+    return value
+
+
+def thing_name(value: object) -> str:
+    return _check("thing name", value, THING_NAME_RE, "1-128 characters of a-z A-Z 0-9 : _ -")
+
+
+def shadow_name(value: object) -> str:
+    return _check("shadow name", value, SHADOW_NAME_RE, "1-64 characters of a-z A-Z 0-9 : _ -")
+
+
+def command_id(value: object) -> str:
+    return _check("command id", value, COMMAND_ID_RE, "1-64 characters of a-z A-Z 0-9 _ -")
+
+
+def action_name(value: object) -> str:
+    return _check("action", value, ACTION_NAME_RE, "a lowercase identifier of at most 32 characters")
