@@ -24,7 +24,7 @@ DEFAULT_TTL_MS = 60_000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
 
 
-class CommandState(str, enum.Enum):
+class CommandState(enum.StrEnum):
     QUEUED = "QUEUED"  # in desired; the device was offline when asked
     SENT = "SENT"  # in desired; the device is online and has not answered yet
     SUCCEEDED = "SUCCEEDED"

@@ -1,0 +1,66 @@
+"""Where the local stack listens and keeps its data. One object, passed to every part.
+
+Defaults are documented in the README; every port can be overridden
+(`iotbridge up --api-port …`), and tests use `StackConfig.free(tmpdir)`.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackConfig:
+    data_dir: Path = field(default_factory=lambda: Path(".iotbridge"))
+    mqtt_port: int = 1883  # plain MQTT; service identities and (with tls=False) devices
+    mqtts_port: int = 8883  # mutual TLS; devices authenticate with certificates (CN = thing name)
+    ws_port: int = 9001  # MQTT over WebSockets (dashboard live updates)
+    iot_http_port: int = 4443  # IoT data plane + control-plane subset (boto3 iot-data / iot)
+    api_port: int = 3000  # the HTTP API (API Gateway stand-in)
+    dashboard_port: int = 8080
+    devices: int = 2  # simulated devices started by `iotbridge up`
+    tls: bool = True  # devices connect over mutual TLS
+    api_key: str = "local-dev-key"
+    region: str = "us-east-1"
+
+    @classmethod
+    def free(cls, data_dir: Path, **overrides: object) -> StackConfig:
+        ports = {
+            name: free_port()
+            for name in ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port")
+        }
+        return replace(cls(data_dir=data_dir, **ports), **overrides)  # type: ignore[arg-type]
+
+    @property
+    def iot_endpoint(self) -> str:
+        return f"http://{HOST}:{self.iot_http_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.api_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    def function_env(self) -> dict[str, str]:
+        """What the API function needs locally: endpoints and dummy credentials, nothing else."""
+        return {
+            "AWS_ENDPOINT_URL_IOT_DATA_PLANE": self.iot_endpoint,
+            "AWS_ENDPOINT_URL_IOT": self.iot_endpoint,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "POWERTOOLS_SERVICE_NAME": "iotbridge",
+            "POWERTOOLS_METRICS_NAMESPACE": "iotbridge",
+        }
