@@ -1,0 +1,1 @@
+"""The local AWS IoT Device Shadow service: semantics (engine), persistence (store), fronts (service)."""

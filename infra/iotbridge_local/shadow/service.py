@@ -1,0 +1,180 @@
+"""The Device Shadow service: one implementation behind both fronts (MQTT and HTTP).
+
+What each request publishes (AWS "Device Shadow MQTT topics" / "Interacting with shadows"):
+
+- MQTT `update`: success publishes `update/accepted`, `update/documents`, and
+  `update/delta` when the request sets `desired` and the delta is not empty;
+  failure publishes `update/rejected`.
+- MQTT `get` / `delete`: `get|delete/accepted` or `get|delete/rejected`.
+- HTTP UpdateThingShadow: on success the same three messages as an MQTT update
+  (devices rely on delta); on failure nothing is published, the caller gets the
+  HTTP error (AWS: "no MQTT error messages are emitted").
+- HTTP DeleteThingShadow publishes `delete/accepted`; GetThingShadow publishes nothing.
+
+Changes commit to SQLite before anything is published or answered, and the
+commit and its publishes happen under one lock so subscribers see versions in
+order. More than `max_in_flight` requests in progress for one thing are
+rejected with 429 (AWS: 10 in-flight requests).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from iotbridge_contract import topics
+from iotbridge_local.shadow import engine
+from iotbridge_local.shadow.engine import Shadow, ShadowError
+from iotbridge_local.shadow.store import ShadowStore
+
+Publish = Callable[[str, bytes], None]
+MAX_IN_FLIGHT = 10
+DEFAULT_PAGE_SIZE = 25
+MAX_PAGE_SIZE = 100
+
+
+@dataclass
+class Outcome:
+    """What a request produced: the HTTP status and body, and the MQTT messages to publish."""
+
+    status: int
+    body: dict[str, Any]
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+class ShadowService:
+    def __init__(
+        self,
+        store: ShadowStore,
+        publish: Publish,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        self.store = store
+        self._publish = publish
+        self._clock = clock
+        self.max_in_flight = max_in_flight
+        self._in_flight: Counter[str] = Counter()
+        self._in_flight_lock = threading.Lock()
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    @contextmanager
+    def _slot(self, thing: str) -> Any:
+        with self._in_flight_lock:
+            if self._in_flight[thing] >= self.max_in_flight:
+                raise ShadowError(429, "Too Many Requests")
+            self._in_flight[thing] += 1
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight[thing] -= 1
+                if not self._in_flight[thing]:
+                    del self._in_flight[thing]
+
+    # ------------------------------------------------------------ operations
+
+    def _run(self, thing: str, shadow: str | None, operation: str, payload: bytes, *, via_mqtt: bool) -> Outcome:
+        token: str | None = None
+        try:
+            with self._slot(thing):
+                if operation == "update":
+                    return self._update(thing, shadow, payload, via_mqtt=via_mqtt)
+                token = engine.parse_token_only(payload)
+                if operation == "get":
+                    doc = engine.get_document(self.store.load(thing, shadow), thing, shadow, token, self.now())
+                    return self._accepted(thing, shadow, "get", doc, via_mqtt=via_mqtt, http_publishes=False)
+                if operation == "delete":
+                    return self._delete(thing, shadow, token, via_mqtt=via_mqtt)
+                raise ValueError(f"unknown shadow operation {operation!r}")
+        except ShadowError as err:
+            if err.client_token is None and token is not None:
+                err.client_token = token
+            doc = err.document(self.now())
+            messages = [(topics.shadow_topic(thing, operation, "rejected", shadow=shadow), doc)] if via_mqtt else []
+            return Outcome(err.code, doc, messages)
+
+    def _accepted(
+        self, thing: str, shadow: str | None, operation: str, doc: dict[str, Any], *, via_mqtt: bool, http_publishes: bool
+    ) -> Outcome:
+        messages = []
+        if via_mqtt or http_publishes:
+            messages.append((topics.shadow_topic(thing, operation, "accepted", shadow=shadow), doc))
+        return Outcome(200, doc, messages)
+
+    def _update(self, thing: str, shadow: str | None, payload: bytes, *, via_mqtt: bool) -> Outcome:
+        request = engine.parse_update(payload)
+        now = self.now()
+
+        def change(current: Shadow | None) -> tuple[Shadow, engine.UpdateResult]:
+            result = engine.apply_update(current, request, now)
+            return result.shadow, result
+
+        with self.store.serial():
+            result = self.store.change(thing, shadow, change)
+            outcome = Outcome(200, result.accepted)
+            outcome.messages.append((topics.shadow_topic(thing, "update", "accepted", shadow=shadow), result.accepted))
+            outcome.messages.append((topics.shadow_topic(thing, "update", "documents", shadow=shadow), result.documents))
+            if result.delta is not None:
+                outcome.messages.append((topics.shadow_topic(thing, "update", "delta", shadow=shadow), result.delta))
+            self._send(outcome)  # inside the lock: subscribers see versions in commit order
+            outcome.messages = []
+        return outcome
+
+    def _delete(self, thing: str, shadow: str | None, token: str | None, *, via_mqtt: bool) -> Outcome:
+        now = self.now()
+
+        def change(current: Shadow | None) -> tuple[Shadow, dict[str, Any]]:
+            return engine.delete_document(current, thing, shadow, token, now)
+
+        with self.store.serial():
+            doc = self.store.change(thing, shadow, change)
+            outcome = self._accepted(thing, shadow, "delete", doc, via_mqtt=via_mqtt, http_publishes=True)
+            self._send(outcome)
+            outcome.messages = []
+        return outcome
+
+    def _send(self, outcome: Outcome) -> None:
+        for topic, doc in outcome.messages:
+            self._publish(topic, encode(doc))
+
+    # ------------------------------------------------------------ fronts
+
+    def handle(self, thing: str, shadow: str | None, operation: str, payload: bytes, *, via_mqtt: bool) -> Outcome:
+        """Run one request and publish what it must publish; returns the response for HTTP."""
+        outcome = self._run(thing, shadow, operation, payload, via_mqtt=via_mqtt)
+        self._send(outcome)
+        return outcome
+
+    def handle_mqtt(self, topic: str, payload: bytes) -> Outcome | None:
+        """A message on a request topic; None when the topic is not a shadow request."""
+        parsed = topics.parse_shadow_topic(topic)
+        if parsed is None or parsed.reply is not None:
+            return None
+        return self.handle(parsed.thing, parsed.shadow, parsed.operation, payload, via_mqtt=True)
+
+    def list_named_shadows(self, thing: str, page_size: int | None, next_token: str | None) -> dict[str, Any]:
+        size = DEFAULT_PAGE_SIZE if page_size is None else page_size
+        if size < 1 or size > MAX_PAGE_SIZE:
+            raise ShadowError(400, f"pageSize must be between 1 and {MAX_PAGE_SIZE}")
+        names = self.store.named_shadows(thing)
+        if next_token:
+            names = [n for n in names if n > next_token]
+        page = names[:size]
+        doc: dict[str, Any] = {"results": page, "timestamp": self.now()}
+        if len(names) > size:
+            doc["nextToken"] = page[-1]
+        return doc
