@@ -1,0 +1,210 @@
+"""Submitting a command to a device and finding out what became of it.
+
+The device's `commands` named shadow is the queue and the record (see
+docs/protocol.md): desired.{id} is pending, reported.{id} is the outcome.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from iotbridge_api import errors, iot, waiting
+from iotbridge_api.models import CommandRequest, CommandView
+from iotbridge_contract import actions as contract_actions
+from iotbridge_contract import commands as contract
+from iotbridge_contract.commands import COMMANDS_SHADOW, PRESENCE_SHADOW, CommandState
+
+EXPIRY_GRACE_MS = 30_000  # > the longest a handler may run: after this a pending, expired command never ran
+MAX_SUBMIT_ATTEMPTS = 8  # optimistic-lock retries when many callers race on one device
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Device:
+    thing: str
+    shadow: dict[str, Any]
+    presence: dict[str, Any] | None
+
+    @property
+    def reported(self) -> dict[str, Any]:
+        state = self.shadow.get("state", {})
+        return state.get("reported", {}) if isinstance(state, dict) else {}
+
+    @property
+    def actions(self) -> dict[str, dict[str, str]]:
+        advertised = self.reported.get("actions")
+        return advertised if isinstance(advertised, dict) else {}
+
+    @property
+    def connected(self) -> bool:
+        return bool(_reported(self.presence).get("connected", False))
+
+    @property
+    def last_seen(self) -> int | None:
+        at = _reported(self.presence).get("at")
+        return at if isinstance(at, int) else None
+
+
+def _reported(doc: dict[str, Any] | None) -> dict[str, Any]:
+    state = (doc or {}).get("state", {})
+    return state.get("reported", {}) if isinstance(state, dict) else {}
+
+
+def _desired(doc: dict[str, Any] | None) -> dict[str, Any]:
+    state = (doc or {}).get("state", {})
+    return state.get("desired", {}) if isinstance(state, dict) else {}
+
+
+def load_device(thing: str) -> Device:
+    shadow = iot.get_shadow(thing)
+    if shadow is None:
+        raise errors.DeviceNotFound(f"no device has reported as {thing!r}", details={"thing": thing})
+    return Device(thing, shadow, iot.get_shadow(thing, PRESENCE_SHADOW))
+
+
+def view(thing: str, cid: str, doc: dict[str, Any] | None, *, connected: bool) -> CommandView | None:
+    """The command's current view from the commands shadow, or None if unknown."""
+    outcome = _reported(doc).get(cid)
+    if isinstance(outcome, dict):
+        return CommandView(
+            id=cid, thing=thing, action=str(outcome.get("action", "")), state=str(outcome.get("state")),
+            result=outcome.get("result"), error=outcome.get("error"), doneAt=outcome.get("doneAt"),
+        )  # fmt: skip
+    pending = _desired(doc).get(cid)
+    if isinstance(pending, dict):
+        return CommandView(
+            id=cid, thing=thing, action=str(pending.get("action", "")),
+            state=(CommandState.SENT if connected else CommandState.QUEUED).value,
+            params=pending.get("params"), issuedAt=pending.get("issuedAt"), expiresAt=pending.get("expiresAt"),
+        )  # fmt: skip
+    return None
+
+
+def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[CommandView, bool]:
+    """Queue the command (once) and wait for its outcome until `deadline` (monotonic).
+
+    Returns the view and whether it is terminal.
+    """
+    started = time.monotonic()
+    device = load_device(thing)
+    known = device.actions
+    if request.action not in known:
+        raise errors.UnknownAction(
+            f"{thing} does not advertise the action {request.action!r}", details={"known": sorted(known)}
+        )
+    try:
+        contract_actions.check_params(known[request.action], request.params)
+    except contract_actions.ParamError as exc:
+        raise errors.InvalidParams(str(exc), details={"spec": known[request.action]}) from exc
+    if len(contract.compact(request.params)) > contract.MAX_PARAMS_BYTES:
+        raise errors.PayloadTooLarge(f"params exceed {contract.MAX_PARAMS_BYTES} bytes as compact JSON")
+    if request.ifOffline == "fail" and not device.connected:
+        raise errors.DeviceOffline(f"{thing} is offline", details={"thing": thing, "lastSeen": device.last_seen})
+
+    cid = request.id or uuid.uuid4().hex
+    _enqueue(thing, cid, request)
+    current = wait_for_outcome(thing, cid, deadline=deadline, connected=device.connected)
+    if current.state in _TERMINAL:
+        current.latencyMs = round((time.monotonic() - started) * 1000, 3)
+    return current, current.state in _TERMINAL
+
+
+_TERMINAL = {s.value for s in CommandState if s.terminal}
+
+
+def _enqueue(thing: str, cid: str, request: CommandRequest) -> None:
+    for _ in range(MAX_SUBMIT_ATTEMPTS):
+        doc = iot.get_shadow(thing, COMMANDS_SHADOW)
+        outcome = _reported(doc).get(cid)
+        if isinstance(outcome, dict):
+            if outcome.get("action") != request.action:
+                raise errors.IdConflict(f"command {cid} exists with another action", details={"id": cid})
+            return  # already done: the retry gets the same outcome
+        desired = _desired(doc)
+        pending = desired.get(cid)
+        if isinstance(pending, dict):
+            if pending.get("action") != request.action or pending.get("params") != request.params:
+                raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
+            return  # already queued: join the wait
+        if len(desired) >= contract.MAX_PENDING:
+            raise errors.TooManyPending(
+                f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
+            )
+        issued = now_ms()
+        update: dict[str, Any] = {
+            "state": {"desired": {cid: contract.pending_entry(
+                request.action, request.params, issued_at=issued, expires_at=issued + request.ttlMs)}},
+            "clientToken": cid,
+        }  # fmt: skip
+        if doc is not None:
+            update["version"] = doc["version"]  # optimistic lock: nobody else took this id meanwhile
+        try:
+            iot.update_shadow(thing, update, COMMANDS_SHADOW)
+        except iot.VersionConflict:
+            continue
+        finally:
+            waiting.note_request(thing, COMMANDS_SHADOW)
+        return
+    raise errors.Throttled(f"too many concurrent commands for {thing}; retry")
+
+
+def wait_for_outcome(thing: str, cid: str, *, deadline: float, connected: bool) -> CommandView:
+    last: list[CommandView | None] = [None]
+
+    def done(doc: dict[str, Any] | None) -> bool:
+        last[0] = view(thing, cid, doc, connected=connected)
+        return last[0] is not None and last[0].state in _TERMINAL
+
+    waiting.poll_until(thing, COMMANDS_SHADOW, done, deadline)
+    if last[0] is None:  # deadline hit before the first read
+        last[0] = view(thing, cid, iot.get_shadow(thing, COMMANDS_SHADOW), connected=connected)
+    if last[0] is None:
+        raise errors.UpstreamError(f"command {cid} vanished from {thing}'s shadow")
+    return last[0]
+
+
+def lookup(thing: str, cid: str) -> CommandView:
+    doc = iot.get_shadow(thing, COMMANDS_SHADOW)
+    presence = iot.get_shadow(thing, PRESENCE_SHADOW)
+    current = view(thing, cid, doc, connected=bool(_reported(presence).get("connected")))
+    if current is None:
+        raise errors.CommandNotFound(
+            f"{thing} has no command {cid} (devices keep their last {contract.HISTORY} outcomes)",
+            details={"thing": thing, "id": cid},
+        )
+    if current.state not in _TERMINAL and doc is not None:
+        return _expire_if_abandoned(thing, cid, doc, current)
+    return current
+
+
+def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: CommandView) -> CommandView:
+    """A command still pending long after it expired never ran and never will: record EXPIRED."""
+    if current.expiresAt is None or now_ms() <= current.expiresAt + EXPIRY_GRACE_MS:
+        return current
+    outcome = contract.outcome_entry(
+        CommandState.EXPIRED, current.action, done_at=now_ms(), error="expired before the device took it"
+    )
+    update = {"state": {"desired": {cid: None}, "reported": {cid: outcome}}, "version": doc["version"]}
+    try:
+        iot.update_shadow(thing, update, COMMANDS_SHADOW)
+    except iot.VersionConflict:
+        return lookup(thing, cid)  # the device moved first: its word stands
+    return CommandView(id=cid, thing=thing, action=current.action, state=CommandState.EXPIRED.value,
+                       error=outcome.get("error"), doneAt=outcome["doneAt"])  # fmt: skip
+
+
+def history(thing: str) -> list[CommandView]:
+    doc = iot.get_shadow(thing, COMMANDS_SHADOW)
+    presence = iot.get_shadow(thing, PRESENCE_SHADOW)
+    connected = bool(_reported(presence).get("connected"))
+    ids = list(_desired(doc)) + list(_reported(doc))
+    views = [v for cid in dict.fromkeys(ids) if (v := view(thing, cid, doc, connected=connected))]
+    # newest first: pending by issue time, done by completion time
+    views.sort(key=lambda v: -(v.doneAt or v.issuedAt or 0))
+    return views

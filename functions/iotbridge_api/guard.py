@@ -1,0 +1,42 @@
+"""Checks on the raw request that must happen before Powertools parses the body.
+
+Powertools' request validation runs before any user middleware, and it raises
+ValueError out of `resolve` on a multipart body without boundary (a 502 on AWS).
+So size and media type are checked here, on the event, first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from iotbridge_api import errors
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+def _header(event: dict[str, Any], name: str) -> str | None:
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def check_request(event: dict[str, Any]) -> None:
+    """Raise an ApiError for a body we must not hand to the parser."""
+    body = event.get("body")
+    if body is None or body == "":
+        return
+    if event.get("isBase64Encoded"):
+        try:
+            size = len(base64.b64decode(body, validate=True))
+        except (binascii.Error, ValueError):
+            raise errors.InvalidJson("the body is not valid base64") from None
+    else:
+        size = len(body.encode("utf-8", "surrogatepass"))
+    if size > MAX_BODY_BYTES:
+        raise errors.PayloadTooLarge(f"the body is {size} bytes; at most {MAX_BODY_BYTES} are accepted")
+    content_type = (_header(event, "content-type") or "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise errors.UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {content_type!r}")

@@ -1,0 +1,96 @@
+"""The API's only door to AWS IoT: shadows through `iot-data`, the registry through `iot`.
+
+Clients are created once per execution environment, on first use, so a cold
+start that never needs one does not pay for it. botocore reads the endpoint from
+AWS_ENDPOINT_URL_IOT_DATA_PLANE / AWS_ENDPOINT_URL_IOT: the local stack changes
+those, and nothing here knows whether it runs on AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from iotbridge_api import errors
+
+_lock = threading.Lock()
+_clients: dict[str, Any] = {}
+
+
+def _client(service: str) -> Any:
+    client = _clients.get(service)
+    if client is None:
+        with _lock:
+            client = _clients.get(service)
+            if client is None:
+                import boto3
+                from botocore.config import Config
+
+                # Short timeouts and no SDK retries: the API owns its wait budget.
+                cfg = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1, "mode": "standard"})
+                client = _clients[service] = boto3.client(service, config=cfg)  # type: ignore[call-overload]
+    return client
+
+
+class VersionConflict(Exception):
+    """The shadow changed since we read it (HTTP 409 from the shadow service)."""
+
+
+def _upstream(exc: Exception) -> errors.ApiError:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("ThrottlingException", "TooManyRequestsException", "LimitExceededException"):
+            return errors.Throttled("AWS IoT is throttling requests for this device; retry later")
+        return errors.UpstreamError(f"AWS IoT answered {code or 'an error'}")
+    return errors.UpstreamError(f"AWS IoT is unreachable ({type(exc).__name__})")
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return response.get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+
+
+def get_shadow(thing: str, shadow: str | None = None) -> dict[str, Any] | None:
+    """The shadow document, or None when it does not exist."""
+    kwargs: dict[str, Any] = {"thingName": thing}
+    if shadow:
+        kwargs["shadowName"] = shadow
+    try:
+        payload = _client("iot-data").get_thing_shadow(**kwargs)["payload"].read()
+    except Exception as exc:
+        if _error_code(exc) == "ResourceNotFoundException":
+            return None
+        raise _upstream(exc) from exc
+    result: dict[str, Any] = json.loads(payload)
+    return result
+
+
+def update_shadow(thing: str, document: dict[str, Any], shadow: str | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"thingName": thing, "payload": json.dumps(document, separators=(",", ":")).encode()}
+    if shadow:
+        kwargs["shadowName"] = shadow
+    try:
+        payload = _client("iot-data").update_thing_shadow(**kwargs)["payload"].read()
+    except Exception as exc:
+        code = _error_code(exc)
+        if code == "ConflictException":
+            raise VersionConflict from exc
+        if code == "RequestEntityTooLargeException":
+            raise errors.TooManyPending("the device's command shadow is full (8 KB); wait for pending commands") from exc
+        raise _upstream(exc) from exc
+    result: dict[str, Any] = json.loads(payload)
+    return result
+
+
+def list_things(limit: int, next_token: str | None) -> tuple[list[str], str | None]:
+    kwargs: dict[str, Any] = {"maxResults": limit}
+    if next_token:
+        kwargs["nextToken"] = next_token
+    try:
+        page = _client("iot").list_things(**kwargs)
+    except Exception as exc:
+        raise _upstream(exc) from exc
+    return [t["thingName"] for t in page.get("things", [])], page.get("nextToken")

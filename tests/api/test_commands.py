@@ -1,0 +1,147 @@
+"""POST /devices/{thing}/commands against moto: what is sent, what is refused, what comes back."""
+
+from __future__ import annotations
+
+import pytest
+from moto.iotdata.models import iotdata_backends
+
+from iotbridge_local.testclient import ApiClient
+from tests.api.conftest import FakeDeviceAnswers, make_device, shadow
+
+
+def _published_and_shadows() -> tuple[list[object], list[object]]:
+    backend = iotdata_backends["123456789012"]["us-east-1"]
+    return list(backend.published_payloads), [t for t in backend.iot_backend.things.values() if t.thing_shadows]
+
+
+def test_command_is_queued_in_the_devices_commands_shadow(api: ApiClient) -> None:
+    # GIVEN a connected device that advertises `led`
+    make_device("lamp-1")
+    # WHEN a command is posted and the device does not answer within the wait
+    response = api.post("/devices/lamp-1/commands", json={"action": "led", "params": {"state": "on"}, "timeoutMs": 50})
+    # THEN the caller gets 202 with the id, SENT, and where to look later
+    assert response.status == 202
+    body = response.json
+    assert body["state"] == "SENT" and body["action"] == "led"
+    assert response.headers["Location"] == f"/devices/lamp-1/commands/{body['id']}"
+    # AND the command is pending in exactly that device's commands shadow, with a TTL
+    pending = shadow("lamp-1")["state"]["desired"][body["id"]]
+    assert pending["action"] == "led" and pending["params"] == {"state": "on"}
+    assert pending["expiresAt"] - pending["issuedAt"] == 60_000
+
+
+def test_answer_from_the_device_is_returned_with_200(api: ApiClient) -> None:
+    # GIVEN a device that answers its commands
+    make_device("lamp-2")
+    with FakeDeviceAnswers("lamp-2", result={"pong": True}):
+        # WHEN a command is posted with time to wait
+        response = api.post("/devices/lamp-2/commands", json={"action": "ping", "timeoutMs": 5000})
+    # THEN the device's outcome comes back
+    assert response.status == 200, response.body
+    assert response.json["state"] == "SUCCEEDED" and response.json["result"] == {"pong": True}
+    assert response.json["latencyMs"] > 0
+
+
+def test_retry_with_the_same_id_does_not_run_twice_and_gets_the_same_outcome(api: ApiClient) -> None:
+    # GIVEN a device that records what it executes
+    make_device("lamp-3")
+    body = {"action": "ping", "id": "retry-1", "timeoutMs": 5000}
+    with FakeDeviceAnswers("lamp-3", result={"n": 1}) as device:
+        # WHEN the same command is posted twice
+        first = api.post("/devices/lamp-3/commands", json=body)
+        second = api.post("/devices/lamp-3/commands", json=body)
+    # THEN it ran once and both callers see the same outcome
+    assert device.executed == ["retry-1"]
+    assert first.status == second.status == 200
+    assert first.json["result"] == second.json["result"] == {"n": 1}
+
+
+def test_same_id_with_other_params_is_a_conflict(api: ApiClient) -> None:
+    make_device("lamp-4")
+    api.post("/devices/lamp-4/commands", json={"action": "led", "params": {"state": "on"}, "id": "x1", "timeoutMs": 0})
+    response = api.post(
+        "/devices/lamp-4/commands", json={"action": "led", "params": {"state": "off"}, "id": "x1", "timeoutMs": 0}
+    )
+    assert response.status == 409 and response.json["code"] == "ID_CONFLICT"
+
+
+@pytest.mark.parametrize(
+    "thing", ["a/b", "a+", "a%2B", "a%23", "$aws", "%24aws", "a%2Fb", "a%00b", "%C3%A9", "x" * 129, "a%20b", "..", "a%2F%2B%23"]
+)
+def test_bad_thing_names_get_400_and_nothing_is_sent(api: ApiClient, thing: str) -> None:
+    # GIVEN a real device exists next to the hostile name
+    make_device("victim")
+    published, shadows = _published_and_shadows()
+    # WHEN a command addresses a name with topic wildcards, separators or other bad characters
+    response = api.post(f"/devices/{thing}/commands", json={"action": "led", "params": {"state": "on"}})
+    # THEN it is refused as a bad name (or no route at all for a literal slash), and nothing changed in AWS IoT
+    assert response.status in (400, 404, 405)
+    assert response.json["code"] in ("INVALID_THING_NAME", "NOT_FOUND", "METHOD_NOT_ALLOWED")
+    assert _published_and_shadows() == (published, shadows)
+    assert "commands" not in [s for t in shadows for s in t.thing_shadows]  # type: ignore[attr-defined]
+
+
+def test_unknown_action_is_refused_with_the_known_ones(api: ApiClient) -> None:
+    make_device("lamp-5")
+    response = api.post("/devices/lamp-5/commands", json={"action": "explode"})
+    assert response.status == 400
+    assert response.json["code"] == "UNKNOWN_ACTION"
+    assert response.json["details"]["known"] == ["led", "ping", "set_interval"]
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [({"state": "blue"}, "must be one of"), ({}, "required"), ({"state": "on", "x": 1}, "unknown parameter")],
+)
+def test_params_are_checked_against_the_advertised_spec(api: ApiClient, params: dict[str, object], fragment: str) -> None:
+    make_device("lamp-6")
+    response = api.post("/devices/lamp-6/commands", json={"action": "led", "params": params})
+    assert response.status == 400 and response.json["code"] == "INVALID_PARAMS"
+    assert fragment in response.json["message"]
+
+
+def test_a_boolean_is_not_an_integer(api: ApiClient) -> None:
+    make_device("lamp-7")
+    strict_body = api.post("/devices/lamp-7/commands", json={"action": "ping", "timeoutMs": True})
+    strict_param = api.post("/devices/lamp-7/commands", json={"action": "set_interval", "params": {"seconds": True}})
+    assert strict_body.status == 422 and strict_body.json["code"] == "VALIDATION_ERROR"
+    assert strict_param.status == 400 and strict_param.json["code"] == "INVALID_PARAMS"
+
+
+def test_offline_device_fails_fast_when_asked(api: ApiClient) -> None:
+    make_device("lamp-8", connected=False)
+    response = api.post("/devices/lamp-8/commands", json={"action": "ping", "ifOffline": "fail"})
+    assert response.status == 409
+    assert response.json["code"] == "DEVICE_OFFLINE" and response.json["details"]["thing"] == "lamp-8"
+
+
+def test_offline_device_gets_the_command_queued_by_default(api: ApiClient) -> None:
+    make_device("lamp-9", connected=False)
+    response = api.post("/devices/lamp-9/commands", json={"action": "ping", "timeoutMs": 0})
+    assert response.status == 202 and response.json["state"] == "QUEUED"
+
+
+def test_unknown_device_is_404(api: ApiClient) -> None:
+    response = api.post("/devices/nobody/commands", json={"action": "ping"})
+    assert response.status == 404 and response.json["code"] == "DEVICE_NOT_FOUND"
+
+
+def test_later_lookup_shows_the_outcome(api: ApiClient) -> None:
+    make_device("lamp-10")
+    queued = api.post("/devices/lamp-10/commands", json={"action": "ping", "timeoutMs": 0}).json
+    assert api.get(f"/devices/lamp-10/commands/{queued['id']}").json["state"] == "SENT"
+    with FakeDeviceAnswers("lamp-10", result={"pong": True}):
+        waited = api.post("/devices/lamp-10/commands", json={"action": "ping", "id": queued["id"], "timeoutMs": 5000})
+    assert waited.status == 200
+    later = api.get(f"/devices/lamp-10/commands/{queued['id']}")
+    assert later.status == 200 and later.json["state"] == "SUCCEEDED"
+    history = api.get("/devices/lamp-10/commands").json["commands"]
+    assert [c["id"] for c in history] == [queued["id"]]
+
+
+def test_too_many_pending_commands_are_refused(api: ApiClient) -> None:
+    make_device("lamp-11", connected=False)
+    for _ in range(10):
+        assert api.post("/devices/lamp-11/commands", json={"action": "ping", "timeoutMs": 0}).status == 202
+    response = api.post("/devices/lamp-11/commands", json={"action": "ping", "timeoutMs": 0})
+    assert response.status == 429 and response.json["code"] == "TOO_MANY_PENDING"
