@@ -1,0 +1,96 @@
+"""The local API Gateway: HTTP in, REST proxy event to the function, its response out.
+
+What it reproduces: `x-api-key` checked first (403 {"message": "Forbidden"}),
+CORS preflight passed to the function without a key (as SAM configures it),
+API Gateway's 29 s integration timeout (504), a failing or timed-out function
+(502 {"message": "Internal server error"}), a 10 MB payload limit (413).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from iotbridge_local.apigw.environments import Environments, InvocationError
+from iotbridge_local.apigw.event import build_event
+
+INTEGRATION_TIMEOUT_S = 29.0
+MAX_PAYLOAD = 10 * 1024 * 1024
+
+
+class ApiGateway:
+    def __init__(self, *, port: int, api_key: str | None, environments: Environments, host: str = "127.0.0.1") -> None:
+        self.environments = environments
+        self.api_key = api_key
+        gateway = self
+
+        class Handler(_RequestHandler):
+            pass
+
+        Handler.gateway = gateway
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="api-gateway", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.environments.close()
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    gateway: ApiGateway
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes: without this, 40 ms per request
+    server_version = "iotbridge-local-apigw"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the function logs each request; access logs would only repeat it
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _gateway_error(self, status: int, message: str, error_type: str) -> None:
+        body = json.dumps({"message": message}).encode()
+        self._send(status, body, {"Content-Type": "application/json", "x-amzn-ErrorType": error_type})
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_PAYLOAD:
+            self._gateway_error(413, "Request Too Long", "RequestEntityTooLargeException")
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else None
+        key = self.headers.get("x-api-key")
+        if self.command != "OPTIONS" and self.gateway.api_key is not None and key != self.gateway.api_key:
+            self._gateway_error(403, "Forbidden", "ForbiddenException")
+            return
+        event = build_event(self.command, self.path, headers=list(self.headers.items()), body=body, api_key=key)
+        try:
+            result = self.gateway.environments.invoke(event, wait_s=INTEGRATION_TIMEOUT_S)
+        except TimeoutError:
+            self._gateway_error(504, "Endpoint request timed out", "InternalServerErrorException")
+            return
+        except InvocationError:
+            self._gateway_error(502, "Internal server error", "InternalServerErrorException")
+            return
+        headers = dict(result.get("headers") or {})
+        for name, values in (result.get("multiValueHeaders") or {}).items():
+            headers[name] = ", ".join(values)
+        raw = result.get("body") or ""
+        payload = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
+        self._send(int(result["statusCode"]), payload, headers)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle

@@ -1,0 +1,226 @@
+"""The local stack: Mosquitto, the IoT core (shadows + data plane), the presence rule,
+the API behind a local API Gateway, the dashboard, and simulated devices.
+
+    with LocalStack(StackConfig.free(tmp_path)) as stack:
+        ...  # stack.config.api_url, stack.things
+
+Every part but the broker is our own Python; each long-running part is a child
+process whose output goes to <data_dir>/logs/<name>.log, and stop() ends them
+all (SIGTERM, then SIGKILL), so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from iotbridge_local.apigw.environments import Environments
+from iotbridge_local.apigw.server import ApiGateway
+from iotbridge_local.broker import Broker, wait_for_port
+from iotbridge_local.config import HOST, StackConfig
+from iotbridge_local.dashboard_server import DashboardServer
+
+ROOT = Path(__file__).resolve().parents[2]
+API_HANDLER = "iotbridge_api.handler.lambda_handler"
+
+
+def function_timeout_s(template: Path = ROOT / "template.yaml", default: float = 30.0) -> float:
+    """The API function's Timeout from template.yaml (Globals or the function), so local matches deployed."""
+    try:
+        text = template.read_text()
+    except OSError:
+        return default
+    found = re.findall(r"^\s+Timeout:\s*(\d+)\s*$", text, flags=re.MULTILINE)
+    return float(found[-1]) if found else default
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig, *, prewarm: int = 1, quiet: bool = True) -> None:
+        self.config = config
+        self.data_dir = config.data_dir.resolve()
+        self.logs = self.data_dir / "logs"
+        self.broker = Broker(config)
+        self.things = [f"sim-{i}" for i in range(1, config.devices + 1)]
+        self.prewarm = prewarm
+        self.quiet = quiet
+        self._children: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
+        self._api: ApiGateway | None = None
+        self._dashboard: DashboardServer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> LocalStack:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            self.broker.start()
+            self._start_iotcore()
+            self._start_rules()
+            self._register_things()
+            self._start_api()
+            self._start_dashboard()
+            for thing in self.things:
+                self.start_device(thing)
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+        return self
+
+    def stop(self) -> None:
+        for name in reversed(list(self._children)):
+            self._stop_child(name)
+        if self._dashboard:
+            self._dashboard.stop()
+            self._dashboard = None
+        if self._api:
+            self._api.stop()
+            self._api = None
+        self.broker.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "stack.json").unlink()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- parts -----------------------------------------------------------------------
+    def service_args(self) -> list[str]:
+        endpoint = self.broker.service_endpoint() if hasattr(self.broker, "service_endpoint") else None
+        args = ["--mqtt-port", str(self.config.mqtt_port)]
+        if endpoint is not None and endpoint.username:
+            args += ["--mqtt-username", endpoint.username, "--mqtt-password", endpoint.password or ""]
+        return args
+
+    def _start_iotcore(self) -> None:
+        self._spawn(
+            "iotcore",
+            [sys.executable, "-m", "iotbridge_local.iotcore", "--data-dir", str(self.data_dir / "iotcore"),
+             "--http-port", str(self.config.iot_http_port), *self.service_args()],
+        )  # fmt: skip
+        wait_for_port(self.config.iot_http_port, timeout=15)
+
+    def _start_rules(self) -> None:
+        if importlib.util.find_spec("iotbridge_local.rules") is None:
+            return
+        self._spawn(
+            "rules",
+            [sys.executable, "-m", "iotbridge_local.rules", "--iot-endpoint", self.config.iot_endpoint,
+             *self.service_args()],
+        )  # fmt: skip
+
+    def _register_things(self) -> None:
+        client = self.boto3_client("iot")
+        for thing in self.things:
+            with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
+                client.create_thing(thingName=thing)
+
+    def boto3_client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(  # type: ignore[call-overload]
+            service, endpoint_url=self.config.iot_endpoint, region_name=self.config.region,
+            aws_access_key_id="local", aws_secret_access_key="local",
+        )  # fmt: skip
+
+    def _start_api(self) -> None:
+        env = self.config.function_env() | {"DASHBOARD_ORIGIN": self.config.dashboard_url}
+        environments = Environments(handler=API_HANDLER, env=env, timeout_s=function_timeout_s())
+        environments.prewarm(self.prewarm)
+        self._api = ApiGateway(port=self.config.api_port, api_key=self.config.api_key, environments=environments)
+        self._api.start()
+
+    def _start_dashboard(self) -> None:
+        site = {"apiUrl": self.config.api_url, "apiKey": self.config.api_key}
+        self._dashboard = DashboardServer(port=self.config.dashboard_port, site_config=site)
+        self._dashboard.start()
+
+    # -- devices ---------------------------------------------------------------------
+    def device_config_path(self, thing: str) -> Path:
+        return self.data_dir / "devices" / thing / "agent.json"
+
+    def _write_device_config(self, thing: str) -> Path:
+        endpoint = self.broker.device_endpoint(thing) if hasattr(self.broker, "device_endpoint") else None
+        config: dict[str, Any] = {
+            "thing": thing, "host": HOST, "port": self.config.mqtt_port,
+            "state_dir": str(self.data_dir / "devices" / thing),
+        }  # fmt: skip
+        if endpoint is not None:
+            config["port"] = endpoint.port
+            if endpoint.tls is not None:
+                config["tls"] = {"ca": endpoint.tls.ca, "cert": endpoint.tls.cert, "key": endpoint.tls.key}
+            if endpoint.username:
+                config["username"] = endpoint.username
+                config["password"] = endpoint.password
+        path = self.device_config_path(thing)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start_device(self, thing: str) -> None:
+        path = self._write_device_config(thing)
+        self._spawn(f"device-{thing}", [sys.executable, "-m", "iotbridge_pi", "--config", str(path)])
+
+    def stop_device(self, thing: str, *, sig: int = signal.SIGTERM) -> None:
+        self._stop_child(f"device-{thing}", sig=sig)
+
+    # -- processes -------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in _stop_child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self._children[name] = (process, log)
+
+    def _stop_child(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+        entry = self._children.pop(name, None)
+        if entry is None:
+            return
+        process, log = entry
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+    def child_alive(self, name: str) -> bool:
+        entry = self._children.get(name)
+        return entry is not None and entry[0].poll() is None
+
+    def wait_devices_ready(self, timeout: float = 20.0) -> None:
+        """Until every simulated device has reported its actions and is present."""
+        data = self.boto3_client("iot-data")
+        deadline = time.monotonic() + timeout
+        pending = set(self.things)
+        while pending:
+            for thing in list(pending):
+                try:
+                    doc = json.loads(data.get_thing_shadow(thingName=thing)["payload"].read())
+                    presence = json.loads(data.get_thing_shadow(thingName=thing, shadowName="presence")["payload"].read())
+                except data.exceptions.ResourceNotFoundException:
+                    continue
+                if doc.get("state", {}).get("reported", {}).get("actions") and presence["state"]["reported"].get(
+                    "connected"
+                ):
+                    pending.discard(thing)
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"devices not ready after {timeout}s: {sorted(pending)}; see {self.logs}")
+            time.sleep(0.05)
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(), "api": self.config.api_url, "dashboard": self.config.dashboard_url,
+            "iot": self.config.iot_endpoint, "mqtt": self.config.mqtt_port, "things": self.things,
+        }  # fmt: skip
+        (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
