@@ -1,0 +1,103 @@
+"""What the device can do: the actions it advertises and the handlers behind them.
+
+Handlers change device state and return a small result; they never talk to
+MQTT. The main loop reports outcomes and state.
+"""
+
+import gc
+
+try:
+    from time import ticks_diff, ticks_ms
+except ImportError:  # CPython tools only
+    import time
+
+    def ticks_ms():
+        return int(time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+import hw
+
+# Advertised in the classic shadow's reported.actions (docs/protocol.md).
+ACTIONS = {
+    "led": {"state": "enum:on|off|toggle"},
+    "relay": {"on": "bool"},
+    "ping": {},
+    "read_sensors": {},
+    "reboot": {"delayMs": "int:0..10000?"},
+    "set_interval": {"seconds": "int:1..3600"},
+}
+DEADLINE_MS = 5000  # a handler that runs longer is reported TIMED_OUT
+
+
+class Device:
+    def __init__(self, pins):
+        self.led_pin = hw.output_pin(pins.get("led", 2))
+        self.relay_pin = hw.output_pin(pins.get("relay", 4))
+        self.interval = 60  # telemetry period, seconds
+        self.reboot_in = None  # ms; set by the reboot handler, acted on by the main loop
+        self.booted = ticks_ms()
+
+    # -- state, as reported in the classic shadow ------------------------------
+    def state(self):
+        return {
+            "led": "on" if self.led_pin.value() else "off",
+            "relay": bool(self.relay_pin.value()),
+            "interval": self.interval,
+        }
+
+    def apply_desired(self, desired):
+        """Apply the known keys of a classic-shadow delta; returns the keys applied."""
+        applied = []
+        led = desired.get("led")
+        if led in ("on", "off"):
+            self.led_pin.value(led == "on")
+            applied.append("led")
+        relay = desired.get("relay")
+        if isinstance(relay, bool):
+            self.relay_pin.value(relay)
+            applied.append("relay")
+        interval = desired.get("interval")
+        if isinstance(interval, int) and not isinstance(interval, bool) and 1 <= interval <= 3600:
+            self.interval = interval
+            applied.append("interval")
+        return applied
+
+    def telemetry(self):
+        gc.collect()
+        return {
+            "temperature": hw.mcu_temperature(),
+            "uptimeS": ticks_diff(ticks_ms(), self.booted) // 1000,
+            "memFree": gc.mem_free(),
+        }
+
+    # -- handlers -------------------------------------------------------------
+    def run(self, action, params):
+        """Run a validated command; returns its result or raises (FAILED)."""
+        return getattr(self, "do_" + action)(params)
+
+    def do_led(self, p):
+        s = p["state"]
+        on = (not self.led_pin.value()) if s == "toggle" else s == "on"
+        self.led_pin.value(on)
+        return {"led": "on" if on else "off"}
+
+    def do_relay(self, p):
+        self.relay_pin.value(p["on"])
+        return {"on": p["on"]}
+
+    def do_ping(self, p):
+        return {"pong": True}
+
+    def do_read_sensors(self, p):
+        return self.telemetry()
+
+    def do_reboot(self, p):
+        self.reboot_in = p.get("delayMs", 0)
+        return {"rebooting": True, "delayMs": self.reboot_in}
+
+    def do_set_interval(self, p):
+        self.interval = p["seconds"]
+        return {"seconds": self.interval}

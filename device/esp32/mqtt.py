@@ -1,0 +1,311 @@
+# A small MQTT 3.1.1 client for MicroPython, written for this firmware.
+"""Just enough MQTT 3.1.1 for a device that talks to AWS IoT Core shadows.
+
+What it does:
+  CONNECT (clean session on or off, keepalive, optional will, username/password),
+  SUBSCRIBE (several filters in one packet, waits for SUBACK),
+  PUBLISH QoS 0 and 1 (QoS 1 waits for its PUBACK), incoming QoS 0/1 with
+  PUBACK sent after the callback returns, PINGREQ/PINGRESP, DISCONNECT.
+
+Limits, stated plainly:
+  * No QoS 2 (AWS IoT does not support it either).
+  * One outgoing QoS 1 message in flight at a time: publish() blocks until its
+    PUBACK (or raises MQTTError after `timeout_s`). An unacknowledged outgoing
+    message is NOT resent after a reconnect; the caller must make its
+    publishes idempotent and re-send (the firmware re-reports from its log).
+  * Incoming redelivery: a PUBLISH with the DUP flag whose packet id is among
+    the last few acknowledged ones is acknowledged and dropped. Packet ids are
+    reused by the broker, so this only catches the common case; the
+    application must be idempotent anyway (the firmware keeps a command log).
+  * Incoming packets larger than `max_packet` bytes are read, acknowledged and
+    dropped (counted in `oversize`), so a huge message cannot exhaust the heap.
+  * The callback runs inside check_msg()/publish()/subscribe(); it must only
+    record the message and return.
+  * Blocking sockets with a timeout; readiness is polled with select.poll.
+"""
+
+import select
+import socket
+import struct
+
+try:
+    from time import ticks_diff, ticks_ms
+except ImportError:  # only for running the module under CPython tools
+    import time
+
+    def ticks_ms():
+        return int(time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+# TCP_NODELAY: MicroPython's socket module often lacks the constants; the
+# values are the same on Linux and lwIP (ESP32).
+IPPROTO_TCP = getattr(socket, "IPPROTO_TCP", 6)
+TCP_NODELAY = getattr(socket, "TCP_NODELAY", 1)
+
+# Fixed-header packet types (high nibble).
+CONNECT = 0x10
+CONNACK = 0x20
+PUBLISH = 0x30
+PUBACK = 0x40
+SUBSCRIBE = 0x82  # reserved flags 0b0010
+SUBACK = 0x90
+PINGREQ = 0xC0
+PINGRESP = 0xD0
+DISCONNECT = 0xE0
+
+DUP_RING = 8  # incoming packet ids remembered for redelivery dedup
+
+
+class MQTTError(Exception):
+    pass
+
+
+def _encode_len(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return out
+
+
+def _str(s):
+    if isinstance(s, str):
+        s = s.encode()
+    return struct.pack("!H", len(s)) + s
+
+
+class MQTTClient:
+    def __init__(self, client_id, host, port=1883, keepalive=60, user=None, password=None,
+                 ssl_context=None, server_hostname=None, timeout_s=10, max_packet=16384):
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.keepalive = keepalive
+        self.user = user
+        self.password = password
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname or host
+        self.timeout_s = timeout_s
+        self.max_packet = max_packet
+        self.sock = None
+        self._poll = None
+        self.cb = None
+        self.will = None
+        self.pid = 0
+        self.last_io = 0  # ticks_ms of the last packet we sent (when to PINGREQ)
+        self.last_rx = 0  # ticks_ms of the last packet we received (is the broker alive?)
+        self.recent = []  # packet ids of acknowledged incoming QoS 1 publishes
+        self.oversize = 0
+
+    def set_callback(self, cb):
+        """cb(topic: str, payload: bytearray) for every incoming PUBLISH."""
+        self.cb = cb
+
+    def set_last_will(self, topic, msg, retain=False, qos=0):
+        self.will = (topic, msg, retain, qos)
+
+    # -- transport ---------------------------------------------------------
+    def _open(self):
+        addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        sock = socket.socket()
+        try:
+            sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+        except (OSError, TypeError):
+            pass  # not every port exposes it; correctness does not depend on it
+        sock.settimeout(self.timeout_s)
+        sock.connect(addr)
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
+        self.sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+
+    def _send(self, buf):
+        view = memoryview(buf)
+        while view:
+            n = self.sock.write(view)
+            if n is None:  # a non-blocking TLS write that could not proceed yet
+                continue
+            view = view[n:]
+        self.last_io = ticks_ms()
+
+    def _packet(self, first, body):
+        pkt = bytearray([first])
+        pkt += _encode_len(len(body))
+        pkt += body
+        self._send(pkt)
+
+    def _read(self, n):
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.sock.readinto(view[got:])
+            if not k:
+                raise MQTTError("connection closed")
+            got += k
+        return buf
+
+    def _skip(self, n):
+        while n:
+            n -= len(self._read(min(n, 256)))
+
+    def _read_len(self):
+        n = 0
+        shift = 0
+        while True:
+            b = self._read(1)[0]
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return n
+            shift += 7
+            if shift > 21:
+                raise MQTTError("bad remaining length")
+
+    # -- session -----------------------------------------------------------
+    def connect(self, clean_session=False):
+        """Open the connection; returns True when the broker kept our session."""
+        self._open()
+        flags = 0x02 if clean_session else 0
+        payload = _str(self.client_id)
+        if self.will:
+            topic, msg, retain, qos = self.will
+            flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+            payload += _str(topic) + _str(msg)
+        if self.user is not None:
+            flags |= 0x80
+            payload += _str(self.user)
+            if self.password is not None:
+                flags |= 0x40
+                payload += _str(self.password)
+        body = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", self.keepalive) + payload
+        self._packet(CONNECT, body)
+        if self._read(1)[0] != CONNACK or self._read_len() != 2:
+            raise MQTTError("expected CONNACK")
+        ack = self._read(2)
+        self.last_rx = ticks_ms()
+        if ack[1] != 0:
+            raise MQTTError("connection refused, code %d" % ack[1])
+        return bool(ack[0] & 1)
+
+    def disconnect(self):
+        try:
+            self._packet(DISCONNECT, b"")
+        except Exception:
+            pass
+        self.close()
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except Exception:
+                pass
+        self.sock = None
+        self._poll = None
+
+    def _next_pid(self):
+        self.pid = self.pid % 65535 + 1
+        return self.pid
+
+    # -- operations ----------------------------------------------------------
+    def publish(self, topic, msg, retain=False, qos=0):
+        if isinstance(msg, str):
+            msg = msg.encode()
+        head = _str(topic)
+        pid = 0
+        if qos:
+            pid = self._next_pid()
+            head += struct.pack("!H", pid)
+        pkt = bytearray([PUBLISH | (qos << 1) | (1 if retain else 0)])
+        pkt += _encode_len(len(head) + len(msg))
+        pkt += head
+        pkt += msg
+        self._send(pkt)
+        del pkt
+        if qos:
+            self._wait_for(PUBACK, pid)
+
+    def subscribe(self, topics, qos=1):
+        """Subscribe to one filter or a list of filters in one packet; waits for SUBACK."""
+        if isinstance(topics, str):
+            topics = [topics]
+        pid = self._next_pid()
+        body = bytearray(struct.pack("!H", pid))
+        for t in topics:
+            body += _str(t)
+            body.append(qos)
+        self._packet(SUBSCRIBE, body)
+        codes = self._wait_for(SUBACK, pid)
+        for code in codes:
+            if code == 0x80:
+                raise MQTTError("subscription refused")
+
+    def ping(self):
+        self._packet(PINGREQ, b"")
+
+    def _wait_for(self, ptype, pid):
+        deadline = self.timeout_s * 1000
+        start = ticks_ms()
+        while ticks_diff(ticks_ms(), start) < deadline:
+            got = self._read_one(100)
+            if got is not None and got[0] == ptype and got[1] == pid:
+                return got[2]
+        raise MQTTError("no reply from broker")
+
+    def check_msg(self, timeout_ms=0):
+        """Handle at most one incoming packet, waiting up to timeout_ms; True if one came."""
+        return self._read_one(timeout_ms) is not None
+
+    def _read_one(self, timeout_ms):
+        if self.sock is None:
+            raise MQTTError("not connected")
+        if not self._poll.poll(timeout_ms):
+            return None
+        first = self._read(1)[0]
+        n = self._read_len()
+        self.last_rx = ticks_ms()
+        kind = first & 0xF0
+        if kind == PUBLISH:
+            self._on_publish(first, n)
+            return (PUBLISH, 0, None)
+        if kind in (PUBACK, SUBACK):
+            body = self._read(n)
+            return (kind, (body[0] << 8) | body[1], body[2:])
+        if kind == PINGRESP:
+            return (PINGRESP, 0, None)
+        self._skip(n)  # nothing else is expected from a broker; ignore it
+        return (kind, 0, None)
+
+    def _on_publish(self, first, n):
+        qos = (first >> 1) & 3
+        tlen = struct.unpack("!H", self._read(2))[0]
+        topic = str(self._read(tlen), "utf-8")
+        n -= 2 + tlen
+        pid = 0
+        if qos:
+            pid = struct.unpack("!H", self._read(2))[0]
+            n -= 2
+        duplicate = qos and (first & 0x08) and pid in self.recent
+        if n > self.max_packet:
+            self._skip(n)
+            self.oversize += 1
+        elif duplicate:
+            self._skip(n)
+        else:
+            payload = self._read(n)  # a bytearray: one copy of the payload, no more
+            if self.cb:
+                self.cb(topic, payload)
+        if qos == 1:
+            self._packet(PUBACK, struct.pack("!H", pid))
+            if not duplicate:
+                self.recent.append(pid)
+                if len(self.recent) > DUP_RING:
+                    self.recent.pop(0)
+        elif qos == 2:
+            raise MQTTError("QoS 2 is not supported")

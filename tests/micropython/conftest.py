@@ -1,0 +1,52 @@
+"""Fixtures for the ESP32 firmware tests: a firmware process factory and a shadow peer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iotbridge_local.broker import Broker
+from iotbridge_local.config import StackConfig
+from tests.micropython.harness import FirmwareProcess, ShadowPeer
+
+pytestmark = pytest.mark.micropython
+
+StartFirmware = Callable[..., FirmwareProcess]
+
+
+@pytest.fixture
+def stack_config(tmp_path: Path) -> StackConfig:
+    # Plain MQTT with a per-device password; the TLS test asks for certificates itself.
+    return StackConfig.free(tmp_path / "stack", tls=False)
+
+
+@pytest.fixture
+def start_firmware(tmp_path: Path) -> Iterator[StartFirmware]:
+    started: list[FirmwareProcess] = []
+
+    def start(config: dict[str, Any], *, name: str = "esp32", wait_ready: bool = True, **kw: Any) -> FirmwareProcess:
+        fw = FirmwareProcess(tmp_path / name, config, **kw).start()
+        started.append(fw)
+        if wait_ready:
+            fw.wait_for("ready")
+        return fw
+
+    yield start
+    for fw in started:
+        fw.stop()
+
+
+@pytest.fixture
+def peer(broker: Broker) -> Iterator[ShadowPeer]:
+    p = ShadowPeer(broker.service_endpoint(), "esp32-test")
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def device_config(broker: Broker) -> dict[str, Any]:
+    ep = broker.device_endpoint("esp32-test")
+    return {"thing": "esp32-test", "host": ep.host, "port": ep.port, "user": ep.username, "password": ep.password}

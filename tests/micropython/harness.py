@@ -1,0 +1,167 @@
+"""Run the ESP32 firmware under the real MicroPython unix port, and play the shadow service's part.
+
+`FirmwareProcess` starts `micropython -X heapsize=… main.py config.json` in its
+own directory (its command log lives there, like flash) and collects its log
+lines. `ShadowPeer` is a paho client that publishes what the shadow service
+would publish (deltas) and records what the firmware publishes (updates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from iotbridge_contract import topics
+from iotbridge_contract.commands import COMMANDS_SHADOW
+from iotbridge_contract.mqtt import Endpoint, make_client
+
+REPO = Path(__file__).resolve().parents[2]
+FIRMWARE_DIR = REPO / "device" / "esp32"
+BIN = Path(sys.executable).parent
+MICROPYTHON = str(BIN / "micropython") if (BIN / "micropython").exists() else (shutil.which("micropython") or "micropython")
+MPY_CROSS = str(BIN / "mpy-cross") if (BIN / "mpy-cross").exists() else (shutil.which("mpy-cross") or "mpy-cross")
+# The modules compiled to .mpy for a device; boot.py and main.py stay source (the board runs them as .py).
+SOURCE_ONLY = ("boot.py", "main.py")
+
+
+def compile_firmware(out: Path) -> Path:
+    """mpy-cross every module into `out` (a deployable image); raises if any fails."""
+    out.mkdir(parents=True, exist_ok=True)
+    for src in sorted(FIRMWARE_DIR.glob("*.py")):
+        if src.name in SOURCE_ONLY:
+            shutil.copy(src, out / src.name)
+            continue
+        subprocess.run([MPY_CROSS, "-o", str(out / (src.stem + ".mpy")), str(src)], check=True, cwd=FIRMWARE_DIR)
+    return out
+
+
+class FirmwareProcess:
+    def __init__(self, workdir: Path, config: dict[str, Any], *, heap: str = "64k", code_dir: Path = FIRMWARE_DIR):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = {"state": str(workdir / "executed.log"), "keepalive": 30, **config}
+        self.heap = heap
+        self.code_dir = code_dir
+        self.lines: list[str] = []
+        self._new: queue.Queue[str] = queue.Queue()
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> FirmwareProcess:
+        cfg = self.workdir / "config.json"
+        cfg.write_text(json.dumps(self.config))
+        self._proc = subprocess.Popen(
+            [MICROPYTHON, "-X", f"heapsize={self.heap}", str(self.code_dir / "main.py"), str(cfg)],
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "MICROPYPATH": f"{self.code_dir}"},
+        )
+        threading.Thread(target=self._pump, args=(self._proc,), daemon=True).start()
+        return self
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            self._new.put(line)
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        """The next log line containing `text`; lines before it are consumed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"firmware never logged {text!r}; log:\n" + "\n".join(self.lines))
+            try:
+                line = self._new.get(timeout=left)
+            except queue.Empty:
+                continue
+            if text in line:
+                return line
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill() if kill else proc.terminate()
+            proc.wait(5)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+class ShadowPeer:
+    """What the firmware sees as the shadow service: publishes deltas, records updates."""
+
+    def __init__(self, endpoint: Endpoint, thing: str) -> None:
+        self.thing = thing
+        self.commands_update = topics.shadow_topic(thing, "update", shadow=COMMANDS_SHADOW)
+        self.classic_update = topics.shadow_topic(thing, "update")
+        self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.classic: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._subscribed = threading.Event()
+        self.client = make_client(f"iotbridge.peer-{thing}", endpoint)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda *a: self.client.subscribe(
+            [(self.commands_update, 1), (self.classic_update, 1)]
+        )
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.connect(endpoint.host, endpoint.port)
+        self.client.loop_start()
+        if not self._subscribed.wait(5):
+            raise AssertionError("peer could not subscribe")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        doc = json.loads(msg.payload)
+        (self.commands if msg.topic == self.commands_update else self.classic).put(doc)
+
+    def send_commands(self, entries: dict[str, dict[str, Any]], *, timestamp: int | None = None) -> None:
+        """Publish a commands-shadow delta, as the shadow service does when desired changes."""
+        doc = {"version": 1, "timestamp": int(time.time()) if timestamp is None else timestamp, "state": entries}
+        topic = topics.shadow_topic(self.thing, "update", "delta", shadow=COMMANDS_SHADOW)
+        self.client.publish(topic, json.dumps(doc), qos=1).wait_for_publish(5)
+
+    def send_desired(self, state: dict[str, Any]) -> None:
+        doc = {"version": 1, "timestamp": int(time.time()), "state": state}
+        self.client.publish(topics.shadow_topic(self.thing, "update", "delta"), json.dumps(doc), qos=1)
+
+    def next_outcome(self, timeout: float = 10.0) -> dict[str, Any]:
+        try:
+            return self.commands.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("the firmware published no commands-shadow update") from None
+
+    def next_reported(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next classic-shadow reported section that contains `key`."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                doc = self.classic.get(timeout=left)
+            except queue.Empty:
+                break
+            reported = doc.get("state", {}).get("reported", {})
+            if key in reported:
+                return dict(reported)
+        raise AssertionError(f"the firmware reported no {key!r} in the classic shadow")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def command(action: str, params: dict[str, Any] | None = None, *, ttl_ms: int = 60_000) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    return {"action": action, "params": params or {}, "issuedAt": now, "expiresAt": now + ttl_ms}

@@ -1,0 +1,222 @@
+"""The firmware against a real Mosquitto, with the test playing the shadow service.
+
+These pin the device's half of docs/protocol.md: outcome and desired=null in
+one update, never twice, never expired, history kept to 16, state reported.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from iotbridge_contract.commands import HISTORY
+from tests.micropython.conftest import StartFirmware
+from tests.micropython.harness import ShadowPeer, command
+
+pytestmark = pytest.mark.micropython
+
+ADVERTISED = {
+    "led": {"state": "enum:on|off|toggle"},
+    "relay": {"on": "bool"},
+    "ping": {},
+    "read_sensors": {},
+    "reboot": {"delayMs": "int:0..10000?"},
+    "set_interval": {"seconds": "int:1..3600"},
+}
+
+
+def outcome_of(update: dict[str, Any], cid: str) -> dict[str, Any]:
+    state = update["state"]
+    assert state["desired"] == {cid: None}, "outcome and desired=null must travel in the same update"
+    assert update["clientToken"] == cid
+    return state["reported"][cid]
+
+
+def test_connect_reports_state_and_advertised_actions(start_firmware: StartFirmware, device_config, peer) -> None:
+    # GIVEN a firmware process
+    # WHEN it connects
+    start_firmware(device_config)
+    # THEN its classic shadow gets its state and the actions of docs/protocol.md
+    reported = peer.next_reported("actions")
+    assert reported["actions"] == ADVERTISED
+    assert reported["led"] == "off"
+    assert reported["relay"] is False
+    assert reported["agent"]["kind"] == "esp32"
+
+
+def test_command_runs_and_reports_outcome_with_desired_cleared(start_firmware, device_config, peer) -> None:
+    # GIVEN a connected device
+    start_firmware(device_config)
+    # WHEN the shadow service announces a pending led command
+    peer.send_commands({"cmd-1": command("led", {"state": "on"})})
+    # THEN one update carries its outcome and clears its desired entry
+    out = outcome_of(peer.next_outcome(), "cmd-1")
+    assert out["state"] == "SUCCEEDED"
+    assert out["action"] == "led"
+    assert out["result"] == {"led": "on"}
+    assert isinstance(out["doneAt"], int)
+    # AND the new led state is reported in the classic shadow
+    assert peer.next_reported("led")["led"] in ("off", "on")
+    assert peer.next_reported("led")["led"] == "on"
+
+
+def test_redelivered_command_is_reported_again_but_not_run_twice(start_firmware, device_config, peer) -> None:
+    # GIVEN a device that ran a toggle (led off -> on)
+    fw = start_firmware(device_config)
+    toggle = command("led", {"state": "toggle"})
+    peer.send_commands({"t-1": toggle})
+    first = outcome_of(peer.next_outcome(), "t-1")
+    assert first["result"] == {"led": "on"}
+    # WHEN the same command is delivered again (a QoS 1 redelivery or a repeated delta)
+    peer.send_commands({"t-1": toggle})
+    # THEN the logged outcome is reported again, unchanged
+    assert outcome_of(peer.next_outcome(), "t-1") == first
+    fw.wait_for("duplicate t-1")
+    # AND it did not run: a new toggle turns the led off again
+    peer.send_commands({"t-2": command("led", {"state": "toggle"})})
+    assert outcome_of(peer.next_outcome(), "t-2")["result"] == {"led": "off"}
+
+
+def test_expired_command_is_not_run(start_firmware, device_config, peer) -> None:
+    # GIVEN a device, and a command whose expiresAt is before the service's timestamp
+    start_firmware(device_config)
+    now_s = int(time.time())
+    stale = {"action": "led", "params": {"state": "on"}, "issuedAt": 1, "expiresAt": now_s * 1000 - 1}
+    # WHEN the service delivers it
+    peer.send_commands({"old-1": stale}, timestamp=now_s)
+    # THEN it is reported EXPIRED without a result
+    out = outcome_of(peer.next_outcome(), "old-1")
+    assert out["state"] == "EXPIRED"
+    assert "result" not in out
+    # AND the led never turned on: a toggle now turns it on
+    peer.send_commands({"t-1": command("led", {"state": "toggle"})})
+    assert outcome_of(peer.next_outcome(), "t-1")["result"] == {"led": "on"}
+
+
+def test_expiry_uses_the_service_clock_not_the_device_clock(start_firmware, device_config, peer) -> None:
+    # GIVEN a device whose notion of "now" could be anything (no RTC)
+    start_firmware(device_config)
+    # WHEN the service's timestamp says a command is still valid, although it is long past by wall time
+    old = {"action": "ping", "params": {}, "issuedAt": 1_000_000, "expiresAt": 1_060_000}
+    peer.send_commands({"p-1": old}, timestamp=1_000)
+    # THEN the device runs it
+    assert outcome_of(peer.next_outcome(), "p-1")["state"] == "SUCCEEDED"
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ({"action": "fly", "params": {}}, "unknown action"),
+        ({"action": "led", "params": {"state": "blue"}}, "state"),
+        ({"action": "relay", "params": {}}, "on: required"),
+        ({"action": "set_interval", "params": {"seconds": 0}}, "seconds"),
+        ({"action": "ping", "params": {"x": 1}}, "unknown parameter"),
+    ],
+)
+def test_bad_commands_are_rejected_and_nothing_runs(start_firmware, device_config, peer, entry, reason) -> None:
+    # GIVEN a device
+    start_firmware(device_config)
+    # WHEN a command names an unknown action or has bad params
+    peer.send_commands({"bad-1": {**entry, "issuedAt": 1, "expiresAt": int(time.time() * 1000) + 60_000}})
+    # THEN it is REJECTED with the reason
+    out = outcome_of(peer.next_outcome(), "bad-1")
+    assert out["state"] == "REJECTED"
+    assert reason in out["error"]
+
+
+def test_pending_commands_run_one_at_a_time_in_issue_order(start_firmware, device_config, peer) -> None:
+    # GIVEN a device
+    start_firmware(device_config)
+    # WHEN one delta carries three pending commands, listed out of order
+    now = int(time.time() * 1000)
+    peer.send_commands({
+        "c": {"action": "led", "params": {"state": "toggle"}, "issuedAt": now + 2, "expiresAt": now + 60_000},
+        "a": {"action": "led", "params": {"state": "on"}, "issuedAt": now, "expiresAt": now + 60_000},
+        "b": {"action": "relay", "params": {"on": True}, "issuedAt": now + 1, "expiresAt": now + 60_000},
+    })
+    # THEN each gets its own update, in issuedAt order
+    got = [peer.next_outcome() for _ in range(3)]
+    assert [u["clientToken"] for u in got] == ["a", "b", "c"]
+    assert outcome_of(got[2], "c")["result"] == {"led": "off"}
+
+
+def test_history_is_kept_to_sixteen_outcomes(start_firmware, device_config, peer) -> None:
+    # GIVEN a device that has reported HISTORY outcomes
+    start_firmware(device_config)
+    for i in range(HISTORY):
+        peer.send_commands({f"h-{i}": command("ping")})
+        assert peer.next_outcome()["state"]["reported"].keys() == {f"h-{i}"}
+    # WHEN two more commands complete
+    peer.send_commands({"h-16": command("ping")})
+    seventeenth = peer.next_outcome()
+    peer.send_commands({"h-17": command("ping")})
+    eighteenth = peer.next_outcome()
+    # THEN each update nulls the oldest outcome in the same update
+    assert seventeenth["state"]["reported"]["h-0"] is None
+    assert eighteenth["state"]["reported"]["h-1"] is None
+    assert eighteenth["state"]["reported"]["h-17"]["state"] == "SUCCEEDED"
+
+
+def test_restart_keeps_the_executed_log(start_firmware, device_config, peer: ShadowPeer) -> None:
+    # GIVEN a device that ran a toggle, then lost power
+    fw = start_firmware(device_config)
+    toggle = command("led", {"state": "toggle"})
+    peer.send_commands({"t-1": toggle})
+    first = outcome_of(peer.next_outcome(), "t-1")
+    fw.stop(kill=True)
+    # WHEN it boots again (its led off again) and the command is delivered again
+    fw2 = start_firmware(device_config, name="esp32")  # same directory: same flash
+    peer.send_commands({"t-1": toggle})
+    # THEN it reports the logged outcome and does not run it
+    assert outcome_of(peer.next_outcome(), "t-1") == first
+    fw2.wait_for("duplicate t-1")
+    peer.send_commands({"t-2": command("led", {"state": "toggle"})})
+    assert outcome_of(peer.next_outcome(), "t-2")["result"] == {"led": "on"}
+
+
+def test_desired_state_is_applied_and_reported(start_firmware, device_config, peer) -> None:
+    # GIVEN a device with its led and relay off
+    start_firmware(device_config)
+    # WHEN the classic shadow's desired state changes
+    peer.send_desired({"led": "on", "relay": True, "interval": 5})
+    # THEN the device applies it and reports the new state
+    reported = peer.next_reported("relay")
+    while reported.get("relay") is not True:
+        reported = peer.next_reported("relay")
+    assert reported == {"led": "on", "relay": True, "interval": 5}
+
+
+def test_reboot_command_reports_first_then_restarts(start_firmware, device_config, peer) -> None:
+    # GIVEN a device with its led on
+    fw = start_firmware(device_config)
+    peer.send_commands({"on": command("led", {"state": "on"})})
+    assert outcome_of(peer.next_outcome(), "on")["state"] == "SUCCEEDED"
+    # WHEN it is told to reboot
+    peer.send_commands({"rb": command("reboot", {"delayMs": 0})})
+    # THEN the outcome is reported before it goes down, and it comes back with fresh state
+    assert outcome_of(peer.next_outcome(), "rb")["result"] == {"rebooting": True, "delayMs": 0}
+    fw.wait_for("rebooting")
+    fw.wait_for("ready")
+    peer.send_commands({"t": command("led", {"state": "toggle"})})
+    assert outcome_of(peer.next_outcome(), "t")["result"] == {"led": "on"}
+
+
+def test_device_reconnects_after_broker_restart_and_gets_queued_commands(
+    start_firmware, device_config, broker, peer
+) -> None:
+    # GIVEN a connected device
+    fw = start_firmware(device_config)
+    # WHEN the broker restarts
+    broker.stop()
+    fw.wait_for("disconnected")
+    broker.start()
+    # THEN the device reconnects on its own (backoff) and keeps working
+    fw.wait_for("ready", timeout=30)
+    peer2 = ShadowPeer(broker.service_endpoint(), "esp32-test")
+    try:
+        peer2.send_commands({"after": command("ping")})
+        assert outcome_of(peer2.next_outcome(), "after")["result"] == {"pong": True}
+    finally:
+        peer2.close()
