@@ -1,0 +1,233 @@
+"""The device side of the command protocol, with no sockets (docs/protocol.md).
+
+Given the shadow documents a device receives, `CommandCore` decides which
+commands to run, which to answer without running (EXPIRED, REJECTED, or an id
+already done), and builds the `commands` shadow updates that report outcomes.
+The Pi agent and the fleet simulator both drive this one class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from iotbridge_contract import names
+from iotbridge_contract.actions import ParamError, check_params, check_value
+from iotbridge_contract.commands import CommandState, is_expired, outcome_entry, prune_history
+from iotbridge_pi.executed_log import ExecutedLog
+
+INTERRUPTED = "interrupted: the device restarted while it was running; not run again"
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ServiceClock:
+    """The shadow service's clock, as last seen in a document's `timestamp`.
+
+    Expiry is judged by the service's clock, not the device's: a device without
+    NTP (or an ESP32 without RTC) still decides the same way the API does.
+    """
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._base_ms: int | None = None
+        self._seen_at = 0.0
+
+    def observe(self, document: dict[str, Any]) -> None:
+        ts = document.get("timestamp")
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+            self._base_ms = int(ts * 1000)
+            self._seen_at = self._monotonic()
+
+    def now_ms(self) -> int | None:
+        """The service's time now (seconds resolution), or None before any document."""
+        if self._base_ms is None:
+            return None
+        return self._base_ms + int((self._monotonic() - self._seen_at) * 1000)
+
+
+@dataclass(frozen=True)
+class Command:
+    id: str
+    action: str
+    params: dict[str, Any]
+    expires_at: int | None
+
+
+@dataclass
+class Plan:
+    """What to do about one shadow message."""
+
+    run: list[Command] = field(default_factory=list)  # start these, in issue order
+    report: dict[str, dict[str, Any]] = field(default_factory=dict)  # outcomes to report now, nothing runs
+
+
+class CommandCore:
+    """One device's view of its `commands` shadow.
+
+    `actions` is the advertisement (`{action: {param: spec}}`), the authority
+    for REJECTED. `clock_ms` stamps `doneAt`.
+    """
+
+    def __init__(
+        self,
+        log: ExecutedLog,
+        actions: dict[str, dict[str, str]],
+        *,
+        clock_ms: Callable[[], int] = wall_ms,
+        service_clock: ServiceClock | None = None,
+    ) -> None:
+        self.log = log
+        self.actions = actions
+        self.clock_ms = clock_ms
+        self.service_clock = service_clock or ServiceClock()
+        self._claimed: set[str] = set()  # handed out to run in this process, not yet finished
+        self._reported: dict[str, dict[str, Any]] = {}  # mirror of the shadow's reported outcomes
+
+    # -- reading shadow messages -------------------------------------------------
+
+    def on_get_accepted(self, document: dict[str, Any]) -> Plan:
+        """`…/name/commands/get/accepted`: the full document after a (re)connect."""
+        self.service_clock.observe(document)
+        state = document.get("state") or {}
+        reported = state.get("reported") or {}
+        self._reported = {k: v for k, v in reported.items() if isinstance(v, dict) and "state" in v}
+        # desired is the queue itself; it is more robust than delta, which for an
+        # id that also has an outcome holds only the fields that differ.
+        pending = state.get("desired") or {}
+        return self._plan(pending)
+
+    def on_get_rejected(self, document: dict[str, Any]) -> Plan:
+        """A 404 means no shadow yet: nothing pending, no history."""
+        self.service_clock.observe(document)
+        if document.get("code") == 404:
+            self._reported = {}
+        return Plan()
+
+    def on_delta(self, document: dict[str, Any]) -> Plan:
+        """`…/name/commands/update/delta`: commands added (or re-added) to desired."""
+        self.service_clock.observe(document)
+        return self._plan(document.get("state") or {})
+
+    def _plan(self, pending: dict[str, Any]) -> Plan:
+        plan = Plan()
+
+        def issued(item: tuple[str, Any]) -> Any:
+            entry = item[1]
+            return entry.get("issuedAt", 0) if isinstance(entry, dict) else 0
+
+        now_ms = self.service_clock.now_ms()
+        for command_id, entry in sorted(pending.items(), key=issued):
+            if entry is None or command_id in self._claimed:
+                continue
+            done = self._already_done(command_id)
+            if done is not None:
+                plan.report[command_id] = done
+                continue
+            verdict = self._judge(command_id, entry, now_ms)
+            if isinstance(verdict, Command):
+                self._claimed.add(command_id)
+                plan.run.append(verdict)
+            else:
+                action = entry.get("action") if isinstance(entry, dict) else None
+                self.log.finished(command_id, str(action), verdict)
+                plan.report[command_id] = verdict
+        return plan
+
+    def _already_done(self, command_id: str) -> dict[str, Any] | None:
+        logged = self.log.get(command_id)
+        if logged is not None:
+            if logged.outcome is None:
+                # Started before a crash or reboot and never finished: it may have
+                # had an effect, so it is answered, never run a second time.
+                outcome = outcome_entry(
+                    CommandState.FAILED, logged.action, done_at=self.clock_ms(), error=INTERRUPTED
+                )
+                self.log.finished(command_id, logged.action, outcome)
+                return outcome
+            return logged.outcome
+        # Not in our log (it was lost, or rotated out) but the shadow holds its outcome.
+        return self._reported.get(command_id)
+
+    def _judge(self, command_id: str, entry: Any, now_ms: int | None) -> Command | dict[str, Any]:
+        def reject(action: str, why: str) -> dict[str, Any]:
+            return outcome_entry(CommandState.REJECTED, action, done_at=self.clock_ms(), error=why)
+
+        if not isinstance(entry, dict) or not isinstance(entry.get("action"), str):
+            return reject("unknown", "malformed command: expected an object with an action")
+        action = entry["action"]
+        try:
+            names.command_id(command_id)
+        except names.InvalidName as exc:
+            return reject(action, str(exc))
+        if action not in self.actions:
+            return reject(action, f"unknown action {action!r}; known: {', '.join(sorted(self.actions))}")
+        params = entry.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            return reject(action, "params must be an object")
+        try:
+            check_params(self.actions[action], params)
+        except ParamError as exc:
+            return reject(action, str(exc))
+        expires_at = entry.get("expiresAt")
+        expires = expires_at if isinstance(expires_at, int) and not isinstance(expires_at, bool) else None
+        if now_ms is not None and is_expired(entry, now_ms):
+            return outcome_entry(CommandState.EXPIRED, action, done_at=self.clock_ms())
+        return Command(command_id, action, params, expires)
+
+    # -- running -------------------------------------------------------------
+
+    def begin(self, command: Command) -> dict[str, Any] | None:
+        """Call right before the handler starts. Returns an EXPIRED outcome instead
+        if the command ran out of time while it waited behind others."""
+        now_ms = self.service_clock.now_ms()
+        if command.expires_at is not None and now_ms is not None and now_ms > command.expires_at:
+            return self.finish(command, CommandState.EXPIRED)
+        self.log.started(command.id, command.action)  # durable before anything happens
+        return None
+
+    def finish(
+        self, command: Command, state: CommandState, *, result: Any = None, error: str | None = None
+    ) -> dict[str, Any]:
+        outcome = outcome_entry(state, command.action, done_at=self.clock_ms(), result=result, error=error)
+        self.log.finished(command.id, command.action, outcome)
+        self._claimed.discard(command.id)
+        return outcome
+
+    # -- writing -------------------------------------------------------------
+
+    def report_update(self, outcomes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The `commands` shadow update for these outcomes: each reported and
+        removed from desired in the same update, plus the oldest history nulled."""
+        merged = {**self._reported, **outcomes}
+        pruned = {k: None for k in prune_history(merged) if k not in outcomes}
+        for k in pruned:
+            self._reported.pop(k, None)
+        self._reported.update(outcomes)
+        return {"state": {"desired": dict.fromkeys(outcomes), "reported": {**outcomes, **pruned}}}
+
+
+def desired_changes(
+    delta: dict[str, Any], specs: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split a classic shadow delta into the known keys to apply and the refused ones (with why)."""
+    apply: dict[str, Any] = {}
+    refused: dict[str, str] = {}
+    for key, value in delta.items():
+        spec = specs.get(key)
+        if spec is None:
+            refused[key] = "not a state this device has"
+            continue
+        try:
+            check_value(key, spec, value)
+        except ParamError as exc:
+            refused[key] = str(exc)
+            continue
+        apply[key] = value
+    return apply, refused

@@ -1,0 +1,211 @@
+"""One selector loop that drives any number of paho clients and device sessions.
+
+paho's `loop_start()` costs a thread per client, which does not reach thousands
+of devices on two cores. Here every client's socket sits in one selector; the
+loop calls paho's `loop_read` / `loop_write` / `loop_misc` and then lets the
+sessions that have news (or a due timer) act. The Pi agent is the same loop
+with one session in it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
+
+MISC_PERIOD_S = 1.0  # keepalive pings and timeouts; keepalive itself is tens of seconds
+MAX_WAIT_S = 0.5  # the longest a stop request waits to be noticed
+
+
+class Pumped(Protocol):
+    """What the pump drives: a device session."""
+
+    def step(self, now: float) -> float | None:
+        """Act on recorded news; return when to be stepped next (monotonic), if ever."""
+        ...
+
+    def bind(self, pump: Pump) -> None: ...
+
+    def busy(self) -> bool:
+        """True while it still has work it should finish before a clean shutdown."""
+        ...
+
+    def shutdown(self) -> None:
+        """Say goodbye (clean DISCONNECT); the pump flushes the bytes afterwards."""
+        ...
+
+
+class Pump:
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._sessions: list[Pumped] = []
+        self._ready: set[Pumped] = set()
+        self._timers: list[tuple[float, int, Pumped]] = []
+        self._due: dict[Pumped, float] = {}
+        self._seq = itertools.count()
+        self._clients: dict[int, mqtt.Client] = {}  # fd -> client with an open socket
+        # Other threads (handler workers, signal handlers) wake the loop through this pair.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._from_threads: collections.deque[Pumped | None] = collections.deque()
+
+    # -- wiring, called by sessions ------------------------------------------
+
+    def add(self, session: Pumped) -> None:
+        self._sessions.append(session)
+        session.bind(self)
+        self._ready.add(session)
+
+    def attach(self, client: mqtt.Client) -> None:
+        """Route a client's socket life cycle into the selector (keeps its on_socket_open)."""
+        opened = client.on_socket_open
+
+        def on_open(c: mqtt.Client, userdata: Any, sock: Any) -> None:
+            if opened is not None:
+                opened(c, userdata, sock)
+            self._clients[sock.fileno()] = c
+            self._sel.register(sock, selectors.EVENT_READ, c)
+
+        def on_close(c: mqtt.Client, userdata: Any, sock: Any) -> None:
+            fd = sock.fileno()
+            self._clients.pop(fd, None)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(sock)
+
+        def want_write(c: mqtt.Client, userdata: Any, sock: Any) -> None:
+            self._modify(sock, c, selectors.EVENT_READ | selectors.EVENT_WRITE)
+
+        def done_writing(c: mqtt.Client, userdata: Any, sock: Any) -> None:
+            self._modify(sock, c, selectors.EVENT_READ)
+
+        client.on_socket_open = on_open
+        client.on_socket_close = on_close
+        client.on_socket_register_write = want_write
+        client.on_socket_unregister_write = done_writing
+
+    def _modify(self, sock: Any, client: mqtt.Client, events: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):  # already closed
+            self._sel.modify(sock, events, client)
+
+    def notify(self, session: Pumped) -> None:
+        """From the loop's own thread (paho callbacks): this session has news."""
+        self._ready.add(session)
+
+    def notify_threadsafe(self, session: Pumped | None = None) -> None:
+        """From any thread: wake the loop (and step `session`, if given)."""
+        self._from_threads.append(session)
+        with contextlib.suppress(OSError):  # a full pipe: a wake-up is already pending
+            self._wake_w.send(b"\0")
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._clients)
+
+    # -- the loop ------------------------------------------------------------
+
+    def _schedule(self, session: Pumped, when: float | None) -> None:
+        if when is None:
+            self._due.pop(session, None)
+            return
+        if self._due.get(session) == when:
+            return
+        self._due[session] = when
+        heapq.heappush(self._timers, (when, next(self._seq), session))
+
+    def _io(self, timeout: float) -> None:
+        for key, mask in self._sel.select(timeout):
+            client = key.data
+            if client is None:
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_r.recv(4096)
+                continue
+            if mask & selectors.EVENT_READ:
+                client.loop_read()
+                sock = client.socket()
+                # TLS may hold decrypted bytes the selector cannot see.
+                while sock is not None and getattr(sock, "pending", lambda: 0)() > 0:
+                    client.loop_read()
+                    sock = client.socket()
+            if mask & selectors.EVENT_WRITE and client.socket() is not None:
+                client.loop_write()
+
+    def _step_ready(self) -> None:
+        while self._from_threads:
+            s = self._from_threads.popleft()
+            if s is not None:
+                self._ready.add(s)
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            when, _, session = heapq.heappop(self._timers)
+            if self._due.get(session) == when:
+                del self._due[session]
+                self._ready.add(session)
+        ready, self._ready = self._ready, set()
+        for session in ready:
+            try:
+                nxt = session.step(now)
+            except Exception:
+                log.exception("a device session failed; it will be stepped again in 1 s")
+                nxt = now + 1.0
+            self._schedule(session, nxt)
+
+    def _timeout(self) -> float:
+        if self._ready or self._from_threads:
+            return 0.0
+        wait = MAX_WAIT_S
+        if self._timers:
+            wait = min(wait, max(0.0, self._timers[0][0] - time.monotonic()))
+        return wait
+
+    def run(self, stop: threading.Event, *, drain_s: float = 5.0) -> None:
+        next_misc = time.monotonic() + MISC_PERIOD_S
+        while not stop.is_set():
+            self._io(self._timeout())
+            self._step_ready()
+            now = time.monotonic()
+            if now >= next_misc:
+                for client in list(self._clients.values()):
+                    client.loop_misc()
+                next_misc = now + MISC_PERIOD_S
+        self._drain(drain_s)
+
+    def _drain(self, drain_s: float) -> None:
+        """Let running commands finish and report, then disconnect cleanly and flush."""
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and any(s.busy() for s in self._sessions):
+            self._io(min(0.05, self._timeout()))
+            self._step_ready()
+        for session in self._sessions:
+            try:
+                session.shutdown()
+            except Exception:
+                log.exception("shutdown of a device session failed")
+        flush_deadline = time.monotonic() + 2.0
+        while self._clients and time.monotonic() < flush_deadline:
+            self._io(0.05)
+        for client in list(self._clients.values()):
+            sock = client.socket()
+            if sock is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(sock)
+                sock.close()
+        self._clients.clear()
+
+    def close(self) -> None:
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()

@@ -1,0 +1,384 @@
+"""One device on the wire: its MQTT connection, shadows and commands.
+
+paho callbacks only record into `inbox` and nudge the pump; `step()` (called
+by the pump's loop) does everything else: connecting with backoff, subscribing,
+reading both shadows after every connect, applying desired state, running
+commands one at a time through `CommandCore`, and periodic telemetry.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from iotbridge_contract import topics
+from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState
+from iotbridge_contract.mqtt import Backoff, Endpoint, make_client
+from iotbridge_pi import __version__
+from iotbridge_pi.executed_log import ExecutedLog
+from iotbridge_pi.handlers import Action, Registry
+from iotbridge_pi.model import DESIRED_SPECS, DeviceModel
+from iotbridge_pi.protocol import Command, CommandCore, Plan, desired_changes, wall_ms
+from iotbridge_pi.runner import Job
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from iotbridge_pi.pump import Pump
+
+log = logging.getLogger(__name__)
+
+MIN_TELEMETRY_GAP_S = 1.0  # AWS allows 20 shadow requests/s per thing; telemetry takes at most one
+REBOOT_DOWNTIME_S = 1.0  # a simulated reboot stays off the network this long
+RESYNC_DELAY_S = 1.0  # after a throttled or failed shadow update
+
+Starter = Callable[[Action, DeviceModel, dict[str, Any]], Job]
+
+
+def status_topic(thing: str) -> str:
+    """Retained `{"connected": …}`; the broker publishes the last will here on an unclean drop."""
+    return f"iotbridge/things/{thing}/status"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionOptions:
+    keepalive: int = 60
+    kind: str = "pi-agent"  # reported in `agent`, so a simulated device never passes for a real one
+    reboot: Callable[[], None] | None = None  # a real reboot (systemctl); None: simulated in-process
+    first_connect_delay: float = 0.0
+
+
+class DeviceSession:
+    def __init__(
+        self,
+        thing: str,
+        endpoint: Endpoint,
+        *,
+        state_dir_log: Callable[[], ExecutedLog],
+        device: DeviceModel,
+        registry: Registry,
+        start_job: Starter,
+        options: SessionOptions | None = None,
+    ) -> None:
+        self.thing = thing
+        self.endpoint = endpoint
+        self.device = device
+        self.registry = registry
+        self.options = options or SessionOptions()
+        self._open_log = state_dir_log
+        self._start_job = start_job
+        self._pump: Pump | None = None
+        self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self.client = self._make_client()
+        self._ever_connected = False
+        self._backoff = Backoff(base=0.5, cap=30.0)
+        self._next_connect = time.monotonic() + self.options.first_connect_delay
+        self.connections = 0  # successful CONNACKs so far (tests and the fleet's counters read it)
+        self.commands_run = 0
+        self.started_at = wall_ms()
+        self._reset_process_state()
+
+    # -- wiring --------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        offline = json.dumps({"connected": False, "thing": self.thing, "reason": "lost"}).encode()
+        client = make_client(self.thing, self.endpoint, clean_session=False)
+        # The will is retained so a dashboard that subscribes later still sees it.
+        client.will_set(status_topic(self.thing), offline, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def bind(self, pump: Pump) -> None:
+        self._pump = pump
+        pump.attach(self.client)
+
+    def _record(self, kind: str, data: Any = None) -> None:
+        self.inbox.append((kind, data))
+        if self._pump is not None:
+            self._pump.notify(self)
+
+    # paho callbacks: record only.
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._record("connack", not reason.is_failure)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._record("disconnected", str(reason))
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self._record("message", (msg.topic, msg.payload))
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self._record("suback", mid)
+
+    # -- state ---------------------------------------------------------------
+
+    def _reset_process_state(self) -> None:
+        """What a process restart forgets. The executed log is re-read from disk."""
+        self.core = CommandCore(self._open_log(), self.registry.advertisement())
+        self.connected = False
+        self._sub_mid: int | None = None
+        self._queue: collections.deque[Command] = collections.deque()
+        self._job: tuple[Command, Job] | None = None
+        self._telemetry_due: float | None = None
+        self._last_telemetry = 0.0
+        self._reboot_at: float | None = None
+        self._resync_at: float | None = None
+        self._stopping = False
+
+    def busy(self) -> bool:
+        return self._job is not None
+
+    # -- the main-loop side ------------------------------------------------------
+
+    def step(self, now: float) -> float | None:
+        while self.inbox:
+            kind, data = self.inbox.popleft()
+            self._handle(kind, data, now)
+        if self._stopping:
+            return None
+        if not self.connected:
+            if self._pending_connect() and now >= self._next_connect:
+                self._connect(now)
+            return self._next_wake(now)
+        if self._reboot_at is not None and now >= self._reboot_at:
+            self._reboot()
+            return self._next_wake(time.monotonic())
+        self._advance_job(now)
+        if self._resync_at is not None and now >= self._resync_at:
+            self._resync_at = None
+            self._get(COMMANDS_SHADOW)
+        if self._telemetry_due is not None and now >= self._telemetry_due:
+            self._publish_telemetry(now)
+        return self._next_wake(now)
+
+    def _pending_connect(self) -> bool:
+        return self.client.socket() is None
+
+    def _next_wake(self, now: float) -> float | None:
+        times: list[float] = []
+        if not self.connected:
+            if self._pending_connect():
+                times.append(self._next_connect)
+            return min(times) if times else None
+        if self._job is not None:
+            times.append(self._job[1].deadline)  # the worker wakes the pump sooner when it is done
+        for t in (self._telemetry_due, self._reboot_at, self._resync_at):
+            if t is not None:
+                times.append(t)
+        return min(times) if times else None
+
+    def _connect(self, now: float) -> None:
+        try:
+            if self._ever_connected:
+                self.client.reconnect()
+            else:
+                self.client.connect(self.endpoint.host, self.endpoint.port, keepalive=self.options.keepalive)
+                self._ever_connected = True
+        except Exception as exc:
+            delay = self._backoff.next_delay()
+            log.info("%s: connect failed (%s); retrying in %.1f s", self.thing, exc, delay)
+            self._next_connect = now + delay
+
+    def _handle(self, kind: str, data: Any, now: float) -> None:
+        if kind == "connack":
+            if data:
+                self._on_connected(now)
+            else:
+                log.warning("%s: the broker refused the connection", self.thing)
+        elif kind == "disconnected":
+            was = self.connected
+            self.connected = False
+            self._sub_mid = None
+            if self._reboot_at is None:
+                delay = self._backoff.next_delay()
+                self._next_connect = max(self._next_connect, now + delay)
+                if was:
+                    log.info("%s: disconnected (%s); reconnecting in %.1f s", self.thing, data, delay)
+        elif kind == "suback":
+            if data == self._sub_mid:
+                self._get(None)
+                self._get(COMMANDS_SHADOW)
+        elif kind == "message" and self.connected:
+            topic, payload = data
+            self._on_shadow_message(topic, payload, now)
+
+    def _on_connected(self, now: float) -> None:
+        self.connected = True
+        self.connections += 1
+        self._backoff.reset()
+        online = {"connected": True, "thing": self.thing, "at": wall_ms()}
+        self.client.publish(status_topic(self.thing), json.dumps(online), qos=1, retain=True)
+        subs = []
+        for shadow in (None, COMMANDS_SHADOW):
+            for op, reply in (("get", "accepted"), ("get", "rejected"), ("update", "delta"), ("update", "rejected")):
+                subs.append((topics.shadow_topic(self.thing, op, reply, shadow=shadow), 1))
+        _, self._sub_mid = self.client.subscribe(subs)
+
+    def _get(self, shadow: str | None) -> None:
+        self.client.publish(topics.shadow_topic(self.thing, "get", shadow=shadow), b"{}", qos=1)
+
+    def _update(self, shadow: str | None, document: dict[str, Any]) -> None:
+        payload = json.dumps(document, separators=(",", ":"))
+        self.client.publish(topics.shadow_topic(self.thing, "update", shadow=shadow), payload, qos=1)
+
+    # -- shadow messages -----------------------------------------------------
+
+    def _on_shadow_message(self, topic: str, payload: bytes, now: float) -> None:
+        parsed = topics.parse_shadow_topic(topic)
+        if parsed is None or parsed.thing != self.thing:
+            return
+        try:
+            doc = json.loads(payload or b"{}")
+        except ValueError:
+            log.warning("%s: not JSON on %s", self.thing, topic)
+            return
+        if not isinstance(doc, dict):
+            return
+        what = (parsed.operation, parsed.reply)
+        if parsed.shadow == COMMANDS_SHADOW:
+            if what == ("get", "accepted"):
+                self._act_on(self.core.on_get_accepted(doc))
+            elif what == ("get", "rejected"):
+                self._act_on(self.core.on_get_rejected(doc))
+            elif what == ("update", "delta"):
+                self._act_on(self.core.on_delta(doc))
+            elif what == ("update", "rejected"):
+                self._update_rejected(doc, now)
+        elif parsed.shadow is None:
+            if what == ("get", "accepted"):
+                state = doc.get("state") or {}
+                self._apply_desired(state.get("delta") or {})
+                self._report_full_state(now)
+            elif what == ("get", "rejected"):
+                self._report_full_state(now)  # 404: a new device; its shadow starts here
+            elif what == ("update", "delta"):
+                self._apply_desired(doc.get("state") or {})
+                self._update(None, {"state": {"reported": self.device.state()}})
+            elif what == ("update", "rejected"):
+                log.warning("%s: classic shadow update rejected: %s", self.thing, doc)
+
+    def _update_rejected(self, doc: dict[str, Any], now: float) -> None:
+        log.warning("%s: commands shadow update rejected: %s", self.thing, doc)
+        code = doc.get("code")
+        if isinstance(code, int) and (code == 429 or code >= 500):
+            # The outcomes are in the executed log: a fresh read re-reports them.
+            self._resync_at = now + RESYNC_DELAY_S
+
+    def _apply_desired(self, delta: dict[str, Any]) -> None:
+        changes, refused = desired_changes(delta, DESIRED_SPECS)
+        if refused:
+            log.warning("%s: desired state not applied: %s", self.thing, refused)
+        self.device.apply(changes)
+
+    def _report_full_state(self, now: float) -> None:
+        reported = {
+            **self.device.state(),
+            "actions": self.registry.advertisement(),
+            "agent": {
+                "kind": self.options.kind,
+                "version": __version__,
+                "hardware": self.device.hardware.kind,
+                "startedAt": self.started_at,
+            },
+            "telemetry": self._telemetry(),
+        }
+        self._update(None, {"state": {"reported": reported}})
+        self._last_telemetry = now
+        self._telemetry_due = now + self.device.interval_s
+
+    # -- commands ------------------------------------------------------------
+
+    def _act_on(self, plan: Plan) -> None:
+        if plan.report:
+            self._update(COMMANDS_SHADOW, self.core.report_update(plan.report))
+        self._queue.extend(plan.run)
+
+    def _advance_job(self, now: float) -> None:
+        while True:
+            if self._job is not None:
+                command, job = self._job
+                result = job.poll(time.monotonic())
+                if result is None:
+                    return
+                self._job = None
+                outcome = self.core.finish(command, result.state, result=result.result, error=result.error)
+                self._after_command(command, result.state, outcome, now)
+            if not self._queue or self._reboot_at is not None:
+                return
+            command = self._queue.popleft()
+            expired = self.core.begin(command)
+            if expired is not None:
+                self._update(COMMANDS_SHADOW, self.core.report_update({command.id: expired}))
+                continue
+            action = self.registry.get(command.action)
+            assert action is not None  # the core rejected unknown actions already
+            self.commands_run += 1
+            self._job = (command, self._start_job(action, self.device, command.params))
+
+    def _after_command(self, command: Command, state: CommandState, outcome: dict[str, Any], now: float) -> None:
+        self._update(COMMANDS_SHADOW, self.core.report_update({command.id: outcome}))
+        if state is not CommandState.SUCCEEDED:
+            return
+        changed = {k: v for k, v in self.device.state().items() if k in _STATE_OF_ACTION.get(command.action, ())}
+        if changed:
+            # A command supersedes an older desired value of the same key; left in
+            # desired, it would show up as a delta and undo the command at once.
+            self._update(None, {"state": {"reported": changed, "desired": dict.fromkeys(changed)}})
+            if "interval" in changed:
+                self._telemetry_due = min(self._telemetry_due or now, now + self.device.interval_s)
+        if self.device.reboot is not None:
+            self._reboot_at = now + self.device.reboot.delay_ms / 1000.0
+            self.device.reboot = None
+
+    def _reboot(self) -> None:
+        if self.options.reboot is not None:
+            log.warning("%s: rebooting the system", self.thing)
+            self.options.reboot()
+            self._reboot_at = None
+            return
+        log.info("%s: simulated reboot: dropping the connection and process state", self.thing)
+        sock: Any = self.client.socket()
+        self._reset_process_state()
+        self._next_connect = time.monotonic() + REBOOT_DOWNTIME_S
+        if sock is not None:
+            # No DISCONNECT: like a power cut, so the broker publishes the last will.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    # -- telemetry -----------------------------------------------------------
+
+    def _telemetry(self) -> dict[str, Any]:
+        return {**self.device.hardware.sensors.read(), "at": wall_ms()}
+
+    def _publish_telemetry(self, now: float) -> None:
+        if now - self._last_telemetry < MIN_TELEMETRY_GAP_S:
+            self._telemetry_due = self._last_telemetry + MIN_TELEMETRY_GAP_S
+            return
+        self._update(None, {"state": {"reported": {"telemetry": self._telemetry()}}})
+        self._last_telemetry = now
+        self._telemetry_due = now + self.device.interval_s
+
+    # -- shutdown ------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        if self.client.socket() is None:
+            return
+        if self.connected:
+            offline = {"connected": False, "thing": self.thing, "reason": "shutdown", "at": wall_ms()}
+            self.client.publish(status_topic(self.thing), json.dumps(offline), qos=1, retain=True)
+        self.client.disconnect()
+
+
+# Which classic shadow keys each built-in action changes.
+_STATE_OF_ACTION: dict[str, tuple[str, ...]] = {"led": ("led",), "relay": ("relay",), "set_interval": ("interval",)}
