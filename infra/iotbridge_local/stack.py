@@ -26,7 +26,7 @@ from typing import IO, Any
 from iotbridge_local.apigw.environments import Environments
 from iotbridge_local.apigw.server import ApiGateway
 from iotbridge_local.broker import Broker, wait_for_port
-from iotbridge_local.config import HOST, StackConfig
+from iotbridge_local.config import StackConfig
 from iotbridge_local.dashboard_server import DashboardServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,9 +95,9 @@ class LocalStack:
 
     # -- parts -----------------------------------------------------------------------
     def service_args(self) -> list[str]:
-        endpoint = self.broker.service_endpoint() if hasattr(self.broker, "service_endpoint") else None
+        endpoint = self.broker.service_endpoint()
         args = ["--mqtt-port", str(self.config.mqtt_port)]
-        if endpoint is not None and endpoint.username:
+        if endpoint.username:
             args += ["--mqtt-username", endpoint.username, "--mqtt-password", endpoint.password or ""]
         return args
 
@@ -115,7 +115,7 @@ class LocalStack:
         self._spawn(
             "rules",
             [sys.executable, "-m", "iotbridge_local.rules", "--iot-endpoint", self.config.iot_endpoint,
-             *self.service_args()],
+             "--data-dir", str(self.data_dir), *self.service_args()],
         )  # fmt: skip
 
     def _register_things(self) -> None:
@@ -134,7 +134,9 @@ class LocalStack:
 
     def _start_api(self) -> None:
         env = self.config.function_env() | {"DASHBOARD_ORIGIN": self.config.dashboard_url}
-        environments = Environments(handler=API_HANDLER, env=env, timeout_s=function_timeout_s())
+        environments = Environments(
+            handler=API_HANDLER, env=env, timeout_s=function_timeout_s(), log=self.logs / "api.log"
+        )
         environments.prewarm(self.prewarm)
         self._api = ApiGateway(port=self.config.api_port, api_key=self.config.api_key, environments=environments)
         self._api.start()
@@ -146,24 +148,24 @@ class LocalStack:
 
     # -- devices ---------------------------------------------------------------------
     def device_config_path(self, thing: str) -> Path:
-        return self.data_dir / "devices" / thing / "agent.json"
+        return self.data_dir / "devices" / thing / "agent.toml"
 
     def _write_device_config(self, thing: str) -> Path:
-        endpoint = self.broker.device_endpoint(thing) if hasattr(self.broker, "device_endpoint") else None
-        config: dict[str, Any] = {
-            "thing": thing, "host": HOST, "port": self.config.mqtt_port,
-            "state_dir": str(self.data_dir / "devices" / thing),
-        }  # fmt: skip
-        if endpoint is not None:
-            config["port"] = endpoint.port
-            if endpoint.tls is not None:
-                config["tls"] = {"ca": endpoint.tls.ca, "cert": endpoint.tls.cert, "key": endpoint.tls.key}
-            if endpoint.username:
-                config["username"] = endpoint.username
-                config["password"] = endpoint.password
+        """The Pi agent's own config file format (device/pi/iotbridge_pi/config.py), pointing at this stack."""
+        endpoint = self.broker.device_endpoint(thing)
+        q = json.dumps  # a JSON string is a valid TOML basic string
+        lines = [
+            f"thing = {q(thing)}", f"host = {q(endpoint.host)}", f"port = {endpoint.port}",
+            f"state_dir = {q(str(self.data_dir / 'devices' / thing / 'state'))}",
+            "telemetry_interval = 10", 'hardware = "simulated"', 'reboot = "simulated"',
+        ]  # fmt: skip
+        if endpoint.tls is not None:
+            lines += ["[tls]", f"ca = {q(endpoint.tls.ca)}", f"cert = {q(endpoint.tls.cert)}", f"key = {q(endpoint.tls.key)}"]
+        if endpoint.username:
+            lines += ["[auth]", f"username = {q(endpoint.username)}", f"password = {q(endpoint.password or '')}"]
         path = self.device_config_path(thing)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2))
+        path.write_text("\n".join(lines) + "\n")
         return path
 
     def start_device(self, thing: str) -> None:

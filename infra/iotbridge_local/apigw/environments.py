@@ -8,67 +8,71 @@ per-request state in module globals, so environments must not share a process.
 
 from __future__ import annotations
 
-import importlib
-import multiprocessing
+import json
 import os
+import select
+import subprocess
+import sys
 import threading
-import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
-
-from iotbridge_local.apigw.event import LambdaContext
+from pathlib import Path
+from typing import IO, Any
 
 
 class InvocationError(Exception):
     """The function raised, crashed or timed out: API Gateway answers 502."""
 
 
-def _serve(conn: Connection, handler_path: str, env: dict[str, str], timeout_s: float) -> None:
-    os.environ.update(env)
-    module_name, _, attr = handler_path.rpartition(".")
-    handler = getattr(importlib.import_module(module_name), attr)
-    conn.send(("ready", None))
-    while True:
-        try:
-            event = conn.recv()
-        except EOFError:
-            return
-        try:
-            conn.send(("ok", handler(event, LambdaContext(timeout_s=timeout_s))))
-        except Exception:
-            traceback.print_exc()
-            conn.send(("error", "unhandled exception in the function"))
-
-
 @dataclass
 class _Environment:
-    process: multiprocessing.process.BaseProcess
-    conn: Connection
+    process: subprocess.Popen[str]
+
+    def send(self, event: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(event) + "\n")
+        self.process.stdin.flush()
+
+    def receive(self, timeout: float) -> dict[str, Any] | None:
+        """The next answer, or None if none came within `timeout`."""
+        out = self.process.stdout
+        assert out is not None
+        ready, _, _ = select.select([out], [], [], max(timeout, 0))
+        if not ready:
+            return None
+        line = out.readline()
+        if not line:
+            raise InvocationError("the function's environment died")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
 
 class Environments:
-    def __init__(self, *, handler: str, env: dict[str, str], timeout_s: float, max_environments: int = 16) -> None:
+    def __init__(
+        self, *, handler: str, env: dict[str, str], timeout_s: float, log: Path | None = None, max_environments: int = 16
+    ) -> None:
         self.handler, self.env, self.timeout_s = handler, env, timeout_s
-        self._ctx = multiprocessing.get_context("spawn")
+        self._log: IO[bytes] | int = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in close()
         self._idle: list[_Environment] = []
         self._all: list[_Environment] = []
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max_environments)
 
     def _create(self) -> _Environment:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=_serve, args=(child, self.handler, self.env, self.timeout_s), daemon=True, name="lambda-env"
-        )
-        process.start()
-        child.close()
-        if not parent.poll(60) or parent.recv()[0] != "ready":
-            process.kill()
-            raise InvocationError("the function failed to initialise")
-        environment = _Environment(process, parent)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "iotbridge_local.apigw.worker", self.handler, str(self.timeout_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+            env={**os.environ, **self.env}, start_new_session=True,
+        )  # fmt: skip
+        environment = _Environment(process)
         with self._lock:
             self._all.append(environment)
+        try:
+            ready = environment.receive(60)
+        except InvocationError:
+            ready = None
+        if not ready or not ready.get("ready"):
+            self._destroy(environment)
+            raise InvocationError("the function failed to initialise; see the API log")
         return environment
 
     def prewarm(self, count: int) -> None:
@@ -78,42 +82,44 @@ class Environments:
                 self._idle.append(environment)
 
     def invoke(self, event: dict[str, Any], *, wait_s: float) -> dict[str, Any]:
-        """Run one invocation; waits at most `wait_s` for it (API Gateway's limit)."""
+        """Run one invocation. TimeoutError after min(wait_s, Timeout); InvocationError if it failed."""
         with self._slots:
             with self._lock:
                 environment = self._idle.pop() if self._idle else None
             if environment is None:
                 environment = self._create()
-            environment.conn.send(event)
-            if not environment.conn.poll(min(wait_s, self.timeout_s)):
-                self._destroy(environment)  # Lambda stops a timed-out environment; API Gateway gave up anyway
-                raise TimeoutError
             try:
-                status, result = environment.conn.recv()
-            except EOFError:
+                environment.send(event)
+                answer = environment.receive(min(wait_s, self.timeout_s))
+            except (InvocationError, OSError):
                 self._destroy(environment)
                 raise InvocationError("the function's environment died") from None
+            if answer is None:
+                self._destroy(environment)  # Lambda stops a timed-out environment; API Gateway gave up anyway
+                raise TimeoutError
             with self._lock:
                 self._idle.append(environment)
-            if status != "ok" or not isinstance(result, dict) or "statusCode" not in result:
-                raise InvocationError(str(result))
+            result = answer.get("ok")
+            if not isinstance(result, dict) or "statusCode" not in result:
+                raise InvocationError(str(answer.get("error", "the function returned no proxy response")))
             return result
 
     def _destroy(self, environment: _Environment) -> None:
         environment.process.kill()
-        environment.process.join(5)
-        environment.conn.close()
+        environment.process.wait(5)
+        for stream in (environment.process.stdin, environment.process.stdout):
+            if stream:
+                stream.close()
         with self._lock:
             if environment in self._all:
                 self._all.remove(environment)
+            if environment in self._idle:
+                self._idle.remove(environment)
 
     def close(self) -> None:
         with self._lock:
-            environments, self._all, self._idle = list(self._all), [], []
+            environments = list(self._all)
         for environment in environments:
-            environment.conn.close()
-            environment.process.terminate()
-        for environment in environments:
-            environment.process.join(5)
-            if environment.process.is_alive():
-                environment.process.kill()
+            self._destroy(environment)
+        if not isinstance(self._log, int):
+            self._log.close()
