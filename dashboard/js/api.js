@@ -1,0 +1,194 @@
+// The HTTP API client: one place that knows headers, JSON and how errors look.
+// Every failure becomes an ApiError with a code the views can explain.
+
+export class ApiError extends Error {
+  constructor({ status, code, message, details, cause }) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status; // 0 when the API could not be reached at all
+    this.code = code;
+    this.details = details;
+    this.cause = cause;
+  }
+}
+
+export const UNREACHABLE = "UNREACHABLE";
+export const FORBIDDEN = "FORBIDDEN";
+export const UNREADABLE = "UNREADABLE"; // answered without CORS headers: a refused key, or a foreign origin
+
+export class ApiClient {
+  constructor({ apiUrl, apiKey }) {
+    this.apiUrl = String(apiUrl || "").replace(/\/+$/, "");
+    this.apiKey = apiKey || "";
+  }
+
+  url(path) {
+    return `${this.apiUrl}${path}`;
+  }
+
+  async request(method, path, body) {
+    const headers = { accept: "application/json" };
+    if (this.apiKey) headers["x-api-key"] = this.apiKey;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    let response;
+    try {
+      response = await fetch(this.url(path), {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw await this.whyUnreadable(err);
+    }
+    let data = null;
+    const text = await response.text();
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = null;
+      }
+    }
+    if (!response.ok) throw toApiError(response.status, data);
+    return { status: response.status, data: data ?? {}, location: response.headers.get("location") };
+  }
+
+  // fetch() failed: either nothing answers, or something answered without CORS
+  // headers. API Gateway's own 403 (wrong key) is the usual case of the second,
+  // so probe without custom headers (an opaque no-cors request) to tell them apart.
+  async whyUnreadable(err) {
+    if (!this.apiUrl) {
+      return new ApiError({ status: 0, code: UNREACHABLE, message: "No API URL is configured.", cause: err });
+    }
+    try {
+      await fetch(this.url("/health"), { mode: "no-cors", cache: "no-store" });
+    } catch {
+      return new ApiError({ status: 0, code: UNREACHABLE, message: `Cannot reach the API at ${this.apiUrl}.`, cause: err });
+    }
+    return new ApiError({
+      status: 0,
+      code: UNREADABLE,
+      message: `The API at ${this.apiUrl} answered, but the browser was not allowed to read the answer.`,
+      cause: err,
+    });
+  }
+
+  listDevices() {
+    return this.request("GET", "/devices").then((r) => r.data);
+  }
+
+  getDevice(thing) {
+    return this.request("GET", `/devices/${encodeURIComponent(thing)}`).then((r) => r.data);
+  }
+
+  listCommands(thing) {
+    return this.request("GET", `/devices/${encodeURIComponent(thing)}/commands`).then((r) => r.data);
+  }
+
+  getCommand(thing, id) {
+    return this.request("GET", `/devices/${encodeURIComponent(thing)}/commands/${encodeURIComponent(id)}`).then(
+      (r) => r.data,
+    );
+  }
+
+  // Resolves to {status, data}: 200 carries the outcome, 202 a pending state.
+  sendCommand(thing, body) {
+    return this.request("POST", `/devices/${encodeURIComponent(thing)}/commands`, body);
+  }
+
+  sendBulk(body) {
+    return this.request("POST", "/commands", body).then((r) => r.data);
+  }
+
+  getJob(jobId) {
+    return this.request("GET", `/commands/jobs/${encodeURIComponent(jobId)}`).then((r) => r.data);
+  }
+
+  patchDesired(thing, state) {
+    return this.request("PATCH", `/devices/${encodeURIComponent(thing)}/desired`, { state }).then((r) => r.data);
+  }
+}
+
+function toApiError(status, data) {
+  const body = data && typeof data === "object" ? data : {};
+  // API Gateway's own refusal of a missing or wrong key carries no code.
+  if (status === 403 && !body.code) {
+    return new ApiError({ status, code: FORBIDDEN, message: String(body.message || "Forbidden") });
+  }
+  return new ApiError({
+    status,
+    code: typeof body.code === "string" ? body.code : `HTTP_${status}`,
+    message: typeof body.message === "string" ? body.message : `The API answered ${status}.`,
+    details: body.details,
+  });
+}
+
+const VALIDATION_CODES = new Set(["VALIDATION_ERROR", "INVALID_PARAMS", "UNKNOWN_ACTION", "INVALID_JSON"]);
+
+// A sentence a person can act on, for any ApiError; `thing` names the device when known.
+export function explain(err, thing) {
+  if (!(err instanceof ApiError)) {
+    return { title: "Something went wrong", text: String(err && err.message ? err.message : err), kind: "error" };
+  }
+  const who = thing || (err.details && err.details.thing) || "The device";
+  switch (err.code) {
+    case UNREACHABLE:
+      return {
+        title: "API unreachable",
+        text: `${err.message} Check that it is running, or change the API URL in Settings.`,
+        kind: "error",
+      };
+    case UNREADABLE:
+      return {
+        title: "API key refused?",
+        text: `${err.message} This usually means the API key is missing or wrong (the gateway's 403 carries no CORS headers), or the API does not allow this page's origin. Check the API key in Settings.`,
+        kind: "error",
+      };
+    case FORBIDDEN:
+      return {
+        title: "API key refused",
+        text: "The API answered 403 Forbidden: the API key is missing or wrong. Set the right key in Settings.",
+        kind: "error",
+      };
+    case "DEVICE_OFFLINE":
+      return {
+        title: `${who} is offline`,
+        text: `The command was not sent because ${who} is offline. Queue it to run when the device reconnects, or try again later.`,
+        kind: "offline",
+      };
+    case "DEVICE_NOT_FOUND":
+      return { title: "Unknown device", text: `${who} is not known to the API.`, kind: "error" };
+    case "TOO_MANY_PENDING":
+      return {
+        title: "Too many pending commands",
+        text: `${who} already has 10 commands waiting. Wait for some to finish.`,
+        kind: "warning",
+      };
+    case "THROTTLED":
+      return { title: "Slow down", text: "AWS IoT throttled the request. Try again in a moment.", kind: "warning" };
+    default:
+      if (VALIDATION_CODES.has(err.code)) {
+        return { title: "Invalid command", text: validationText(err), kind: "invalid" };
+      }
+      return { title: `Error ${err.status || ""} ${err.code}`.trim(), text: err.message, kind: "error" };
+  }
+}
+
+function validationText(err) {
+  let text = err.message;
+  const d = err.details;
+  if (err.code === "UNKNOWN_ACTION" && d && Array.isArray(d.known)) {
+    text += ` Known actions: ${d.known.join(", ")}.`;
+  } else if (Array.isArray(d) && d.length) {
+    const parts = d.slice(0, 4).map((p) => {
+      if (p && typeof p === "object") {
+        const where = Array.isArray(p.loc) ? p.loc.join(".") : "";
+        return `${where ? where + ": " : ""}${p.msg || p.message || JSON.stringify(p)}`;
+      }
+      return String(p);
+    });
+    text += ` (${parts.join("; ")})`;
+  }
+  return text;
+}

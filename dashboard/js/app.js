@@ -1,0 +1,249 @@
+// Wiring: settings, the refresh loop, routing between the list and one device.
+
+import { ApiClient, ApiError, explain } from "./api.js";
+import { BulkPanel } from "./bulk.js";
+import { CommandRunner } from "./commands.js";
+import { DetailView } from "./detail.js";
+import { DeviceList } from "./devices.js";
+import { $, setText } from "./dom.js";
+import { Poller } from "./poller.js";
+import { effective, loadDefaults, loadOverrides, saveOverrides } from "./settings.js";
+
+const app = {
+  defaults: {},
+  client: null,
+  devices: new Map(), // thing -> summary from GET /devices
+  detail: null,
+  tick: 0,
+  lastOk: 0,
+  sendOptions: { timeoutMs: 10000, ifOffline: "fail" },
+};
+
+const getClient = () => app.client;
+
+function applySettings() {
+  app.client = new ApiClient(effective(app.defaults, loadOverrides()));
+}
+
+// ---- status and errors -------------------------------------------------------
+
+function setStatus(kind, text) {
+  const el = $("#api-status");
+  el.dataset.status = kind;
+  setText($(".api-status-text", el), text);
+}
+
+function showBanner(err) {
+  const info = explain(err);
+  const banner = $("#banner");
+  banner.dataset.code = err instanceof ApiError ? err.code : "ERROR";
+  setText($(".banner-title", banner), info.title);
+  setText($(".banner-text", banner), info.text);
+  const settingsHelp = err instanceof ApiError && ["UNREACHABLE", "FORBIDDEN", "UNREADABLE"].includes(err.code);
+  $(".banner-action", banner).hidden = !settingsHelp;
+  banner.hidden = false;
+}
+
+function markOk() {
+  app.lastOk = Date.now();
+  $("#banner").hidden = true;
+  setStatus("live", "Live");
+}
+
+function markFailed(err) {
+  showBanner(err);
+  const code = err instanceof ApiError ? err.code : "";
+  setStatus("down", code === "FORBIDDEN" || code === "UNREADABLE" ? "Key refused" : code === "UNREACHABLE" ? "API unreachable" : "API error");
+}
+
+// ---- data --------------------------------------------------------------------
+
+async function refreshList() {
+  const data = await app.client.listDevices();
+  const devices = Array.isArray(data.devices) ? data.devices : [];
+  devices.sort((a, b) => String(a.thing).localeCompare(String(b.thing), undefined, { numeric: true }));
+  app.devices = new Map(devices.map((d) => [d.thing, d]));
+  app.list.update(devices);
+  const online = devices.filter((d) => d.connected).length;
+  setText($("#devices-summary"), devices.length ? `${online} online · ${devices.length - online} offline` : "");
+  $("#devices-empty").hidden = devices.length > 0;
+  app.bulk.refreshActions();
+  if (app.detail && !app.detailLoaded && app.devices.has(app.detail.thing)) {
+    app.detail.update(app.devices.get(app.detail.thing));
+  }
+}
+
+async function refreshDetail() {
+  const view = app.detail;
+  if (!view) return;
+  try {
+    const device = await app.client.getDevice(view.thing);
+    if (app.detail === view) {
+      app.detailLoaded = true;
+      view.update(device);
+    }
+    // Keep the list's card in step with what the detail just learned, for free.
+    const summary = app.devices.get(view.thing);
+    if (summary && device.shadow && device.shadow.state) {
+      summary.connected = device.connected;
+      summary.lastSeen = device.lastSeen;
+      summary.reported = device.shadow.state.reported || summary.reported;
+      app.list.update([...app.devices.values()]);
+    }
+  } catch (err) {
+    if (err instanceof ApiError && err.code === "DEVICE_NOT_FOUND" && app.detail === view) {
+      showBanner(err);
+      return;
+    }
+    throw err;
+  }
+}
+
+async function refreshHistory() {
+  const view = app.detail;
+  if (!view) return;
+  const data = await app.client.listCommands(view.thing);
+  if (app.detail === view) view.updateHistory(data.commands || []);
+}
+
+// One request per tick: the open device is refreshed most, the list and history in turn.
+async function tick() {
+  let job;
+  if (!app.devices.size && !app.detail) job = refreshList;
+  else if (app.detail) job = [refreshDetail, refreshList, refreshDetail, refreshHistory][app.tick++ % 4];
+  else job = refreshList;
+  try {
+    await job();
+    markOk();
+  } catch (err) {
+    markFailed(err);
+    throw err;
+  }
+}
+
+// After an outcome, show its effect now rather than on the next turn.
+async function refreshThing(thing) {
+  if (!app.detail || app.detail.thing !== thing) {
+    app.poller.poke();
+    return;
+  }
+  try {
+    await refreshDetail();
+    await refreshHistory();
+    markOk();
+  } catch (err) {
+    markFailed(err);
+  }
+}
+
+// ---- routing -----------------------------------------------------------------
+
+function thingFromHash() {
+  const match = /^#\/devices\/([^/]+)$/.exec(location.hash);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+function route({ focus = false } = {}) {
+  const thing = thingFromHash();
+  if (app.detail && app.detail.thing === thing) return;
+  const root = $("#detail");
+  if (!thing) {
+    app.detail = null;
+    document.body.classList.remove("has-selection");
+    root.replaceChildren(app.placeholder);
+    app.list.setCurrent(null);
+    return;
+  }
+  app.detailLoaded = false;
+  app.detail = new DetailView(root, {
+    thing,
+    runner: app.runner,
+    getClient,
+    sendOptions: app.sendOptions,
+    onBack: () => {
+      location.hash = "";
+      const item = app.list.items.get(thing);
+      if (item) item.refs.open.focus();
+    },
+    onChanged: refreshThing,
+  });
+  document.body.classList.add("has-selection");
+  app.list.setCurrent(thing);
+  if (app.devices.has(thing)) app.detail.update(app.devices.get(thing));
+  app.tick = 0;
+  if (focus) app.detail.focusTitle();
+  app.poller.poke();
+  refreshHistory().catch(() => {});
+}
+
+// ---- settings dialog -----------------------------------------------------------
+
+function wireSettings() {
+  const dialog = $("#settings");
+  const url = $("#api-url");
+  const key = $("#api-key");
+  const toggle = $("#toggle-key");
+  const open = () => {
+    const overrides = loadOverrides();
+    url.value = overrides.apiUrl || "";
+    key.value = overrides.apiKey || "";
+    setText($("#api-url-default"), app.defaults.apiUrl ? `Default: ${app.defaults.apiUrl}` : "No default from config.json.");
+    setText($("#api-key-default"), app.defaults.apiKey ? "Default key from config.json is set." : "No default key from config.json.");
+    dialog.showModal();
+    url.focus();
+  };
+  $("#open-settings").addEventListener("click", open);
+  $(".banner-action").addEventListener("click", open);
+  toggle.addEventListener("click", () => {
+    const show = key.type === "password";
+    key.type = show ? "text" : "password";
+    toggle.setAttribute("aria-pressed", String(show));
+    setText(toggle, show ? "Hide" : "Show");
+  });
+  dialog.addEventListener("close", () => {
+    if (dialog.returnValue === "save") saveOverrides({ apiUrl: url.value.trim(), apiKey: key.value.trim() });
+    else if (dialog.returnValue === "reset") saveOverrides({});
+    else return;
+    applySettings();
+    setStatus("connecting", "Connecting…");
+    app.poller.failures = 0;
+    app.poller.poke();
+    $("#open-settings").focus();
+  });
+}
+
+// ---- start ---------------------------------------------------------------------
+
+async function main() {
+  app.defaults = await loadDefaults();
+  applySettings();
+  app.placeholder = $("#detail .placeholder");
+  app.runner = new CommandRunner({ getClient, onSettled: refreshThing });
+  app.runner.onCard = (thing, el) => {
+    if (app.detail && app.detail.thing === thing) app.detail.addOutcome(el);
+  };
+  app.bulk = new BulkPanel($("#bulk"), {
+    getClient,
+    getDevices: () => app.devices,
+    onClear: () => app.list.clearSelection(),
+    onSettled: (thing) => refreshThing(thing),
+  });
+  app.list = new DeviceList($("#device-list"), {
+    onOpen: (thing) => {
+      const target = `#/devices/${encodeURIComponent(thing)}`;
+      if (location.hash !== target) location.hash = target;
+      route({ focus: true });
+    },
+    onSelectionChange: (things) => app.bulk.setSelection(things),
+  });
+  app.poller = new Poller(tick, { interval: 1000, hiddenInterval: 15000, maxBackoff: 30000 });
+  window.addEventListener("hashchange", () => route());
+  wireSettings();
+  route();
+  app.poller.start();
+  if (!app.client.apiUrl) {
+    showBanner(new ApiError({ status: 0, code: "UNREACHABLE", message: "No API URL is configured." }));
+  }
+}
+
+main();

@@ -1,0 +1,168 @@
+// A command to every selected device at once, with per-device progress.
+
+import { explain } from "./api.js";
+import { stateChip } from "./commands.js";
+import { h, setText } from "./dom.js";
+import { isTerminal } from "./format.js";
+import { buildField, readParams } from "./specs.js";
+
+// The job answer as [{thing, state, error?}], whatever container the API uses.
+export function jobEntries(job) {
+  const source = job && (job.devices || job.things || job.results || job.commands || job.progress);
+  if (Array.isArray(source)) {
+    return source.map((e) => ({ thing: e.thing || e.name, state: e.state, error: e.error, id: e.id }));
+  }
+  if (source && typeof source === "object") {
+    return Object.entries(source).map(([thing, e]) =>
+      typeof e === "string" ? { thing, state: e } : { thing, state: e && e.state, error: e && e.error, id: e && e.id },
+    );
+  }
+  return [];
+}
+
+export class BulkPanel {
+  constructor(root, { getClient, getDevices, onClear, onSettled }) {
+    this.root = root;
+    this.getClient = getClient;
+    this.getDevices = getDevices; // () => Map thing -> summary
+    this.onClear = onClear;
+    this.onSettled = onSettled;
+    this.things = [];
+    this.sig = null;
+    this.count = h("p", { class: "bulk-count" });
+    this.select = h("select", { id: "bulk-action" });
+    this.fields = h("div", { class: "bulk-fields" });
+    this.send = h("button", { type: "submit", class: "btn btn-primary" }, h("span", { class: "spinner", "aria-hidden": "true" }), h("span", { class: "label" }, "Send"));
+    const clear = h("button", { type: "button", class: "btn btn-ghost" }, "Clear selection");
+    clear.addEventListener("click", () => this.onClear());
+    this.progress = h("ul", { class: "bulk-progress", "aria-live": "polite", "aria-label": "Bulk command progress" });
+    this.status = h("p", { class: "form-status", role: "status" });
+    this.form = h(
+      "form",
+      { class: "bulk-form", novalidate: true },
+      h("div", { class: "field" }, h("label", { for: "bulk-action" }, "Action"), this.select),
+      this.fields,
+      h("div", { class: "form-row" }, this.send, clear),
+    );
+    this.select.addEventListener("change", () => this.renderFields());
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.submit();
+    });
+    root.replaceChildren(
+      h("div", { class: "bulk-head" }, h("h2", { id: "bulk-title" }, "Bulk command"), this.count),
+      this.form,
+      this.status,
+      this.progress,
+    );
+    root.hidden = true;
+  }
+
+  // Actions every selected device advertises, with the first device's specs.
+  commonActions() {
+    const devices = this.getDevices();
+    let common = null;
+    for (const thing of this.things) {
+      const actions = (devices.get(thing) || {}).actions || {};
+      if (common === null) common = { ...actions };
+      else for (const name of Object.keys(common)) if (!(name in actions)) delete common[name];
+    }
+    return common || {};
+  }
+
+  setSelection(things) {
+    this.things = [...things].sort();
+    this.root.hidden = this.things.length === 0 && !this.progress.children.length;
+    setText(this.count, `${this.things.length} device${this.things.length === 1 ? "" : "s"} selected: ${this.things.join(", ")}`);
+    setText(this.send.querySelector(".label"), `Send to ${this.things.length} device${this.things.length === 1 ? "" : "s"}`);
+    this.refreshActions();
+  }
+
+  refreshActions() {
+    const actions = this.commonActions();
+    const sig = JSON.stringify(actions);
+    if (sig === this.sig) return;
+    this.sig = sig;
+    const previous = this.select.value;
+    this.actions = actions;
+    this.select.replaceChildren(...Object.keys(actions).map((name) => h("option", { value: name }, name)));
+    if (previous in actions) this.select.value = previous;
+    this.renderFields();
+  }
+
+  renderFields() {
+    const specs = (this.actions || {})[this.select.value] || {};
+    this.fields.replaceChildren(...Object.entries(specs).map(([param, spec]) => buildField(param, spec)));
+  }
+
+  async submit() {
+    if (this.send.getAttribute("aria-disabled") === "true") return;
+    const action = this.select.value;
+    if (!action || !this.things.length) {
+      setText(this.status, "Select devices that share an action first.");
+      return;
+    }
+    const things = this.things.slice();
+    const params = readParams(this.fields);
+    this.send.classList.add("is-pending");
+    this.send.setAttribute("aria-disabled", "true");
+    this.send.setAttribute("aria-busy", "true");
+    setText(this.status, `Sending ${action} to ${things.length} devices…`);
+    this.status.dataset.tone = "";
+    this.renderProgress(things.map((thing) => ({ thing, state: "QUEUED" })));
+    try {
+      const { jobId } = await this.getClient().sendBulk({ action, params, things });
+      setText(this.status, `Job ${jobId}: ${action} sent to ${things.length} devices.`);
+      await this.follow(jobId, action);
+    } catch (err) {
+      const info = explain(err);
+      this.status.dataset.tone = "bad";
+      setText(this.status, `${info.title}: ${info.text}`);
+    } finally {
+      this.send.classList.remove("is-pending");
+      this.send.removeAttribute("aria-disabled");
+      this.send.removeAttribute("aria-busy");
+    }
+  }
+
+  async follow(jobId, action) {
+    let delay = 1000;
+    const giveUpAt = Date.now() + 5 * 60 * 1000;
+    while (Date.now() < giveUpAt) {
+      await new Promise((r) => setTimeout(r, delay));
+      try {
+        const entries = jobEntries(await this.getClient().getJob(jobId));
+        this.renderProgress(entries);
+        const done = entries.filter((e) => isTerminal(e.state)).length;
+        if (entries.length && done === entries.length) {
+          const ok = entries.filter((e) => e.state === "SUCCEEDED").length;
+          this.status.dataset.tone = ok === entries.length ? "ok" : "bad";
+          setText(this.status, `${action}: ${ok} of ${entries.length} succeeded.`);
+          for (const e of entries) this.onSettled(e.thing);
+          return;
+        }
+        setText(this.status, `${action}: ${done} of ${entries.length} done…`);
+        delay = Math.min(delay + 500, 4000);
+      } catch (err) {
+        const info = explain(err);
+        setText(this.status, `Following job ${jobId}: ${info.title}. Retrying…`);
+        delay = Math.min(delay * 2, 15000);
+      }
+    }
+  }
+
+  renderProgress(entries) {
+    this.root.hidden = false;
+    this.progress.replaceChildren(
+      ...entries.map((e) =>
+        h(
+          "li",
+          { dataset: { thing: e.thing || "", state: e.state || "" } },
+          h("span", { class: "mono" }, e.thing || "?"),
+          stateChip(e.state),
+          e.error ? h("small", { class: "params" }, String(e.error)) : null,
+        ),
+      ),
+    );
+  }
+}

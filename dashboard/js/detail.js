@@ -1,0 +1,349 @@
+// One device in full: LED, actions as buttons and forms, outcomes, desired vs
+// reported with the delta highlighted, the shadow version and recent commands.
+// Built once per device; refreshes update text in place so focus survives.
+
+import { explain } from "./api.js";
+import { describeParams, isBusy, stateChip } from "./commands.js";
+import { presenceBadge, updateBadge } from "./devices.js";
+import { h, setText } from "./dom.js";
+import { absoluteTime, flatten, formatValue, ledIsOn, relativeTime } from "./format.js";
+import { buildField, quickChoices, readParams } from "./specs.js";
+
+export class DetailView {
+  constructor(root, { thing, runner, getClient, sendOptions, onBack, onChanged }) {
+    this.root = root;
+    this.thing = thing;
+    this.runner = runner;
+    this.getClient = getClient;
+    this.sendOptions = sendOptions; // {timeoutMs, ifOffline}, shared by every device view
+    this.onChanged = onChanged;
+    this.actionsSig = null;
+    this.build(onBack);
+  }
+
+  build(onBack) {
+    const thing = this.thing;
+    this.title = h("h2", { id: "detail-title", tabindex: "-1" }, thing);
+    this.badge = presenceBadge(false);
+    this.version = h("span", { class: "meta-pill", "data-testid": "shadow-version" }, "Shadow v—");
+    this.seen = h("span", { class: "meta-pill" }, "");
+    const back = h("button", { type: "button", class: "btn btn-ghost back" }, "← All devices");
+    back.addEventListener("click", onBack);
+
+    this.bulb = h("div", { class: "led led-big led-none", role: "img", "aria-label": "LED state unknown" });
+    this.ledState = h("p", { class: "hero-state", "data-testid": "led-state" }, "—");
+    this.ledPending = h("p", { class: "hero-pending" });
+    this.ledControls = h("div", { class: "segmented", role: "group", "aria-label": `LED of ${thing}` });
+    this.hero = h(
+      "section",
+      { class: "hero", "aria-label": "LED" },
+      this.bulb,
+      h("div", { class: "hero-body" }, h("p", { class: "hero-label" }, "LED"), this.ledState, this.ledPending),
+      this.ledControls,
+    );
+
+    this.actionsGrid = h("div", { class: "actions-grid" });
+    this.outcomes = h("div", { class: "outcomes", "aria-live": "polite", "aria-label": "Command outcomes" });
+    for (const el of this.runner.cardsFor(thing)) this.outcomes.appendChild(el);
+
+    this.stateBody = h("tbody");
+    this.historyBody = h("tbody");
+    this.historyEmpty = h("p", { class: "empty" }, "No commands yet.");
+
+    const panel = (title, ...children) =>
+      h("section", { class: "panel", "aria-label": title }, h("h3", {}, title), ...children);
+
+    this.root.replaceChildren(
+      h(
+        "header",
+        { class: "detail-head" },
+        back,
+        h("div", { class: "detail-title-row" }, this.title, this.badge),
+        h("div", { class: "detail-meta" }, this.version, this.seen),
+      ),
+      this.hero,
+      panel("Actions", this.buildSendOptions(), this.actionsGrid, this.outcomes),
+      panel(
+        "State",
+        h("p", { class: "panel-note" }, "Desired is what was asked; reported is what the device says. Highlighted rows are still pending."),
+        h(
+          "div",
+          { class: "table-wrap" },
+          h(
+            "table",
+            { class: "state-table" },
+            h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Key"), h("th", { scope: "col" }, "Desired"), h("th", { scope: "col" }, "Reported"))),
+            this.stateBody,
+          ),
+        ),
+        this.buildDesiredForm(),
+      ),
+      panel(
+        "Recent commands",
+        h(
+          "div",
+          { class: "table-wrap" },
+          h(
+            "table",
+            { class: "history-table" },
+            h(
+              "thead",
+              {},
+              h("tr", {}, ...["When", "Action", "State", "Outcome"].map((c) => h("th", { scope: "col" }, c))),
+            ),
+            this.historyBody,
+          ),
+        ),
+        this.historyEmpty,
+      ),
+    );
+  }
+
+  buildSendOptions() {
+    const opts = this.sendOptions;
+    const wait = h("input", {
+      id: "send-wait",
+      type: "number",
+      min: "1",
+      max: "29",
+      step: "1",
+      inputmode: "numeric",
+      value: String(Math.round(opts.timeoutMs / 1000)),
+    });
+    wait.addEventListener("change", () => {
+      const seconds = Math.min(29, Math.max(1, Number(wait.value) || 10));
+      opts.timeoutMs = seconds * 1000;
+    });
+    const offline = h(
+      "select",
+      { id: "send-offline" },
+      h("option", { value: "fail" }, "fail right away"),
+      h("option", { value: "queue" }, "queue until it reconnects"),
+    );
+    offline.value = opts.ifOffline;
+    offline.addEventListener("change", () => {
+      opts.ifOffline = offline.value;
+    });
+    return h(
+      "div",
+      { class: "send-options" },
+      h("div", { class: "field field-inline" }, h("label", { for: "send-wait" }, "Wait for an answer up to (s)"), wait),
+      h("div", { class: "field field-inline" }, h("label", { for: "send-offline" }, "If the device is offline"), offline),
+    );
+  }
+
+  buildDesiredForm() {
+    const id = "desired-json";
+    const textarea = h("textarea", {
+      id,
+      rows: "2",
+      spellcheck: "false",
+      placeholder: '{"interval": 30}',
+      "aria-describedby": `${id}-hint`,
+    });
+    const status = h("p", { class: "form-status", role: "status" });
+    const submit = h("button", { type: "submit", class: "btn" }, "Set desired");
+    const form = h(
+      "form",
+      { class: "desired-form" },
+      h("label", { for: id }, "Change desired state"),
+      h("small", { id: `${id}-hint`, class: "hint" }, "JSON merged into desired; the device applies it now or when it reconnects."),
+      textarea,
+      h("div", { class: "form-row" }, submit, status),
+    );
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      let state;
+      try {
+        state = JSON.parse(textarea.value);
+        if (!state || typeof state !== "object" || Array.isArray(state)) throw new Error("not an object");
+      } catch {
+        status.dataset.tone = "bad";
+        setText(status, 'Enter a JSON object, e.g. {"interval": 30}.');
+        return;
+      }
+      setText(status, "Saving…");
+      status.dataset.tone = "";
+      try {
+        await this.getClient().patchDesired(this.thing, state);
+        status.dataset.tone = "ok";
+        setText(status, "Saved. The device applies it when it is online.");
+        this.onChanged(this.thing);
+      } catch (err) {
+        const info = explain(err, this.thing);
+        status.dataset.tone = "bad";
+        setText(status, `${info.title}: ${info.text}`);
+      }
+    });
+    return form;
+  }
+
+  addOutcome(el) {
+    this.outcomes.prepend(el);
+    while (this.outcomes.children.length > 4) this.outcomes.lastElementChild.remove();
+  }
+
+  focusTitle() {
+    this.title.focus();
+  }
+
+  // `device` is either a list summary or a full GET /devices/{thing} answer.
+  update(device) {
+    const shadowState = device.shadow && device.shadow.state ? device.shadow.state : null;
+    const reported = (shadowState ? shadowState.reported : device.reported) || {};
+    const desired = (shadowState && shadowState.desired) || {};
+    const delta = (shadowState && shadowState.delta) || {};
+    updateBadge(this.badge, !!device.connected);
+    this.root.dataset.connected = device.connected ? "true" : "false";
+    if (device.shadow && typeof device.shadow.version === "number") setText(this.version, `Shadow v${device.shadow.version}`);
+    setText(this.seen, device.connected ? "Connected" : `Last seen ${relativeTime(device.lastSeen)}`);
+    this.seen.title = absoluteTime(device.lastSeen);
+
+    const actions = device.actions || reported.actions || {};
+    this.updateLed(reported, delta, actions);
+    this.updateActions(actions);
+    if (shadowState) this.updateState(desired, reported, delta);
+  }
+
+  updateLed(reported, delta, actions) {
+    const has = "led" in reported;
+    const on = has && ledIsOn(reported.led);
+    this.hero.hidden = !has && !actions.led;
+    this.bulb.className = `led led-big ${has ? (on ? "led-on" : "led-off") : "led-none"}`;
+    this.bulb.setAttribute("aria-label", has ? `LED is ${on ? "on" : "off"}` : "LED state unknown");
+    setText(this.ledState, has ? (on ? "On" : "Off") : "Unknown");
+    this.hero.dataset.led = has ? (on ? "on" : "off") : "unknown";
+    setText(this.ledPending, "led" in delta ? `Changing to ${formatValue(delta.led)}…` : "");
+    for (const button of this.ledControls.children) {
+      const choice = button.dataset.choice;
+      button.classList.toggle("is-current", has && (choice === "on" ? on : choice === "off" ? !on : false));
+    }
+  }
+
+  updateActions(actions) {
+    const sig = JSON.stringify(actions);
+    if (sig === this.actionsSig) return;
+    // Never pull a form from under someone typing in it.
+    if (this.actionsGrid.contains(document.activeElement) && this.actionsSig !== null) {
+      const tag = document.activeElement.tagName;
+      if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+    }
+    this.actionsSig = sig;
+    const cards = [];
+    const led = actions.led ? quickChoices(actions.led) : null;
+    this.ledControls.replaceChildren();
+    if (led) {
+      for (const choice of led.choices) {
+        const button = h(
+          "button",
+          { type: "button", class: "btn seg", dataset: { action: "led", choice } },
+          h("span", { class: "spinner", "aria-hidden": "true" }),
+          h("span", {}, `${choice[0].toUpperCase()}${choice.slice(1)}`),
+        );
+        button.setAttribute("aria-label", `LED ${choice}`);
+        button.addEventListener("click", () => this.run("led", { [led.param]: choice }, button));
+        this.ledControls.appendChild(button);
+      }
+    }
+    for (const [name, specs] of Object.entries(actions)) {
+      if (name === "led" && led) continue;
+      cards.push(this.buildAction(name, specs || {}));
+    }
+    this.actionsGrid.replaceChildren(...cards);
+    if (!cards.length && !led) this.actionsGrid.appendChild(h("p", { class: "empty" }, "This device advertises no actions."));
+  }
+
+  buildAction(name, specs) {
+    const quick = quickChoices(specs);
+    const card = h("div", { class: "action-card", dataset: { action: name } }, h("h4", {}, name));
+    if (quick) {
+      const group = h("div", { class: "segmented", role: "group", "aria-label": name });
+      for (const choice of quick.choices) {
+        const button = h(
+          "button",
+          { type: "button", class: "btn seg", dataset: { action: name, choice } },
+          h("span", { class: "spinner", "aria-hidden": "true" }),
+          h("span", {}, choice),
+        );
+        button.setAttribute("aria-label", `${name} ${choice}`);
+        button.addEventListener("click", () => this.run(name, { [quick.param]: choice }, button));
+        group.appendChild(button);
+      }
+      card.appendChild(group);
+      return card;
+    }
+    const fields = Object.entries(specs).map(([param, spec]) => buildField(param, spec));
+    const submit = h(
+      "button",
+      { type: "submit", class: "btn btn-action", dataset: { action: name } },
+      h("span", { class: "spinner", "aria-hidden": "true" }),
+      h("span", {}, fields.length ? `Run ${name}` : name),
+    );
+    const form = h("form", { class: "action-form", novalidate: true }, ...fields, submit);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.run(name, readParams(form), submit);
+    });
+    card.appendChild(form);
+    return card;
+  }
+
+  run(action, params, button) {
+    if (isBusy(button)) return;
+    const { timeoutMs, ifOffline } = this.sendOptions;
+    this.runner.run({ thing: this.thing, action, params, button, timeoutMs, ifOffline });
+  }
+
+  updateState(desired, reported, delta) {
+    const d = flatten(desired);
+    const r = flatten(reported);
+    const dl = flatten(delta);
+    const keys = [...new Set([...Object.keys(r), ...Object.keys(d)])]
+      .filter((k) => !k.startsWith("actions."))
+      .sort();
+    const rows = keys.map((key) => {
+      const pending = key in dl || Object.keys(dl).some((k) => k.startsWith(`${key}.`));
+      return h(
+        "tr",
+        { class: pending ? "is-delta" : "", dataset: { key } },
+        h("th", { scope: "row" }, key),
+        h("td", {}, key in d ? formatValue(d[key]) : "—", pending ? h("span", { class: "tag" }, "pending") : null),
+        h("td", {}, key in r ? formatValue(r[key]) : "—"),
+      );
+    });
+    const sig = JSON.stringify([d, r, dl]);
+    if (this.stateBody.dataset.sig === sig) return;
+    this.stateBody.dataset.sig = sig;
+    this.stateBody.replaceChildren(...rows);
+  }
+
+  updateHistory(commands) {
+    const list = Array.isArray(commands) ? commands.slice() : [];
+    const when = (c) => c.doneAt || c.issuedAt || c.at || 0;
+    list.sort((a, b) => when(b) - when(a));
+    const sig = JSON.stringify(list);
+    if (this.historyBody.dataset.sig === sig) return;
+    this.historyBody.dataset.sig = sig;
+    this.historyEmpty.hidden = list.length > 0;
+    this.historyBody.replaceChildren(
+      ...list.slice(0, 16).map((c) => {
+        const params = describeParams(c.params);
+        const outcome =
+          c.error !== undefined && c.error !== null
+            ? formatValue(c.error)
+            : c.result !== undefined && c.result !== null
+              ? formatValue(c.result)
+              : "";
+        const t = when(c);
+        return h(
+          "tr",
+          { dataset: { id: c.id || "", state: c.state || "" } },
+          h("td", {}, h("time", { title: absoluteTime(t) }, t ? relativeTime(t) : "—")),
+          h("td", {}, h("span", { class: "mono" }, c.action || "?"), params ? h("small", { class: "params" }, ` ${params}`) : null),
+          h("td", {}, stateChip(c.state)),
+          h("td", { class: "mono outcome-cell" }, outcome),
+        );
+      }),
+    );
+  }
+}
