@@ -112,6 +112,8 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
     current = wait_for_outcome(thing, cid, deadline=deadline, connected=device.connected)
     if current.state in _TERMINAL:
         current.latencyMs = round((time.monotonic() - started) * 1000, 3)
+        after = iot.get_shadow(thing)
+        current.reported = {k: v for k, v in _reported(after).items() if k != "actions"}
     return current, current.state in _TERMINAL
 
 

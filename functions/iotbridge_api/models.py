@@ -52,6 +52,9 @@ class CommandView(BaseModel):
     expiresAt: int | None = None
     doneAt: int | None = None
     latencyMs: float | None = Field(default=None, description="Submit to outcome, as measured by the API")
+    reported: dict[str, Any] | None = Field(
+        default=None, description="The device's reported state after the command (with a terminal answer to POST)"
+    )
 
 
 class CommandList(BaseModel):
