@@ -15,7 +15,7 @@ from typing import Any
 
 from iotbridge_contract import names
 from iotbridge_contract.actions import ParamError, check_params, check_value
-from iotbridge_contract.commands import CommandState, is_expired, outcome_entry, prune_history
+from iotbridge_contract.commands import HISTORY, CommandState, is_expired, outcome_entry, prune_history
 from iotbridge_pi.executed_log import ExecutedLog
 
 INTERRUPTED = "interrupted: the device restarted while it was running; not run again"
@@ -70,7 +70,8 @@ class CommandCore:
     """One device's view of its `commands` shadow.
 
     `actions` is the advertisement (`{action: {param: spec}}`), the authority
-    for REJECTED. `clock_ms` stamps `doneAt`.
+    for REJECTED. `clock_ms` stamps `doneAt`; by default the service's clock
+    (so `doneAt` compares with `issuedAt`), the device's own until a document is seen.
     """
 
     def __init__(
@@ -78,13 +79,13 @@ class CommandCore:
         log: ExecutedLog,
         actions: dict[str, dict[str, str]],
         *,
-        clock_ms: Callable[[], int] = wall_ms,
+        clock_ms: Callable[[], int] | None = None,
         service_clock: ServiceClock | None = None,
     ) -> None:
         self.log = log
         self.actions = actions
-        self.clock_ms = clock_ms
         self.service_clock = service_clock or ServiceClock()
+        self.clock_ms = clock_ms or (lambda: self.service_clock.now_ms() or wall_ms())
         self._claimed: set[str] = set()  # handed out to run in this process, not yet finished
         self._reported: dict[str, dict[str, Any]] = {}  # mirror of the shadow's reported outcomes
 
@@ -205,8 +206,9 @@ class CommandCore:
     def report_update(self, outcomes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The `commands` shadow update for these outcomes: each reported and
         removed from desired in the same update, plus the oldest history nulled."""
-        merged = {**self._reported, **outcomes}
-        pruned = {k: None for k in prune_history(merged) if k not in outcomes}
+        # The new outcomes always stay; the oldest of the others make room for them.
+        others = {k: v for k, v in self._reported.items() if k not in outcomes}
+        pruned = prune_history(others, keep=max(0, HISTORY - len(outcomes)))
         for k in pruned:
             self._reported.pop(k, None)
         self._reported.update(outcomes)

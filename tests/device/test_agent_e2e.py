@@ -1,0 +1,206 @@
+"""The Pi agent against real Mosquitto (mutual TLS) and the real shadow service process.
+
+Commands go in the way the API puts them there: boto3 iot-data updates of the
+`commands` shadow's desired state. Outcomes are read back from the shadow.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from iotbridge_contract.commands import COMMANDS_SHADOW
+from iotbridge_pi.handlers import Action, default_registry
+from iotbridge_pi.model import DeviceModel
+
+from .conftest import RunningAgent, Shadows, wait_for
+
+
+def test_a_new_device_advertises_its_actions_and_state(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
+    # GIVEN a device with no shadow yet
+    # WHEN its agent connects
+    start_agent("pi-1")
+
+    # THEN the classic shadow reports its state, its actions and what it is
+    reported = wait_for(lambda: shadows.reported("pi-1").get("actions") and shadows.reported("pi-1"), "actions")
+    assert reported["actions"]["led"] == {"state": "enum:on|off|toggle"}
+    assert set(reported["actions"]) == {"led", "relay", "ping", "read_sensors", "reboot", "set_interval"}
+    assert reported["led"] == "off" and reported["relay"] is False
+    assert reported["agent"]["kind"] == "pi-agent" and reported["agent"]["hardware"] == "simulated"
+    assert "cpuTempC" in reported["telemetry"]
+
+
+def test_a_command_runs_and_its_outcome_replaces_it_in_the_shadow(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a connected device
+    handle = start_agent("pi-1")
+
+    # WHEN the API queues "led on" in the commands shadow
+    shadows.add_command("pi-1", "cmd-led-1", "led", {"state": "on"})
+
+    # THEN the outcome appears in reported, the command left desired, and the LED is on
+    outcome = shadows.outcome("pi-1", "cmd-led-1")
+    assert outcome["state"] == "SUCCEEDED" and outcome["result"] == {"led": "on"}
+    assert "cmd-led-1" not in shadows.commands("pi-1").get("desired", {})
+    assert handle.agent.device.led == "on"
+    wait_for(lambda: shadows.reported("pi-1").get("led") == "on", "led reported on")
+
+
+def test_several_commands_each_get_their_own_outcome(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
+    # GIVEN a connected device
+    start_agent("pi-1")
+
+    # WHEN three different commands are queued at once
+    shadows.add_command("pi-1", "a-ping", "ping")
+    shadows.add_command("pi-1", "a-relay", "relay", {"on": True})
+    shadows.add_command("pi-1", "a-sensors", "read_sensors")
+
+    # THEN each id carries the answer of its own command
+    assert shadows.outcome("pi-1", "a-ping")["result"] == {"pong": True}
+    assert shadows.outcome("pi-1", "a-relay")["result"] == {"relay": True}
+    sensors = shadows.outcome("pi-1", "a-sensors")["result"]
+    assert {"cpuTempC", "uptimeS", "load1"} <= set(sensors)
+
+
+def test_bad_params_and_unknown_actions_are_rejected_by_the_device(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a connected device
+    handle = start_agent("pi-1")
+
+    # WHEN commands the device cannot accept reach it (the API normally stops these first)
+    shadows.add_command("pi-1", "bad-params", "led", {"state": "blue"})
+    shadows.add_command("pi-1", "bad-action", "launch")
+
+    # THEN both are REJECTED with the reason, and nothing ran
+    bad_params = shadows.outcome("pi-1", "bad-params")
+    bad_action = shadows.outcome("pi-1", "bad-action")
+    assert bad_params["state"] == "REJECTED" and "must be one of on, off, toggle" in bad_params["error"]
+    assert bad_action["state"] == "REJECTED" and "launch" in bad_action["error"]
+    assert handle.agent.session.commands_run == 0
+
+
+def test_commands_queued_while_offline_run_on_connect_and_expired_ones_do_not(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a device that is off, with one live command and one whose time-to-live runs out
+    shadows.add_command("pi-1", "live", "led", {"state": "on"}, ttl_ms=120_000)
+    shadows.add_command("pi-1", "stale", "relay", {"on": True}, ttl_ms=1)
+    time.sleep(1.1)  # the service clock has second resolution: let it move past expiresAt
+
+    # WHEN the device connects
+    handle = start_agent("pi-1")
+
+    # THEN the live one runs and the expired one is answered EXPIRED without touching the relay
+    assert shadows.outcome("pi-1", "live")["state"] == "SUCCEEDED"
+    assert shadows.outcome("pi-1", "stale")["state"] == "EXPIRED"
+    assert handle.agent.device.relay is False
+
+
+def test_desired_state_is_applied_when_the_device_comes_back(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a device that is off while someone sets desired relay on
+    shadows.update("pi-1", {"state": {"desired": {"relay": True, "interval": 30}}})
+
+    # WHEN it connects
+    handle = start_agent("pi-1")
+
+    # THEN it applies the desired state and reports it, which clears the delta
+    wait_for(lambda: shadows.reported("pi-1").get("relay") is True, "relay reported on")
+    assert handle.agent.device.relay is True and handle.agent.device.interval_s == 30
+    wait_for(lambda: "delta" not in shadows.get("pi-1").get("state", {}), "delta cleared")
+
+    # AND WHEN desired changes while it is connected, it follows
+    shadows.update("pi-1", {"state": {"desired": {"led": "on"}}})
+    wait_for(lambda: shadows.reported("pi-1").get("led") == "on", "led reported on")
+
+
+def test_a_command_does_not_run_twice_across_an_agent_restart(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a device that toggled its LED for command t1, then stopped
+    first = start_agent("pi-1")
+    shadows.add_command("pi-1", "t1", "led", {"state": "toggle"})
+    outcome = shadows.outcome("pi-1", "t1")
+    first.stop()
+
+    # WHEN t1 shows up pending again (a retried write) and a new agent process starts
+    shadows.add_command("pi-1", "t1", "led", {"state": "toggle"})
+    second = start_agent("pi-1")
+
+    # THEN the new agent answers t1 from its executed log: same outcome, nothing toggled
+    wait_for(lambda: "t1" not in shadows.commands("pi-1").get("desired", {}), "t1 cleared from desired")
+    assert shadows.commands("pi-1")["reported"]["t1"] == outcome
+    assert second.agent.session.commands_run == 0
+
+
+def test_reboot_answers_first_then_reconnects_with_its_log(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a connected device
+    handle = start_agent("pi-1")
+
+    # WHEN it is told to reboot
+    shadows.add_command("pi-1", "boot-1", "reboot", {"delayMs": 0})
+
+    # THEN it reports SUCCEEDED, drops off, comes back, and still knows boot-1 was done
+    assert shadows.outcome("pi-1", "boot-1")["result"] == {"rebooting": True, "delayMs": 0}
+    session = handle.agent.session
+    wait_for(lambda: session.connections >= 2 and session.connected, "reconnect after reboot")
+    assert "boot-1" in session.core.log
+    shadows.add_command("pi-1", "after-boot", "ping")
+    assert shadows.outcome("pi-1", "after-boot")["state"] == "SUCCEEDED"
+    assert session.commands_run == 2
+
+
+def test_slow_and_failing_handlers_are_timed_out_and_failed(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a device with a handler that hangs past its deadline and one that raises
+    release = threading.Event()
+
+    def hang(device: DeviceModel, params: dict[str, Any]) -> Any:
+        release.wait(10)
+        return {"late": True}
+
+    def broken(device: DeviceModel, params: dict[str, Any]) -> Any:
+        raise OSError("sensor bus not responding")
+
+    registry = default_registry()
+    registry.add(Action("calibrate", {}, hang, deadline_s=0.3))
+    registry.add(Action("selftest", {}, broken))
+    start_agent("pi-1", registry=registry)
+
+    # WHEN both are commanded, then a ping
+    shadows.add_command("pi-1", "slow", "calibrate")
+    shadows.add_command("pi-1", "boom", "selftest")
+    shadows.add_command("pi-1", "after", "ping")
+
+    # THEN the slow one is TIMED_OUT, the raising one FAILED with its error, and the device goes on
+    slow = shadows.outcome("pi-1", "slow")
+    release.set()
+    assert slow["state"] == "TIMED_OUT" and "deadline" in slow["error"]
+    boom = shadows.outcome("pi-1", "boom")
+    assert boom["state"] == "FAILED" and "sensor bus not responding" in boom["error"]
+    assert shadows.outcome("pi-1", "after")["state"] == "SUCCEEDED"
+
+
+def test_outcome_history_stays_bounded(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
+    # GIVEN a connected device
+    start_agent("pi-1")
+
+    # WHEN it has answered more commands than the shadow keeps
+    for i in range(20):
+        shadows.add_command("pi-1", f"p{i:02d}", "ping")
+    shadows.outcome("pi-1", "p19")
+    wait_for(lambda: not shadows.commands("pi-1").get("desired"), "all commands answered")
+
+    # THEN only the newest 16 outcomes remain in the commands shadow
+    reported = shadows.commands("pi-1")["reported"]
+    assert len(reported) == 16
+    assert "p19" in reported and "p00" not in reported
+    assert shadows.get("pi-1", COMMANDS_SHADOW)["state"].get("desired") in (None, {})

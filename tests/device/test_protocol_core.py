@@ -1,0 +1,251 @@
+"""The device's protocol core, without sockets: what runs, what is answered, what is reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iotbridge_contract.commands import HISTORY, CommandState, pending_entry
+from iotbridge_pi.executed_log import CAPACITY, ExecutedLog
+from iotbridge_pi.handlers import default_registry
+from iotbridge_pi.model import DESIRED_SPECS
+from iotbridge_pi.protocol import INTERRUPTED, CommandCore, ServiceClock, desired_changes
+
+SERVICE_NOW_S = 1_800_000_000  # the shadow service's clock in documents (seconds)
+SERVICE_NOW_MS = SERVICE_NOW_S * 1000
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_core(state_dir: Path, monotonic: FakeMonotonic | None = None) -> CommandCore:
+    clock = ServiceClock(monotonic or FakeMonotonic())
+    # The device's own clock is deliberately far off: expiry must not depend on it.
+    return CommandCore(
+        ExecutedLog(state_dir), default_registry().advertisement(), clock_ms=lambda: 5, service_clock=clock
+    )
+
+
+def cmd(action: str, params: dict[str, Any] | None = None, *, ttl_ms: int = 60_000, issued: int = 0) -> dict[str, Any]:
+    return pending_entry(
+        action, params or {}, issued_at=SERVICE_NOW_MS + issued, expires_at=SERVICE_NOW_MS + ttl_ms
+    )
+
+
+def delta(commands: dict[str, Any], *, timestamp: int = SERVICE_NOW_S) -> dict[str, Any]:
+    return {"state": commands, "timestamp": timestamp, "version": 2}
+
+
+def get_accepted(desired: dict[str, Any], reported: dict[str, Any], *, timestamp: int = SERVICE_NOW_S) -> dict[str, Any]:
+    return {"state": {"desired": desired, "reported": reported}, "timestamp": timestamp, "version": 7}
+
+
+def test_a_new_command_is_run_once_and_a_duplicate_delivery_is_answered_not_rerun(tmp_path: Path) -> None:
+    # GIVEN a device that received command c1 and ran it to success
+    core = make_core(tmp_path)
+    plan = core.on_delta(delta({"c1": cmd("led", {"state": "on"})}))
+    assert [c.id for c in plan.run] == ["c1"]
+    assert core.begin(plan.run[0]) is None
+    outcome = core.finish(plan.run[0], CommandState.SUCCEEDED, result={"led": "on"})
+
+    # WHEN the same delta is delivered again (QoS 1 redelivery) and a get shows it still pending
+    again = core.on_delta(delta({"c1": cmd("led", {"state": "on"})}))
+    after_get = core.on_get_accepted(get_accepted({"c1": cmd("led", {"state": "on"})}, {}))
+
+    # THEN it is not run again; its logged outcome is reported again
+    assert again.run == [] and after_get.run == []
+    assert again.report == {"c1": outcome} and after_get.report == {"c1": outcome}
+    assert outcome["state"] == "SUCCEEDED" and outcome["result"] == {"led": "on"}
+
+
+def test_a_duplicate_of_a_command_still_waiting_to_run_is_ignored(tmp_path: Path) -> None:
+    # GIVEN c1 planned to run but not finished yet
+    core = make_core(tmp_path)
+    first = core.on_delta(delta({"c1": cmd("ping")}))
+
+    # WHEN the delta is delivered a second time
+    second = core.on_delta(delta({"c1": cmd("ping")}))
+
+    # THEN c1 is neither planned again nor answered early
+    assert [c.id for c in first.run] == ["c1"]
+    assert second.run == [] and second.report == {}
+
+
+def test_an_expired_command_is_not_run_judged_by_the_service_clock(tmp_path: Path) -> None:
+    # GIVEN a command whose expiresAt is one second before the service's timestamp,
+    # and one that expires exactly at it (still allowed: timestamp*1000 <= expiresAt)
+    core = make_core(tmp_path)
+    doc = delta({"late": cmd("led", {"state": "on"}, ttl_ms=-1000), "edge": cmd("ping", ttl_ms=0, issued=1)})
+
+    # WHEN the delta arrives
+    plan = core.on_delta(doc)
+
+    # THEN the late one is answered EXPIRED without running, the edge one runs
+    assert [c.id for c in plan.run] == ["edge"]
+    assert plan.report["late"]["state"] == "EXPIRED"
+    assert "result" not in plan.report["late"]
+
+
+def test_a_command_that_expires_while_waiting_behind_another_is_not_started(tmp_path: Path) -> None:
+    # GIVEN a command with 2 s to live, planned to run
+    mono = FakeMonotonic()
+    core = make_core(tmp_path, mono)
+    plan = core.on_delta(delta({"c1": cmd("ping", ttl_ms=2000)}))
+
+    # WHEN 3 s pass (on the service's clock, as tracked since the document) before it can start
+    mono.t += 3.0
+    outcome = core.begin(plan.run[0])
+
+    # THEN it is answered EXPIRED and never recorded as started
+    assert outcome is not None and outcome["state"] == "EXPIRED"
+    log = ExecutedLog(tmp_path).get("c1")
+    assert log is not None and log.outcome == outcome
+
+
+def test_restart_keeps_the_executed_log(tmp_path: Path) -> None:
+    # GIVEN a device that ran c1, then restarted (a new core reading the same state dir)
+    core = make_core(tmp_path)
+    plan = core.on_delta(delta({"c1": cmd("led", {"state": "toggle"})}))
+    core.begin(plan.run[0])
+    outcome = core.finish(plan.run[0], CommandState.SUCCEEDED, result={"led": "on"})
+    restarted = make_core(tmp_path)
+
+    # WHEN after the restart the shadow still shows c1 pending (its report was lost)
+    plan = restarted.on_get_accepted(get_accepted({"c1": cmd("led", {"state": "toggle"})}, {}))
+
+    # THEN c1 is reported with its original outcome, not toggled a second time
+    assert plan.run == []
+    assert plan.report == {"c1": outcome}
+
+
+def test_a_command_interrupted_by_a_crash_is_reported_failed_never_rerun(tmp_path: Path) -> None:
+    # GIVEN c1 was started (logged) and the process died before it finished
+    core = make_core(tmp_path)
+    plan = core.on_delta(delta({"c1": cmd("reboot")}))
+    assert core.begin(plan.run[0]) is None
+
+    # WHEN the device comes back and sees c1 still pending
+    plan = make_core(tmp_path).on_get_accepted(get_accepted({"c1": cmd("reboot")}, {}))
+
+    # THEN c1 is answered FAILED (interrupted) and not run again
+    assert plan.run == []
+    assert plan.report["c1"]["state"] == "FAILED"
+    assert plan.report["c1"]["error"] == INTERRUPTED
+
+
+def test_bad_params_are_rejected_with_the_reason(tmp_path: Path) -> None:
+    # GIVEN commands with a wrong value, a missing param and an unknown param
+    core = make_core(tmp_path)
+    doc = delta(
+        {
+            "bad": cmd("led", {"state": "purple"}),
+            "missing": cmd("set_interval", {}, issued=1),
+            "extra": cmd("ping", {"loud": True}, issued=2),
+        }
+    )
+
+    # WHEN they arrive
+    plan = core.on_delta(doc)
+
+    # THEN none runs, each is REJECTED saying what is wrong
+    assert plan.run == []
+    assert {k: v["state"] for k, v in plan.report.items()} == dict.fromkeys(("bad", "missing", "extra"), "REJECTED")
+    assert "state: must be one of on, off, toggle" in plan.report["bad"]["error"]
+    assert "seconds: required" in plan.report["missing"]["error"]
+    assert "unknown parameter(s): loud" in plan.report["extra"]["error"]
+
+
+def test_an_unknown_action_is_rejected_listing_the_known_ones(tmp_path: Path) -> None:
+    # GIVEN a command for an action the device does not have
+    core = make_core(tmp_path)
+
+    # WHEN it arrives
+    plan = core.on_delta(delta({"c1": cmd("self_destruct")}))
+
+    # THEN it is REJECTED, naming the action and the ones the device knows
+    assert plan.run == []
+    error = plan.report["c1"]["error"]
+    assert plan.report["c1"]["state"] == "REJECTED"
+    assert "self_destruct" in error and "led" in error and "read_sensors" in error
+
+
+def test_a_malformed_entry_is_rejected(tmp_path: Path) -> None:
+    # GIVEN a pending entry that is not a command object
+    core = make_core(tmp_path)
+
+    # WHEN it arrives
+    plan = core.on_delta(delta({"c1": "led on please"}))
+
+    # THEN it is REJECTED rather than crashing the device or staying pending forever
+    assert plan.report["c1"]["state"] == "REJECTED"
+
+
+def test_report_clears_desired_in_the_same_update_and_prunes_history(tmp_path: Path) -> None:
+    # GIVEN a shadow that already holds HISTORY outcomes
+    core = make_core(tmp_path)
+    old = {f"old{i:02d}": {"state": "SUCCEEDED", "action": "ping", "doneAt": 1000 + i} for i in range(HISTORY)}
+    plan = core.on_get_accepted(get_accepted({"c1": cmd("ping")}, old))
+
+    # WHEN c1 finishes and its update is built
+    outcome = core.finish(plan.run[0], CommandState.SUCCEEDED, result={"pong": True})
+    update = core.report_update({"c1": outcome})
+
+    # THEN one update both reports c1 and removes it from desired, and nulls the oldest outcome
+    assert update["state"]["desired"] == {"c1": None}
+    assert update["state"]["reported"]["c1"] == outcome
+    assert update["state"]["reported"]["old00"] is None
+    assert sum(1 for v in update["state"]["reported"].values() if v is None) == 1
+    json.dumps(update)  # it is a JSON document
+
+
+def test_an_id_done_according_to_the_shadow_but_missing_from_the_log_is_not_rerun(tmp_path: Path) -> None:
+    # GIVEN a device whose log was lost, and a shadow that has c1's outcome while desired still lists it
+    core = make_core(tmp_path)
+    done = {"state": "SUCCEEDED", "action": "ping", "doneAt": 7, "result": {"pong": True}}
+
+    # WHEN it reads the shadow
+    plan = core.on_get_accepted(get_accepted({"c1": cmd("ping")}, {"c1": done}))
+
+    # THEN the shadow's outcome is re-reported and nothing runs
+    assert plan.run == [] and plan.report == {"c1": done}
+
+
+def test_the_executed_log_is_capped_and_written_atomically(tmp_path: Path) -> None:
+    # GIVEN a log that has seen more ids than it keeps
+    log = ExecutedLog(tmp_path, fsync=False)
+    for i in range(CAPACITY + 10):
+        log.finished(f"c{i}", "ping", {"state": "SUCCEEDED", "action": "ping", "doneAt": i})
+
+    # WHEN it is read back from disk
+    reread = ExecutedLog(tmp_path)
+
+    # THEN the newest CAPACITY ids are there, the oldest forgotten, and no temp file is left
+    assert len(reread) == CAPACITY
+    assert "c9" not in reread and f"c{CAPACITY + 9}" in reread
+    assert [p.name for p in tmp_path.iterdir()] == ["executed.json"]
+
+
+def test_a_corrupt_log_is_an_error_not_an_empty_log(tmp_path: Path) -> None:
+    # GIVEN a log file that is not JSON
+    (tmp_path / "executed.json").write_text("{not json")
+
+    # WHEN the device opens it / THEN it refuses (an empty log would allow re-running commands)
+    with pytest.raises(RuntimeError, match="unreadable"):
+        ExecutedLog(tmp_path)
+
+
+def test_desired_state_changes_are_validated() -> None:
+    # GIVEN a classic delta with valid, invalid and unknown keys
+    changes, refused = desired_changes({"led": "on", "relay": "yes", "color": "red"}, DESIRED_SPECS)
+
+    # THEN only the valid known key is applied
+    assert changes == {"led": "on"}
+    assert set(refused) == {"relay", "color"}
