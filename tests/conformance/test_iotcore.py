@@ -1,0 +1,245 @@
+"""The iotcore process as clients see it: MQTT topics, boto3's typed errors, restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from typing import Any
+
+import pytest
+
+from iotbridge_local.broker import Broker
+from iotbridge_local.iotcore import IotCore
+from tests.conformance.conftest import WAIT, IotCoreProcess, Watcher, boto
+
+
+def test_http_update_publishes_accepted_documents_and_delta_for_devices(iotcore: IotCore, watcher: Watcher) -> None:
+    # GIVEN a device listening on its shadow's reply topics, having reported led=off
+    base = "$aws/things/dev1/shadow"
+    watcher.watch(f"{base}/update/accepted", f"{base}/update/delta", f"{base}/update/documents")
+    data = boto("iot-data", iotcore.url)
+    data.update_thing_shadow(thingName="dev1", payload=b'{"state":{"reported":{"led":"off","t":20}}}')
+    assert watcher.until(f"{base}/update/accepted")["version"] == 1
+    watcher.drain()
+    # WHEN an app sets desired led=on over HTTP
+    data.update_thing_shadow(thingName="dev1", payload=b'{"state":{"desired":{"led":"on"}},"clientToken":"app-1"}')
+    # THEN the device gets accepted, documents and a delta with AWS's fields
+    accepted = watcher.until(f"{base}/update/accepted")
+    documents = watcher.until(f"{base}/update/documents")
+    delta = watcher.until(f"{base}/update/delta")
+    assert accepted["state"] == {"desired": {"led": "on"}} and accepted["clientToken"] == "app-1"
+    assert documents["previous"]["version"] == 1 and documents["current"]["version"] == 2
+    assert documents["current"]["state"] == {"desired": {"led": "on"}, "reported": {"led": "off", "t": 20}}
+    assert delta == {
+        "state": {"led": "on"},
+        "metadata": {"led": {"timestamp": delta["timestamp"]}},
+        "version": 2,
+        "timestamp": delta["timestamp"],
+        "clientToken": "app-1",
+    }
+
+
+def test_reported_update_that_leaves_no_delta_publishes_no_delta(iotcore: IotCore, watcher: Watcher) -> None:
+    # GIVEN a pending desired led=on
+    base = "$aws/things/dev1/shadow"
+    watcher.watch(f"{base}/update/accepted", f"{base}/update/delta")
+    watcher.publish(f"{base}/update", b'{"state":{"desired":{"led":"on"}}}')
+    watcher.until(f"{base}/update/delta")
+    # WHEN the device reports led=on and clears desired in one update
+    watcher.publish(f"{base}/update", b'{"state":{"reported":{"led":"on"},"desired":null}}')
+    assert watcher.until(f"{base}/update/accepted")["version"] == 2
+    # THEN no delta follows: a marker update on another thing arrives first
+    watcher.watch("$aws/things/other/shadow/update/accepted")
+    watcher.publish("$aws/things/other/shadow/update", b'{"state":{}}')
+    topic, _ = watcher.next()
+    assert topic == "$aws/things/other/shadow/update/accepted"
+
+
+def test_publishing_to_a_shadow_topic_over_http_is_a_shadow_request(iotcore: IotCore, watcher: Watcher) -> None:
+    # GIVEN a client listening on accepted
+    watcher.watch("$aws/things/dev2/shadow/name/cfg/update/accepted", "plain/topic")
+    data = boto("iot-data", iotcore.url)
+    # WHEN it publishes a request document through iot-data Publish, as on AWS
+    data.publish(topic="$aws/things/dev2/shadow/name/cfg/update", qos=1, payload=b'{"state":{"reported":{"v":1}}}')
+    # THEN the shadow service handles it and answers on MQTT
+    assert watcher.until("$aws/things/dev2/shadow/name/cfg/update/accepted")["version"] == 1
+    assert json.loads(data.get_thing_shadow(thingName="dev2", shadowName="cfg")["payload"].read())["version"] == 1
+    # AND an ordinary topic is simply published
+    data.publish(topic="plain/topic", qos=1, payload=b'{"hello":1}')
+    assert watcher.until("plain/topic") == {"hello": 1}
+
+
+def test_bad_names_are_400_and_touch_no_topic(iotcore: IotCore, watcher: Watcher) -> None:
+    # GIVEN a watcher on every shadow topic
+    watcher.watch("$aws/things/+/shadow/#", "$aws/things/+/shadow/name/+/#")
+    data = boto("iot-data", iotcore.url)
+    iot = boto("iot", iotcore.url)
+    # WHEN names outside AWS's alphabet are used / THEN boto3 raises InvalidRequestException
+    with pytest.raises(data.exceptions.InvalidRequestException):
+        data.update_thing_shadow(thingName="bad$thing", payload=b'{"state":{}}')
+    with pytest.raises(data.exceptions.InvalidRequestException):
+        data.get_thing_shadow(thingName="dev1", shadowName="a/b")
+    with pytest.raises(data.exceptions.InvalidRequestException):
+        data.publish(topic="$aws/things/x y/shadow/update", qos=1, payload=b'{"state":{}}')
+    with pytest.raises(data.exceptions.InvalidRequestException):
+        data.publish(topic="cmd/+/x", qos=1, payload=b"{}")
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.describe_thing(thingName="x" * 129)
+    # AND nothing was published: the next message is our marker
+    watcher.publish("$aws/things/marker/shadow/get", b"")
+    topic, _ = watcher.next()
+    assert topic.startswith("$aws/things/marker/")
+
+
+def test_iot_data_errors_are_boto3_typed_exceptions(iotcore: IotCore) -> None:
+    # GIVEN a shadow at version 1
+    data = boto("iot-data", iotcore.url)
+    data.update_thing_shadow(thingName="dev1", payload=b'{"state":{"reported":{"a":1}}}')
+    # WHEN / THEN each failure raises the exception class boto3 documents
+    with pytest.raises(data.exceptions.ConflictException):
+        data.update_thing_shadow(thingName="dev1", payload=b'{"state":{},"version":7}')
+    with pytest.raises(data.exceptions.ResourceNotFoundException):
+        data.get_thing_shadow(thingName="dev1", shadowName="missing")
+    with pytest.raises(data.exceptions.ResourceNotFoundException):
+        data.delete_thing_shadow(thingName="nobody")
+    with pytest.raises(data.exceptions.InvalidRequestException):
+        data.update_thing_shadow(thingName="dev1", payload=b"not json")
+    with pytest.raises(data.exceptions.RequestEntityTooLargeException):
+        data.update_thing_shadow(thingName="dev1", payload=json.dumps({"state": {"desired": {"b": "x" * 9000}}}))
+    with pytest.raises(data.exceptions.UnsupportedDocumentEncodingException):
+        data.update_thing_shadow(thingName="dev1", payload=b"\xff\xfe")
+
+
+def test_named_shadow_listing_pages_through_boto3(iotcore: IotCore) -> None:
+    # GIVEN five named shadows
+    data = boto("iot-data", iotcore.url)
+    for name in ("a", "b", "c", "d", "e"):
+        data.update_thing_shadow(thingName="dev1", shadowName=name, payload=b'{"state":{}}')
+    # WHEN listed two per page
+    seen, token = [], None
+    while True:
+        kwargs: dict[str, Any] = {"thingName": "dev1", "pageSize": 2}
+        if token:
+            kwargs["nextToken"] = token
+        page = data.list_named_shadows_for_thing(**kwargs)
+        seen += page["results"]
+        token = page.get("nextToken")
+        if not token:
+            break
+    # THEN every name is listed once
+    assert seen == ["a", "b", "c", "d", "e"]
+
+
+def test_thing_registry_through_boto3_iot(iotcore: IotCore) -> None:
+    # GIVEN the iot control-plane client
+    iot = boto("iot", iotcore.url)
+    # WHEN things are created
+    created = iot.create_thing(thingName="pi-1", attributePayload={"attributes": {"model": "pi4"}})
+    iot.create_thing(thingName="pi-2")
+    iot.create_thing(thingName="pi-3")
+    # THEN they describe, list in pages, and re-creating the same thing is idempotent
+    described = iot.describe_thing(thingName="pi-1")
+    assert described["thingId"] == created["thingId"] and described["attributes"] == {"model": "pi4"}
+    assert described["thingArn"].endswith(":thing/pi-1")
+    assert iot.create_thing(thingName="pi-1", attributePayload={"attributes": {"model": "pi4"}})["thingId"] == created["thingId"]
+    first = iot.list_things(maxResults=2)
+    rest = iot.list_things(maxResults=2, nextToken=first["nextToken"])
+    assert [t["thingName"] for t in first["things"] + rest["things"]] == ["pi-1", "pi-2", "pi-3"]
+    assert "nextToken" not in rest
+    # AND conflicts and absences are typed exceptions
+    with pytest.raises(iot.exceptions.ResourceAlreadyExistsException):
+        iot.create_thing(thingName="pi-1", attributePayload={"attributes": {"model": "other"}})
+    iot.delete_thing(thingName="pi-2")
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_thing(thingName="pi-2")
+
+
+def test_shadows_do_not_need_a_registered_thing_as_on_aws(iotcore: IotCore) -> None:
+    # GIVEN a thing name that was never registered
+    data, iot = boto("iot-data", iotcore.url), boto("iot", iotcore.url)
+    # WHEN its shadow is updated / THEN it works (AWS; moto would need create_thing first)
+    data.update_thing_shadow(thingName="unregistered", payload=b'{"state":{"reported":{"a":1}}}')
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_thing(thingName="unregistered")
+
+
+def test_http_server_does_not_wait_on_nagle(iotcore: IotCore) -> None:
+    # GIVEN / WHEN / THEN the handler class opts out of Nagle (a timing test would flake; the flag is the fix)
+    assert iotcore._http is not None
+    assert getattr(iotcore._http.RequestHandlerClass, "disable_nagle_algorithm", False) is True
+    with urllib.request.urlopen(f"{iotcore.url}/things") as resp:
+        assert json.loads(resp.read()) == {"things": []}
+
+
+def test_malformed_mqtt_traffic_is_rejected_and_others_keep_being_served(iotcore: IotCore, watcher: Watcher) -> None:
+    # GIVEN a client watching rejections of one thing and acceptances of another
+    bad, good = "$aws/things/noisy/shadow", "$aws/things/calm/shadow"
+    watcher.watch(f"{bad}/update/rejected", f"{bad}/get/rejected", f"{good}/update/accepted")
+    deep: dict[str, Any] = {}
+    for i in range(7):
+        deep = {f"k{i}": deep}
+    garbage = [
+        (b"{not json", 400),
+        (json.dumps({"state": {"reported": {"b": "x" * 9 * 1024}}}).encode(), 413),
+        (json.dumps({"state": {"reported": deep}}).encode(), 400),
+        (json.dumps({"state": {}, "clientToken": "t" * 65}).encode(), 400),
+        (b"\x00\xff", 415),
+    ]
+    # WHEN malformed updates arrive, and a get for a shadow that does not exist
+    for payload, _ in garbage:
+        watcher.publish(f"{bad}/update", payload)
+    watcher.publish(f"{bad}/get", b"")
+    # THEN each is rejected with AWS's code, in order
+    codes = [watcher.until(f"{bad}/update/rejected")["code"] for _ in garbage]
+    assert codes == [code for _, code in garbage]
+    assert watcher.until(f"{bad}/get/rejected") == {
+        "code": 404,
+        "message": "No shadow exists with name: 'noisy'",
+        "timestamp": pytest.approx(0, abs=10**12),
+    }
+    # AND another thing is still served
+    watcher.publish(f"{good}/update", b'{"state":{"reported":{"fine":true}}}')
+    assert watcher.until(f"{good}/update/accepted")["version"] == 1
+
+
+# ------------------------------------------------------------------ the process
+
+
+def test_sigkill_loses_no_acknowledged_update_and_sigterm_stops_cleanly(iotcore_process: IotCoreProcess, broker: Broker) -> None:
+    # GIVEN twenty updates, each acknowledged on update/accepted
+    w = Watcher(broker.service_endpoint(), "durability-watcher")
+    try:
+        base = "$aws/things/dev9/shadow"
+        w.watch(f"{base}/update/accepted")
+        for i in range(1, 21):
+            w.publish(f"{base}/update", json.dumps({"state": {"reported": {"n": i}}}).encode())
+            assert w.until(f"{base}/update/accepted")["version"] == i
+        # WHEN the process is killed without warning and started again
+        iotcore_process.signal(signal.SIGKILL)
+        iotcore_process.start()
+        # THEN every acknowledged update is there
+        data = boto("iot-data", iotcore_process.url)
+        doc = json.loads(data.get_thing_shadow(thingName="dev9")["payload"].read())
+        assert (doc["version"], doc["state"]["reported"]) == (20, {"n": 20})
+        # AND SIGTERM ends it with exit status 0
+        assert iotcore_process.signal(signal.SIGTERM) == 0
+    finally:
+        w.close()
+
+
+def test_requests_sent_while_iotcore_is_down_are_answered_after_restart(iotcore_process: IotCoreProcess, broker: Broker) -> None:
+    # GIVEN a device subscribed to accepted, and iotcore stopped
+    w = Watcher(broker.service_endpoint(), "offline-watcher")
+    try:
+        base = "$aws/things/dev7/shadow"
+        w.watch(f"{base}/update/accepted")
+        assert iotcore_process.signal(signal.SIGTERM) == 0
+        # WHEN the device publishes an update while iotcore is down, then iotcore comes back
+        w.publish(f"{base}/update", b'{"state":{"reported":{"while":"down"}},"clientToken":"late"}')
+        iotcore_process.start()
+        # THEN the broker kept the request for iotcore's session and it is answered
+        accepted = w.until(f"{base}/update/accepted", timeout=WAIT)
+        assert accepted["clientToken"] == "late" and accepted["version"] == 1
+    finally:
+        w.close()
