@@ -23,6 +23,10 @@ Security, mirroring AWS IoT's X.509 auth and per-thing policies:
 - ACLs are keyed on the username (`%u`), never on the client id alone: any
   client may connect with another's client id. A device may use only
   `$aws/things/{its name}/shadow/#` and `iotbridge/things/{its name}/#`.
+- On the TLS port the client id is replaced by the certificate's CN
+  (`use_username_as_clientid`), like an AWS policy that allows `iot:Connect`
+  only on `client/${iot:Connection.Thing.ThingName}`: a device cannot take
+  over (disconnect) another device's session by borrowing its client id.
   Service usernames contain a `.`, which no thing name can, so no device
   certificate can ever carry a service identity.
 """
@@ -161,6 +165,7 @@ class Broker:
             f"keyfile {server.key_pem}",
             "require_certificate true",
             "use_identity_as_username true",
+            "use_username_as_clientid true",
             "tls_version tlsv1.2",
             "",
             "# the dashboard: MQTT over WebSockets, username + password",

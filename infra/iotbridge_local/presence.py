@@ -15,12 +15,17 @@ Lines (Mosquitto 2.0.11) and what they become:
     New client connected from IP:PORT as ID (p2, c1, k60, u'USER').   connected
     Client ID disconnected.                                          CLIENT_INITIATED_DISCONNECT
     Client ID closed its connection.                                 CONNECTION_LOST
-    Socket error on client ID, disconnecting.                        CONNECTION_LOST
+    Bad socket read/write on client ID: why                          CONNECTION_LOST (*)
     Client ID has exceeded timeout, disconnecting.                   MQTT_KEEP_ALIVE_TIMEOUT
     Client ID already connected, closing old connection.             DUPLICATE_CLIENTID
-    Client ID disconnected, not authorised. (and other "…, why.")    CLIENT_ERROR
+    Client ID disconnected, not authorised.                          AUTH_ERROR
+    Client ID disconnected due to …/: … and "… from ID, disconnecting."  CLIENT_ERROR
     mosquitto version V terminating                                  SERVER_INITIATED_DISCONNECT (all)
     mosquitto version V starting (without terminating before)        SERVER_ERROR (all: a kill or crash)
+
+(*) Mosquitto 2.0.11 also drops a client that publishes where its ACL does not
+allow (as AWS IoT does), logging only this line: the reason cannot tell the two
+apart.
 
 Payloads follow AWS ("Lifecycle events" in the AWS IoT developer guide):
 clientId, timestamp (ms), eventType, sessionIdentifier, principalIdentifier,
@@ -51,10 +56,15 @@ _CONNECTED = re.compile(
 _DISCONNECTS: list[tuple[re.Pattern[str], str, bool]] = [
     (re.compile(_STAMP + r"Client (?P<id>.+) disconnected\.$"), "CLIENT_INITIATED_DISCONNECT", True),
     (re.compile(_STAMP + r"Client (?P<id>.+) closed its connection\.$"), "CONNECTION_LOST", False),
+    (re.compile(_STAMP + r"Bad socket read/write on client (?P<id>.+?): .*$"), "CONNECTION_LOST", False),
     (re.compile(_STAMP + r"Socket error on client (?P<id>.+), disconnecting\.$"), "CONNECTION_LOST", False),
     (re.compile(_STAMP + r"Client (?P<id>.+) has exceeded timeout, disconnecting\.$"), "MQTT_KEEP_ALIVE_TIMEOUT", False),
     (re.compile(_STAMP + r"Client (?P<id>.+) already connected, closing old connection\.$"), "DUPLICATE_CLIENTID", False),
-    (re.compile(_STAMP + r"Client (?P<id>.+) disconnected(?:,| due to) .+\.$"), "CLIENT_ERROR", False),
+    (re.compile(_STAMP + r"Client (?P<id>.+) disconnected, not authorised\.$"), "AUTH_ERROR", False),
+    (re.compile(_STAMP + r"Client (?P<id>.+) been disconnected by administrative action\.$"), "API_INITIATED_DISCONNECT", False),
+    (re.compile(_STAMP + r"Client (?P<id>.+) disconnected(?::| due to) .+\.$"), "CLIENT_ERROR", False),
+    (re.compile(_STAMP + r"Bad client (?P<id>.+) sending multiple CONNECT messages\.$"), "CLIENT_ERROR", False),
+    (re.compile(_STAMP + r".+ from (?P<id>.+), disconnecting\.$"), "CLIENT_ERROR", False),
 ]
 _TERMINATING = re.compile(_STAMP + r"mosquitto version \S+ terminating$")
 _STARTING = re.compile(_STAMP + r"mosquitto version \S+ starting$")
