@@ -55,12 +55,10 @@ def test_the_api_key_is_enforced_like_api_gateway(stack: LocalStack) -> None:
 
 
 def test_hostile_thing_names_are_refused(stack: LocalStack) -> None:
-    # GIVEN names with MQTT wildcards, separators or reserved prefixes, URL-encoded as a browser would send them
-    for thing, code in (("sim-1%2Fshadow", "NOT_FOUND"), ("%2B", "INVALID_THING_NAME"), ("%23", "NOT_FOUND"),
-                        ("%24aws", "INVALID_THING_NAME"), ("sim-1%00", "INVALID_THING_NAME")):  # fmt: skip
+    # GIVEN names with MQTT wildcards, separators, NUL or reserved prefixes, URL-encoded as a browser sends them
+    for thing in ("sim-1%2Fshadow", "%2B", "sim-1%23", "%24aws", "sim-1%00", "x" * 129):
         # WHEN a command is posted to them
         status, _, body = call(stack.config.api_url, "POST", f"/devices/{thing}/commands", key=stack.config.api_key,
                                body={"action": "ping"})  # fmt: skip
-        # THEN it is refused as a client error (a decoded slash or a `#` matches no route)
-        assert body["code"] == code, (thing, body)
-        assert status == (404 if code == "NOT_FOUND" else 400)
+        # THEN it is refused as a client error: a bad name, or (decoded `/`, `#`, NUL) a path no route matches
+        assert (status, body["code"]) in ((400, "INVALID_THING_NAME"), (404, "NOT_FOUND")), (thing, body)
