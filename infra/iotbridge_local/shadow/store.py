@@ -98,11 +98,9 @@ class ShadowStore:
         return Shadow.from_json(row[0]) if row else None
 
     def change(self, thing: str, name: str | None, fn: Callable[[Shadow | None], tuple[Shadow | None, T]]) -> T:
-        """Run `fn(current)` -> (new shadow to store or None for no change, result) in one transaction.
+        """Run `fn(current)` -> (shadow to store or None, result) in one transaction; return result after COMMIT.
 
-        `fn` may raise to reject: nothing is written then. The result is returned
-        after COMMIT, and the store lock is still held by the caller's `with
-        store.serial()` if it wants to publish in commit order.
+        `fn` may raise to reject the request: nothing is written then.
         """
         key = self._key(name)
         with self.transaction() as db:
