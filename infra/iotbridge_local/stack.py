@@ -53,6 +53,7 @@ class LocalStack:
         self.prewarm = prewarm
         self.quiet = quiet
         self._children: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
+        self._argv: dict[str, list[str]] = {}
         self._api: ApiGateway | None = None
         self._dashboard: DashboardServer | None = None
 
@@ -181,6 +182,7 @@ class LocalStack:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self._children[name] = (process, log)
+        self._argv[name] = argv
 
     def _stop_child(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
         entry = self._children.pop(name, None)
@@ -195,6 +197,24 @@ class LocalStack:
                 process.kill()
                 process.wait()
         log.close()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Stop one part: "broker", "iotcore", "rules" or "device-<thing>" (SIGKILL by default: a crash)."""
+        if name == "broker":
+            self.broker.stop(sig)
+        else:
+            self._stop_child(name, sig=sig)
+
+    def restart(self, name: str) -> None:
+        """Start a part stopped by kill(); shadows, sessions and device logs persist in the data dir."""
+        if name == "broker":
+            self.broker.start()
+        elif name.startswith("device-"):
+            self.start_device(name.removeprefix("device-"))
+        else:
+            self._spawn(name, self._argv[name])
+            if name == "iotcore":
+                wait_for_port(self.config.iot_http_port, timeout=15)
 
     def child_alive(self, name: str) -> bool:
         entry = self._children.get(name)
