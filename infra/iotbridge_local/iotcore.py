@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -348,6 +349,9 @@ def _json(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
+MAX_BODY_BYTES = 2 * MAX_PAYLOAD_BYTES
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as boto3 expects
     disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms Nagle wait
@@ -356,6 +360,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         core: IotCore = self.server.iotcore  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:  # refuse before reading: nothing that large is a valid request
+            self.close_connection = True
+            self._reply(
+                413,
+                _json({"message": "The payload exceeds the maximum size allowed"}),
+                {"Content-Type": "application/json", "x-amzn-ErrorType": "RequestEntityTooLargeException"},
+            )
+            return
         body = self.rfile.read(length) if length else b""
         try:
             status, payload = core.route(self.command, self.path, body)
@@ -367,6 +379,9 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("HTTP %s %s failed", self.command, self.path)
             status, payload = 500, _json({"message": "Internal service failure"})
             headers = {"Content-Type": "application/json", "x-amzn-ErrorType": "InternalFailureException"}
+        self._reply(status, payload, headers)
+
+    def _reply(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -388,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mqtt-host", default="127.0.0.1")
     parser.add_argument("--http-host", default="127.0.0.1")
     parser.add_argument("--mqtt-username")
-    parser.add_argument("--mqtt-password")
+    parser.add_argument(
+        "--mqtt-password",
+        default=os.environ.get("IOTBRIDGE_MQTT_PASSWORD"),
+        help="or set IOTBRIDGE_MQTT_PASSWORD, which keeps it out of the process list",
+    )
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--fsync", action="store_true", help="SQLite synchronous=FULL (survive power loss)")
     parser.add_argument("--log-level", default="INFO")

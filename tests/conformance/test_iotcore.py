@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import urllib.request
 from typing import Any
 
@@ -241,5 +242,49 @@ def test_requests_sent_while_iotcore_is_down_are_answered_after_restart(iotcore_
         # THEN the broker kept the request for iotcore's session and it is answered
         accepted = w.until(f"{base}/update/accepted", timeout=WAIT)
         assert accepted["clientToken"] == "late" and accepted["version"] == 1
+    finally:
+        w.close()
+
+
+def test_concurrent_http_updates_get_distinct_versions_published_in_order(iotcore: IotCore, watcher: Watcher) -> None:
+    # GIVEN a subscriber on accepted, and 8 callers (fewer than the 10 in flight AWS allows)
+    watcher.watch("$aws/things/busy/shadow/update/accepted")
+    versions: list[int] = []
+    lock = threading.Lock()
+
+    def caller(n: int) -> None:
+        data = boto("iot-data", iotcore.url)
+        for i in range(10):
+            body = json.dumps({"state": {"reported": {f"c{n}": i}}}).encode()
+            doc = json.loads(data.update_thing_shadow(thingName="busy", payload=body)["payload"].read())
+            with lock:
+                versions.append(doc["version"])
+
+    # WHEN they all update the same shadow at once
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # THEN every update got its own version, none lost
+    assert sorted(versions) == list(range(1, 81))
+    doc = json.loads(boto("iot-data", iotcore.url).get_thing_shadow(thingName="busy")["payload"].read())
+    assert doc["state"]["reported"] == {f"c{n}": 9 for n in range(8)}
+    # AND subscribers saw the accepted documents in version order
+    seen = [watcher.until("$aws/things/busy/shadow/update/accepted")["version"] for _ in range(80)]
+    assert seen == list(range(1, 81))
+
+
+def test_broker_restart_is_survived(iotcore: IotCore, broker: Broker) -> None:
+    # GIVEN a running iotcore, then the broker restarts
+    broker.stop()
+    broker.start()
+    w = Watcher(broker.service_endpoint(), "after-restart")
+    try:
+        w.watch("$aws/things/dev3/shadow/update/accepted")
+        # WHEN a device sends an update after the restart
+        w.publish("$aws/things/dev3/shadow/update", b'{"state":{"reported":{"back":true}}}')
+        # THEN iotcore, reconnected with its persistent session, answers it
+        assert w.until("$aws/things/dev3/shadow/update/accepted", timeout=WAIT)["version"] == 1
     finally:
         w.close()
