@@ -112,9 +112,13 @@ export class ApiClient {
 
 function toApiError(status, data) {
   const body = data && typeof data === "object" ? data : {};
-  // API Gateway's own refusal of a missing or wrong key carries no code.
-  if (status === 403 && !body.code) {
-    return new ApiError({ status, code: FORBIDDEN, message: String(body.message || "Forbidden") });
+  // No route of ours answers 403: it is API Gateway refusing a missing or wrong key,
+  // as {"message": "Forbidden"} or, with GatewayResponses, {"code": "INVALID_API_KEY", …}.
+  if (status === 403) {
+    return new ApiError({ status, code: FORBIDDEN, message: String(body.message || "Forbidden"), details: body.code });
+  }
+  if (status === 429 && !body.code) {
+    return new ApiError({ status, code: "THROTTLED", message: String(body.message || "Too Many Requests") });
   }
   return new ApiError({
     status,
@@ -165,6 +169,7 @@ export function explain(err, thing) {
         text: `${who} already has 10 commands waiting. Wait for some to finish.`,
         kind: "warning",
       };
+    case "QUOTA_EXCEEDED":
     case "THROTTLED":
       return { title: "Slow down", text: "AWS IoT throttled the request. Try again in a moment.", kind: "warning" };
     default:

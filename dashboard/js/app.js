@@ -109,7 +109,7 @@ async function refreshHistory() {
 // One request per tick: the open device is refreshed most, the list and history in turn.
 async function tick() {
   let job;
-  if (!app.devices.size && !app.detail) job = refreshList;
+  if (!app.devices.size) job = refreshList;
   else if (app.detail) job = [refreshDetail, refreshList, refreshDetail, refreshHistory][app.tick++ % 4];
   else job = refreshList;
   try {

@@ -6,7 +6,7 @@ import { explain } from "./api.js";
 import { describeParams, isBusy, stateChip } from "./commands.js";
 import { presenceBadge, updateBadge } from "./devices.js";
 import { h, setText } from "./dom.js";
-import { absoluteTime, flatten, formatValue, ledIsOn, relativeTime } from "./format.js";
+import { absoluteTime, flatten, formatLeaf, formatValue, ledIsOn, relativeTime } from "./format.js";
 import { buildField, quickChoices, readParams } from "./specs.js";
 
 export class DetailView {
@@ -196,7 +196,7 @@ export class DetailView {
     updateBadge(this.badge, !!device.connected);
     this.root.dataset.connected = device.connected ? "true" : "false";
     if (device.shadow && typeof device.shadow.version === "number") setText(this.version, `Shadow v${device.shadow.version}`);
-    setText(this.seen, device.connected ? "Connected" : `Last seen ${relativeTime(device.lastSeen)}`);
+    setText(this.seen, `${device.connected ? "Connected" : "Last seen"} ${relativeTime(device.lastSeen)}`);
     this.seen.title = absoluteTime(device.lastSeen);
 
     const actions = device.actions || reported.actions || {};
@@ -307,8 +307,8 @@ export class DetailView {
         "tr",
         { class: pending ? "is-delta" : "", dataset: { key } },
         h("th", { scope: "row" }, key),
-        h("td", {}, key in d ? formatValue(d[key]) : "—", pending ? h("span", { class: "tag" }, "pending") : null),
-        h("td", {}, key in r ? formatValue(r[key]) : "—"),
+        h("td", {}, key in d ? formatLeaf(key, d[key]) : "—", pending ? h("span", { class: "tag" }, "pending") : null),
+        h("td", {}, key in r ? formatLeaf(key, r[key]) : "—"),
       );
     });
     const sig = JSON.stringify([d, r, dl]);

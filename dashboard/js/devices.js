@@ -96,7 +96,7 @@ export class DeviceList {
       { class: "device-card", dataset: { thing } },
       h("div", { class: "device-card-top" }, checkbox, open, badge),
       values,
-      h("p", { class: "device-meta" }, "Last seen ", seen),
+      h("p", { class: "device-meta" }, seen),
     );
     return { el, refs: { checkbox, open, led, badge, seen, values } };
   }
@@ -109,7 +109,8 @@ export class DeviceList {
     updateBadge(refs.badge, device.connected);
     const on = "led" in reported ? ledIsOn(reported.led) : null;
     refs.led.className = `led led-small ${on === null ? "led-none" : on ? "led-on" : "led-off"}`;
-    setText(refs.seen, device.connected ? "now" : relativeTime(device.lastSeen));
+    const since = relativeTime(device.lastSeen);
+    setText(refs.seen, `${device.connected ? "Connected" : "Last seen"} ${since}`);
     if (typeof device.lastSeen === "number") {
       refs.seen.setAttribute("datetime", new Date(device.lastSeen).toISOString());
       refs.seen.title = absoluteTime(device.lastSeen);

@@ -26,6 +26,14 @@ export function formatValue(value) {
   return JSON.stringify(value);
 }
 
+// Shadow leaves named like `at` or `startedAt` holding epoch milliseconds read better as times.
+export function formatLeaf(key, value) {
+  if (typeof value === "number" && value > 1e12 && value < 1e14 && /(^|\.)(at|[a-z]+At)$/.test(key)) {
+    return new Date(value).toLocaleString();
+  }
+  return formatValue(value);
+}
+
 export function formatMs(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
   if (ms < 10) return `${ms.toFixed(1)} ms`;
