@@ -20,6 +20,8 @@ MQTT callbacks only record; the main loop publishes and invokes.
 from __future__ import annotations
 
 import argparse
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -41,7 +43,7 @@ log = logging.getLogger("iotbridge.rules")
 RULE_TOPIC = f"{PRESENCE_PREFIX}+/+"
 RULE_CLIENT_ID = "iotbridge.rules"  # '.': never a thing name, so never a presence shadow
 POLL_SECONDS = 0.02
-RETRIES = 5  # like an asynchronous Lambda invoke: a few tries, then the event is dropped and logged
+RETRIES = 5  # like an asynchronous Lambda invoke: a few tries, then the event is logged and dropped
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +78,8 @@ class RulesProcess:
 
         self.handler = handler
         self.inbox: queue.Queue[tuple[dict[str, Any], int]] = queue.Queue()
+        self.retries: list[tuple[float, int, dict[str, Any], int]] = []
+        self._tiebreak = itertools.count()
         self.unacked: set[int] = set()
         self.acked: set[int] = set()
         self.acked_lock = threading.Lock()
@@ -116,6 +120,7 @@ class RulesProcess:
             while self.running:
                 self._emit()
                 self._invoke_one()
+            self._drain()
         finally:
             self.client.disconnect()
             self.client.loop_stop()
@@ -138,21 +143,40 @@ class RulesProcess:
         if not self.unacked and position != (self.emitter.follower.inode, self.emitter.follower.offset):
             self.emitter.save()
 
+    def _drain(self, timeout: float = 3.0) -> None:
+        """On shutdown: give published events a moment to be acknowledged, so their position is saved."""
+        deadline = time.monotonic() + timeout
+        while self.unacked and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            if self.emitter is not None:
+                with self.acked_lock:
+                    self.unacked -= self.acked
+                    self.acked.clear()
+        if self.emitter is not None and not self.unacked:
+            self.emitter.save()
+
     def _invoke_one(self) -> None:
-        try:
-            event, attempt = self.inbox.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            return
+        """Invoke the function for one event: a due retry first, else the next new one."""
+        now = time.monotonic()
+        if self.retries and self.retries[0][0] <= now:
+            _, _, event, attempt = heapq.heappop(self.retries)
+        else:
+            wait = POLL_SECONDS if not self.retries else min(POLL_SECONDS, max(0.0, self.retries[0][0] - now))
+            try:
+                event, attempt = self.inbox.get(timeout=wait)
+            except queue.Empty:
+                return
         try:
             result = self.handler.lambda_handler(event, _lambda_context())
-            log.info("presence %s -> %s", event.get("clientId"), result)
+            log.info("presence %s %s -> %s", event.get("clientId"), event.get("eventType"), result)
         except Exception:
             if attempt + 1 >= RETRIES:
                 log.exception("presence event dropped after %d attempts: %s", RETRIES, event)
                 return
-            log.warning("presence handler failed (attempt %d), retrying", attempt + 1, exc_info=True)
-            time.sleep(min(2.0, 0.1 * 2**attempt))
-            self.inbox.put((event, attempt + 1))
+            log.warning("presence function failed (attempt %d), will retry", attempt + 1, exc_info=True)
+            # Retried later without blocking the loop, which also emits events.
+            due = time.monotonic() + min(5.0, 0.2 * 2**attempt)
+            heapq.heappush(self.retries, (due, next(self._tiebreak), event, attempt + 1))
 
     def stop(self, *_: object) -> None:
         self.running = False

@@ -1,0 +1,227 @@
+"""Lifecycle events from the real broker, through the local rule, into the presence shadow.
+
+The rules process (`python -m iotbridge_local.rules`) runs as it does in the
+stack; moto's server stands in for the IoT data plane, so the presence
+function is the one AWS would run, against an independent implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from iotbridge_contract.topics import PRESENCE_PREFIX
+from iotbridge_local.broker import Broker, wait_for_port
+from iotbridge_local.config import StackConfig
+from tests.security.clients import TestClient
+
+moto_server = pytest.importorskip("moto.server")
+
+THING = "lamp-1"
+
+
+def aws(service: str, endpoint: str) -> Any:
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",  # type: ignore[call-overload]
+                        aws_access_key_id="local", aws_secret_access_key="local")
+
+
+@pytest.fixture
+def iot_endpoint(stack_config: StackConfig) -> Iterator[str]:
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=stack_config.iot_http_port, verbose=False)
+    server.start()
+    try:
+        wait_for_port(stack_config.iot_http_port)
+        aws("iot", stack_config.iot_endpoint).create_thing(thingName=THING)
+        yield stack_config.iot_endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def observer(broker: Broker) -> Iterator[TestClient]:
+    """A service client that sees every lifecycle event; its session survives a broker restart."""
+    client = TestClient("iotbridge.observer", broker.service_endpoint(), clean_session=False).connect()
+    client.subscribe(f"{PRESENCE_PREFIX}+/+")
+    yield client
+    client.disconnect()
+
+
+class RulesProcess:
+    def __init__(self, broker: Broker, iot_endpoint: str) -> None:
+        ep = broker.service_endpoint()
+        self.argv = [
+            sys.executable, "-m", "iotbridge_local.rules", "--mqtt-port", str(ep.port),
+            "--mqtt-username", str(ep.username), "--mqtt-password", str(ep.password),
+            "--iot-endpoint", iot_endpoint, "--data-dir", str(broker.config.data_dir),
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, observer: TestClient) -> list[str]:
+        """Start it; returns the event topics the observer saw until the process reported its own connection."""
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL)
+        own = f"{PRESENCE_PREFIX}connected/iotbridge.rules"
+        seen: list[str] = []
+        while not seen or seen[-1] != own:
+            seen.append(observer.next_message(timeout=10)[0])
+        return seen
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def rules(broker: Broker, observer: TestClient, iot_endpoint: str) -> Iterator[RulesProcess]:
+    process = RulesProcess(broker, iot_endpoint)
+    process.start(observer)
+    yield process
+    process.stop()
+
+
+def next_event(observer: TestClient, kind: str, client_id: str) -> dict[str, Any]:
+    """The next `kind` event of `client_id`, skipping other clients' events."""
+    wanted = f"{PRESENCE_PREFIX}{kind}/{client_id}"
+    while True:
+        topic, payload = observer.next_message(timeout=10)
+        if topic == wanted:
+            event: dict[str, Any] = json.loads(payload)
+            return event
+
+
+def presence_shadow(iot_endpoint: str, *, until_connected: bool, timeout: float = 10) -> dict[str, Any]:
+    """The thing's presence, once it says `until_connected` (fails after `timeout`)."""
+    data = aws("iot-data", iot_endpoint)
+    deadline = time.monotonic() + timeout
+    reported: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            doc = json.loads(data.get_thing_shadow(thingName=THING, shadowName="presence")["payload"].read())
+            reported = doc["state"]["reported"]
+            if reported.get("connected") is until_connected:
+                return reported
+        except data.exceptions.ResourceNotFoundException:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"presence of {THING} never became connected={until_connected}; last: {reported}")
+
+
+def test_device_connect_publishes_aws_shaped_connected_event(broker: Broker, observer: TestClient, rules: RulesProcess) -> None:
+    # GIVEN the rules process following the broker
+    before = int(time.time() * 1000)
+    # WHEN a device connects with its certificate
+    with TestClient(THING, broker.device_endpoint(THING)):
+        event = next_event(observer, "connected", THING)
+    # THEN the event carries AWS's fields, with the certificate's CN as principal
+    assert event["clientId"] == THING
+    assert event["eventType"] == "connected"
+    assert event["principalIdentifier"] == THING
+    assert event["ipAddress"] == "127.0.0.1"
+    assert isinstance(event["sessionIdentifier"], str) and event["sessionIdentifier"]
+    assert isinstance(event["versionNumber"], int)
+    # Generous bounds: milliseconds since the epoch, not seconds, and not from another day.
+    assert before - 2_000 <= event["timestamp"] <= int(time.time() * 1000) + 2_000
+
+
+def test_clean_disconnect_is_client_initiated(broker: Broker, observer: TestClient, rules: RulesProcess) -> None:
+    # GIVEN a connected device
+    device = TestClient(THING, broker.device_endpoint(THING)).connect()
+    connected = next_event(observer, "connected", THING)
+    # WHEN it disconnects cleanly
+    device.disconnect()
+    # THEN a disconnected event of the same session says so
+    event = next_event(observer, "disconnected", THING)
+    assert event["disconnectReason"] == "CLIENT_INITIATED_DISCONNECT"
+    assert event["clientInitiatedDisconnect"] is True
+    assert event["sessionIdentifier"] == connected["sessionIdentifier"]
+    assert event["versionNumber"] == connected["versionNumber"]
+    assert event["timestamp"] >= connected["timestamp"]
+
+
+def test_dropped_connection_is_connection_lost(broker: Broker, observer: TestClient, rules: RulesProcess) -> None:
+    # GIVEN a connected device
+    device = TestClient(THING, broker.device_endpoint(THING)).connect()
+    next_event(observer, "connected", THING)
+    # WHEN its socket closes without an MQTT DISCONNECT (a crash, a pulled cable noticed by TCP)
+    device.close()
+    # THEN it is reported disconnected, not by its own choice
+    event = next_event(observer, "disconnected", THING)
+    assert event["disconnectReason"] == "CONNECTION_LOST"
+    assert event["clientInitiatedDisconnect"] is False
+
+
+def test_silent_device_times_out(broker: Broker, observer: TestClient, rules: RulesProcess) -> None:
+    # GIVEN a device with a 1 s keepalive
+    device = TestClient(THING, broker.device_endpoint(THING), keepalive=1).connect()
+    next_event(observer, "connected", THING)
+    # WHEN it goes silent with its socket still open (hung firmware)
+    device.mqtt.loop_stop()
+    try:
+        # THEN the broker gives up after 1.5 keepalives and the event says why
+        event = next_event(observer, "disconnected", THING)
+        assert event["disconnectReason"] == "MQTT_KEEP_ALIVE_TIMEOUT"
+    finally:
+        device.close()
+
+
+def test_broker_kill_and_restart_disconnects_everyone(broker: Broker, observer: TestClient, rules: RulesProcess) -> None:
+    # GIVEN a connected device that reconnects by itself (paho's loop)
+    device = TestClient(THING, broker.device_endpoint(THING)).connect()
+    first = next_event(observer, "connected", THING)
+    time.sleep(1.5)  # let autosave (1 s) persist the observer's subscription
+    # WHEN the broker is killed (it logs nothing) and started again
+    broker.kill()
+    broker.start()
+    try:
+        # THEN the device's old session is reported disconnected by a server failure
+        gone = next_event(observer, "disconnected", THING)
+        assert gone["disconnectReason"] == "SERVER_ERROR"
+        assert gone["sessionIdentifier"] == first["sessionIdentifier"]
+        # AND its reconnection is a new, higher-numbered session
+        back = next_event(observer, "connected", THING)
+        assert back["versionNumber"] > first["versionNumber"]
+        assert back["sessionIdentifier"] != first["sessionIdentifier"]
+    finally:
+        device.disconnect()
+
+
+def test_restarted_rules_process_neither_repeats_nor_misses_events(
+    broker: Broker, observer: TestClient, rules: RulesProcess
+) -> None:
+    # GIVEN a connected device whose connect was reported
+    device = TestClient(THING, broker.device_endpoint(THING)).connect()
+    next_event(observer, "connected", THING)
+    # WHEN the rules process is down while the device disconnects, and then comes back
+    rules.stop()
+    device.disconnect()
+    seen = rules.start(observer)
+    # THEN the missed disconnect is reported, and the connect is not reported again
+    device_events = [t for t in seen if t.endswith(f"/{THING}")]
+    assert device_events == [f"{PRESENCE_PREFIX}disconnected/{THING}"]
+
+
+def test_presence_shadow_follows_the_device(broker: Broker, observer: TestClient, rules: RulesProcess, iot_endpoint: str) -> None:
+    # GIVEN a registered thing
+    # WHEN the device connects
+    device = TestClient(THING, broker.device_endpoint(THING)).connect()
+    # THEN its presence shadow says connected, as which client
+    online = presence_shadow(iot_endpoint, until_connected=True)
+    assert online["clientId"] == THING
+    # WHEN it drops off
+    device.close()
+    # THEN the shadow says disconnected, with the reason, later than the connect
+    offline = presence_shadow(iot_endpoint, until_connected=False)
+    assert offline["reason"] == "CONNECTION_LOST"
+    assert offline["at"] >= online["at"]
