@@ -248,3 +248,51 @@ def test_screenshots_and_small_screens(dashboard: Dashboard) -> None:
     )
     assert unnamed == []
     shutil.copy(ARTIFACTS / "dashboard-desktop.png", ARTIFACTS / "dashboard.png")
+
+
+def test_keyboard_alone_runs_a_command_and_focus_survives_live_updates(dashboard: Dashboard) -> None:
+    # GIVEN sim-1 open, and the keyboard focus on its "LED toggle" button
+    page = dashboard.open_device("sim-1")
+    expect(page.locator("#detail .badge")).to_have_text("Online")
+    toggle = page.get_by_role("button", name="LED toggle")
+    toggle.focus()
+
+    # WHEN the user presses Enter, then Space
+    page.keyboard.press("Enter")
+    expect(outcome_card(dashboard, "led")).to_have_attribute("data-state", "SUCCEEDED", timeout=15_000)
+    page.keyboard.press("Space")
+    expect(page.locator("#detail .outcome[data-action='led'][data-state='SUCCEEDED']")).to_have_count(2, timeout=15_000)
+
+    # THEN both ran, and after a few live refreshes the focus is still on that button
+    page.wait_for_timeout(3_000)
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "LED toggle"
+
+
+def test_desired_state_waits_for_an_offline_device_with_the_delta_highlighted(dashboard: Dashboard) -> None:
+    # GIVEN sim-2 offline, open in the dashboard
+    stack = dashboard.stack
+    page = dashboard.open_device("sim-2")
+    take_offline(stack, "sim-2")
+    try:
+        expect(page.locator("#detail .badge")).to_have_text("Offline", timeout=DEVICE_TIMEOUT_MS)
+        current = read_shadow(stack, "sim-2")["state"]["reported"]["interval"]
+        wanted = 7 if current != 7 else 8
+
+        # WHEN the user sets a new desired interval
+        page.get_by_label("Change desired state").fill(f'{{"interval": {wanted}}}')
+        page.get_by_role("button", name="Set desired").click()
+
+        # THEN the row shows desired vs reported, highlighted as pending
+        row = page.locator("#detail .state-table tr[data-key='interval']")
+        expect(row).to_have_class(re.compile(r"\bis-delta\b"), timeout=10_000)
+        expect(row.locator("td").nth(0)).to_contain_text(f"{wanted}pending")
+        expect(row.locator("td").nth(1)).to_have_text(str(current))
+
+        # WHEN the device comes back
+        bring_back(stack, "sim-2")
+
+        # THEN it applies the change: reported catches up and the highlight goes away
+        expect(row.locator("td").nth(1)).to_have_text(str(wanted), timeout=DEVICE_TIMEOUT_MS)
+        expect(row).not_to_have_class(re.compile(r"\bis-delta\b"))
+    finally:
+        bring_back(stack, "sim-2")
