@@ -156,7 +156,11 @@ class IotCore:
         if not self._subscribed.wait(timeout):
             self.stop()
             raise RuntimeError(f"iotcore: no MQTT session with {self.endpoint.host}:{self.endpoint.port}")
-        server = ThreadingHTTPServer((self.http_host, self.http_port), _Handler)
+        try:
+            server = ThreadingHTTPServer((self.http_host, self.http_port), _Handler)
+        except OSError:
+            self.stop()  # e.g. the port is taken: leave no MQTT session or open store behind
+            raise
         server.daemon_threads = True
         server.iotcore = self  # type: ignore[attr-defined]
         self.http_port = server.server_address[1]
