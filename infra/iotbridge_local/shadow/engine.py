@@ -20,6 +20,10 @@ marked "(choice)" and kept in one place here.
   (AWS's example "desired" -> one -> two -> three -> four -> five: {} is the
   deepest accepted document); clientToken <= 64 bytes.
 - Timestamps are epoch seconds (int), as AWS sends them.
+- (choice) `update/documents` for the update that creates a shadow has
+  `"previous": null`: the docs show no example of a first update.
+- (choice) Arrays holding null are rejected as "State contains an invalid node"
+  (the docs say they are rejected, not with which message).
 """
 
 from __future__ import annotations
