@@ -62,3 +62,6 @@ def test_sam_build_packages_both_functions_with_their_dependencies(
             assert (artifact / package).is_dir(), f"{name}: {package} missing from the build"
         machine = {"arm64": "aarch64", "x86_64": "x86_64"}[arch]
         assert list((artifact / "pydantic_core").glob(f"*{machine}*.so")), f"{name}: pydantic_core not built for {arch}"
+        # AND it fits Lambda's 250 MB limit for an unzipped deployment package
+        size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
+        assert size < 250 * 1024 * 1024, f"{name}: {size / 2**20:.0f} MB unzipped"

@@ -196,3 +196,24 @@ def test_lambda_requirements_cover_what_the_functions_import(repo: Path) -> None
     assert {"aws-lambda-powertools", "pydantic", "boto3"} <= reqs
     # AND nothing the project itself does not depend on (paho-mqtt is device/local-stack only)
     assert reqs <= runtime
+
+
+def test_samconfig_defaults_match_the_template(repo: Path, template: dict[str, Any]) -> None:
+    # GIVEN samconfig.toml, read by `sam build` / `sam deploy [--guided]`
+    config = tomllib.loads((repo / "samconfig.toml").read_text(encoding="utf-8"))["default"]
+    deploy = config["deploy"]["parameters"]
+    # THEN the parameters it overrides exist in the template and take allowed values
+    overrides = dict(re.findall(r'(\w+)="([^"]*)"', deploy["parameter_overrides"]))
+    for name, value in overrides.items():
+        spec = template["Parameters"][name]
+        if "AllowedValues" in spec:
+            assert value in [str(v) for v in spec["AllowedValues"]], name
+        if "AllowedPattern" in spec:
+            assert re.fullmatch(spec["AllowedPattern"], value), name
+    # AND the account-specific endpoint is left for --guided to ask (it has no default)
+    assert "IotDataEndpoint" not in overrides and "Default" not in template["Parameters"]["IotDataEndpoint"]
+    # AND CAPABILITY_IAM suffices: no IAM resource has a fixed name (that would need CAPABILITY_NAMED_IAM)
+    assert deploy["capabilities"] == "CAPABILITY_IAM"
+    for name, props in cfn.resources_of_type(template, "AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+        assert not {"RoleName", "ManagedPolicyName"} & set(props), name
+    assert config["global"]["parameters"]["stack_name"]
