@@ -13,9 +13,10 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.metrics import MetricUnit
 
-from iotbridge_api import dispatch, errors, guard, iot, waiting
+from iotbridge_api import bulk, dispatch, errors, guard, iot, waiting
 from iotbridge_api.models import (
     MAX_WAIT_MS,
+    BulkRequest,
     CommandList,
     CommandRequest,
     CommandView,
@@ -26,6 +27,8 @@ from iotbridge_api.models import (
     DeviceSummary,
     ErrorBody,
     Health,
+    JobProgress,
+    JobStarted,
 )
 from iotbridge_api.observability import logger, metrics
 from iotbridge_contract import names
@@ -238,3 +241,28 @@ def get_command(thing: ThingPath, command_id: Annotated[str, Path(max_length=102
 def list_commands(thing: ThingPath) -> CommandList:
     name = _thing(thing)
     return CommandList(thing=name, commands=dispatch.history(name))
+
+
+@app.post("/commands", summary="One command to many devices (a list, or all): a job", tags=["jobs"],
+          responses={202: {"description": "Queued on the targets; follow GET /commands/jobs/{id}",
+                           "content": {"application/json": {"model": JobStarted}}},
+                     **_responses(errors.InvalidThingName, errors.PayloadTooLarge, *_COMMON)})  # fmt: skip
+def post_bulk(body: Annotated[BulkRequest, Body()]) -> Response[JobStarted]:
+    if (body.things is None) == (not body.all):
+        problem = {"loc": ["body"], "msg": "give either things or all: true", "type": "value_error"}
+        raise errors.ValidationFailed("give either `things` or `all: true`", details=[problem])
+    started = bulk.start(action=body.action, params=body.params, things=body.things, ttl_ms=body.ttlMs,
+                         deadline=_deadline(MAX_WAIT_MS))  # fmt: skip
+    logger.info("bulk command", extra={"jobId": started["jobId"], "targets": started["targets"]})
+    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=JobStarted(**started),
+                    headers={"Location": f"/commands/jobs/{started['jobId']}"})  # fmt: skip
+
+
+@app.get("/commands/jobs/<job_id>", summary="Per-device progress of a bulk command", tags=["jobs"],
+         responses=_responses(errors.InvalidCommandId, errors.JobNotFound, *_COMMON))  # fmt: skip
+def get_job(
+    job_id: Annotated[str, Path(max_length=1024)],
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> JobProgress:
+    return JobProgress(**bulk.progress(job_id, offset=offset, limit=limit))

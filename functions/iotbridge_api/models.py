@@ -96,3 +96,34 @@ class DeviceDetail(DeviceSummary):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class BulkRequest(Strict):
+    action: str = Field(min_length=1, max_length=32, description="The action to run on every target")
+    params: dict[str, Any] = Field(default_factory=dict)
+    things: list[str] | None = Field(default=None, min_length=1, max_length=1000, description="Targets; or all=true")
+    all: bool = Field(default=False, description="Every registered device")
+    ttlMs: int = Field(default=contract.DEFAULT_TTL_MS, ge=1_000, le=contract.MAX_TTL_MS)
+
+
+class JobStarted(BaseModel):
+    jobId: str
+    action: str
+    targets: int
+    queued: int
+    createdAt: int
+    expiresAt: int
+    notQueued: list[dict[str, Any]] = Field(default_factory=list, description="Targets the command could not be queued on")
+
+
+class JobProgress(BaseModel):
+    jobId: str
+    action: str | None = None
+    createdAt: int | None = None
+    expiresAt: int | None = None
+    targets: int
+    done: int
+    complete: bool
+    counts: dict[str, int] = Field(description="Devices per state (SUCCEEDED, PENDING, …)")
+    devices: list[dict[str, Any]] = Field(description="Per-device state, one window of them")
+    nextOffset: int | None = None

@@ -8,13 +8,17 @@ POWERTOOLS_TRACE_DISABLED is explicitly "false" (the template sets it with
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
 
-logger = Logger()
-metrics = Metrics()
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "iotbridge")
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "iotbridge"), service=SERVICE)
+# Reads (GET routes) emit no metric; that is expected, not worth a warning per request.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,6 +9,8 @@ import json
 import sys
 from typing import Any
 
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+
 from iotbridge_api.app import app
 from iotbridge_api.errors import ALL_ERRORS
 from iotbridge_api.models import ErrorBody
@@ -23,7 +25,7 @@ def document() -> dict[str, Any]:
             "Every error is {code, message, details?}; codes: "
             + ", ".join(f"{e.code} ({e.status})" for e in ALL_ERRORS)
             + ". API Gateway itself answers 403 {message: Forbidden} without a valid x-api-key.",
-            security_schemes={"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+            security_schemes={"apiKey": APIKey.model_validate({"name": "x-api-key", "in": APIKeyIn.header})},
             security=[{"apiKey": []}],
         )
     )

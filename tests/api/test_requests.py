@@ -1,0 +1,73 @@
+"""Client mistakes in the raw request get a 4xx JSON error, never a 5xx."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotbridge_local.testclient import ApiClient
+from tests.api.conftest import make_device
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b"x" * (16 * 1024 + 1), "application/json", 413, "PAYLOAD_TOO_LARGE"),
+        (b"--x\r\n", "multipart/form-data", 415, "UNSUPPORTED_MEDIA_TYPE"),  # no boundary: Powertools would raise
+        (b"a=1", "application/x-www-form-urlencoded", 415, "UNSUPPORTED_MEDIA_TYPE"),
+        (b"{not json", "application/json", 400, "INVALID_JSON"),
+        (b"[]", "application/json", 422, "VALIDATION_ERROR"),
+        (b'{"action": "ping", "surprise": 1}', "application/json", 422, "VALIDATION_ERROR"),
+    ],
+)
+def test_bad_bodies_are_client_errors(api: ApiClient, body: bytes, content_type: str, status: int, code: str) -> None:
+    # GIVEN a device exists
+    make_device("dev-1")
+    # WHEN a malformed request arrives
+    response = api.post("/devices/dev-1/commands", body=body, headers={"Content-Type": content_type})
+    # THEN it is answered with its stable code, as JSON
+    assert (response.status, response.json["code"]) == (status, code)
+    assert response.json["message"]
+
+
+def test_validation_errors_list_the_problems(api: ApiClient) -> None:
+    make_device("dev-1")
+    response = api.post("/devices/dev-1/commands", json={"action": 5, "timeoutMs": -1})
+    assert response.status == 422
+    fields = {tuple(p["loc"][-1:]) for p in response.json["details"]}
+    assert {("action",), ("timeoutMs",)} <= fields
+    assert all(p["msg"] for p in response.json["details"])
+
+
+def test_unknown_route_and_wrong_method(api: ApiClient) -> None:
+    assert api.get("/nope").json["code"] == "NOT_FOUND"
+    wrong = api.request("DELETE", "/devices")
+    assert (wrong.status, wrong.json["code"]) == (405, "METHOD_NOT_ALLOWED")
+
+
+def test_health(api: ApiClient) -> None:
+    assert api.get("/health").json == {"status": "ok"}
+
+
+def test_device_views(api: ApiClient) -> None:
+    # GIVEN two devices, one offline
+    make_device("dev-1")
+    make_device("dev-2", connected=False)
+    # WHEN the dashboard lists them and opens one
+    listing = api.get("/devices").json["devices"]
+    detail = api.get("/devices/dev-1").json
+    # THEN presence, state and actions are there
+    assert {d["thing"]: d["connected"] for d in listing} == {"dev-1": True, "dev-2": False}
+    assert detail["reported"]["led"] == "off" and "led" in detail["actions"]
+    assert detail["shadow"]["version"] >= 1
+    assert api.get("/devices/dev-1?shadow=presence").json["shadow"]["state"]["reported"]["connected"] is True
+    assert api.get("/devices/dev-1?shadow=a%2Fb").json["code"] == "INVALID_SHADOW_NAME"
+    assert api.get("/devices/ghost").status == 404
+
+
+def test_patch_desired_sets_desired_and_reports_no_convergence_without_a_device(api: ApiClient) -> None:
+    make_device("dev-1")
+    response = api.patch("/devices/dev-1/desired", json={"state": {"led": "on"}, "waitMs": 100})
+    assert response.status == 200
+    body = response.json
+    assert body["desired"] == {"led": "on"} and body["delta"] == {"led": "on"}
+    assert body["converged"] is False
