@@ -237,6 +237,13 @@ async function main() {
     onSelectionChange: (things) => app.bulk.setSelection(things),
   });
   app.poller = new Poller(tick, { interval: 1000, hiddenInterval: 15000, maxBackoff: 30000 });
+  app.poller.onSchedule = (ms, failures) => {
+    setText($(".banner-retry"), failures > 0 ? `Retrying in ${Math.round(ms / 1000)} s.` : "");
+  };
+  $(".banner-retry-now").addEventListener("click", () => {
+    app.poller.failures = 0;
+    app.poller.poke();
+  });
   window.addEventListener("hashchange", () => route());
   wireSettings();
   route();

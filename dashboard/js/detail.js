@@ -46,6 +46,11 @@ export class DetailView {
     this.outcomes = h("div", { class: "outcomes", "aria-live": "polite", "aria-label": "Command outcomes" });
     for (const el of this.runner.cardsFor(thing)) this.outcomes.appendChild(el);
 
+    this.tiles = h("div", { class: "tiles", "aria-label": "Telemetry" });
+    this.telemetryAt = h("p", { class: "panel-note" });
+    this.telemetry = h("section", { class: "panel", "aria-label": "Telemetry", hidden: true },
+      h("h3", {}, "Telemetry"), this.tiles, this.telemetryAt);
+    this.agent = h("span", { class: "meta-pill", hidden: true });
     this.stateBody = h("tbody");
     this.historyBody = h("tbody");
     this.historyEmpty = h("p", { class: "empty" }, "No commands yet.");
@@ -59,10 +64,11 @@ export class DetailView {
         { class: "detail-head" },
         back,
         h("div", { class: "detail-title-row" }, this.title, this.badge),
-        h("div", { class: "detail-meta" }, this.version, this.seen),
+        h("div", { class: "detail-meta" }, this.version, this.seen, this.agent),
       ),
       this.hero,
       panel("Actions", this.buildSendOptions(), this.actionsGrid, this.outcomes),
+      this.telemetry,
       panel(
         "State",
         h("p", { class: "panel-note" }, "Desired is what was asked; reported is what the device says. Highlighted rows are still pending."),
@@ -298,9 +304,10 @@ export class DetailView {
     const d = flatten(desired);
     const r = flatten(reported);
     const dl = flatten(delta);
-    const keys = [...new Set([...Object.keys(r), ...Object.keys(d)])]
-      .filter((k) => !k.startsWith("actions."))
-      .sort();
+    this.updateTelemetry(reported.telemetry, reported.agent);
+    // Telemetry and agent facts have their own places unless someone wants them changed.
+    const elsewhere = (k) => k.startsWith("actions.") || ((k.startsWith("telemetry.") || k.startsWith("agent.")) && !(k in d));
+    const keys = [...new Set([...Object.keys(r), ...Object.keys(d)])].filter((k) => !elsewhere(k)).sort();
     const rows = keys.map((key) => {
       const pending = key in dl || Object.keys(dl).some((k) => k.startsWith(`${key}.`));
       return h(
@@ -315,6 +322,25 @@ export class DetailView {
     if (this.stateBody.dataset.sig === sig) return;
     this.stateBody.dataset.sig = sig;
     this.stateBody.replaceChildren(...rows);
+  }
+
+  updateTelemetry(telemetry, agent) {
+    const t = telemetry && typeof telemetry === "object" ? telemetry : {};
+    const entries = Object.entries(t).filter(([k, v]) => k !== "at" && (v === null || typeof v !== "object"));
+    this.telemetry.hidden = entries.length === 0;
+    const sig = JSON.stringify(entries);
+    if (this.tiles.dataset.sig !== sig) {
+      this.tiles.dataset.sig = sig;
+      this.tiles.replaceChildren(
+        ...entries.map(([k, v]) =>
+          h("div", { class: "tile", dataset: { key: k } }, h("span", { class: "tile-value" }, formatValue(v)), h("span", { class: "tile-label" }, k)),
+        ),
+      );
+    }
+    setText(this.telemetryAt, typeof t.at === "number" ? `Reported ${relativeTime(t.at)} (${absoluteTime(t.at)})` : "");
+    const a = agent && typeof agent === "object" ? agent : null;
+    this.agent.hidden = !a;
+    if (a) setText(this.agent, [a.kind, a.version, a.hardware].filter((x) => typeof x === "string").join(" · "));
   }
 
   updateHistory(commands) {

@@ -64,6 +64,9 @@ export class Poller {
     } finally {
       this.busy = false;
     }
-    if (this.running) this.schedule(this.pokeAfter && this.failures === 0 ? 0 : this.delay());
+    if (!this.running) return;
+    const next = this.pokeAfter && this.failures === 0 ? 0 : this.delay();
+    this.schedule(next);
+    this.onSchedule?.(next, this.failures);
   }
 }
