@@ -1,7 +1,7 @@
 """The local stand-in for AWS IoT's topic rule and lifecycle events, in one process.
 
     python -m iotbridge_local.rules --mqtt-port N --mqtt-username U --mqtt-password P \
-        --iot-endpoint http://127.0.0.1:PORT [--data-dir D]
+        --iot-endpoint http://127.0.0.1:PORT [--data-dir D] [--log-level INFO]
 
 - Rule: subscribes to `$aws/events/presence/+/+` (persistent session, QoS 1,
   so events published while it was away still arrive) and invokes
@@ -51,11 +51,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mqtt-host", default="127.0.0.1")
     p.add_argument("--mqtt-port", type=int, required=True)
     p.add_argument("--mqtt-username", required=True)
-    p.add_argument("--mqtt-password", required=True)
+    p.add_argument("--mqtt-password", default=os.environ.get("IOTBRIDGE_MQTT_PASSWORD"),
+                   help="or set IOTBRIDGE_MQTT_PASSWORD, which keeps it out of the process list")
     p.add_argument("--iot-endpoint", required=True, help="IoT data plane URL, e.g. http://127.0.0.1:4443")
     p.add_argument("--data-dir", type=Path, help="stack data dir: also emit lifecycle events from its broker log")
     p.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    return p.parse_args(argv)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    if not args.mqtt_password:
+        p.error("--mqtt-password (or IOTBRIDGE_MQTT_PASSWORD) is required")
+    return args
 
 
 def _lambda_context() -> Any:
@@ -183,8 +188,9 @@ class RulesProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s rules %(levelname)s %(message)s", stream=sys.stderr)
-    process = RulesProcess(_parse(argv))
+    args = _parse(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s rules %(levelname)s %(message)s", stream=sys.stderr)
+    process = RulesProcess(args)
     signal.signal(signal.SIGTERM, process.stop)
     signal.signal(signal.SIGINT, process.stop)
     process.run()

@@ -8,28 +8,21 @@ function is the one AWS would run, against an independent implementation.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from iotbridge_contract.topics import PRESENCE_PREFIX
 from iotbridge_local.broker import Broker, wait_for_port
 from iotbridge_local.config import StackConfig
+from tests.presence.processes import RulesProcess, aws, next_event
 from tests.security.clients import TestClient
 
 moto_server = pytest.importorskip("moto.server")
 
 THING = "lamp-1"
-
-
-def aws(service: str, endpoint: str) -> Any:
-    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",  # type: ignore[call-overload]
-                        aws_access_key_id="local", aws_secret_access_key="local")
 
 
 @pytest.fixture
@@ -53,52 +46,14 @@ def observer(broker: Broker) -> Iterator[TestClient]:
     client.disconnect()
 
 
-class RulesProcess:
-    def __init__(self, broker: Broker, iot_endpoint: str) -> None:
-        ep = broker.service_endpoint()
-        self.argv = [
-            sys.executable, "-m", "iotbridge_local.rules", "--mqtt-port", str(ep.port),
-            "--mqtt-username", str(ep.username), "--mqtt-password", str(ep.password),
-            "--iot-endpoint", iot_endpoint, "--data-dir", str(broker.config.data_dir),
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, observer: TestClient) -> list[str]:
-        """Start it; returns the event topics the observer saw until the process reported its own connection."""
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL)
-        own = f"{PRESENCE_PREFIX}connected/iotbridge.rules"
-        seen: list[str] = []
-        while not seen or seen[-1] != own:
-            seen.append(observer.next_message(timeout=10)[0])
-        return seen
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
 @pytest.fixture
 def rules(broker: Broker, observer: TestClient, iot_endpoint: str) -> Iterator[RulesProcess]:
     process = RulesProcess(broker, iot_endpoint)
-    process.start(observer)
-    yield process
-    process.stop()
-
-
-def next_event(observer: TestClient, kind: str, client_id: str) -> dict[str, Any]:
-    """The next `kind` event of `client_id`, skipping other clients' events."""
-    wanted = f"{PRESENCE_PREFIX}{kind}/{client_id}"
-    while True:
-        topic, payload = observer.next_message(timeout=10)
-        if topic == wanted:
-            event: dict[str, Any] = json.loads(payload)
-            return event
+    try:
+        process.start(observer)
+        yield process
+    finally:
+        process.stop()
 
 
 def presence_shadow(iot_endpoint: str, *, until_connected: bool, timeout: float = 10) -> dict[str, Any]:
