@@ -1,8 +1,10 @@
 """Least privilege: no `*` action, and no `*` resource where AWS allows a narrower one.
 
 Sources of truth for "only `*` is possible": the Service Authorization Reference
-(https://docs.aws.amazon.com/service-authorization/latest/reference/), whose
-"Resource types" column is empty for these actions.
+(https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsiot.html,
+list_awsx-ray.html), whose "Resource types" column is empty for these actions, and
+AWS IoT's own table of action resources. The same IoT table gives a named shadow's
+ARN as thing/{thing}/{shadow}, which the presence role relies on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ STAR_ONLY_ACTIONS = {
     "iot:ListThings",
     # list_awsiot.html: DescribeEndpoint has no resource type.
     "iot:DescribeEndpoint",
+    # https://docs.aws.amazon.com/iot/latest/developerguide/iot-action-resources.html lists
+    # ListNamedShadowsForThing with resource "*" only (unused today; here for when it is).
+    "iot:ListNamedShadowsForThing",
     # list_awsx-ray.html: PutTraceSegments / PutTelemetryRecords have no resource type.
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
