@@ -1,59 +1,49 @@
 """The firmware's main loop: connect, sync both shadows, run commands one at a time.
 
-The MQTT callback only records messages into a short inbox; everything else
-(parsing, running handlers, publishing) happens here, in one loop, in order.
-Log lines on stdout start with "iotbridge:"; the tests read them.
+The MQTT callback only records messages into a short inbox; parsing, running
+handlers and publishing happen here, in one loop, in order. Log lines on
+stdout start with "iotbridge:"; the tests read them.
 """
 
 import gc
 import json
 import os
 import sys
-
-try:
-    from time import sleep_ms, ticks_diff, ticks_ms
-except ImportError:  # CPython tools only
-    import time
-
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def sleep_ms(ms):
-        time.sleep(ms / 1000)
-
+from time import sleep_ms, ticks_diff, ticks_ms
 
 import config
 import hw
 import net
 from handlers import ACTIONS, DEADLINE_MS, Device
 from ledger import Ledger
+from micropython import const
 from mqtt import MQTTClient, MQTTError
 from protocol import (
     COMMANDS,
     EXPIRED,
     FAILED,
-    MAX_QUEUE,
+    HISTORY,
     REJECTED,
     SUCCEEDED,
     TIMED_OUT,
-    History,
-    ServiceClock,
+    blank,
     check_params,
-    expired,
+    history_ids,
     outcome,
-    outcome_update,
     pending_commands,
     shadow_topic,
 )
 
 VERSION = "0.1.0"
-INBOX_MAX = 4  # recorded messages awaiting the loop; beyond this we re-read the shadows
-BACKOFF_BASE_MS = 500
-BACKOFF_CAP_MS = 30000
-SEP = (",", ":")  # compact JSON: fewer bytes on air and in the heap
+_INBOX_MAX = const(4)  # recorded messages awaiting the loop; beyond this we re-read the shadows
+_MAX_QUEUE = const(16)  # pending commands held (the API allows 10)
+_RECENT = const(16)  # ids reported on this connection, not re-queued from a stale delta
+_BACKOFF_MS = const(500)
+_BACKOFF_CAP_MS = const(30000)
+SEP = (",", ":")  # compact JSON
+# Members never read, blanked before parsing (see protocol.blank).
+_TRIM = {1: (b"metadata",)}
+_TRIM_GET = {1: (b"metadata",), 2: (b"desired",)}  # commands get: pending comes from state.delta
 
 
 def log(*args):
@@ -78,37 +68,50 @@ def tls_context(cfg):
 class Firmware:
     def __init__(self, cfg):
         self.cfg = cfg
-        thing = cfg["thing"]
+        t = cfg["thing"]
         self.device = Device(cfg["pins"])
         self.ledger = Ledger(cfg["state"])
-        self.clock = ServiceClock()
-        self.history = History()
         self.inbox = []  # (topic, payload) recorded by the callback
         self.queue = []  # (id, entry): pending commands, run one at a time
-        self.resync = False  # the inbox overflowed or the queue was full: re-read the shadows
+        self.recent = []  # ids reported on this connection (see _enqueue)
+        self.history = []  # ids of the outcomes in the commands shadow, oldest first
+        self.resync = False  # the inbox or queue overflowed: read the shadows again
+        # The shadow service's clock: last document `timestamp` (ms) and our ticks then.
+        # An ESP32 has no RTC; expiry is decided on the service's time.
+        self.svc_ms = 0
+        self.svc_at = 0
         self.reboot_at = None
-        self.telemetry_at = 0
-        self.t_update = shadow_topic(thing, "update")
-        self.t_get = shadow_topic(thing, "get")
-        self.t_delta = shadow_topic(thing, "update/delta")
-        self.t_got = shadow_topic(thing, "get/accepted")
-        self.c_update = shadow_topic(thing, "update", COMMANDS)
-        self.c_get = shadow_topic(thing, "get", COMMANDS)
-        self.c_delta = shadow_topic(thing, "update/delta", COMMANDS)
-        self.c_got = shadow_topic(thing, "get/accepted", COMMANDS)
+        self.telemetry_at = ticks_ms()
+        self.t_update = shadow_topic(t, "update")
+        self.t_delta = shadow_topic(t, "update/delta")
+        self.t_got = shadow_topic(t, "get/accepted")
+        self.c_update = shadow_topic(t, "update", COMMANDS)
+        self.c_delta = shadow_topic(t, "update/delta", COMMANDS)
+        self.c_got = shadow_topic(t, "get/accepted", COMMANDS)
         self.client = MQTTClient(
-            thing, cfg["host"], cfg["port"], keepalive=cfg["keepalive"], user=cfg["user"],
+            t, cfg["host"], cfg["port"], keepalive=cfg["keepalive"], user=cfg["user"],
             password=cfg["password"], ssl_context=tls_context(cfg) if cfg["tls"] else None,
             server_hostname=cfg["server_hostname"],
         )
         self.client.set_callback(self._record)
 
-    # -- the callback: record only ---------------------------------------------
     def _record(self, topic, payload):
-        if len(self.inbox) >= INBOX_MAX:
+        """The MQTT callback: record only."""
+        inbox = self.inbox
+        if topic == self.c_delta or topic == self.t_delta:
+            # A delta holds the whole current delta (AWS; iotbridge_local.shadow.engine),
+            # so a newer one supersedes an older one still waiting here.
+            for i in range(len(inbox)):
+                if inbox[i][0] == topic:
+                    inbox.pop(i)
+                    break
+        if len(inbox) < _INBOX_MAX:
+            inbox.append((topic, payload))
+        else:
             self.resync = True
-            return
-        self.inbox.append((topic, payload))
+
+    def now_ms(self):
+        return self.svc_ms + ticks_diff(ticks_ms(), self.svc_at) if self.svc_ms else 0
 
     # -- connection ---------------------------------------------------------------
     def run(self):
@@ -123,97 +126,118 @@ class Firmware:
                 log("disconnected:", repr(e))
             self.client.close()
             self.inbox = []
-            ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS << min(attempt, 6))
+            self.recent = []
+            ceiling = min(_BACKOFF_CAP_MS, _BACKOFF_MS << min(attempt, 6))
             attempt += 1
             # Half fixed, half random: a fleet that lost its broker does not return in lockstep.
-            jitter = (os.urandom(2)[0] << 8 | os.urandom(1)[0]) * (ceiling // 2) // 65536
-            sleep_ms(ceiling // 2 + jitter)
+            r = os.urandom(2)
+            sleep_ms(ceiling // 2 + (r[0] << 8 | r[1]) * (ceiling // 2) // 65536)
 
     def _connect(self):
-        kept = self.client.connect(clean_session=False)
-        self.client.subscribe([self.t_delta, self.t_got, self.c_delta, self.c_got], qos=1)
-        self._publish(self.t_update, {"state": {"reported": self._full_report()}})
+        c = self.client
+        kept = c.connect(clean_session=False)
+        c.subscribe([self.t_delta, self.t_got, self.c_delta, self.c_got], qos=1)
+        rep = self.device.state()
+        rep["actions"] = ACTIONS
+        rep["agent"] = {"kind": "esp32", "firmware": VERSION, "platform": sys.platform, "id": hw.unique_id(),
+                        "micropython": "%d.%d.%d" % sys.implementation.version[:3]}
+        self._report(rep)
+        del rep
         self._request_shadows()
         log("ready", "session-kept" if kept else "new-session")
 
     def _request_shadows(self):
         # An empty message asks for the whole document (AWS IoT: publish to …/get).
-        self.client.publish(self.t_get, b"", qos=1)
-        self.client.publish(self.c_get, b"", qos=1)
+        self.client.publish(shadow_topic(self.cfg["thing"], "get"), b"", qos=1)
+        self.client.publish(shadow_topic(self.cfg["thing"], "get", COMMANDS), b"", qos=1)
         self.resync = False
 
     def _publish(self, topic, doc, qos=1):
         self.client.publish(topic, json.dumps(doc, separators=SEP), qos=qos)
+
+    def _report(self, reported, qos=1):
+        self._publish(self.t_update, {"state": {"reported": reported}}, qos)
 
     # -- the loop -------------------------------------------------------------------
     def _serve(self):
         c = self.client
         while True:
             c.check_msg(0 if (self.queue or self.inbox) else 200)
-            while len(self.inbox) < INBOX_MAX and c.check_msg(0):
+            while len(self.inbox) < _INBOX_MAX and c.check_msg(0):
                 pass
             while self.inbox:
                 topic, payload = self.inbox.pop(0)
                 self._handle(topic, payload)
                 del payload
+                gc.collect()
             if self.resync and not self.queue:
                 self._request_shadows()
             if self.queue:
                 self._run_next()
-            gc.collect()
+                gc.collect()
             self._tick()
 
     def _tick(self):
         now = ticks_ms()
         c = self.client
+        ka = self.cfg["keepalive"]
         if self.reboot_at is not None and ticks_diff(now, self.reboot_at) >= 0:
             log("rebooting")
             c.disconnect()
             hw.reset()
-        if ticks_diff(now, c.last_rx) > self.cfg["keepalive"] * 1500:
+        if ticks_diff(now, c.last_rx) > ka * 1500:
             raise MQTTError("broker silent past keepalive")
-        if ticks_diff(now, c.last_io) > self.cfg["keepalive"] * 500:
+        if ticks_diff(now, c.last_io) > ka * 500:
             c.ping()
         if ticks_diff(now, self.telemetry_at) >= 0:
             self.telemetry_at = now + self.device.interval * 1000
-            self._publish(self.t_update, {"state": {"reported": {"telemetry": self.device.telemetry()}}}, qos=0)
+            self._report({"telemetry": self.device.telemetry()}, 0)
 
     def _handle(self, topic, payload):
+        blank(payload, _TRIM_GET if topic == self.c_got else _TRIM)
         try:
             doc = json.loads(payload)
         except ValueError:
             log("ignored non-JSON on", topic)
             return
+        del payload
         if not isinstance(doc, dict):
             return
-        self.clock.observe(doc)
+        ts = doc.get("timestamp")
+        if isinstance(ts, int):
+            self.svc_ms = ts * 1000
+            self.svc_at = ticks_ms()
         state = doc.get("state")
+        del doc
         if not isinstance(state, dict):
-            state = {}
+            return
         if topic == self.c_delta:
-            self._enqueue(state)
+            self._enqueue(state, False)
         elif topic == self.c_got:
-            self.history.reset(state.get("reported"))
-            self._enqueue(state.get("delta"))
+            self.history = history_ids(state.get("reported"))
+            self._enqueue(state.get("delta"), True)
         elif topic == self.t_delta:
             self._apply(state)
-        elif topic == self.t_got:
-            delta = state.get("delta")
-            if isinstance(delta, dict):
-                self._apply(delta)
+        elif topic == self.t_got and isinstance(state.get("delta"), dict):
+            self._apply(state["delta"])
 
     def _apply(self, delta):
         applied = self.device.apply_desired(delta)
         if applied:
             now = self.device.state()
-            self._publish(self.t_update, {"state": {"reported": {k: now[k] for k in applied}}})
+            self._report({k: now[k] for k in applied})
             log("applied", ",".join(applied))
 
-    def _enqueue(self, section):
+    def _enqueue(self, section, authoritative):
         for cid, entry in pending_commands(section):
             if any(q[0] == cid for q in self.queue):
                 continue  # already waiting: a repeated delta or a redelivery
-            if len(self.queue) >= MAX_QUEUE:
+            if not authoritative and cid in self.recent:
+                # A delta published before our outcome update landed still lists it.
+                # A get (after every connect) is authoritative: if it still lists an
+                # id, our update was lost, and the logged outcome is sent again.
+                continue
+            if len(self.queue) >= _MAX_QUEUE:
                 self.resync = True  # the rest comes back with the next get
                 return
             self.queue.append((cid, entry))
@@ -227,51 +251,56 @@ class Firmware:
             out = self._execute(cid, entry)
             self.ledger.done(cid, out)
             if self.device.state() != before:
-                self._publish(self.t_update, {"state": {"reported": self.device.state()}})
+                self._report(self.device.state())
         else:
             log("duplicate", cid)
-        drop = self.history.add(cid)
-        self._publish(self.c_update, outcome_update(cid, out, drop))
-        log("done", cid, out["state"])
+        # Outcome, desired=null and history pruning travel in ONE update, so a
+        # command is pending or done, never both, and the shadow keeps HISTORY outcomes.
+        hist = self.history
+        if cid in hist:
+            hist.remove(cid)
+        hist.append(cid)
+        reported = {cid: out}
+        while len(hist) > HISTORY:
+            reported[hist.pop(0)] = None
+        self._publish(self.c_update, {"state": {"reported": reported, "desired": {cid: None}}, "clientToken": cid})
+        del reported
+        if cid not in self.recent:
+            self.recent.append(cid)
+            if len(self.recent) > _RECENT:
+                self.recent.pop(0)
+        log("done", cid, out["state"], "free", gc.mem_free())
         if self.device.reboot_in is not None:
             self.reboot_at = ticks_ms() + self.device.reboot_in
             self.device.reboot_in = None
 
     def _execute(self, cid, entry):
         action = entry.get("action")
-        now = self.clock.now_ms()
-        if expired(entry, now):
+        now = self.now_ms()
+        exp = entry.get("expiresAt")
+        # Started only if the service's time * 1000 <= expiresAt (docs/protocol.md).
+        if isinstance(exp, int) and not isinstance(exp, bool) and now > exp:
             return outcome(EXPIRED, str(action), now, error="expired before the device could start it")
         specs = ACTIONS.get(action) if isinstance(action, str) else None
         if specs is None:
-            return outcome(REJECTED, str(action), now, error="unknown action; known: " + ", ".join(sorted(ACTIONS)))
+            return outcome(REJECTED, str(action), now, error="unknown action; known: " + ", ".join(ACTIONS))
         params = entry.get("params")
-        err = check_params(specs, {} if params is None else params)
+        if params is None:
+            params = {}
+        err = check_params(specs, params)
         if err:
             return outcome(REJECTED, action, now, error=err)
         self.ledger.start(cid)  # from here on a restart must not start it again
         t0 = ticks_ms()
         result = error = None
         try:
-            result = self.device.run(action, params or {})
+            result = self.device.run(action, params)
             state = SUCCEEDED
         except Exception as e:  # a handler's failure is the command's outcome, not the loop's
             state, error = FAILED, "%s: %s" % (type(e).__name__, e)
         if ticks_diff(ticks_ms(), t0) > DEADLINE_MS:
             state = TIMED_OUT
-        return outcome(state, action, self.clock.now_ms(), result, error)
-
-    def _full_report(self):
-        rep = self.device.state()
-        rep["actions"] = ACTIONS
-        rep["agent"] = {
-            "kind": "esp32",
-            "firmware": VERSION,
-            "micropython": "%d.%d.%d" % sys.implementation.version[:3],
-            "platform": sys.platform,
-            "id": hw.unique_id(),
-        }
-        return rep
+        return outcome(state, action, self.now_ms(), result, error)
 
 
 def main(config_path="config.json"):

@@ -5,18 +5,7 @@ MQTT. The main loop reports outcomes and state.
 """
 
 import gc
-
-try:
-    from time import ticks_diff, ticks_ms
-except ImportError:  # CPython tools only
-    import time
-
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
+from time import ticks_diff, ticks_ms
 
 import hw
 

@@ -27,18 +27,9 @@ Limits, stated plainly:
 import select
 import socket
 import struct
+from time import ticks_diff, ticks_ms
 
-try:
-    from time import ticks_diff, ticks_ms
-except ImportError:  # only for running the module under CPython tools
-    import time
-
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
+from micropython import const
 
 # TCP_NODELAY: MicroPython's socket module often lacks the constants; the
 # values are the same on Linux and lwIP (ESP32).
@@ -46,17 +37,17 @@ IPPROTO_TCP = getattr(socket, "IPPROTO_TCP", 6)
 TCP_NODELAY = getattr(socket, "TCP_NODELAY", 1)
 
 # Fixed-header packet types (high nibble).
-CONNECT = 0x10
-CONNACK = 0x20
-PUBLISH = 0x30
-PUBACK = 0x40
-SUBSCRIBE = 0x82  # reserved flags 0b0010
-SUBACK = 0x90
-PINGREQ = 0xC0
-PINGRESP = 0xD0
-DISCONNECT = 0xE0
+_CONNECT = const(0x10)
+_CONNACK = const(0x20)
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)  # reserved flags 0b0010
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_PINGRESP = const(0xD0)
+_DISCONNECT = const(0xE0)
 
-DUP_RING = 8  # incoming packet ids remembered for redelivery dedup
+_DUP_RING = const(8)  # incoming packet ids remembered for redelivery dedup
 
 
 class MQTTError(Exception):
@@ -97,13 +88,13 @@ class MQTTClient:
         self.cb = None
         self.will = None
         self.pid = 0
-        self.last_io = 0  # ticks_ms of the last packet we sent (when to PINGREQ)
+        self.last_io = 0  # ticks_ms of the last packet we sent (when to _PINGREQ)
         self.last_rx = 0  # ticks_ms of the last packet we received (is the broker alive?)
         self.recent = []  # packet ids of acknowledged incoming QoS 1 publishes
         self.oversize = 0
 
     def set_callback(self, cb):
-        """cb(topic: str, payload: bytearray) for every incoming PUBLISH."""
+        """cb(topic: str, payload: bytearray) for every incoming _PUBLISH."""
         self.cb = cb
 
     def set_last_will(self, topic, msg, retain=False, qos=0):
@@ -184,9 +175,9 @@ class MQTTClient:
                 flags |= 0x40
                 payload += _str(self.password)
         body = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", self.keepalive) + payload
-        self._packet(CONNECT, body)
-        if self._read(1)[0] != CONNACK or self._read_len() != 2:
-            raise MQTTError("expected CONNACK")
+        self._packet(_CONNECT, body)
+        if self._read(1)[0] != _CONNACK or self._read_len() != 2:
+            raise MQTTError("expected _CONNACK")
         ack = self._read(2)
         self.last_rx = ticks_ms()
         if ack[1] != 0:
@@ -195,7 +186,7 @@ class MQTTClient:
 
     def disconnect(self):
         try:
-            self._packet(DISCONNECT, b"")
+            self._packet(_DISCONNECT, b"")
         except Exception:
             pass
         self.close()
@@ -222,17 +213,17 @@ class MQTTClient:
         if qos:
             pid = self._next_pid()
             head += struct.pack("!H", pid)
-        pkt = bytearray([PUBLISH | (qos << 1) | (1 if retain else 0)])
+        pkt = bytearray([_PUBLISH | (qos << 1) | (1 if retain else 0)])
         pkt += _encode_len(len(head) + len(msg))
         pkt += head
         pkt += msg
         self._send(pkt)
         del pkt
         if qos:
-            self._wait_for(PUBACK, pid)
+            self._wait_for(_PUBACK, pid)
 
     def subscribe(self, topics, qos=1):
-        """Subscribe to one filter or a list of filters in one packet; waits for SUBACK."""
+        """Subscribe to one filter or a list of filters in one packet; waits for _SUBACK."""
         if isinstance(topics, str):
             topics = [topics]
         pid = self._next_pid()
@@ -240,14 +231,14 @@ class MQTTClient:
         for t in topics:
             body += _str(t)
             body.append(qos)
-        self._packet(SUBSCRIBE, body)
-        codes = self._wait_for(SUBACK, pid)
+        self._packet(_SUBSCRIBE, body)
+        codes = self._wait_for(_SUBACK, pid)
         for code in codes:
             if code == 0x80:
                 raise MQTTError("subscription refused")
 
     def ping(self):
-        self._packet(PINGREQ, b"")
+        self._packet(_PINGREQ, b"")
 
     def _wait_for(self, ptype, pid):
         deadline = self.timeout_s * 1000
@@ -271,14 +262,14 @@ class MQTTClient:
         n = self._read_len()
         self.last_rx = ticks_ms()
         kind = first & 0xF0
-        if kind == PUBLISH:
+        if kind == _PUBLISH:
             self._on_publish(first, n)
-            return (PUBLISH, 0, None)
-        if kind in (PUBACK, SUBACK):
+            return (_PUBLISH, 0, None)
+        if kind in (_PUBACK, _SUBACK):
             body = self._read(n)
             return (kind, (body[0] << 8) | body[1], body[2:])
-        if kind == PINGRESP:
-            return (PINGRESP, 0, None)
+        if kind == _PINGRESP:
+            return (_PINGRESP, 0, None)
         self._skip(n)  # nothing else is expected from a broker; ignore it
         return (kind, 0, None)
 
@@ -302,10 +293,10 @@ class MQTTClient:
             if self.cb:
                 self.cb(topic, payload)
         if qos == 1:
-            self._packet(PUBACK, struct.pack("!H", pid))
+            self._packet(_PUBACK, struct.pack("!H", pid))
             if not duplicate:
                 self.recent.append(pid)
-                if len(self.recent) > DUP_RING:
+                if len(self.recent) > _DUP_RING:
                     self.recent.pop(0)
         elif qos == 2:
             raise MQTTError("QoS 2 is not supported")

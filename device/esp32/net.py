@@ -5,13 +5,7 @@ try:
 except ImportError:
     network = None
 
-try:
-    from time import sleep_ms
-except ImportError:  # CPython tools only
-    from time import sleep
-
-    def sleep_ms(ms):
-        sleep(ms / 1000)
+from time import sleep_ms
 
 
 def connect_wifi(cfg, timeout_ms=20000):

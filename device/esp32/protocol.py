@@ -1,25 +1,14 @@
-"""docs/protocol.md for MicroPython: topics, param specs, outcomes and the service clock.
+"""docs/protocol.md for MicroPython: topics, param specs, outcomes, and trimming documents.
 
-Pure functions and tiny classes with no I/O, so they are the same on the
-device and under the unix port. CPython's iotbridge_contract is the reference;
-this file follows the same document, written for a small heap (no re, no typing).
+Pure functions, no I/O, the same on the device and under the unix port.
+CPython's iotbridge_contract follows the same document; this file is written
+for a small heap instead (no re, no typing, no classes).
 """
 
-try:
-    from time import ticks_diff, ticks_ms
-except ImportError:  # CPython tools only
-    import time
-
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
+import json
 
 COMMANDS = "commands"
 HISTORY = 16  # outcomes kept in the commands shadow's reported section
-MAX_QUEUE = 16  # pending commands held in RAM (the API allows 10)
 MAX_RESULT_BYTES = 256
 MAX_ERROR_CHARS = 160
 
@@ -29,55 +18,30 @@ REJECTED = "REJECTED"
 TIMED_OUT = "TIMED_OUT"
 EXPIRED = "EXPIRED"
 
-_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
-
 
 def shadow_topic(thing, op, shadow=None):
     """`$aws/things/{thing}/shadow[/name/{shadow}]/{op}`; op may be "update/delta" etc."""
     if shadow:
-        return "$aws/things/%s/shadow/name/%s/%s" % (thing, shadow, op)
-    return "$aws/things/%s/shadow/%s" % (thing, op)
+        return "$aws/things/" + thing + "/shadow/name/" + shadow + "/" + op
+    return "$aws/things/" + thing + "/shadow/" + op
 
 
 def valid_command_id(cid):
-    if not isinstance(cid, str) or not 1 <= len(cid) <= 64:
+    """1-64 characters of a-z A-Z 0-9 _ - (it is also the shadow clientToken)."""
+    if not isinstance(cid, str) or not 0 < len(cid) <= 64:
         return False
-    for ch in cid:
-        if ch not in _ID_CHARS:
+    for c in cid:
+        if not (c.isalpha() or c.isdigit() or c in "_-") or ord(c) > 127:
             return False
     return True
 
 
-def _check_value(name, spec, value):
-    kind, _, arg = spec.rstrip("?").partition(":")
-    if kind == "bool":
-        if not isinstance(value, bool):
-            return name + ": expected true or false"
-        return None
-    if kind == "int" or kind == "num":
-        if isinstance(value, bool) or not isinstance(value, (int, float) if kind == "num" else int):
-            return name + (": expected an integer" if kind == "int" else ": expected a number")
-        if arg:
-            lo, _, hi = arg.partition("..")
-            conv = int if kind == "int" else float
-            if (lo and value < conv(lo)) or (hi and value > conv(hi)):
-                return name + ": must be within " + arg
-        return None
-    if kind == "str":
-        if not isinstance(value, str):
-            return name + ": expected a string"
-        if arg and len(value) > int(arg):
-            return name + ": at most " + arg + " characters"
-        return None
-    if kind == "enum":
-        if value not in arg.split("|"):
-            return name + ": must be one of " + ", ".join(arg.split("|"))
-        return None
-    return name + ": unknown spec " + spec
-
-
 def check_params(specs, params):
-    """None when params match specs exactly, else the reason (the command is REJECTED)."""
+    """None when params match specs exactly, else the reason (the command is then REJECTED).
+
+    A spec is bool | int[:MIN..MAX] | num[:MIN..MAX] | str[:MAXLEN] | enum:a|b|c,
+    with a trailing ? when optional.
+    """
     if not isinstance(params, dict):
         return "params must be an object"
     for name in params:
@@ -86,12 +50,27 @@ def check_params(specs, params):
     for name in specs:
         spec = specs[name]
         if name not in params:
-            if not spec.endswith("?"):
+            if spec[-1] != "?":
                 return name + ": required"
+            continue
+        v = params[name]
+        kind, _, arg = spec.rstrip("?").partition(":")
+        if kind == "enum":
+            ok = v in arg.split("|")
+        elif kind == "bool":
+            ok = isinstance(v, bool)
+        elif kind == "str":
+            ok = isinstance(v, str) and not (arg and len(v) > int(arg))
+        elif kind == "int" or kind == "num":
+            ok = not isinstance(v, bool) and isinstance(v, int if kind == "int" else (int, float))
+            if ok and arg:
+                conv = int if kind == "int" else float
+                lo, _, hi = arg.partition("..")
+                ok = not ((lo and v < conv(lo)) or (hi and v > conv(hi)))
         else:
-            err = _check_value(name, spec, params[name])
-            if err:
-                return err
+            ok = False
+        if not ok:
+            return name + ": expected " + spec.rstrip("?")
     return None
 
 
@@ -99,9 +78,7 @@ def outcome(state, action, done_at, result=None, error=None):
     """A reported outcome; keys without a value are left out (null deletes in a shadow)."""
     entry = {"state": state, "action": action, "doneAt": done_at}
     if result is not None:
-        import json
-
-        if len(json.dumps(result, separators=(",", ":"))) > MAX_RESULT_BYTES:
+        if len(json.dumps(result)) > MAX_RESULT_BYTES:
             result = {"truncated": True}
         entry["result"] = result
     if error:
@@ -109,22 +86,19 @@ def outcome(state, action, done_at, result=None, error=None):
     return entry
 
 
-def expired(entry, now_ms):
-    """Started only if timestamp*1000 <= expiresAt (the service's clock, not ours)."""
-    exp = entry.get("expiresAt")
-    return isinstance(exp, int) and not isinstance(exp, bool) and now_ms > exp
+def _issued(item):
+    t = item[1].get("issuedAt")
+    return t if isinstance(t, int) else 0
 
 
 def pending_commands(section):
-    """[(id, entry)] of a delta/desired section, oldest issuedAt first; malformed ids left out."""
+    """[(id, entry)] of a delta section, oldest issuedAt first; malformed entries left out."""
     out = []
-    if not isinstance(section, dict):
-        return out
-    for cid in section:
-        entry = section[cid]
-        if valid_command_id(cid) and isinstance(entry, dict):
-            out.append((cid, entry))
-    out.sort(key=lambda item: item[1].get("issuedAt", 0) if isinstance(item[1].get("issuedAt", 0), int) else 0)
+    if isinstance(section, dict):
+        for cid in section:
+            if valid_command_id(cid) and isinstance(section[cid], dict):
+                out.append((cid, section[cid]))
+    out.sort(key=_issued)
     return out
 
 
@@ -135,62 +109,76 @@ def history_ids(reported):
         for cid in reported:
             v = reported[cid]
             if isinstance(v, dict):
-                done = v.get("doneAt", 0)
-                items.append((done if isinstance(done, int) else 0, cid))
+                t = v.get("doneAt")
+                items.append((t if isinstance(t, int) else 0, cid))
     items.sort()
     return [cid for _, cid in items]
 
 
-class History:
-    """Which outcomes the commands shadow holds, so the device can keep it to HISTORY."""
+def blank(buf, targets):
+    """Overwrite, in place, the object values of the members named in `targets` with `0` and spaces.
 
-    def __init__(self, keep=HISTORY):
-        self.keep = keep
-        self.ids = []
-
-    def reset(self, reported):
-        self.ids = history_ids(reported)
-
-    def add(self, cid):
-        """Record an outcome about to be reported; returns the ids to null in the same update."""
-        if cid in self.ids:
-            self.ids.remove(cid)
-        self.ids.append(cid)
-        drop = []
-        while len(self.ids) > self.keep:
-            drop.append(self.ids.pop(0))
-        return drop
-
-
-def outcome_update(cid, entry, drop_ids):
-    """The one update that reports an outcome, clears its desired entry and prunes history."""
-    reported = {cid: entry}
-    for old in drop_ids:
-        reported[old] = None
-    return {"state": {"reported": reported, "desired": {cid: None}}, "clientToken": cid}
-
-
-class ServiceClock:
-    """The shadow service's time, in ms: the last document's `timestamp` plus our ticks since.
-
-    An ESP32 has no RTC; this keeps expiry decisions on the service's clock.
-    ticks_diff is valid for about 6 days on an ESP32, far longer than between
-    two shadow documents.
+    targets: {depth: (b"key", ...)}; depth 1 is the top-level object's members.
+    The device never reads a document's `metadata` (a timestamp per leaf) nor
+    the `desired` copy of what `delta` already holds; blanking them in the
+    received bytearray means json.loads never builds them. One pass over the
+    bytes, no copy of the document.
     """
+    depth = 0
+    i = 0
+    n = len(buf)
+    ks = ke = -1  # the last string seen at a target depth: maybe a key
+    while i < n:
+        c = buf[i]
+        if c == 0x22:
+            j = _string_end(buf, i)
+            if depth in targets:
+                ks, ke = i + 1, j - 1
+            i = j
+            continue
+        if c == 0x3A:  # ':' follows a key
+            if ks >= 0 and bytes(buf[ks:ke]) in targets[depth]:
+                j = i + 1
+                while buf[j] in (0x20, 0x09, 0x0A, 0x0D):
+                    j += 1
+                if buf[j] in (0x7B, 0x5B):
+                    end = _close(buf, j)
+                    buf[j] = 0x30  # "0"
+                    for k in range(j + 1, end):
+                        buf[k] = 0x20
+                    i = end
+                    ks = -1
+                    continue
+            ks = -1
+        elif c in (0x7B, 0x5B):
+            depth += 1
+            ks = -1
+        elif c in (0x7D, 0x5D):
+            depth -= 1
+            ks = -1
+        i += 1
 
-    def __init__(self):
-        self.base_ms = None
-        self.at = 0
 
-    def observe(self, doc):
-        ts = doc.get("timestamp") if isinstance(doc, dict) else None
-        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-            self.base_ms = int(ts) * 1000
-            self.at = ticks_ms()
-            return self.base_ms
-        return None
+def _string_end(buf, i):
+    """Index just past the JSON string that starts at buf[i] (a quote)."""
+    i += 1
+    while buf[i] != 0x22:
+        i += 2 if buf[i] == 0x5C else 1
+    return i + 1
 
-    def now_ms(self):
-        if self.base_ms is None:
-            return 0
-        return self.base_ms + ticks_diff(ticks_ms(), self.at)
+
+def _close(buf, i):
+    """Index just past the object or array that starts at buf[i]."""
+    depth = 0
+    while True:
+        c = buf[i]
+        if c == 0x22:
+            i = _string_end(buf, i)
+            continue
+        if c in (0x7B, 0x5B):
+            depth += 1
+        elif c in (0x7D, 0x5D):
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1

@@ -10,7 +10,7 @@ import pytest
 
 from iotbridge_local.broker import Broker
 from iotbridge_local.config import StackConfig
-from tests.micropython.harness import FirmwareProcess, ShadowPeer
+from tests.micropython.harness import FirmwareProcess, ShadowPeer, compile_firmware
 
 pytestmark = pytest.mark.micropython
 
@@ -23,11 +23,22 @@ def stack_config(tmp_path: Path) -> StackConfig:
     return StackConfig.free(tmp_path / "stack", tls=False)
 
 
+@pytest.fixture(scope="session")
+def firmware_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The firmware as deployed: modules compiled by mpy-cross, boot.py and main.py as source.
+
+    Compiling the sources on the board itself needs more heap than an ESP32
+    without PSRAM has to spare; devices get .mpy files.
+    """
+    return compile_firmware(tmp_path_factory.mktemp("esp32-image"))
+
+
 @pytest.fixture
-def start_firmware(tmp_path: Path) -> Iterator[StartFirmware]:
+def start_firmware(tmp_path: Path, firmware_image: Path) -> Iterator[StartFirmware]:
     started: list[FirmwareProcess] = []
 
     def start(config: dict[str, Any], *, name: str = "esp32", wait_ready: bool = True, **kw: Any) -> FirmwareProcess:
+        kw.setdefault("code_dir", firmware_image)
         fw = FirmwareProcess(tmp_path / name, config, **kw).start()
         started.append(fw)
         if wait_ready:
@@ -37,6 +48,7 @@ def start_firmware(tmp_path: Path) -> Iterator[StartFirmware]:
     yield start
     for fw in started:
         fw.stop()
+        print(f"--- firmware log ({fw.workdir.name}, heap {fw.heap}) ---", *fw.lines[-40:], sep="\n")
 
 
 @pytest.fixture

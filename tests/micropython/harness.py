@@ -165,3 +165,81 @@ class ShadowPeer:
 def command(action: str, params: dict[str, Any] | None = None, *, ttl_ms: int = 60_000) -> dict[str, Any]:
     now = int(time.time() * 1000)
     return {"action": action, "params": params or {}, "issuedAt": now, "expiresAt": now + ttl_ms}
+
+
+class IotCoreProcess:
+    """`python -m iotbridge_local.iotcore`, the local shadow service, as its own process."""
+
+    def __init__(self, data_dir: Path, mqtt: Endpoint, http_port: int) -> None:
+        self.args = [
+            "--data-dir", str(data_dir), "--mqtt-host", mqtt.host, "--mqtt-port", str(mqtt.port),
+            "--http-port", str(http_port), "--log-level", "WARNING",
+        ]
+        if mqtt.username is not None:
+            # `=` form: a generated password may start with "-"
+            self.args += [f"--mqtt-username={mqtt.username}", f"--mqtt-password={mqtt.password or ''}"]
+        self.http_port = http_port
+        self.url = f"http://127.0.0.1:{http_port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> IotCoreProcess:
+        from iotbridge_local.broker import wait_for_port
+
+        self._proc = subprocess.Popen([sys.executable, "-m", "iotbridge_local.iotcore", *self.args],
+                                      stdout=subprocess.DEVNULL)
+        wait_for_port(self.http_port, timeout=20)
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def iot_data(self) -> Any:
+        import boto3
+
+        return boto3.client("iot-data", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="local", aws_secret_access_key="local")
+
+
+def read_shadow(iot_data: Any, thing: str, shadow: str | None = None) -> dict[str, Any]:
+    kw = {"shadowName": shadow} if shadow else {}
+    doc: dict[str, Any] = json.loads(iot_data.get_thing_shadow(thingName=thing, **kw)["payload"].read())
+    return doc
+
+
+def wait_until(probe: Any, what: str, timeout: float = 15.0, every: float = 0.02) -> Any:
+    """Poll probe() until it returns something truthy; the timeout is a hang guard, not a measurement."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+        except Exception as e:  # a shadow that does not exist yet reads as "not yet"
+            if type(e).__name__ != "ResourceNotFoundException":
+                raise
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(every)
+
+
+def queue_command(iot_data: Any, thing: str, cid: str, entry: dict[str, Any]) -> None:
+    """What the API does: add desired.{id} to the commands shadow, clientToken = id."""
+    payload = {"state": {"desired": {cid: entry}}, "clientToken": cid}
+    iot_data.update_thing_shadow(thingName=thing, shadowName=COMMANDS_SHADOW, payload=json.dumps(payload))
+
+
+def outcome_in_shadow(iot_data: Any, thing: str, cid: str) -> dict[str, Any] | None:
+    """The reported outcome once the command is done (desired cleared), else None."""
+    state = read_shadow(iot_data, thing, COMMANDS_SHADOW).get("state", {})
+    out = state.get("reported", {}).get(cid)
+    if out is None or cid in state.get("desired", {}):
+        return None
+    return dict(out)

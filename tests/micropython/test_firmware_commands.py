@@ -62,21 +62,42 @@ def test_command_runs_and_reports_outcome_with_desired_cleared(start_firmware, d
     assert peer.next_reported("led")["led"] == "on"
 
 
-def test_redelivered_command_is_reported_again_but_not_run_twice(start_firmware, device_config, peer) -> None:
+def test_stale_delta_listing_a_done_command_does_not_run_it_again(start_firmware, device_config, peer) -> None:
     # GIVEN a device that ran a toggle (led off -> on)
+    start_firmware(device_config)
+    toggle = command("led", {"state": "toggle"})
+    peer.send_commands({"t-1": toggle})
+    assert outcome_of(peer.next_outcome(), "t-1")["result"] == {"led": "on"}
+    # WHEN a delta published before its outcome landed lists it again (or QoS 1 redelivers it)
+    peer.send_commands({"t-1": toggle})
+    # THEN it does not run again: the next toggle turns the led off, and is the next update
+    peer.send_commands({"t-2": command("led", {"state": "toggle"})})
+    assert outcome_of(peer.next_outcome(), "t-2")["result"] == {"led": "off"}
+
+
+def test_after_reconnect_a_still_listed_command_gets_its_logged_outcome_again(
+    start_firmware, device_config, broker, peer
+) -> None:
+    # GIVEN a device that ran a toggle and then lost its connection
     fw = start_firmware(device_config)
     toggle = command("led", {"state": "toggle"})
     peer.send_commands({"t-1": toggle})
     first = outcome_of(peer.next_outcome(), "t-1")
-    assert first["result"] == {"led": "on"}
-    # WHEN the same command is delivered again (a QoS 1 redelivery or a repeated delta)
-    peer.send_commands({"t-1": toggle})
-    # THEN the logged outcome is reported again, unchanged
-    assert outcome_of(peer.next_outcome(), "t-1") == first
-    fw.wait_for("duplicate t-1")
-    # AND it did not run: a new toggle turns the led off again
-    peer.send_commands({"t-2": command("led", {"state": "toggle"})})
-    assert outcome_of(peer.next_outcome(), "t-2")["result"] == {"led": "off"}
+    broker.stop()
+    fw.wait_for("disconnected")
+    broker.start()
+    fw.wait_for("ready", timeout=30)
+    # WHEN the shadow still lists the command (its outcome update was lost)
+    peer2 = ShadowPeer(broker.service_endpoint(), "esp32-test")
+    try:
+        peer2.send_commands({"t-1": toggle})
+        # THEN the logged outcome is reported again, unchanged, without running it
+        assert outcome_of(peer2.next_outcome(), "t-1") == first
+        fw.wait_for("duplicate t-1")
+        peer2.send_commands({"t-2": command("led", {"state": "toggle"})})
+        assert outcome_of(peer2.next_outcome(), "t-2")["result"] == {"led": "off"}
+    finally:
+        peer2.close()
 
 
 def test_expired_command_is_not_run(start_firmware, device_config, peer) -> None:

@@ -1,0 +1,110 @@
+"""Find the smallest MicroPython heap in which the compiled firmware completes N commands end to end.
+
+    .venv/bin/python device/esp32/tools/heap_probe.py [--commands 100] [--low 24] [--high 64]
+
+Starts a real Mosquitto and the local shadow service (iotcore) on free ports,
+compiles the firmware with mpy-cross, and for each heap size tried runs
+`micropython -X heapsize=<K>k` against them: N commands queued through boto3
+iot-data, up to 10 pending at a time (the API's limit, so the deltas are as
+large as they get), then a reconnect that reads a commands shadow holding 16
+outcomes and 10 pending commands (the largest get document). A size passes
+when every command succeeded and the process is still alive. Binary search
+between --low and --high (KB). Uses the test harness in tests/micropython.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO))
+
+from iotbridge_local.broker import Broker  # noqa: E402
+from iotbridge_local.config import StackConfig  # noqa: E402
+from tests.micropython.harness import (  # noqa: E402
+    FirmwareProcess,
+    IotCoreProcess,
+    command,
+    compile_firmware,
+    outcome_in_shadow,
+    queue_command,
+    wait_until,
+)
+
+THING = "esp32-probe"
+
+
+def run_once(heap_kb: int, commands: int, work: Path, image: Path) -> tuple[bool, str]:
+    cfg = StackConfig.free(work / "stack", tls=False)
+    with Broker(cfg) as broker:
+        core = IotCoreProcess(cfg.data_dir / "iotcore", broker.service_endpoint(), cfg.iot_http_port).start()
+        ep = broker.device_endpoint(THING)
+        dev: dict[str, Any] = {"thing": THING, "host": ep.host, "port": ep.port, "user": ep.username,
+                               "password": ep.password}
+        fw = FirmwareProcess(work / "device", dev, heap=f"{heap_kb}k", code_dir=image)
+        try:
+            iot = core.iot_data()
+            fw.start()
+            fw.wait_for("ready")
+            sent = 0
+            while sent < commands:
+                ids = [f"c{sent + i}" for i in range(min(10, commands - sent))]
+                for cid in ids:
+                    queue_command(iot, THING, cid, command("led", {"state": "toggle"}))
+                for cid in ids:
+                    out = wait_until(lambda c=cid: fw.alive() and outcome_in_shadow(iot, THING, c), cid, timeout=20)
+                    if out["state"] != "SUCCEEDED":
+                        return False, f"{cid}: {out}"
+                sent += len(ids)
+            # The largest get/accepted: 16 outcomes + 10 pending, read on (re)connect.
+            fw.stop()
+            ids = [f"r{i}" for i in range(10)]
+            for cid in ids:
+                queue_command(iot, THING, cid, command("ping"))
+            fw.start()
+            for cid in ids:
+                wait_until(lambda c=cid: fw.alive() and outcome_in_shadow(iot, THING, c), cid, timeout=20)
+            return fw.alive(), ""
+        except AssertionError as e:
+            tail = "\n".join(fw.lines[-6:])
+            print(*[ln for ln in fw.lines if "free" in ln][::10], sep="\n")
+            return False, f"{e}\n{tail}"
+        finally:
+            fw.stop()
+            core.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--commands", type=int, default=100)
+    ap.add_argument("--low", type=int, default=24, help="KB known (or assumed) to fail")
+    ap.add_argument("--high", type=int, default=64, help="KB expected to pass")
+    ap.add_argument("--only", type=int, help="try this one size (KB) and report")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        image = compile_firmware(Path(tmp) / "image")
+        sizes = [args.only] if args.only else None
+        if sizes:
+            ok, why = run_once(sizes[0], args.commands, Path(tmp) / "only", image)
+            print(f"{sizes[0]}k: {'pass' if ok else 'FAIL'} {why}")
+            return 0 if ok else 1
+        lo, hi = args.low, args.high
+        ok, why = run_once(hi, args.commands, Path(tmp) / f"h{hi}", image)
+        print(f"{hi}k: {'pass' if ok else 'FAIL'} {why}", flush=True)
+        if not ok:
+            return 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            ok, why = run_once(mid, args.commands, Path(tmp) / f"h{mid}", image)
+            print(f"{mid}k: {'pass' if ok else 'FAIL'} {why.splitlines()[-1] if why else ''}", flush=True)
+            lo, hi = (lo, mid) if ok else (mid, hi)
+        print(f"smallest heap that completed {args.commands} commands: {hi} KB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""End to end: boto3 iot-data -> the local shadow service (iotcore) -> Mosquitto -> the firmware, and back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from iotbridge_local.broker import Broker
+from iotbridge_local.config import StackConfig
+from tests.micropython.conftest import StartFirmware
+from tests.micropython.harness import (
+    IotCoreProcess,
+    command,
+    outcome_in_shadow,
+    queue_command,
+    read_shadow,
+    wait_until,
+)
+
+pytestmark = pytest.mark.micropython
+THING = "esp32-test"
+
+
+@pytest.fixture
+def iotcore(broker: Broker, stack_config: StackConfig) -> Iterator[IotCoreProcess]:
+    core = IotCoreProcess(stack_config.data_dir / "iotcore", broker.service_endpoint(), stack_config.iot_http_port)
+    core.start()
+    yield core
+    core.stop()
+
+
+@pytest.fixture
+def iot_data(iotcore: IotCoreProcess) -> Any:
+    return iotcore.iot_data()
+
+
+def test_command_completes_through_the_shadow_service(start_firmware: StartFirmware, device_config, iot_data) -> None:
+    # GIVEN the firmware connected to the broker the shadow service uses
+    start_firmware(device_config)
+    # WHEN a command is queued in the commands shadow's desired state, as the API does
+    queue_command(iot_data, THING, "e2e-1", command("led", {"state": "on"}))
+    # THEN its outcome lands in reported and its desired entry is gone
+    out = wait_until(lambda: outcome_in_shadow(iot_data, THING, "e2e-1"), "the outcome in the shadow")
+    assert out["state"] == "SUCCEEDED"
+    assert out["result"] == {"led": "on"}
+    # AND the classic shadow shows the new state and the advertised actions
+    classic = wait_until(
+        lambda: (r := read_shadow(iot_data, THING)["state"]["reported"]).get("led") == "on" and r, "led on reported"
+    )
+    assert set(classic["actions"]) == {"led", "relay", "ping", "read_sensors", "reboot", "set_interval"}
+
+
+def test_commands_queued_while_offline_run_on_connect_unless_expired(
+    start_firmware: StartFirmware, device_config, iot_data
+) -> None:
+    # GIVEN a device that is offline, with one live and one short-lived command queued for it
+    queue_command(iot_data, THING, "live", command("relay", {"on": True}))
+    queue_command(iot_data, THING, "short", command("led", {"state": "on"}, ttl_ms=-1000))
+    # WHEN it connects (and reads its commands shadow)
+    start_firmware(device_config)
+    # THEN the live one runs and the expired one is reported EXPIRED, not run
+    assert wait_until(lambda: outcome_in_shadow(iot_data, THING, "live"), "live")["state"] == "SUCCEEDED"
+    expired = wait_until(lambda: outcome_in_shadow(iot_data, THING, "short"), "short")
+    assert expired["state"] == "EXPIRED"
+    reported = read_shadow(iot_data, THING)["state"]["reported"]
+    assert reported["relay"] is True
+    assert reported["led"] == "off"
+
+
+def test_desired_state_set_while_offline_is_applied_on_connect(
+    start_firmware: StartFirmware, device_config, iot_data
+) -> None:
+    # GIVEN desired state written while the device is offline
+    import json
+
+    iot_data.update_thing_shadow(thingName=THING, payload=json.dumps({"state": {"desired": {"led": "on"}}}))
+    # WHEN it connects
+    start_firmware(device_config)
+    # THEN it applies and reports it, and the delta disappears
+    shadow = wait_until(
+        lambda: (d := read_shadow(iot_data, THING)).get("state", {}).get("reported", {}).get("led") == "on" and d,
+        "led on reported",
+    )
+    assert "delta" not in shadow["state"]
+
+
+def test_compiled_firmware_completes_100_commands_in_a_48k_heap(
+    start_firmware: StartFirmware, device_config, iot_data
+) -> None:
+    # GIVEN the firmware compiled with mpy-cross, as deployed, in a 48 KB Python heap
+    start_firmware(device_config, heap="48k")
+    # WHEN 100 commands are queued, up to 10 pending at a time
+    done: dict[str, dict[str, Any]] = {}
+    for batch in range(10):
+        ids = [f"b{batch}-{i}" for i in range(10)]
+        for cid in ids:
+            queue_command(iot_data, THING, cid, command("led", {"state": "toggle"}))
+        for cid in ids:
+            done[cid] = wait_until(lambda c=cid: outcome_in_shadow(iot_data, THING, c), cid)
+    # THEN every one succeeded, the toggles alternate, and the history holds 16
+    assert all(o["state"] == "SUCCEEDED" for o in done.values())
+    assert [o["result"]["led"] for o in done.values()][:4] == ["on", "off", "on", "off"]
+    reported = read_shadow(iot_data, THING, "commands")["state"]["reported"]
+    assert len(reported) == 16
