@@ -1,0 +1,209 @@
+"""What every benchmark shares: statistics, plots, progress, an HTTP client, a local stack."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- statistics ------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list (p in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def summary_ms(samples_s: Iterable[float]) -> dict[str, float]:
+    """p50/p90/p99/mean/min/max in milliseconds, rounded for reading."""
+    values = sorted(v * 1000 for v in samples_s)
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50), 3),
+        "p90": round(percentile(values, 90), 3),
+        "p99": round(percentile(values, 99), 3),
+        "mean": round(statistics.fmean(values), 3),
+        "min": round(values[0], 3),
+        "max": round(values[-1], 3),
+    }
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 2) if b else math.inf
+
+
+# -- progress and output ---------------------------------------------------------------
+
+
+def progress(iterable: Iterable[Any], *, desc: str, total: int | None = None) -> Iterator[Any]:
+    """A tqdm bar on stderr, silent when stderr is not a terminal (the smoke test, CI)."""
+    yield from tqdm(iterable, desc=desc, total=total, leave=False, disable=not sys.stderr.isatty())
+
+
+def write_json(out: Path, name: str, result: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latencies(out: Path, name: str, series: dict[str, list[float]], title: str) -> Path:
+    """Histogram (log x) and CDF of latency series given in seconds, side by side."""
+    plt = _pyplot()
+    fig, (hist, cdf) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, samples in series.items():
+        ms = sorted(s * 1000 for s in samples if s > 0)
+        if not ms:
+            continue
+        bins = [ms[0] * (ms[-1] / ms[0]) ** (i / 60) for i in range(61)] if ms[-1] > ms[0] else 10
+        hist.hist(ms, bins=bins, alpha=0.5, label=label)
+        cdf.plot(ms, [(i + 1) / len(ms) for i in range(len(ms))], label=label)
+    for ax in (hist, cdf):
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    hist.set_ylabel("count")
+    cdf.set_ylabel("fraction ≤ x")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-latency.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_timeline(out: Path, name: str, series: dict[str, list[float]], title: str, ylabel: str, x_step_s: float = 1.0) -> Path:
+    """Values per time bucket (e.g. commands completed per second), one line per series."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for label, values in series.items():
+        ax.plot([i * x_step_s for i in range(len(values))], values, label=label, marker=".")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-timeline.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def per_second(done_at: list[float], start: float, end: float) -> list[float]:
+    """How many events fell in each whole second of [start, end)."""
+    buckets = [0.0] * max(1, math.ceil(end - start))
+    for t in done_at:
+        i = int(t - start)
+        if 0 <= i < len(buckets):
+            buckets[i] += 1
+    return buckets
+
+
+# -- HTTP ------------------------------------------------------------------------------
+
+
+class Http:
+    """One keep-alive HTTP/1.1 connection (http.client sets TCP_NODELAY on connect)."""
+
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout: float = 35.0) -> None:
+        host_port = base_url.removeprefix("http://").rstrip("/")
+        host, _, port = host_port.partition(":")
+        self.conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            self.conn.request(method, path, body=data, headers=self.headers)
+            response = self.conn.getresponse()
+            raw = response.read()
+        except (http.client.HTTPException, OSError):
+            self.conn.close()  # a broken keep-alive connection: the next request reconnects
+            raise
+        try:
+            return response.status, json.loads(raw) if raw else None
+        except ValueError:
+            return response.status, raw.decode(errors="replace")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def api_client(stack: Any) -> Http:
+    return Http(stack.config.api_url, {"x-api-key": stack.config.api_key})
+
+
+# -- the local stack -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def local_stack(data_dir: Path, *, devices: int, prewarm: int = 1, **config: Any) -> Iterator[Any]:
+    """A LocalStack on free ports; waits for its devices; always stopped."""
+    from iotbridge_local.config import StackConfig
+    from iotbridge_local.stack import LocalStack
+
+    stack = LocalStack(StackConfig.free(data_dir, devices=devices, **config), prewarm=prewarm)
+    with stack:
+        if devices:
+            stack.wait_devices_ready(timeout=60)
+        yield stack
+
+
+def function_env(stack: Any) -> dict[str, str]:
+    """The API function's environment for running its code in this process (profiles, call counts)."""
+    env: dict[str, str] = stack.config.function_env()
+    return env
+
+
+@contextlib.contextmanager
+def environ(extra: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
