@@ -242,7 +242,8 @@ class LocalStack:
 
     def _write_state(self) -> None:
         state = {
-            "pid": os.getpid(), "api": self.config.api_url, "dashboard": self.config.dashboard_url,
+            "pid": os.getpid(), "api": self.config.api_url, "apiKey": self.config.api_key,
+            "dashboard": self.config.dashboard_url, "mqtts": self.config.mqtts_port, "dataDir": str(self.data_dir),
             "iot": self.config.iot_endpoint, "mqtt": self.config.mqtt_port, "things": self.things,
         }  # fmt: skip
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
