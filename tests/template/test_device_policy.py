@@ -130,3 +130,15 @@ def test_a_device_owns_its_application_topics_including_a_retained_last_will(tem
         assert _allowed(template, "pi-01", action, topic), action
     # AND retained publishing stays off the shadow topics
     assert not _allowed(template, "pi-01", "iot:RetainPublish", topics.shadow_topic("pi-01", "update"))
+
+
+def test_the_pi_agents_retained_status_and_last_will_are_allowed(template: dict[str, Any]) -> None:
+    # GIVEN the topic the Pi agent publishes its retained status and last will on
+    from iotbridge_pi.session import status_topic
+
+    topic = status_topic("pi-01")
+    # THEN AWS IoT lets it publish there with RETAIN (a refused will topic refuses the CONNECT)
+    assert _allowed(template, "pi-01", "iot:Publish", topic)
+    assert _allowed(template, "pi-01", "iot:RetainPublish", topic)
+    # AND not on a neighbour's status
+    assert not _allowed(template, "pi-01", "iot:Publish", status_topic("pi-02"))
