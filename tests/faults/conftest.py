@@ -1,0 +1,27 @@
+"""A whole local stack per fault test (faults leave it scarred), and how long the streams run.
+
+`make test` runs short streams; `make soak` (IOTBRIDGE_SOAK=1) runs each stream
+scenario with at least 1,000 commands.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iotbridge_local.config import StackConfig
+from iotbridge_local.stack import LocalStack
+
+SOAK = os.environ.get("IOTBRIDGE_SOAK") == "1"
+COMMANDS = 1_000 if SOAK else 40  # per stream scenario, split over its devices
+FAULT_EVERY = 50 if SOAK else 6  # settled commands (of the first device) between two faults
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[LocalStack]:
+    with LocalStack(StackConfig.free(tmp_path / "stack", devices=2)) as running:
+        running.wait_devices_ready(timeout=60)
+        yield running
