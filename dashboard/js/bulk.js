@@ -28,6 +28,7 @@ export class BulkPanel {
     this.onClear = onClear;
     this.onSettled = onSettled;
     this.things = [];
+    this.notQueued = new Map();
     this.sig = null;
     this.count = h("p", { class: "bulk-count" });
     this.select = h("select", { id: "bulk-action" });
@@ -111,8 +112,12 @@ export class BulkPanel {
     this.status.dataset.tone = "";
     this.renderProgress(things.map((thing) => ({ thing, state: "QUEUED" })));
     try {
-      const { jobId } = await this.getClient().sendBulk({ action, params, things });
-      setText(this.status, `Job ${jobId}: ${action} sent to ${things.length} devices.`);
+      const started = await this.getClient().sendBulk({ action, params, things });
+      const jobId = started.jobId;
+      // Targets the API could not queue on never progress: show why and do not wait for them.
+      this.notQueued = new Map((started.notQueued || []).map((e) => [e.thing, e.code || "NOT_SENT"]));
+      const queued = typeof started.queued === "number" ? started.queued : things.length;
+      setText(this.status, `Job ${jobId}: ${action} queued on ${queued} of ${things.length} devices.`);
       await this.follow(jobId, action);
     } catch (err) {
       const info = explain(err);
@@ -131,10 +136,13 @@ export class BulkPanel {
     while (Date.now() < giveUpAt) {
       await new Promise((r) => setTimeout(r, delay));
       try {
-        const entries = jobEntries(await this.getClient().getJob(jobId));
+        const job = await this.getClient().getJob(jobId);
+        const entries = jobEntries(job).map((e) =>
+          this.notQueued.has(e.thing) && !isTerminal(e.state) ? { ...e, state: "NOT_SENT", error: this.notQueued.get(e.thing) } : e,
+        );
         this.renderProgress(entries);
-        const done = entries.filter((e) => isTerminal(e.state)).length;
-        if (entries.length && done === entries.length) {
+        const done = entries.filter((e) => isTerminal(e.state) || e.state === "NOT_SENT").length;
+        if (job.complete || (entries.length && done === entries.length)) {
           const ok = entries.filter((e) => e.state === "SUCCEEDED").length;
           this.status.dataset.tone = ok === entries.length ? "ok" : "bad";
           setText(this.status, `${action}: ${ok} of ${entries.length} succeeded.`);
@@ -160,7 +168,7 @@ export class BulkPanel {
           { dataset: { thing: e.thing || "", state: e.state || "" } },
           h("span", { class: "mono" }, e.thing || "?"),
           stateChip(e.state),
-          e.error ? h("small", { class: "params" }, String(e.error)) : null,
+          e.error ? h("small", { class: "params" }, typeof e.error === "string" ? e.error : JSON.stringify(e.error)) : null,
         ),
       ),
     );

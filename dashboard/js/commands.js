@@ -15,6 +15,9 @@ const STATE_LABELS = {
   QUEUED: "Queued",
   RUNNING: "Running",
   ERROR: "Not sent",
+  NOT_SENT: "Not sent",
+  PENDING: "Pending",
+  UNKNOWN: "Unknown",
 };
 
 export function stateLabel(state) {

@@ -225,6 +225,12 @@ def test_screenshots_and_small_screens(dashboard: Dashboard) -> None:
     expect(outcome_card(dashboard, "led")).to_have_attribute("data-state", "SUCCEEDED", timeout=15_000)
     expect(page.locator("#detail .history-table tbody tr").first).to_be_visible(timeout=10_000)
     expect(page.locator(".device-card")).to_have_count(2)
+    # and a bulk ping to both devices, so the picture shows that panel too
+    for thing in dashboard.stack.things:
+        page.get_by_label(f"Select {thing} for a bulk command").check()
+    page.locator("#bulk").get_by_label("Action").select_option("ping")
+    page.get_by_role("button", name="Send to 2 devices").click()
+    expect(page.locator("#bulk").get_by_role("status")).to_contain_text("2 of 2 succeeded", timeout=20_000)
     page.screenshot(path=str(ARTIFACTS / "dashboard-desktop-light.png"), full_page=True)
     page.emulate_media(color_scheme="dark")
     page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
@@ -296,3 +302,22 @@ def test_desired_state_waits_for_an_offline_device_with_the_delta_highlighted(da
         expect(row).not_to_have_class(re.compile(r"\bis-delta\b"))
     finally:
         bring_back(stack, "sim-2")
+
+
+def test_a_bulk_command_shows_progress_per_device(dashboard: Dashboard) -> None:
+    # GIVEN both devices selected in the list
+    page = dashboard.open()
+    for thing in dashboard.stack.things:
+        page.get_by_label(f"Select {thing} for a bulk command").check()
+    bulk = page.locator("#bulk")
+    expect(bulk).to_be_visible()
+
+    # WHEN the user sends ping to them
+    bulk.get_by_label("Action").select_option("ping")
+    bulk.get_by_role("button", name="Send to 2 devices").click()
+
+    # THEN each device gets its own line, and all of them end up succeeded
+    for thing in dashboard.stack.things:
+        line = bulk.locator(f".bulk-progress li[data-thing='{thing}']")
+        expect(line).to_have_attribute("data-state", "SUCCEEDED", timeout=20_000)
+    expect(bulk.get_by_role("status")).to_contain_text("ping: 2 of 2 succeeded")
