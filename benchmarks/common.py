@@ -207,3 +207,105 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# -- a simulated fleet in its own process ----------------------------------------------
+
+
+class FleetProcess:
+    """benchmarks.fleet_proc as a child: its latest progress line, and its final counts after stop()."""
+
+    def __init__(self, stack: Any, *, prefix: str, count: int, connect_rate: float = 500.0) -> None:
+        import subprocess
+        import threading
+
+        from benchmarks.fleet_proc import thing_names
+
+        self.things = thing_names(prefix, count)
+        endpoint = stack.broker.service_endpoint()
+        argv = [sys.executable, "-m", "benchmarks.fleet_proc", "--host", endpoint.host, "--port", str(endpoint.port),
+                "--username", endpoint.username, "--password", endpoint.password, "--prefix", prefix,
+                "--count", str(count), "--state-dir", str(stack.data_dir / f"fleet-{prefix}"),
+                "--connect-rate", str(connect_rate)]  # fmt: skip
+        self._log = open(stack.logs / f"fleet-{prefix}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT,
+                                        start_new_session=True)  # fmt: skip
+        self.latest: dict[str, Any] = {"connected": 0, "commands_run": 0}
+        self.final: dict[str, Any] | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if doc.get("final"):
+                    self.final = doc
+                else:
+                    self.latest = doc
+
+    def wait_connected(self, timeout: float) -> float:
+        """Seconds until every device is connected; TimeoutError after `timeout`."""
+        start = time.monotonic()
+        if not wait_until(lambda: self.latest.get("connected", 0) >= len(self.things) or self.process.poll() is not None,
+                          timeout, interval=0.2):  # fmt: skip
+            raise TimeoutError(f"{self.latest.get('connected')} of {len(self.things)} devices connected after {timeout}s")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the fleet process exited with {self.process.returncode}")
+        return time.monotonic() - start
+
+    def stop(self) -> dict[str, Any]:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        self._log.close()
+        return self.final or {"commands_run": self.latest.get("commands_run", 0), "per_device": {}}
+
+
+def register_things(stack: Any, things: list[str], threads: int = 8) -> None:
+    """create_thing for each (the API's bulk `all` lists the registry), from a few threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def chunk(part: list[str]) -> None:
+        client = stack.boto3_client("iot")
+        for thing in part:
+            with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
+                client.create_thing(thingName=thing)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(chunk, [things[i::threads] for i in range(threads)]))
+
+
+def wait_ready(stack: Any, things: list[str], timeout: float) -> float:
+    """Seconds until every thing has reported its actions (it has read its shadows and is answering)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.monotonic()
+    pending = set(things)
+    clients = [stack.boto3_client("iot-data") for _ in range(4)]
+
+    def ready(args: tuple[int, str]) -> str | None:
+        k, thing = args
+        try:
+            doc = json.loads(clients[k % 4].get_thing_shadow(thingName=thing)["payload"].read())
+        except Exception:
+            return None
+        return thing if doc.get("state", {}).get("reported", {}).get("actions") else None
+
+    with ThreadPoolExecutor(4) as pool:
+        while pending:
+            pending -= {t for t in pool.map(ready, enumerate(sorted(pending))) if t}
+            if pending and time.monotonic() - start > timeout:
+                raise TimeoutError(f"{len(pending)} of {len(things)} devices not ready after {timeout}s")
+            if pending:
+                time.sleep(0.5)
+    return time.monotonic() - start

@@ -1,0 +1,298 @@
+"""One command through the whole bridge, one device: p50/p90/p99 against the floor, and where the time goes.
+
+All in one run, on one local stack with one Pi agent (mutual TLS):
+- the floor (benchmarks.floor) over this stack's broker;
+- `POST /devices/sim-1/commands {"action": "ping"}` through the local API Gateway;
+- the parts, each timed on its own without touching anyone's code:
+  gateway + Lambda environment (`GET /health` through the API),
+  one data-plane GET and one UPDATE through boto3 (and the same GET raw with
+  http.client, to split boto3's own cost from the server's),
+  the device leg (boto3 update of `desired.{id}` → the device's
+  `update/documents` carrying `reported.{id}`, seen over MQTT, no polling),
+  and the function's own time, run in this process with botocore event hooks
+  that count its data-plane calls per command;
+- a pyinstrument profile of the function handling commands in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import floor
+from benchmarks.common import (
+    FleetProcess,
+    Http,
+    api_client,
+    environ,
+    local_stack,
+    plot_latencies,
+    progress,
+    ratio,
+    summary_ms,
+    wait_ready,
+    write_json,
+)
+
+# pace_s: a pause between commands, like clicks; back to back, one device's commands also meet the
+# API's per-thing token bucket (15 shadow reads/s), measured separately as `back_to_back`.
+DEFAULTS = {"commands": 300, "parts": 300, "floor_requests": 1000, "profiled": 100, "pace_s": 0.1, "back_to_back": 100}
+SMOKE = {"commands": 5, "parts": 5, "floor_requests": 20, "profiled": 3, "pace_s": 0.0, "back_to_back": 3}
+
+THING = "sim-1"
+
+
+def api_commands(stack: Any, count: int, *, thing: str = THING, pace_s: float = 0.0,
+                 desc: str = "api commands") -> tuple[list[float], list[float], Counter[str]]:
+    """Wall seconds per command, the function's own latencyMs (as seconds), and the states seen."""
+    client = api_client(stack)
+    wall, reported, states = [], [], Counter[str]()
+    try:
+        for i in progress(range(count + 5), desc=desc):
+            time.sleep(pace_s)
+            start = time.perf_counter()
+            status, body = client.request("POST", f"/devices/{thing}/commands", {"action": "ping"})
+            took = time.perf_counter() - start
+            states[f"{status} {body.get('state') if isinstance(body, dict) else body}"] += 1
+            if i >= 5 and status == 200:
+                wall.append(took)
+                reported.append(float(body.get("latencyMs") or 0) / 1000)
+    finally:
+        client.close()
+    return wall, reported, states
+
+
+def api_health(stack: Any, count: int) -> list[float]:
+    client = api_client(stack)
+    samples = []
+    try:
+        for i in range(count + 5):
+            start = time.perf_counter()
+            status, _ = client.request("GET", "/health")
+            if i >= 5 and status == 200:
+                samples.append(time.perf_counter() - start)
+    finally:
+        client.close()
+    return samples
+
+
+def data_plane(stack: Any, count: int) -> dict[str, list[float]]:
+    iot = stack.boto3_client("iot-data")
+    raw = Http(stack.config.iot_endpoint)
+    body = json.dumps({"state": {"reported": {"bench": 1}}}).encode()
+    calls = {
+        "boto3 GetThingShadow": lambda: iot.get_thing_shadow(thingName=THING, shadowName="commands")["payload"].read(),
+        "boto3 UpdateThingShadow": lambda: iot.update_thing_shadow(thingName="bench-scratch", payload=body)["payload"].read(),
+        "raw HTTP GET shadow": lambda: raw.request("GET", f"/things/{THING}/shadow?name=commands"),
+    }
+    samples: dict[str, list[float]] = {}
+    try:
+        for name, call in calls.items():
+            samples[name] = []
+            for i in range(count + 5):
+                start = time.perf_counter()
+                call()
+                if i >= 5:
+                    samples[name].append(time.perf_counter() - start)
+    finally:
+        raw.close()
+    return samples
+
+
+def device_leg(stack: Any, count: int, thing: str = THING) -> dict[str, list[float]]:
+    """boto3 update of desired.{id} → reported.{id} in update/documents (MQTT, pushed: no polling error)."""
+    from iotbridge_contract import commands as contract
+    from iotbridge_contract import topics
+    from iotbridge_contract.mqtt import make_client
+
+    endpoint = stack.broker.service_endpoint()
+    seen: dict[str, float] = {}
+    arrived = threading.Condition()
+    subscribed = threading.Event()
+
+    def on_message(c: Any, userdata: Any, msg: Any) -> None:
+        now = time.perf_counter()
+        current = json.loads(msg.payload).get("current", {}).get("state", {}).get("reported", {}) or {}
+        with arrived:
+            for cid in current:
+                seen.setdefault(cid, now)
+            arrived.notify_all()
+
+    watcher = make_client(f"bench-watch-{uuid.uuid4().hex[:8]}", endpoint)
+    watcher.on_message = on_message
+    watcher.on_subscribe = lambda *_: subscribed.set()
+    watcher.on_connect = lambda c, *_: c.subscribe(topics.shadow_topic(thing, "update", "documents", shadow="commands"), 1)
+    watcher.connect(endpoint.host, endpoint.port, keepalive=30)
+    watcher.loop_start()
+    iot = stack.boto3_client("iot-data")
+    legs: dict[str, list[float]] = {"update call": [], "update → reported": []}
+    try:
+        if not subscribed.wait(10):
+            raise TimeoutError("watcher did not subscribe")
+        for i in progress(range(count + 3), desc=f"device leg {thing}"):
+            cid = f"bench{uuid.uuid4().hex[:12]}"
+            issued = int(time.time() * 1000)
+            doc = {"state": {"desired": {cid: contract.pending_entry("ping", {}, issued_at=issued, expires_at=issued + 60_000)}},
+                   "clientToken": cid}  # fmt: skip
+            start = time.perf_counter()
+            iot.update_thing_shadow(thingName=thing, shadowName="commands", payload=json.dumps(doc).encode())
+            returned = time.perf_counter()
+            with arrived:
+                if not arrived.wait_for(lambda c=cid: c in seen, timeout=10):
+                    raise TimeoutError(f"the device did not report {cid} in 10 s")
+            if i >= 3:
+                legs["update call"].append(returned - start)
+                legs["update → reported"].append(seen[cid] - start)
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
+    return legs
+
+
+def in_process(stack: Any, count: int, profile_to: Path, pace_s: float) -> dict[str, Any]:
+    """The function's own time and data-plane calls per command, with the same code in this process."""
+    from pyinstrument import Profiler
+
+    env = {**stack.config.function_env(), "POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
+    with environ(env):
+        from iotbridge_api import handler, iot
+        from iotbridge_local.apigw.event import LambdaContext, build_event
+
+        client = iot._client("iot-data")
+        calls: Counter[str] = Counter()
+        call_time: dict[str, float] = defaultdict(float)
+        started: dict[int, float] = {}
+
+        def before(model: Any, **_: Any) -> None:
+            started[threading.get_ident()] = time.perf_counter()
+
+        def after(model: Any, **_: Any) -> None:
+            calls[model.name] += 1
+            call_time[model.name] += time.perf_counter() - started.pop(threading.get_ident(), time.perf_counter())
+
+        client.meta.events.register("before-call.*", before)
+        client.meta.events.register("after-call.*", after)
+
+        def one() -> float:
+            time.sleep(pace_s)
+            body = json.dumps({"action": "ping"}).encode()
+            event = build_event("POST", f"/devices/{THING}/commands", headers={"Content-Type": "application/json"}, body=body)
+            start = time.perf_counter()
+            answer = handler.lambda_handler(event, LambdaContext(timeout_s=30))
+            if answer["statusCode"] != 200:
+                raise RuntimeError(f"in-process command answered {answer['statusCode']}: {answer.get('body')}")
+            return time.perf_counter() - start
+
+        for _ in range(3):
+            one()
+        calls.clear()
+        call_time.clear()
+        samples = [one() for _ in progress(range(count), desc="in-process")]
+        per_command = {name: round(n / count, 2) for name, n in calls.items()}
+        ms_per_command = {name: round(t / count * 1000, 3) for name, t in call_time.items()}
+        profiler = Profiler(interval=0.0005)
+        with profiler:
+            for _ in range(count):
+                one()
+        profile_to.write_text(profiler.output_html())
+        text = profiler.output_text(unicode=False, color=False, show_all=False)
+        (profile_to.with_suffix(".txt")).write_text(text)
+    return {
+        "handler_ms": summary_ms(samples),
+        "data_plane_calls_per_command": per_command,
+        "data_plane_ms_per_command": ms_per_command,
+        "samples": samples,
+        "profile_html": str(profile_to),
+        "profile_top": [line for line in text.splitlines() if line.strip()][:40],
+    }
+
+
+def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-rt-") as tmp, local_stack(Path(tmp), devices=1) as stack:
+        base = floor.measure(stack.broker.service_endpoint(), int(params["floor_requests"]))
+        pace = float(params["pace_s"])
+        wall, reported, states = api_commands(stack, int(params["commands"]), pace_s=pace)
+        burst, _, burst_states = api_commands(stack, int(params["back_to_back"]), desc="back to back")
+        health = api_health(stack, int(params["parts"]))
+        plane = data_plane(stack, int(params["parts"]))
+        legs = device_leg(stack, int(params["parts"]))
+        # The same leg to a fleet-simulator device: plain MQTT, executed log without fsync.
+        sim = FleetProcess(stack, prefix="rt", count=1)
+        try:
+            sim.wait_connected(30)
+            wait_ready(stack, sim.things, 30)
+            sim_legs = device_leg(stack, int(params["parts"]), thing=sim.things[0])
+            sim_wall, _, sim_states = api_commands(stack, int(params["commands"]), thing=sim.things[0], pace_s=pace,
+                                                   desc="api commands (fleet device)")  # fmt: skip
+        finally:
+            sim.stop()
+        local = in_process(stack, int(params["profiled"]), out / "roundtrip-profile.html", pace)
+        base_after = floor.measure(stack.broker.service_endpoint(), int(params["floor_requests"]) // 2)
+    mqtt_floor = summary_ms(base["samples"]["mqtt"] + base_after["samples"]["mqtt"])
+    http_floor = summary_ms(base["samples"]["http"] + base_after["samples"]["http"])
+    api = summary_ms(wall)
+    parts = {
+        "api GET /health (gateway + environment + resolver)": summary_ms(health),
+        **{name: summary_ms(values) for name, values in plane.items()},
+        **{f"device leg (Pi agent, TLS, fsync): {name}": summary_ms(values) for name, values in legs.items()},
+        **{f"device leg (fleet sim, plain, no fsync): {name}": summary_ms(values) for name, values in sim_legs.items()},
+        "API command to the fleet-sim device": summary_ms(sim_wall),
+        "API command back to back (token bucket)": summary_ms(burst),
+        "function in-process (lambda_handler)": local["handler_ms"],
+        "function-reported latencyMs": summary_ms(reported),
+    }
+    # The floor of a command: HTTP in and out, one MQTT request→reply to the device and back.
+    floor_p50 = http_floor["p50"] + mqtt_floor["p50"]
+    floor_p99 = http_floor["p99"] + mqtt_floor["p99"]
+    result = {
+        "benchmark": "roundtrip",
+        "params": params,
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg(),
+        "api_command_ms": api,
+        "answers": dict(states),
+        "answers_fleet_device": dict(sim_states),
+        "answers_back_to_back": dict(burst_states),
+        "floor": {"mqtt_qos1_ms": mqtt_floor, "http_keepalive_ms": http_floor, "command_floor_p50_ms": round(floor_p50, 3),
+                  "command_floor_p99_ms": round(floor_p99, 3)},  # fmt: skip
+        "p50_over_floor": ratio(api["p50"], floor_p50),
+        "p99_over_floor": ratio(api["p99"], floor_p99),
+        "targets": {"p50_over_floor": 3, "p99_over_floor": 5},
+        "parts_ms": parts,
+        "data_plane_calls_per_command": local["data_plane_calls_per_command"],
+        "data_plane_ms_per_command": local["data_plane_ms_per_command"],
+        "profile_html": local["profile_html"],
+        "profile_top": local["profile_top"],
+    }
+    plot_latencies(
+        out, "roundtrip",
+        {"API command (ping)": wall, "function in-process": local["samples"], "device leg (Pi agent)": legs["update → reported"],
+         "device leg (fleet sim)": sim_legs["update → reported"], "API command (fleet sim)": sim_wall,
+         "boto3 GetThingShadow": plane["boto3 GetThingShadow"], "MQTT floor": base["samples"]["mqtt"],
+         "HTTP floor": base["samples"]["http"]},
+        "Command round trip, 1 device, and its parts",
+    )  # fmt: skip
+    write_json(out, "roundtrip", result)
+    return result
+
+
+def table(result: dict[str, Any]) -> list[tuple[str, str]]:
+    api, parts = result["api_command_ms"], result["parts_ms"]
+    calls = ", ".join(f"{k} {v}" for k, v in result["data_plane_calls_per_command"].items())
+    rows = [
+        ("API command (1 device)", f"p50 {api['p50']} ms  p90 {api['p90']}  p99 {api['p99']}"),
+        ("command floor (HTTP + MQTT)", f"p50 {result['floor']['command_floor_p50_ms']} ms  p99 {result['floor']['command_floor_p99_ms']}"),
+        ("p50 / floor (target ≤ 3)", f"{result['p50_over_floor']}x"),
+        ("p99 / floor (target ≤ 5)", f"{result['p99_over_floor']}x"),
+        ("data-plane calls per command", calls),
+    ]
+    rows += [(f"part: {name}", f"p50 {s.get('p50')} ms  p99 {s.get('p99')}") for name, s in parts.items()]
+    return rows
