@@ -63,7 +63,7 @@ class FirmwareProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "MICROPYPATH": f"{self.code_dir}"},
+            env={**os.environ, "MICROPYPATH": f"{self.code_dir}:.frozen"},  # .frozen: ssl, asyncio
         )
         threading.Thread(target=self._pump, args=(self._proc,), daemon=True).start()
         return self
@@ -179,14 +179,17 @@ class IotCoreProcess:
             # `=` form: a generated password may start with "-"
             self.args += [f"--mqtt-username={mqtt.username}", f"--mqtt-password={mqtt.password or ''}"]
         self.http_port = http_port
+        self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{http_port}"
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> IotCoreProcess:
         from iotbridge_local.broker import wait_for_port
 
-        self._proc = subprocess.Popen([sys.executable, "-m", "iotbridge_local.iotcore", *self.args],
-                                      stdout=subprocess.DEVNULL)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / "iotcore.log", "ab") as log:  # its own log, not the test's output
+            self._proc = subprocess.Popen([sys.executable, "-m", "iotbridge_local.iotcore", *self.args],
+                                          stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.http_port, timeout=20)
         return self
 
