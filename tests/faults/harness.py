@@ -286,3 +286,15 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, inter
         if time.monotonic() > deadline:
             raise AssertionError(f"not true after {timeout}s: {what}")
         time.sleep(interval)
+
+
+def wait_terminal(stack: LocalStack, thing: str, cid: str, *, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll GET /devices/{thing}/commands/{id} until the command is terminal; its view."""
+
+    def terminal() -> dict[str, Any] | None:
+        reply = http(stack.config.api_url, "GET", f"/devices/{thing}/commands/{cid}", key=stack.config.api_key)
+        ok = reply.status == 200 and reply.body.get("state") in TERMINAL
+        return reply.body if ok else None
+
+    view: dict[str, Any] = wait_until(terminal, timeout=timeout, what=f"{thing}/{cid} terminal")
+    return view

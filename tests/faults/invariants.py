@@ -67,12 +67,12 @@ def never_twice(stack: LocalStack, books: Books, things: list[str]) -> list[str]
     for sent in books.sent:
         if sent.first is None:
             continue
-        history = books.logged.get(sent.id)
-        if history is None:
+        logged = books.logged.get(sent.id)
+        if logged is None:
             if sent.first.get("state") in DEVICE_STATES:
                 problems.append(f"{sent.id}: the API says {sent.first['state']} but the device never logged it")
             continue
-        finished = [o for o in history if o is not None]
+        finished = [o for o in logged if o is not None]
         if finished and view_key(finished[0]) != view_key(sent.first):
             problems.append(f"{sent.id}: API said {sent.first}, the device logged {finished[0]}")
     return problems
