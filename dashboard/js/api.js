@@ -69,7 +69,7 @@ export class ApiClient {
     return new ApiError({
       status: 0,
       code: UNREADABLE,
-      message: `The API at ${this.apiUrl} answered, but the browser was not allowed to read the answer.`,
+      message: `The API at ${this.apiUrl} answered, but the browser may not read the answer.`,
       cause: err,
     });
   }
@@ -146,7 +146,7 @@ export function explain(err, thing) {
     case UNREADABLE:
       return {
         title: "API key refused?",
-        text: `${err.message} This usually means the API key is missing or wrong (the gateway's 403 carries no CORS headers), or the API does not allow this page's origin. Check the API key in Settings.`,
+        text: `${err.message} Usually the API key is missing or wrong, or the API does not allow this page's origin. Check the key in Settings.`,
         kind: "error",
       };
     case FORBIDDEN:

@@ -189,7 +189,8 @@ export class CommandRunner {
       const queue = h("button", { type: "button", class: "btn btn-small" }, "Queue until it reconnects");
       queue.addEventListener("click", () => {
         queue.remove();
-        this.run({ thing, action, params, button: null, timeoutMs: opts.timeoutMs, ifOffline: "queue" });
+        // The device is offline: no point holding the request open; the card follows the command.
+        this.run({ thing, action, params, button: null, timeoutMs: 1000, ifOffline: "queue" });
       });
       card.actions.replaceChildren(queue);
     }

@@ -199,7 +199,8 @@ export class DetailView {
     const reported = (shadowState ? shadowState.reported : device.reported) || {};
     const desired = (shadowState && shadowState.desired) || {};
     const delta = (shadowState && shadowState.delta) || {};
-    updateBadge(this.badge, !!device.connected);
+    this.connected = !!device.connected;
+    updateBadge(this.badge, this.connected);
     this.root.dataset.connected = device.connected ? "true" : "false";
     if (device.shadow && typeof device.shadow.version === "number") setText(this.version, `Shadow v${device.shadow.version}`);
     setText(this.seen, `${device.connected ? "Connected" : "Last seen"} ${relativeTime(device.lastSeen)}`);
@@ -296,7 +297,10 @@ export class DetailView {
 
   run(action, params, button) {
     if (isBusy(button)) return;
-    const { timeoutMs, ifOffline } = this.sendOptions;
+    const { ifOffline } = this.sendOptions;
+    let { timeoutMs } = this.sendOptions;
+    // Queued for a device known to be offline: the card follows it, so do not hold the request open.
+    if (ifOffline === "queue" && this.connected === false) timeoutMs = Math.min(timeoutMs, 1000);
     this.runner.run({ thing: this.thing, action, params, button, timeoutMs, ifOffline });
   }
 
