@@ -53,6 +53,6 @@ def test_device_presenting_another_things_certificate_cannot_touch_this_things_s
     cfg["thing"] = THING
     # WHEN it connects and subscribes to THING's shadow topics
     fw = start_firmware(cfg, wait_ready=False)
-    # THEN the broker refuses the subscription (the certificate CN decides, not the config)
-    assert "subscription refused" in fw.wait_for("disconnected")
+    # THEN the broker turns it away (the certificate CN decides, not the config): it never gets ready
+    fw.wait_for("disconnected")
     assert not any("ready" in line for line in fw.lines)
