@@ -1,7 +1,16 @@
-"""`iotbridge`: run the local stack, and talk to a running one.
+"""`iotbridge`: run the local stack, talk to the API (local or AWS), provision devices.
 
     iotbridge up [--devices N] [--data-dir DIR] [--api-port N] … [--no-tls]
     iotbridge status [--data-dir DIR]
+    iotbridge send THING ACTION [--param K=V …] [--wait 5s] [--id ID] [--ttl 60s] [--if-offline fail|queue] [--json]
+    iotbridge command THING ID [--wait 30s] [--json]
+    iotbridge devices [--json]
+    iotbridge shadow THING [--name NAME] [--json]
+    iotbridge job ACTION (--things A,B | --all) [--param K=V …] [--wait 30s] [--json]
+    iotbridge job-status JOB_ID [--wait 30s] [--json]
+    iotbridge provision THING [--local | --aws] [--out DIR] [--stack-name NAME | --policy NAME] [--rotate]
+
+`iotbridge COMMAND --help` for each.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import threading
 from dataclasses import fields
 from pathlib import Path
 
+from iotbridge_local import apicommands
 from iotbridge_local.config import StackConfig, free_port
 
 _PORTS = ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port")
@@ -91,8 +101,70 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Exit 0 provisioned (or already), 1 refused (would make a second certificate), 2 usage, 5 AWS error, 6 unreachable."""
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
+
+    from iotbridge_contract.names import InvalidName
+    from iotbridge_local import provision
+
+    out = Path(args.out) if args.out else Path(args.thing)
+    try:
+        if args.aws:
+            import boto3
+
+            session = boto3.Session(region_name=args.region)
+            policy = args.policy or provision.policy_from_stack(session.client("cloudformation"), args.stack_name)
+            result = provision.provision_aws(args.thing, out, iot=session.client("iot"), policy=policy,
+                                             port=args.port, rotate=args.rotate)  # fmt: skip
+        else:
+            result = provision.provision_local(args.thing, out, data_dir=Path(args.data_dir), rotate=args.rotate)
+    except provision.ProvisionRefused as exc:
+        print(f"iotbridge: refused: {exc}", file=sys.stderr)
+        return apicommands.ExitCode.FAILED
+    except (provision.ProvisionError, InvalidName, NoCredentialsError, NoRegionError) as exc:
+        print(f"iotbridge: {exc}", file=sys.stderr)
+        return apicommands.ExitCode.USAGE
+    except EndpointConnectionError as exc:
+        print(f"iotbridge: unreachable: {exc}", file=sys.stderr)
+        return apicommands.ExitCode.UNREACHABLE
+    except (ClientError, BotoCoreError) as exc:
+        print(f"iotbridge: AWS said: {exc}", file=sys.stderr)
+        return apicommands.ExitCode.API_ERROR
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print("\n".join(provision.describe(result)))
+    return apicommands.ExitCode.SUCCEEDED
+
+
+def _add_provision(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from iotbridge_local.provision import DEFAULT_STACK_NAME
+
+    p = sub.add_parser(
+        "provision", help="create a device's thing and certificate and write its bundle (Pi + ESP32 configs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 provisioned or already provisioned, 1 refused (the thing has a certificate and the bundle\n"
+        "is not in --out: pass --rotate for a new one), 2 usage/config, 5 AWS error, 6 endpoint unreachable",
+    )  # fmt: skip
+    p.add_argument("thing")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="the running local stack (default)")
+    where.add_argument("--aws", action="store_true", help="AWS IoT Core, with your AWS credentials")
+    p.add_argument("--out", help="bundle directory (default ./THING)")
+    p.add_argument("--data-dir", default=".iotbridge", help="local: the running stack's data dir")
+    p.add_argument("--stack-name", default=DEFAULT_STACK_NAME, help="aws: read DevicePolicyName from this stack's outputs")
+    p.add_argument("--policy", help="aws: the device policy name (instead of the stack output)")
+    p.add_argument("--region", help="aws: region (default: your AWS config)")
+    p.add_argument("--port", type=int, default=8883, choices=(8883, 443), help="aws: MQTT port the device uses")
+    p.add_argument("--rotate", action="store_true", help="issue a new certificate even if the thing has one")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_provision)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iotbridge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(prog="iotbridge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
+                                     epilog=apicommands.EXIT_CODES_HELP)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local stack with simulated devices and the dashboard")
     up.add_argument("--data-dir", default=".iotbridge", help="where shadows, broker data, certs and logs live")
@@ -107,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the running local stack's endpoints")
     status.add_argument("--data-dir", default=".iotbridge")
     status.set_defaults(func=cmd_status)
+    apicommands.add_subcommands(sub)
+    _add_provision(sub)
     return parser
 
 

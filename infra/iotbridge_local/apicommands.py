@@ -1,0 +1,442 @@
+"""The CLI subcommands that talk to the HTTP API: send, command, devices, shadow, job.
+
+They print short human text, or with --json the API's JSON body, and end with an
+exit code a script can branch on (`ExitCode`, also printed by `iotbridge --help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import math
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from iotbridge_contract.commands import CommandState
+from iotbridge_local.apiclient import (
+    DEFAULT_DATA_DIR,
+    ENV_KEY,
+    ENV_URL,
+    ApiClient,
+    ApiResponse,
+    ApiUnreachable,
+    NoApiConfigured,
+    resolve_target,
+    sleep_until,
+)
+
+API_MAX_WAIT_MS = 29_000  # API Gateway's integration timeout; longer waits poll GET …/commands/{id}
+POLL_S = 0.2
+TERMINAL = {s.value for s in CommandState if s.terminal}
+
+
+class ExitCode(enum.IntEnum):
+    SUCCEEDED = 0
+    FAILED = 1  # the outcome is FAILED, REJECTED, TIMED_OUT or EXPIRED (or a job target was not queued)
+    USAGE = 2
+    PENDING = 3  # the wait ran out with the command still QUEUED/SENT (HTTP 202)
+    OFFLINE = 4  # 409 DEVICE_OFFLINE (--if-offline fail)
+    API_ERROR = 5  # any other 4xx: unknown action, bad params, no such device, wrong key (403) …
+    UNREACHABLE = 6  # no connection, or a 5xx
+
+
+EXIT_CODES_HELP = """exit codes (send, command, job, devices, shadow):
+  0  SUCCEEDED (or the request was answered)
+  1  the outcome is FAILED, REJECTED, TIMED_OUT or EXPIRED; a job target was not queued
+  2  usage error (bad flags, bad --param, no API configured)
+  3  still pending when the wait ran out (HTTP 202); the command id is printed
+  4  the device is offline (409 DEVICE_OFFLINE, with --if-offline fail)
+  5  any other API error (4xx: unknown action, bad params, no such device, wrong API key)
+  6  the API is unreachable, or answered 5xx"""
+
+API_HELP = f"""where the API is (first match wins): --api-url/--api-key; {ENV_URL}/{ENV_KEY};
+the running local stack's <--data-dir>/stack.json (default {DEFAULT_DATA_DIR})."""
+
+
+# -- argument parsing -------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def duration_ms(text: str) -> int:
+    """'5s', '500ms', '2m', '1h', or plain seconds ('5') → milliseconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 5s, 500ms, 2m)")
+    return int(float(match[1]) * _UNIT_MS[match[2] or "s"])
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """k=v; v as JSON when it parses (true, 5, "x", {…}), otherwise the text itself."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param wants key=value, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        return key, raw
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, raw  # NaN/Infinity are not JSON the API accepts
+    return key, value
+
+
+def _params(pairs: list[tuple[str, Any]] | None) -> dict[str, Any]:
+    return dict(pairs or [])
+
+
+def _things(text: str) -> list[str]:
+    things = [t.strip() for t in text.split(",") if t.strip()]
+    if not things:
+        raise argparse.ArgumentTypeError("--things wants a comma-separated list of thing names")
+    return things
+
+
+def add_api_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("API")
+    group.add_argument("--api-url", help=f"base URL of the API (or {ENV_URL})")
+    group.add_argument("--api-key", help=f"x-api-key (or {ENV_KEY})")
+    group.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="local stack whose stack.json to read")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON body instead of text")
+
+
+def add_subcommands(sub: Any) -> None:
+    """Register send, command, devices, shadow and job on the CLI's subparsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    epilog = API_HELP + "\n\n" + EXIT_CODES_HELP
+
+    send = sub.add_parser(
+        "send",
+        help="send a command to one device and wait for its answer",
+        description="Send ACTION to THING and wait for the outcome.",
+        epilog=epilog,
+        formatter_class=fmt,
+    )
+    send.add_argument("thing")
+    send.add_argument("action")
+    send.add_argument(
+        "--param",
+        "-p",
+        dest="params",
+        action="append",
+        type=parse_param,
+        metavar="K=V",
+        help='a parameter; V is JSON when it parses (true, 5, "x"), else a string; repeatable',
+    )
+    send.add_argument(
+        "--wait",
+        type=duration_ms,
+        default=10_000,
+        metavar="DURATION",
+        help="how long to wait for the outcome (default 10s; 0s: do not wait)",
+    )
+    send.add_argument("--id", help="your command id (1-64 of a-z A-Z 0-9 _ -): a retry never runs it twice")
+    send.add_argument(
+        "--ttl", type=duration_ms, metavar="DURATION", help="after this the device will not start it (EXPIRED); default 60s"
+    )
+    send.add_argument(
+        "--if-offline",
+        choices=("fail", "queue"),
+        default="queue",
+        help="device offline: fail now (exit 4) or queue until --ttl (default queue)",
+    )
+    add_api_options(send)
+    send.set_defaults(func=run, api_func=_send)
+
+    command = sub.add_parser(
+        "command", help="show one command's state; optionally wait for its outcome", epilog=epilog, formatter_class=fmt
+    )
+    command.add_argument("thing")
+    command.add_argument("id")
+    command.add_argument(
+        "--wait", type=duration_ms, default=0, metavar="DURATION", help="wait this long for a terminal state (default 0s)"
+    )
+    add_api_options(command)
+    command.set_defaults(func=run, api_func=_command)
+
+    devices = sub.add_parser("devices", help="list devices: presence and reported state", epilog=epilog, formatter_class=fmt)
+    add_api_options(devices)
+    devices.set_defaults(func=run, api_func=_devices)
+
+    shadow = sub.add_parser("shadow", help="show a device's shadow (classic, or --name)", epilog=epilog, formatter_class=fmt)
+    shadow.add_argument("thing")
+    shadow.add_argument("--name", help="a named shadow (commands, presence, …)")
+    add_api_options(shadow)
+    shadow.set_defaults(func=run, api_func=_shadow)
+
+    job = sub.add_parser("job", help="send one command to many devices (a bulk job)", epilog=epilog, formatter_class=fmt)
+    job.add_argument("action")
+    targets = job.add_mutually_exclusive_group(required=True)
+    targets.add_argument("--things", type=_things, metavar="A,B,…", help="target devices")
+    targets.add_argument("--all", action="store_true", help="every registered device")
+    job.add_argument(
+        "--param",
+        "-p",
+        dest="params",
+        action="append",
+        type=parse_param,
+        metavar="K=V",
+        help="a parameter (as for send); repeatable",
+    )
+    job.add_argument("--ttl", type=duration_ms, metavar="DURATION", help="time-to-live on each device (default 60s)")
+    job.add_argument(
+        "--wait",
+        type=duration_ms,
+        default=0,
+        metavar="DURATION",
+        help="wait this long for every target to finish (default 0s: report the queued job)",
+    )
+    add_api_options(job)
+    job.set_defaults(func=run, api_func=_job)
+
+    status = sub.add_parser(
+        "job-status", help="per-device progress of a bulk job; optionally wait for it", epilog=epilog, formatter_class=fmt
+    )
+    status.add_argument("job_id")
+    status.add_argument(
+        "--wait", type=duration_ms, default=0, metavar="DURATION", help="wait this long for every target to finish (default 0s)"
+    )
+    add_api_options(status)
+    status.set_defaults(func=run, api_func=_job_status)
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _emit_json(body: Any) -> None:
+    print(json.dumps(body, indent=2, sort_keys=True))
+
+
+def _error_exit(response: ApiResponse, args: argparse.Namespace) -> int:
+    if args.json:
+        _emit_json(response.body)
+    code = response.code or f"HTTP {response.status}"
+    print(f"iotbridge: {code}: {response.message}", file=sys.stderr)
+    if response.code == "UNKNOWN_ACTION" and isinstance(response.body, dict):
+        known = (response.body.get("details") or {}).get("known")
+        if known:
+            print(f"  known actions: {', '.join(map(str, known))}", file=sys.stderr)
+    if response.status == 409 and response.code == "DEVICE_OFFLINE":
+        return ExitCode.OFFLINE
+    if 400 <= response.status < 500:
+        return ExitCode.API_ERROR
+    return ExitCode.UNREACHABLE
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _describe_command(view: dict[str, Any]) -> str:
+    state = view.get("state")
+    line = f"{view.get('thing')} {view.get('action')}: {state}"
+    if view.get("latencyMs") is not None:
+        line += f" in {view['latencyMs']:.0f} ms"
+    if view.get("result") is not None:
+        line += f"  {_compact(view['result'])}"
+    if view.get("error"):
+        line += f"  ({view['error']})"
+    return line
+
+
+def _command_exit(view: dict[str, Any], args: argparse.Namespace, waited_ms: int) -> int:
+    if args.json:
+        _emit_json(view)
+    state = view.get("state")
+    if state in TERMINAL:
+        if not args.json:
+            print(_describe_command(view))
+        return ExitCode.SUCCEEDED if state == CommandState.SUCCEEDED else ExitCode.FAILED
+    if not args.json:
+        print(f"{_describe_command(view)}, still pending after {waited_ms / 1000:g}s  id {view.get('id')}")
+        print(f"  follow it: iotbridge command {view.get('thing')} {view.get('id')} --wait 30s")
+    return ExitCode.PENDING
+
+
+def _when(ms: Any) -> str:
+    if not isinstance(ms, int | float):
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# -- subcommands -------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(resolve_target(args.api_url, args.api_key, Path(args.data_dir)))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch with the failures every API subcommand shares turned into exit codes."""
+    try:
+        return int(args.api_func(args))
+    except NoApiConfigured as exc:
+        print(f"iotbridge: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except ApiUnreachable as exc:
+        print(f"iotbridge: {exc}", file=sys.stderr)
+        return ExitCode.UNREACHABLE
+
+
+def _poll_command(client: ApiClient, thing: str, view: dict[str, Any], deadline: float) -> ApiResponse | None:
+    """GET the command until it is terminal or the deadline passes; None when nothing newer was learned."""
+    last = None
+    while view.get("state") not in TERMINAL and sleep_until(deadline, POLL_S):
+        last = client.get_command(thing, str(view["id"]))
+        if last.status != 200 or not isinstance(last.body, dict):
+            return last
+        view = last.body
+    return last
+
+
+def _send(args: argparse.Namespace) -> int:
+    client = _client(args)
+    started = time.monotonic()
+    deadline = started + args.wait / 1000
+    request: dict[str, Any] = {
+        "action": args.action, "params": _params(args.params),
+        "timeoutMs": min(args.wait, API_MAX_WAIT_MS), "ifOffline": args.if_offline,
+    }  # fmt: skip
+    if args.id is not None:
+        request["id"] = args.id
+    if args.ttl is not None:
+        request["ttlMs"] = args.ttl
+    response = client.send_command(args.thing, request)
+    if response.status not in (200, 202) or not isinstance(response.body, dict):
+        return _error_exit(response, args)
+    view = response.body
+    if response.status == 202:
+        polled = _poll_command(client, args.thing, view, deadline)
+        if polled is not None:
+            if polled.status != 200:
+                return _error_exit(polled, args)
+            view = polled.body
+    return _command_exit(view, args, args.wait)
+
+
+def _command(args: argparse.Namespace) -> int:
+    client = _client(args)
+    deadline = time.monotonic() + args.wait / 1000
+    response = client.get_command(args.thing, args.id)
+    if response.status != 200 or not isinstance(response.body, dict):
+        return _error_exit(response, args)
+    view = response.body
+    polled = _poll_command(client, args.thing, view, deadline)
+    if polled is not None:
+        if polled.status != 200:
+            return _error_exit(polled, args)
+        view = polled.body
+    return _command_exit(view, args, args.wait)
+
+
+def _state_summary(reported: dict[str, Any]) -> str:
+    """The device's own scalar state (led, relay, interval …): what a person scans for."""
+    skip = {"telemetry", "agent"}
+    parts = [f"{k}={_compact(v)}" for k, v in sorted(reported.items()) if k not in skip and not isinstance(v, dict | list)]
+    return " ".join(parts) or "-"
+
+
+def _devices(args: argparse.Namespace) -> int:
+    response = _client(args).list_devices()
+    if response.status != 200 or not isinstance(response.body, dict):
+        return _error_exit(response, args)
+    if args.json:
+        _emit_json(response.body)
+        return ExitCode.SUCCEEDED
+    devices = response.body.get("devices") or []
+    if not devices:
+        print("no devices")
+        return ExitCode.SUCCEEDED
+    width = max(len("THING"), *(len(str(d.get("thing"))) for d in devices))
+    print(f"{'THING':<{width}}  {'ONLINE':<6}  {'SINCE':<20}  STATE")
+    for d in devices:
+        online = "yes" if d.get("connected") else "no"
+        print(f"{d.get('thing')!s:<{width}}  {online:<6}  {_when(d.get('lastSeen')):<20}  "
+              f"{_state_summary(d.get('reported') or {})}")  # fmt: skip
+    return ExitCode.SUCCEEDED
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    response = _client(args).get_device(args.thing, args.name)
+    if response.status != 200 or not isinstance(response.body, dict):
+        return _error_exit(response, args)
+    if args.json:
+        _emit_json(response.body)
+        return ExitCode.SUCCEEDED
+    body = response.body
+    doc = body.get("shadow") or {}
+    label = f"{body.get('thing')} shadow {args.name!r}" if args.name else f"{body.get('thing')} classic shadow"
+    online = "online" if body.get("connected") else "offline"
+    print(f"{label}, version {doc.get('version', '-')}, device {online}")
+    print(json.dumps(doc.get("state") or {}, indent=2, sort_keys=True))
+    return ExitCode.SUCCEEDED
+
+
+def _job_line(progress: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted((progress.get("counts") or {}).items()))
+    done = f"{progress.get('done')}/{progress.get('targets')}"
+    return f"job {progress.get('jobId')} {progress.get('action')}: {done} done  ({counts})"
+
+
+def _job(args: argparse.Namespace) -> int:
+    client = _client(args)
+    deadline = time.monotonic() + args.wait / 1000
+    request: dict[str, Any] = {"action": args.action, "params": _params(args.params)}
+    if args.all:
+        request["all"] = True
+    else:
+        request["things"] = args.things
+    if args.ttl is not None:
+        request["ttlMs"] = args.ttl
+    response = client.start_job(request)
+    if response.status not in (200, 202) or not isinstance(response.body, dict):
+        return _error_exit(response, args)
+    started = response.body
+    not_queued = started.get("notQueued") or []
+    if args.wait <= 0:
+        if args.json:
+            _emit_json(started)
+        else:
+            print(f"job {started.get('jobId')} {started.get('action')}: queued on {started.get('queued')}"
+                  f" of {started.get('targets')} devices")  # fmt: skip
+            for item in not_queued:
+                print(f"  not queued: {_compact(item)}")
+            print(f"  follow it: iotbridge job-status {started.get('jobId')} --wait 30s")
+        return ExitCode.FAILED if not_queued else ExitCode.SUCCEEDED
+    return _follow_job(client, str(started["jobId"]), deadline, not_queued, args)
+
+
+def _job_status(args: argparse.Namespace) -> int:
+    return _follow_job(_client(args), args.job_id, time.monotonic() + args.wait / 1000, [], args)
+
+
+def _follow_job(client: ApiClient, job_id: str, deadline: float, not_queued: list[Any], args: argparse.Namespace) -> int:
+    """Poll the job until every target is done or the deadline passes; exit 0 only if all SUCCEEDED."""
+    progress = client.job_progress(job_id)
+    while progress.status == 200 and isinstance(progress.body, dict) and not progress.body.get("complete"):
+        if not sleep_until(deadline, POLL_S):
+            break
+        progress = client.job_progress(job_id)
+    if progress.status != 200 or not isinstance(progress.body, dict):
+        return _error_exit(progress, args)
+    body = progress.body | ({"notQueued": not_queued} if not_queued else {})
+    if args.json:
+        _emit_json(body)
+    else:
+        print(_job_line(body))
+        for device in body.get("devices") or []:
+            if device.get("state") != CommandState.SUCCEEDED:
+                error = f" ({device['error']})" if device.get("error") else ""
+                print(f"  {device.get('thing')}: {device.get('state')}{error}")
+        for item in not_queued:
+            print(f"  not queued: {_compact(item)}")
+    if not body.get("complete"):
+        return ExitCode.PENDING
+    counts = body.get("counts") or {}
+    all_ok = counts.get(CommandState.SUCCEEDED.value, 0) == body.get("targets") and not not_queued
+    return ExitCode.SUCCEEDED if all_ok else ExitCode.FAILED
