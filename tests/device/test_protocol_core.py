@@ -26,8 +26,10 @@ class FakeMonotonic:
         return self.t
 
 
-def make_core(state_dir: Path, monotonic: FakeMonotonic | None = None) -> CommandCore:
+def make_core(state_dir: Path, monotonic: FakeMonotonic | None = None, *, synced: bool = True) -> CommandCore:
     clock = ServiceClock(monotonic or FakeMonotonic())
+    if synced:  # a connected device has read its shadow (get/accepted) once since connecting
+        clock.observe({"timestamp": SERVICE_NOW_S})
     # The device's own clock is deliberately far off: expiry must not depend on it.
     return CommandCore(
         ExecutedLog(state_dir), default_registry().advertisement(), clock_ms=lambda: 5, service_clock=clock
@@ -249,3 +251,18 @@ def test_desired_state_changes_are_validated() -> None:
     # THEN only the valid known key is applied
     assert changes == {"led": "on"}
     assert set(refused) == {"relay", "color"}
+
+
+def test_a_stale_queued_delta_before_the_first_get_runs_nothing(tmp_path: Path) -> None:
+    # GIVEN a device process that just started (its persistent session holds a delta queued long ago)
+    core = make_core(tmp_path, synced=False)
+    old = delta({"c1": cmd("led", {"state": "off"}, ttl_ms=1_000)}, timestamp=SERVICE_NOW_S - 3600)
+    # WHEN that old delta arrives before the device's own get/accepted
+    early = core.on_delta(old)
+    # THEN nothing is judged on its stale clock
+    assert early.run == [] and early.report == {}
+    # AND the fresh get/accepted (service time now, an hour later) finds the command expired: it never runs
+    plan = core.on_get_accepted(
+        get_accepted({"c1": cmd("led", {"state": "off"}, ttl_ms=1_000)}, {}, timestamp=SERVICE_NOW_S + 5)
+    )
+    assert plan.run == [] and plan.report["c1"]["state"] == "EXPIRED"

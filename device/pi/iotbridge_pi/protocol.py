@@ -37,10 +37,20 @@ class ServiceClock:
         self._base_ms: int | None = None
         self._seen_at = 0.0
 
-    def observe(self, document: dict[str, Any]) -> None:
+    def observe(self, document: dict[str, Any], *, fresh: bool = True) -> None:
+        """Learn the time from a document. Only a `fresh` one (the answer to our own request)
+        may set the clock first: a delta can have waited in the broker's queue for the
+        device's persistent session, and its old timestamp would make expired commands
+        look current. Later documents never move the clock backwards."""
         ts = document.get("timestamp")
-        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-            self._base_ms = int(ts * 1000)
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+            return
+        if self._base_ms is None and not fresh:
+            return
+        seen_ms = int(ts * 1000)
+        current = self.now_ms()
+        if current is None or seen_ms > current:
+            self._base_ms = seen_ms
             self._seen_at = self._monotonic()
 
     def now_ms(self) -> int | None:
@@ -111,7 +121,9 @@ class CommandCore:
 
     def on_delta(self, document: dict[str, Any]) -> Plan:
         """`…/name/commands/update/delta`: commands added (or re-added) to desired."""
-        self.service_clock.observe(document)
+        self.service_clock.observe(document, fresh=False)
+        if self.service_clock.now_ms() is None:
+            return Plan()  # no trusted clock yet: the get/accepted that follows every connect lists these too
         return self._plan(document.get("state") or {})
 
     def _plan(self, pending: dict[str, Any]) -> Plan:
