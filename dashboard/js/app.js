@@ -92,8 +92,8 @@ async function refreshDetail() {
     }
   } catch (err) {
     if (err instanceof ApiError && err.code === "DEVICE_NOT_FOUND" && app.detail === view) {
-      showBanner(err);
-      return;
+      view.setMissing(true);
+      return; // the API itself is fine
     }
     throw err;
   }
@@ -162,6 +162,7 @@ function route({ focus = false } = {}) {
     sendOptions: app.sendOptions,
     onBack: () => {
       location.hash = "";
+      route(); // now, not on hashchange: the list must be visible before it can take focus
       const item = app.list.items.get(thing);
       if (item) item.refs.open.focus();
     },
@@ -189,6 +190,7 @@ function wireSettings() {
     key.value = overrides.apiKey || "";
     setText($("#api-url-default"), app.defaults.apiUrl ? `Default: ${app.defaults.apiUrl}` : "No default from config.json.");
     setText($("#api-key-default"), app.defaults.apiKey ? "Default key from config.json is set." : "No default key from config.json.");
+    dialog.returnValue = ""; // Escape keeps the previous value: never let it mean "save"
     dialog.showModal();
     url.focus();
   };

@@ -25,6 +25,7 @@ export class DetailView {
     const thing = this.thing;
     this.title = h("h2", { id: "detail-title", tabindex: "-1" }, thing);
     this.badge = presenceBadge(false);
+    this.missing = h("p", { class: "notice", role: "status", hidden: true }, `${thing} is not known to the API.`);
     this.version = h("span", { class: "meta-pill", "data-testid": "shadow-version" }, "Shadow v—");
     this.seen = h("span", { class: "meta-pill" }, "");
     const back = h("button", { type: "button", class: "btn btn-ghost back" }, "← All devices");
@@ -65,6 +66,7 @@ export class DetailView {
         back,
         h("div", { class: "detail-title-row" }, this.title, this.badge),
         h("div", { class: "detail-meta" }, this.version, this.seen, this.agent),
+        this.missing,
       ),
       this.hero,
       panel("Actions", this.buildSendOptions(), this.actionsGrid, this.outcomes),
@@ -184,6 +186,10 @@ export class DetailView {
     return form;
   }
 
+  setMissing(missing) {
+    this.missing.hidden = !missing;
+  }
+
   addOutcome(el) {
     this.outcomes.prepend(el);
     while (this.outcomes.children.length > 4) this.outcomes.lastElementChild.remove();
@@ -199,6 +205,7 @@ export class DetailView {
     const reported = (shadowState ? shadowState.reported : device.reported) || {};
     const desired = (shadowState && shadowState.desired) || {};
     const delta = (shadowState && shadowState.delta) || {};
+    this.setMissing(false);
     this.connected = !!device.connected;
     updateBadge(this.badge, this.connected);
     this.root.dataset.connected = device.connected ? "true" : "false";

@@ -1,4 +1,4 @@
-// Element building without innerHTML: every piece of data becomes a text node,
+// Element building without HTML parsing: every piece of data becomes a text node,
 // so a device reporting markup shows those characters and nothing runs.
 
 export function h(tag, attrs = {}, ...children) {
