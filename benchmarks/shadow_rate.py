@@ -159,8 +159,8 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
                          duration_s=float(params["duration_s"]), single=int(params["single"]))  # fmt: skip
         http = http_rate(stack, threads=int(params["threads"]), duration_s=float(params["duration_s"]),
                          single=int(params["single"]))  # fmt: skip
-    plot_latencies(out, "shadow_rate", {"MQTT update→accepted": mqtt.pop("samples"), "HTTP UpdateThingShadow": http.pop("samples")},
-                   "Shadow service: one update at a time")  # fmt: skip
+    singles = {"MQTT update→accepted": mqtt.pop("samples"), "HTTP UpdateThingShadow": http.pop("samples")}
+    plot_latencies(out, "shadow_rate", singles, "Shadow service: one update at a time")
     result = {"benchmark": "shadow_rate", "params": params, "mqtt": mqtt, "http": http}
     write_json(out, "shadow_rate", result)
     return result
