@@ -1,0 +1,92 @@
+"""How the CLI reads what a person types: --param values, durations, and where the API is."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from iotbridge_local.apiclient import NoApiConfigured, resolve_target
+from iotbridge_local.apicommands import duration_ms, parse_param
+from iotbridge_local.cli import build_parser
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("on=true", ("on", True)),
+        ("seconds=5", ("seconds", 5)),
+        ("ratio=0.5", ("ratio", 0.5)),
+        ('state="on"', ("state", "on")),
+        ("state=on", ("state", "on")),  # not JSON: the text itself
+        ("note=a=b", ("note", "a=b")),  # only the first = separates
+        ("empty=", ("empty", "")),
+        ("v=NaN", ("v", "NaN")),  # JSON the API could not take stays a string
+        ('rgb={"r":1}', ("rgb", {"r": 1})),
+    ],
+)
+def test_param_values_are_json_when_they_parse(text: str, expected: tuple[str, object]) -> None:
+    # WHEN a --param is parsed THEN its value is JSON when it parses, else the string
+    assert parse_param(text) == expected
+
+
+@pytest.mark.parametrize("text", ["novalue", "=5"])
+def test_param_without_a_key_is_a_usage_error(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_param(text)
+
+
+@pytest.mark.parametrize(("text", "ms"), [("5s", 5000), ("500ms", 500), ("2m", 120_000), ("1h", 3_600_000), ("3", 3000),
+                                          ("0s", 0), ("1.5s", 1500)])  # fmt: skip
+def test_durations(text: str, ms: int) -> None:
+    assert duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["soon", "-1s", "5d", ""])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration_ms(text)
+
+
+def _stack_json(data_dir: Path, url: str, key: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "stack.json").write_text(json.dumps({"api": url, "apiKey": key}))
+
+
+def test_flags_beat_environment_beat_stack_json(tmp_path: Path) -> None:
+    # GIVEN a local stack's stack.json and environment variables
+    _stack_json(tmp_path, "http://127.0.0.1:3000", "stack-key")
+    env = {"IOTBRIDGE_API_URL": "https://env.example/prod/", "IOTBRIDGE_API_KEY": "env-key"}
+    # THEN flags win, then the environment, then the stack (whose key comes with its URL)
+    assert resolve_target("https://flag.example", "flag-key", tmp_path, env).url == "https://flag.example"
+    from_env = resolve_target(None, None, tmp_path, env)
+    assert (from_env.url, from_env.key) == ("https://env.example/prod", "env-key")
+    from_stack = resolve_target(None, None, tmp_path, {})
+    assert (from_stack.url, from_stack.key) == ("http://127.0.0.1:3000", "stack-key")
+    # AND a key given alone is used with the stack's URL
+    assert resolve_target(None, "my-key", tmp_path, {}).key == "my-key"
+
+
+def test_nothing_configured_says_how_to_configure(tmp_path: Path) -> None:
+    with pytest.raises(NoApiConfigured, match="--api-url"):
+        resolve_target(None, None, tmp_path, {})
+    with pytest.raises(NoApiConfigured, match="http"):
+        resolve_target("ftp://x", None, tmp_path, {})
+
+
+def test_the_existing_subcommands_keep_their_flags() -> None:
+    # GIVEN the parser WHEN `up` and `status` are parsed THEN their flags are as before
+    up = build_parser().parse_args(["up", "--devices", "3", "--data-dir", "d", "--api-port", "3001", "--no-tls"])
+    assert (up.devices, up.data_dir, up.api_port, up.no_tls) == (3, "d", 3001, True)
+    assert build_parser().parse_args(["status", "--data-dir", "d"]).data_dir == "d"
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["send", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for line in ("0  SUCCEEDED", "3  still pending", "4  the device is offline", "6  the API is unreachable"):
+        assert line in text
