@@ -6,7 +6,7 @@ import { explain } from "./api.js";
 import { describeParams, isBusy, stateChip } from "./commands.js";
 import { presenceBadge, updateBadge } from "./devices.js";
 import { h, setText } from "./dom.js";
-import { absoluteTime, flatten, formatLeaf, formatValue, ledIsOn, relativeTime } from "./format.js";
+import { absoluteTime, flatten, formatLeaf, formatMs, formatValue, ledIsOn, relativeTime } from "./format.js";
 import { buildField, quickChoices, readParams } from "./specs.js";
 
 export class DetailView {
@@ -378,7 +378,12 @@ export class DetailView {
           h("td", {}, h("time", { title: absoluteTime(t) }, t ? relativeTime(t) : "—")),
           h("td", {}, h("span", { class: "mono" }, c.action || "?"), params ? h("small", { class: "params" }, ` ${params}`) : null),
           h("td", {}, stateChip(c.state)),
-          h("td", { class: "mono outcome-cell" }, outcome),
+          h(
+            "td",
+            { class: "mono outcome-cell" },
+            outcome,
+            typeof c.latencyMs === "number" ? h("small", { class: "params" }, ` · ${formatMs(c.latencyMs)}`) : null,
+          ),
         );
       }),
     );
