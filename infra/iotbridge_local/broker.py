@@ -252,11 +252,21 @@ class Broker:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def running_pid(self) -> int | None:
+        """The pid of this stack's Mosquitto: ours, or (from another process) the one its pid file names,
+        checked against /proc so a stale pid file never points us at an unrelated process."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.conf_path).encode() in cmdline else None
+
     def reload(self) -> None:
         """Make a running broker re-read its password and ACL files (SIGHUP)."""
-        pid = self.pid
-        if pid is None and self.pid_path.exists():
-            pid = int(self.pid_path.read_text().strip() or 0) or None
+        pid = self.running_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)
@@ -303,7 +313,7 @@ class Broker:
 
     def _wait_accepts(self, username: str, password: str, timeout: float = 5.0) -> None:
         """After a reload, wait until the broker accepts the new credentials (SIGHUP is asynchronous)."""
-        if self.pid is None and not self.pid_path.exists():
+        if self.running_pid() is None:
             return  # not running: the next start reads the file
         deadline = time.monotonic() + timeout
         while not _connack_ok(self.config.mqtt_port, username, password):

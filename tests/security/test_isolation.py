@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,33 @@ def test_without_tls_devices_are_still_isolated_by_username(tmp_path: Path) -> N
         # AND a device name without its password is refused
         with pytest.raises(Refused):
             TestClient(B, Endpoint(host="127.0.0.1", port=broker.config.mqtt_port, username=B)).connect()
+
+
+def test_device_registered_from_another_process_is_accepted_without_restart(tmp_path: Path) -> None:
+    # GIVEN a running tls-off broker, and a second Broker object for the same stack (as the CLI would make)
+    config = StackConfig.free(tmp_path / "plain", tls=False)
+    with Broker(config) as running:
+        other = Broker(config)
+        # WHEN the other one registers a new device
+        endpoint = other.device_endpoint("late-device")
+        # THEN the running broker accepts it at once (reloaded through its pid file)
+        with TestClient("late-device", endpoint):
+            pass
+        assert running.pid == other.running_pid()
+
+
+def test_stale_pid_file_never_signals_an_unrelated_process(tmp_path: Path) -> None:
+    # GIVEN a stopped stack whose pid file names some unrelated process
+    config = StackConfig.free(tmp_path / "stale", tls=False)
+    broker = Broker(config)
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        broker.dir.mkdir(parents=True)
+        broker.pid_path.write_text(f"{bystander.pid}\n")
+        # WHEN a device is registered (which reloads a running broker)
+        broker.device_endpoint("thing-z")
+        # THEN the unrelated process was not signalled
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
