@@ -26,9 +26,9 @@ CHECKS = {
     "shadow_rate": lambda r: r["mqtt"]["accepted"] > 0 and r["http"]["accepted"] > 0 and r["http"]["errors"] == 0,
     "roundtrip": lambda r: (r["api_command_ms"]["n"] == 5 and r["answers"] == {"200 SUCCEEDED": 10}
                             and r["data_plane_calls_per_command"]["GetThingShadow"] >= 1
-                            and Path(r["profile_html"]).exists()),  # fmt: skip
+                            and Path(r["profile_html"]).exists()),
     "throughput": lambda r: (len(r["runs"]) == 2 and all(run["lost"] == 0 and run["errors"] == 0 for run in r["runs"])
-                             and r["run_twice"] == 0 and r["commands_that_ran"] > 0),  # fmt: skip
+                             and r["run_twice"] == 0 and r["commands_that_ran"] > 0),
     "fleet_scale": lambda r: r["sizes"][0]["bulk_reported"] == 5 and r["sizes"][0]["job_view"]["complete"] is True,
     "esp32_heap": lambda r: r["smallest_passing_kb"] == 64 and r["tried_kb"] == {"64": True},
 }
