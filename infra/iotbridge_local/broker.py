@@ -34,6 +34,7 @@ Security, mirroring AWS IoT's X.509 auth and per-thing policies:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -43,6 +44,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -189,15 +191,34 @@ class Broker:
             json.dump(creds, f, indent=1, sort_keys=True)
         os.replace(tmp, self.credentials_path)
 
+    @contextlib.contextmanager
+    def _credentials_locked(self) -> Iterator[None]:
+        """Processes of one stack (supervisor, CLI, tests) may add credentials at the same time."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".credentials.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _password_for(self, username: str) -> str:
         creds = self._credentials()
-        if username not in creds:
-            creds[username] = secrets.token_urlsafe(24)
-            self._save_credentials(creds)
-        return creds[username]
+        if username in creds:
+            return creds[username]
+        with self._credentials_locked():
+            creds = self._credentials()
+            if username not in creds:
+                creds[username] = secrets.token_urlsafe(24)
+                self._save_credentials(creds)
+            return creds[username]
 
     def _write_password_file(self) -> None:
         """Hash every known credential with mosquitto_passwd (PBKDF2-SHA512, Mosquitto's own format)."""
+        with self._credentials_locked():
+            self._write_password_file_locked()
+
+    def _write_password_file_locked(self) -> None:
         creds = self._credentials()
         tmp = self.passwd_path.with_name(self.passwd_path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
