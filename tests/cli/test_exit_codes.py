@@ -1,0 +1,175 @@
+"""Exit codes and requests for answers the local stack cannot be made to give on demand (5xx, 429, an
+ID conflict, a wait longer than API Gateway's 29 s, several pages of devices): the CLI as a subprocess
+against a scripted HTTP server standing in for a deployed API behind a stage path."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.cli.conftest import run_cli
+
+STAGE = "/prod"
+KEY = "secret-key"
+
+
+@dataclass
+class Script:
+    """Answers per (method, path), consumed in order (the last one repeats); every request is recorded."""
+
+    answers: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def on(self, method: str, path: str, *answers: tuple[int, Any]) -> None:
+        self.answers[(method, STAGE + path)] = list(answers)
+
+    def answer(self, method: str, path: str) -> tuple[int, Any]:
+        queue = self.answers.get((method, path))
+        if not queue:
+            return 404, {"code": "NOT_FOUND", "message": f"no route {path}"}
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        disable_nagle_algorithm = True
+
+        def _serve(self) -> None:
+            split = urlsplit(self.path)
+            length = int(self.headers.get("content-length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            script.requests.append({"method": self.command, "path": split.path, "query": parse_qs(split.query),
+                                    "key": self.headers.get("x-api-key"), "body": body})  # fmt: skip
+            status, answer = script.answer(self.command, split.path)
+            payload = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[str, Script]]:
+    script = Script()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{STAGE}", script
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _view(state: str, **extra: Any) -> dict[str, Any]:
+    return {"id": "c1", "thing": "t1", "action": "ping", "state": state, **extra}
+
+
+def _send(url: str, *args: str) -> Any:
+    return run_cli("send", "t1", "ping", "--api-url", url, "--api-key", KEY, *args)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (200, _view("SUCCEEDED", result={"pong": True}), 0),
+        (200, _view("FAILED", error="boom"), 1),
+        (200, _view("REJECTED", error="bad"), 1),
+        (200, _view("TIMED_OUT"), 1),
+        (200, _view("EXPIRED"), 1),
+        (202, _view("QUEUED"), 3),
+        (409, {"code": "DEVICE_OFFLINE", "message": "t1 is offline", "details": {"thing": "t1"}}, 4),
+        (409, {"code": "ID_CONFLICT", "message": "c1 exists with other params"}, 5),
+        (429, {"code": "TOO_MANY_PENDING", "message": "10 pending"}, 5),
+        (429, {"code": "THROTTLED", "message": "retry later"}, 5),
+        (403, {"message": "Forbidden"}, 5),
+        (502, {"code": "UPSTREAM_ERROR", "message": "IoT failed"}, 6),
+        (504, "<html>Gateway Timeout</html>", 6),
+    ],
+)
+def test_every_answer_has_its_exit_code(api: tuple[str, Script], status: int, body: Any, code: int) -> None:
+    url, script = api
+    # GIVEN the API answers a command with this status and body
+    script.on("POST", "/devices/t1/commands", (status, body))
+    # WHEN a script sends the command (without waiting beyond the API's answer)
+    done = _send(url, "--wait", "0s")
+    # THEN the exit code is the documented one
+    assert done.returncode == code, done.stdout + done.stderr
+
+
+def test_the_request_carries_key_typed_params_and_options(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.on("POST", "/devices/t1/commands", (200, _view("SUCCEEDED")))
+    # WHEN every option is given
+    done = run_cli("send", "t1", "ping", "--api-url", url, "--api-key", KEY, "-p", "n=5", "-p", "on=true", "-p", "s=x",
+                   "--id", "job-42", "--ttl", "2m", "--wait", "1500ms", "--if-offline", "fail")  # fmt: skip
+    # THEN the API gets them under the stage path, with the key, as the protocol names them
+    assert done.returncode == 0, done.stderr
+    [request] = script.requests
+    assert (request["path"], request["key"]) == (f"{STAGE}/devices/t1/commands", KEY)
+    assert request["body"] == {"action": "ping", "params": {"n": 5, "on": True, "s": "x"}, "id": "job-42",
+                               "ttlMs": 120_000, "timeoutMs": 1500, "ifOffline": "fail"}  # fmt: skip
+
+
+def test_a_wait_beyond_29s_asks_for_29s_then_follows_the_command(api: tuple[str, Script]) -> None:
+    url, script = api
+    # GIVEN an API that gives up at its limit (202) and the device answers a moment later
+    script.on("POST", "/devices/t1/commands", (202, _view("SENT")))
+    script.on("GET", "/devices/t1/commands/c1", (200, _view("SENT")), (200, _view("SUCCEEDED", result={"pong": True})))
+    # WHEN the script is willing to wait a minute
+    done = _send(url, "--wait", "1m", "--json")
+    # THEN the POST asked for API Gateway's maximum, the CLI polled the command, and it exits 0 with the outcome
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert script.requests[0]["body"]["timeoutMs"] == 29_000
+    assert [r["method"] for r in script.requests] == ["POST", "GET", "GET"]
+    assert json.loads(done.stdout)["result"] == {"pong": True}
+
+
+def test_devices_reads_every_page(api: tuple[str, Script]) -> None:
+    url, script = api
+    # GIVEN more devices than one page
+    page1 = {"devices": [{"thing": "a", "connected": True, "reported": {"led": "on"}}], "nextToken": "a"}
+    page2 = {"devices": [{"thing": "b", "connected": False, "reported": {}}], "nextToken": None}
+    script.on("GET", "/devices", (200, page1), (200, page2))
+    # WHEN devices are listed
+    done = run_cli("devices", "--api-url", url, "--api-key", KEY, "--json")
+    # THEN both pages are in the one answer, and the second request carried the token
+    assert done.returncode == 0, done.stderr
+    assert [d["thing"] for d in json.loads(done.stdout)["devices"]] == ["a", "b"]
+    assert script.requests[1]["query"]["nextToken"] == ["a"]
+
+
+def test_a_job_with_a_failed_target_exits_1_and_an_unfinished_one_exits_3(api: tuple[str, Script]) -> None:
+    url, script = api
+    started = {"jobId": "j1", "action": "ping", "targets": 2, "queued": 2, "createdAt": 1, "expiresAt": 2}
+    script.on("POST", "/commands", (202, started))
+    failed = {"jobId": "j1", "action": "ping", "targets": 2, "done": 2, "complete": True,
+              "counts": {"SUCCEEDED": 1, "FAILED": 1}, "nextOffset": None,
+              "devices": [{"thing": "a", "state": "SUCCEEDED"}, {"thing": "b", "state": "FAILED", "error": "boom"}]}  # fmt: skip
+    script.on("GET", "/commands/jobs/j1", (200, failed))
+    # WHEN a job ends with one target FAILED
+    done = run_cli("job", "ping", "--things", "a,b", "--wait", "5s", "--api-url", url, "--api-key", KEY)
+    # THEN exit 1, and the failed device is named with its error
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "b: FAILED (boom)" in done.stdout
+    assert script.requests[0]["body"] == {"action": "ping", "params": {}, "things": ["a", "b"]}
+    # WHEN a job is still running when the wait ends THEN exit 3
+    script.on("GET", "/commands/jobs/j1", (200, failed | {"done": 1, "complete": False, "counts": {"PENDING": 1}}))
+    pending = run_cli("job-status", "j1", "--wait", "300ms", "--api-url", url, "--api-key", KEY)
+    assert pending.returncode == 3, pending.stdout + pending.stderr
