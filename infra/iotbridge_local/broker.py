@@ -168,7 +168,7 @@ class Broker:
             "require_certificate true",
             "use_identity_as_username true",
             "use_username_as_clientid true",
-            "tls_version tlsv1.2",
+            "tls_version tlsv1.2",  # what every ESP32 Mbed TLS build speaks; a missing client cert fails the handshake
             "",
             "# the dashboard: MQTT over WebSockets, username + password",
             f"listener {c.ws_port} {HOST}",
