@@ -65,7 +65,8 @@ def _cors() -> CORSConfig | None:
     origin = os.environ.get("DASHBOARD_ORIGIN", "")
     if not origin:
         return None
-    return CORSConfig(allow_origin=origin, allow_headers=["x-api-key", "content-type"], max_age=600)
+    # Location must be exposed, or the dashboard cannot read where a 202's command lives.
+    return CORSConfig(allow_origin=origin, allow_headers=["x-api-key", "content-type"], expose_headers=["Location"], max_age=600)
 
 
 app = BridgeResolver(enable_validation=True, cors=_cors())

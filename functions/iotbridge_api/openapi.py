@@ -41,7 +41,7 @@ def document() -> dict[str, Any]:
                 {
                     "description": "API Gateway: missing or wrong x-api-key",
                     "content": {
-                        "application/json": {"schema": {"type": "object", "properties": {"message": {"type": "string"}}}}
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
                     },
                 },
             )

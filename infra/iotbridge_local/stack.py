@@ -139,7 +139,10 @@ class LocalStack:
             handler=API_HANDLER, env=env, timeout_s=function_timeout_s(), log=self.logs / "api.log"
         )
         environments.prewarm(self.prewarm)
-        self._api = ApiGateway(port=self.config.api_port, api_key=self.config.api_key, environments=environments)
+        self._api = ApiGateway(
+            port=self.config.api_port, api_key=self.config.api_key, environments=environments,
+            cors_origin=self.config.dashboard_url,
+        )  # fmt: skip
         self._api.start()
 
     def _start_dashboard(self) -> None:

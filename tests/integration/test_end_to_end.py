@@ -50,7 +50,7 @@ def test_a_retried_command_id_runs_once(stack: LocalStack) -> None:
 def test_the_api_key_is_enforced_like_api_gateway(stack: LocalStack) -> None:
     for key in (None, "wrong"):
         status, headers, body = call(stack.config.api_url, "GET", "/devices", key=key)
-        assert status == 403 and body == {"message": "Forbidden"}
+        assert status == 403 and body == {"code": "INVALID_API_KEY", "message": "Forbidden"}
         assert headers.get("x-amzn-ErrorType") == "ForbiddenException"
 
 

@@ -1,9 +1,10 @@
 """The local API Gateway: HTTP in, REST proxy event to the function, its response out.
 
-What it reproduces: `x-api-key` checked first (403 {"message": "Forbidden"}),
-CORS preflight passed to the function without a key (as SAM configures it),
-API Gateway's 29 s integration timeout (504), a failing or timed-out function
-(502 {"message": "Internal server error"}), a 10 MB payload limit (413).
+What it reproduces: `x-api-key` checked first (403), CORS preflight passed to the
+function without a key (as SAM configures it), API Gateway's 29 s integration
+timeout (504), a failing or timed-out function (502), a 10 MB payload limit (413).
+Errors API Gateway answers itself have the body and CORS header that the
+template's GatewayResponses give them: {"code": <responseType>, "message": …}.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ MAX_PAYLOAD = 10 * 1024 * 1024
 
 
 class ApiGateway:
-    def __init__(self, *, port: int, api_key: str | None, environments: Environments, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, *, port: int, api_key: str | None, environments: Environments, cors_origin: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:  # fmt: skip
         self.environments = environments
         self.api_key = api_key
+        self.cors_origin = cors_origin
         gateway = self
 
         class Handler(_RequestHandler):
@@ -62,29 +67,32 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _gateway_error(self, status: int, message: str, error_type: str) -> None:
-        body = json.dumps({"message": message}).encode()
-        self._send(status, body, {"Content-Type": "application/json", "x-amzn-ErrorType": error_type})
+    def _gateway_error(self, status: int, message: str, error_type: str, response_type: str) -> None:
+        body = json.dumps({"code": response_type, "message": message}).encode()
+        headers = {"Content-Type": "application/json", "x-amzn-ErrorType": error_type}
+        if self.gateway.cors_origin:
+            headers["Access-Control-Allow-Origin"] = self.gateway.cors_origin
+        self._send(status, body, headers)
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_PAYLOAD:
-            self._gateway_error(413, "Request Too Long", "RequestEntityTooLargeException")
+            self._gateway_error(413, "Request Too Long", "RequestEntityTooLargeException", "REQUEST_TOO_LARGE")
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else None
         key = self.headers.get("x-api-key")
         if self.command != "OPTIONS" and self.gateway.api_key is not None and key != self.gateway.api_key:
-            self._gateway_error(403, "Forbidden", "ForbiddenException")
+            self._gateway_error(403, "Forbidden", "ForbiddenException", "INVALID_API_KEY")
             return
         event = build_event(self.command, self.path, headers=list(self.headers.items()), body=body, api_key=key)
         try:
             result = self.gateway.environments.invoke(event, wait_s=INTEGRATION_TIMEOUT_S)
         except TimeoutError:
-            self._gateway_error(504, "Endpoint request timed out", "InternalServerErrorException")
+            self._gateway_error(504, "Endpoint request timed out", "InternalServerErrorException", "INTEGRATION_TIMEOUT")
             return
         except InvocationError:
-            self._gateway_error(502, "Internal server error", "InternalServerErrorException")
+            self._gateway_error(502, "Internal server error", "InternalServerErrorException", "DEFAULT_5XX")
             return
         headers = dict(result.get("headers") or {})
         for name, values in (result.get("multiValueHeaders") or {}).items():
