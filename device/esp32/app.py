@@ -88,6 +88,7 @@ class Firmware:
         self.c_update = shadow_topic(t, "update", COMMANDS)
         self.c_delta = shadow_topic(t, "update/delta", COMMANDS)
         self.c_got = shadow_topic(t, "get/accepted", COMMANDS)
+        self.c_rej = shadow_topic(t, "get/rejected", COMMANDS)  # 404 before the first command
         self.client = MQTTClient(
             t, cfg["host"], cfg["port"], keepalive=cfg["keepalive"], user=cfg["user"],
             password=cfg["password"], ssl_context=tls_context(cfg) if cfg["tls"] else None,
@@ -98,13 +99,19 @@ class Firmware:
     def _record(self, topic, payload):
         """The MQTT callback: record only."""
         inbox = self.inbox
-        if topic == self.c_delta or topic == self.t_delta:
-            # A delta holds the whole current delta (AWS; iotbridge_local.shadow.engine),
-            # so a newer one supersedes an older one still waiting here.
-            for i in range(len(inbox)):
-                if inbox[i][0] == topic:
-                    inbox.pop(i)
-                    break
+        # A delta holds the whole current delta (AWS; iotbridge_local.shadow.engine)
+        # and a get the whole document, so either supersedes a delta of the same
+        # shadow still waiting here: drop it rather than hold both in the heap.
+        if topic == self.c_delta or topic == self.c_got:
+            stale = self.c_delta
+        elif topic == self.t_delta or topic == self.t_got:
+            stale = self.t_delta
+        else:
+            stale = None
+        for i in range(len(inbox)):
+            if inbox[i][0] == stale:
+                inbox.pop(i)
+                break
         if len(inbox) < _INBOX_MAX:
             inbox.append((topic, payload))
         else:
@@ -136,7 +143,7 @@ class Firmware:
     def _connect(self):
         c = self.client
         kept = c.connect(clean_session=False)
-        c.subscribe([self.t_delta, self.t_got, self.c_delta, self.c_got], qos=1)
+        c.subscribe([self.t_delta, self.t_got, self.c_delta, self.c_got, self.c_rej], qos=1)
         rep = self.device.state()
         rep["actions"] = ACTIONS
         rep["agent"] = {"kind": "esp32", "firmware": VERSION, "platform": sys.platform, "id": hw.unique_id(),
@@ -204,7 +211,10 @@ class Firmware:
         if not isinstance(doc, dict):
             return
         ts = doc.get("timestamp")
-        if isinstance(ts, int):
+        # A delta may have waited in the broker for our persistent session: only the
+        # answer to our own get sets the clock first, and it never goes back.
+        fresh = topic == self.c_got or topic == self.c_rej  # answers to our own get
+        if isinstance(ts, int) and (fresh or self.svc_ms) and ts * 1000 > self.now_ms():
             self.svc_ms = ts * 1000
             self.svc_at = ticks_ms()
         state = doc.get("state")
@@ -212,7 +222,10 @@ class Firmware:
         if not isinstance(state, dict):
             return
         if topic == self.c_delta:
-            self._enqueue(state, False)
+            if self.svc_ms:
+                self._enqueue(state, False)
+            else:
+                self.resync = True  # no trusted clock yet: the get lists these too
         elif topic == self.c_got:
             self.history = history_ids(state.get("reported"))
             self._enqueue(state.get("delta"), True)
@@ -269,6 +282,7 @@ class Firmware:
             self.recent.append(cid)
             if len(self.recent) > _RECENT:
                 self.recent.pop(0)
+        gc.collect()
         log("done", cid, out["state"], "free", gc.mem_free())
         if self.device.reboot_in is not None:
             self.reboot_at = ticks_ms() + self.device.reboot_in
@@ -290,7 +304,7 @@ class Firmware:
         err = check_params(specs, params)
         if err:
             return outcome(REJECTED, action, now, error=err)
-        self.ledger.start(cid)  # from here on a restart must not start it again
+        self.ledger.start(cid, action)  # from here on a restart must not start it again
         t0 = ticks_ms()
         result = error = None
         try:

@@ -1,12 +1,13 @@
 """The persistent log of commands this device has run: "never twice", across reboots.
 
 A line file in flash, append-only between compactions:
-    S <id>\n            the handler is about to start
+    S <id> <action>\n   the handler is about to start
     D <id> <json>\n     its outcome (also for REJECTED/EXPIRED: nothing ran)
 An `S` without a `D` at load time means the device restarted while running
 that command; it is logged as FAILED and never started again.
 
-RAM holds only a 16-bit hash per logged id (an array, ~2 bytes each). A hash
+RAM holds only a 16-bit hash per logged id, in one array allocated at boot
+(2 bytes per slot, never resized, so it does not fragment the heap). A hash
 hit is confirmed by scanning the file, so the answer is exact and the heap
 cost stays flat however long the ids are. The newest `keep` outcomes are
 kept (docs/protocol.md: 256); the file is compacted when it holds twice that.
@@ -27,34 +28,46 @@ class Ledger:
     def __init__(self, path, keep=256):
         self.path = path
         self.keep = keep
-        self.hashes = array("H")
+        self.hashes = array("H", bytes(4 * keep))  # room for 2*keep before a compaction
+        self.count = 0
         self._load()
 
     def _load(self):
-        open_id = None
+        open_id = action = None
+        total = 0
         try:
             with open(self.path) as f:
                 for line in f:
                     if line.startswith("D "):
                         cid = line[2:line.find(" ", 2)]
-                        self.hashes.append(_h(cid))
+                        if total < len(self.hashes):
+                            self.hashes[total] = _h(cid)
+                        total += 1
                         if cid == open_id:
                             open_id = None
                     elif line.startswith("S "):
-                        open_id = line[2:].strip()
+                        open_id, _, action = line[2:].strip().partition(" ")
         except OSError:
             return  # no log yet: a new device
+        self.count = min(total, len(self.hashes))
+        if total >= len(self.hashes):  # a compaction was cut short: finish it
+            self._compact(total)
         if open_id:
-            self.done(open_id, {"state": "FAILED", "action": "", "doneAt": 0, "error": INTERRUPTED})
+            self.done(open_id, {"state": "FAILED", "action": action, "doneAt": 0, "error": INTERRUPTED})
+
+    def _add(self, h):
+        self.hashes[self.count] = h
+        self.count += 1
 
     def _maybe(self, h):
-        for x in self.hashes:  # MicroPython's array has no `in`
-            if x == h:
+        hashes = self.hashes
+        for i in range(self.count):  # MicroPython's array has no `in`
+            if hashes[i] == h:
                 return True
         return False
 
     def __len__(self):
-        return len(self.hashes)
+        return self.count
 
     def get(self, cid):
         """The logged outcome of cid, or None if it never ran here."""
@@ -71,24 +84,24 @@ class Ledger:
             return None
         return json.loads(found) if found else None
 
-    def start(self, cid):
-        self._append("S " + cid + "\n")
+    def start(self, cid, action):
+        self._append("S " + cid + " " + action + "\n")
 
     def done(self, cid, entry):
         self._append("D " + cid + " " + json.dumps(entry, separators=(",", ":")) + "\n")
-        self.hashes.append(_h(cid))
-        if len(self.hashes) >= 2 * self.keep:
-            self._compact()
+        self._add(_h(cid))
+        if self.count >= len(self.hashes):
+            self._compact(self.count)
 
     def _append(self, line):
         with open(self.path, "a") as f:
             f.write(line)
 
-    def _compact(self):
+    def _compact(self, total):
         # Stream the newest `keep` outcomes into a new file; never the whole log in RAM.
-        skip = len(self.hashes) - self.keep
+        skip = total - self.keep
         tmp = self.path + ".tmp"
-        hashes = array("H")
+        self.count = 0
         with open(self.path) as src, open(tmp, "w") as dst:
             for line in src:
                 if not line.startswith("D "):
@@ -97,6 +110,5 @@ class Ledger:
                     skip -= 1
                     continue
                 dst.write(line)
-                hashes.append(_h(line[2:line.find(" ", 2)]))
+                self._add(_h(line[2:line.find(" ", 2)]))
         os.rename(tmp, self.path)
-        self.hashes = hashes

@@ -104,19 +104,33 @@ class FirmwareProcess:
 
 
 class ShadowPeer:
-    """What the firmware sees as the shadow service: publishes deltas, records updates."""
+    """What the firmware sees as the shadow service: answers gets, publishes deltas, records updates.
 
-    def __init__(self, endpoint: Endpoint, thing: str) -> None:
+    `clock_s` is the service's time in its documents (None: the real time).
+    It remembers the commands it announced until an update clears them, so a
+    get lists what is still pending, as the real service's would.
+    """
+
+    def __init__(self, endpoint: Endpoint, thing: str, *, clock_s: int | None = None) -> None:
         self.thing = thing
+        self.clock_s = clock_s
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.commands_get = topics.shadow_topic(thing, "get", shadow=COMMANDS_SHADOW)
         self.commands_update = topics.shadow_topic(thing, "update", shadow=COMMANDS_SHADOW)
         self.classic_update = topics.shadow_topic(thing, "update")
+        self.gets = {
+            topics.shadow_topic(thing, "get"): topics.shadow_topic(thing, "get", "accepted"),
+            topics.shadow_topic(thing, "get", shadow=COMMANDS_SHADOW): topics.shadow_topic(
+                thing, "get", "accepted", shadow=COMMANDS_SHADOW
+            ),
+        }
         self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
         self.classic: queue.Queue[dict[str, Any]] = queue.Queue()
         self._subscribed = threading.Event()
         self.client = make_client(f"iotbridge.peer-{thing}", endpoint)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda *a: self.client.subscribe(
-            [(self.commands_update, 1), (self.classic_update, 1)]
+            [(self.commands_update, 1), (self.classic_update, 1), *((t, 1) for t in self.gets)]
         )
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.connect(endpoint.host, endpoint.port)
@@ -124,18 +138,30 @@ class ShadowPeer:
         if not self._subscribed.wait(5):
             raise AssertionError("peer could not subscribe")
 
+    def now_s(self) -> int:
+        return int(time.time()) if self.clock_s is None else self.clock_s
+
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if msg.topic in self.gets:  # stamped with the service's time
+            state = {"desired": self.pending, "delta": self.pending} if msg.topic == self.commands_get else {}
+            reply = {"state": state, "metadata": {}, "version": 1, "timestamp": self.now_s()}
+            client.publish(self.gets[msg.topic], json.dumps(reply), qos=1)
+            return
         doc = json.loads(msg.payload)
+        if msg.topic == self.commands_update:
+            for cid in doc.get("state", {}).get("desired") or {}:
+                self.pending.pop(cid, None)
         (self.commands if msg.topic == self.commands_update else self.classic).put(doc)
 
     def send_commands(self, entries: dict[str, dict[str, Any]], *, timestamp: int | None = None) -> None:
         """Publish a commands-shadow delta, as the shadow service does when desired changes."""
-        doc = {"version": 1, "timestamp": int(time.time()) if timestamp is None else timestamp, "state": entries}
+        self.pending.update(entries)
+        doc = {"version": 1, "timestamp": self.now_s() if timestamp is None else timestamp, "state": self.pending}
         topic = topics.shadow_topic(self.thing, "update", "delta", shadow=COMMANDS_SHADOW)
         self.client.publish(topic, json.dumps(doc), qos=1).wait_for_publish(5)
 
     def send_desired(self, state: dict[str, Any]) -> None:
-        doc = {"version": 1, "timestamp": int(time.time()), "state": state}
+        doc = {"version": 1, "timestamp": self.now_s(), "state": state}
         self.client.publish(topics.shadow_topic(self.thing, "update", "delta"), json.dumps(doc), qos=1)
 
     def next_outcome(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -143,6 +169,16 @@ class ShadowPeer:
             return self.commands.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError("the firmware published no commands-shadow update") from None
+
+    def outcome_update(self, cid: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next commands-shadow update that reports `cid` (re-reports of others are skipped:
+        the device may legitimately report a logged outcome again)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            update = self.next_outcome(left)
+            if update.get("clientToken") == cid:
+                return update
+        raise AssertionError(f"the firmware reported no outcome for {cid!r}")
 
     def next_reported(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
         """The next classic-shadow reported section that contains `key`."""

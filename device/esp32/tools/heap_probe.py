@@ -38,7 +38,7 @@ from tests.micropython.harness import (  # noqa: E402
 THING = "esp32-probe"
 
 
-def run_once(heap_kb: int, commands: int, work: Path, image: Path) -> tuple[bool, str]:
+def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bool = True) -> tuple[bool, str]:
     cfg = StackConfig.free(work / "stack", tls=False)
     with Broker(cfg) as broker:
         core = IotCoreProcess(cfg.data_dir / "iotcore", broker.service_endpoint(), cfg.iot_http_port).start()
@@ -60,6 +60,8 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path) -> tuple[bool
                     if out["state"] != "SUCCEEDED":
                         return False, f"{cid}: {out}"
                 sent += len(ids)
+            if not reconnect:
+                return fw.alive(), ""
             # The largest get/accepted: 16 outcomes + 10 pending, read on (re)connect.
             fw.stop()
             ids = [f"r{i}" for i in range(10)]
@@ -71,7 +73,6 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path) -> tuple[bool
             return fw.alive(), ""
         except AssertionError as e:
             tail = "\n".join(fw.lines[-6:])
-            print(*[ln for ln in fw.lines if "free" in ln][::10], sep="\n")
             return False, f"{e}\n{tail}"
         finally:
             fw.stop()
@@ -84,25 +85,28 @@ def main() -> int:
     ap.add_argument("--low", type=int, default=24, help="KB known (or assumed) to fail")
     ap.add_argument("--high", type=int, default=64, help="KB expected to pass")
     ap.add_argument("--only", type=int, help="try this one size (KB) and report")
+    ap.add_argument("--no-reconnect", dest="reconnect", action="store_false",
+                    help="only the N commands, without the reconnect to a full commands shadow")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         image = compile_firmware(Path(tmp) / "image")
         sizes = [args.only] if args.only else None
         if sizes:
-            ok, why = run_once(sizes[0], args.commands, Path(tmp) / "only", image)
+            ok, why = run_once(sizes[0], args.commands, Path(tmp) / "only", image, args.reconnect)
             print(f"{sizes[0]}k: {'pass' if ok else 'FAIL'} {why}")
             return 0 if ok else 1
         lo, hi = args.low, args.high
-        ok, why = run_once(hi, args.commands, Path(tmp) / f"h{hi}", image)
+        ok, why = run_once(hi, args.commands, Path(tmp) / f"h{hi}", image, args.reconnect)
         print(f"{hi}k: {'pass' if ok else 'FAIL'} {why}", flush=True)
         if not ok:
             return 1
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            ok, why = run_once(mid, args.commands, Path(tmp) / f"h{mid}", image)
+            ok, why = run_once(mid, args.commands, Path(tmp) / f"h{mid}", image, args.reconnect)
             print(f"{mid}k: {'pass' if ok else 'FAIL'} {why.splitlines()[-1] if why else ''}", flush=True)
             lo, hi = (lo, mid) if ok else (mid, hi)
-        print(f"smallest heap that completed {args.commands} commands: {hi} KB")
+        what = " and the reconnect" if args.reconnect else ""
+        print(f"smallest heap that completed {args.commands} commands{what}: {hi} KB")
     return 0
 
 

@@ -1,0 +1,56 @@
+"""The executed-command log under the MicroPython unix port: exact answers, bounded size, crash safety."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.micropython.harness import FIRMWARE_DIR, MICROPYTHON
+
+pytestmark = pytest.mark.micropython
+
+
+def run_mpy(script: str, cwd: Path) -> list[object]:
+    """Run a MicroPython snippet with the firmware on its path; each printed line is JSON."""
+    proc = subprocess.run(
+        [MICROPYTHON, "-X", "heapsize=64k", "-c", f"import sys\nsys.path.insert(0, {str(FIRMWARE_DIR)!r})\n{script}"],
+        cwd=cwd, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_log_answers_exactly_and_keeps_the_newest_outcomes(tmp_path: Path) -> None:
+    # GIVEN a log that keeps 4 outcomes, after 11 commands
+    script = """
+import json
+from ledger import Ledger
+log = Ledger("x.log", keep=4)
+for i in range(11):
+    log.done("id%d" % i, {"state": "SUCCEEDED", "n": i})
+print(json.dumps([log.get("id10"), log.get("id7"), log.get("id0"), log.get("never")]))
+"""
+    # WHEN it is asked about them
+    newest, kept, dropped, unknown = run_mpy(script, tmp_path)[0]  # type: ignore[misc]
+    # THEN the recent ones answer with their outcome; long-gone and unknown ids do not
+    assert newest == {"state": "SUCCEEDED", "n": 10}
+    assert kept == {"state": "SUCCEEDED", "n": 7}
+    assert dropped is None and unknown is None
+    # AND the file was compacted instead of growing without bound
+    assert len((tmp_path / "x.log").read_text().splitlines()) <= 8
+
+
+def test_a_command_cut_short_by_a_restart_is_logged_failed_and_never_started_again(tmp_path: Path) -> None:
+    # GIVEN a device that started a command and lost power before it finished
+    run_mpy('from ledger import Ledger\nLedger("x.log").start("c-1", "relay")', tmp_path)
+    # WHEN it boots and looks the command up
+    script = 'import json\nfrom ledger import Ledger\nprint(json.dumps(Ledger("x.log").get("c-1")))'
+    (entry,) = run_mpy(script, tmp_path)
+    # THEN it has an outcome (FAILED, interrupted), so it will be reported, not run
+    assert isinstance(entry, dict)
+    assert entry["state"] == "FAILED"
+    assert entry["action"] == "relay"
+    assert "restart" in entry["error"]
