@@ -215,7 +215,7 @@ def _emit_json(body: Any) -> None:
 def _error_exit(response: ApiResponse, args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(response.body)
-    code = response.code or f"HTTP {response.status}"
+    code = f"HTTP {response.status} {response.code}" if response.code else f"HTTP {response.status}"
     print(f"iotbridge: {code}: {response.message}", file=sys.stderr)
     if response.code == "UNKNOWN_ACTION" and isinstance(response.body, dict):
         known = (response.body.get("details") or {}).get("known")
