@@ -130,9 +130,14 @@ def _agent_toml(m: _Material) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _esp32_port(m: _Material) -> int:
+    """The firmware does not negotiate ALPN, which AWS IoT needs for MQTT on 443: it always uses 8883 there."""
+    return 8883 if m.target == "aws" else m.port
+
+
 def _esp32_config(m: _Material) -> str:
     config = {
-        "thing": m.thing, "host": m.host, "port": m.port, "tls": True,
+        "thing": m.thing, "host": m.host, "port": _esp32_port(m), "tls": True,
         "ca": "ca.der", "cert": "cert.der", "key": "key.der", "state": "executed.log",
         "pins": {"led": 2, "relay": 4}, "wifi": {"ssid": "your-ssid", "password": "your-password"},
     }  # fmt: skip
@@ -161,7 +166,7 @@ Raspberry Pi (CPython agent)
   copy agent.toml, cert.pem, key.pem and the CA file to e.g. /etc/iotbridge-pi/ and run
     iotbridge-pi --config /etc/iotbridge-pi/agent.toml
 
-ESP32 (MicroPython firmware, device/esp32)
+ESP32 (MicroPython firmware, device/esp32), port {_esp32_port(m)}
   set wifi in config.json, then copy config.json, cert.der, key.der and ca.der to the board's
   flash next to main.py (MicroPython's ssl loads DER, not PEM).
 

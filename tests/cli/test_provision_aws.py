@@ -156,3 +156,13 @@ def test_an_invalid_thing_name_is_a_usage_error(aws: dict[str, Any], tmp_path: P
     # WHEN the thing name has a character AWS IoT does not allow THEN exit 2, nothing created
     assert main(["provision", "bad/name", "--aws", "--region", REGION, "--policy", POLICY, "--out", str(tmp_path)]) == 2
     assert _certificates(aws["iot"]) == []
+
+
+def test_port_443_uses_alpn_for_the_pi_and_8883_for_the_esp32(aws: dict[str, Any], tmp_path: Path) -> None:
+    # WHEN a device is provisioned for a network that only lets 443 out
+    assert _provision(tmp_path, "--policy", POLICY, "--port", "443") == 0
+    # THEN the Pi agent connects on 443 with AWS's ALPN, and the ESP32 (no ALPN in its firmware) keeps 8883
+    agent = agent_config.load(tmp_path / "agent.toml")
+    assert agent.endpoint.port == 443
+    assert agent.endpoint.tls is not None and agent.endpoint.tls.alpn == "x-amzn-mqtt-ca"
+    assert json.loads((tmp_path / "config.json").read_text())["port"] == 8883
