@@ -56,6 +56,15 @@ def rules(broker: Broker, observer: TestClient, iot_endpoint: str) -> Iterator[R
         process.stop()
 
 
+def wait_for_autosave(broker: Broker, after: float, timeout: float = 15) -> None:
+    """Until Mosquitto has written its persistence file once more (autosave_interval 1)."""
+    db = broker.dir / "mosquitto.db"
+    deadline = time.monotonic() + timeout
+    while not (db.exists() and db.stat().st_mtime > after):
+        assert time.monotonic() < deadline, "the broker did not autosave"
+        time.sleep(0.05)
+
+
 def presence_shadow(iot_endpoint: str, *, until_connected: bool, timeout: float = 10) -> dict[str, Any]:
     """The thing's presence, once it says `until_connected` (fails after `timeout`)."""
     data = aws("iot-data", iot_endpoint)
@@ -135,7 +144,7 @@ def test_broker_kill_and_restart_disconnects_everyone(broker: Broker, observer: 
     # GIVEN a connected device that reconnects by itself (paho's loop)
     device = TestClient(THING, broker.device_endpoint(THING)).connect()
     first = next_event(observer, "connected", THING)
-    time.sleep(1.5)  # let autosave (1 s) persist the observer's subscription
+    wait_for_autosave(broker, after=time.time())  # the observer's session must survive the kill
     # WHEN the broker is killed (it logs nothing) and started again
     broker.kill()
     broker.start()
