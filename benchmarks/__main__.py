@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -20,6 +21,19 @@ def _value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def provenance() -> dict[str, Any]:
+    """Which code produced a figure: the commit, and whether the measured parts had uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "functions", "infra", "device")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_files_measured": len(dirty.splitlines()),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_avg": os.getloadavg()}  # fmt: skip
 
 
 def parameters(module: Any, *, smoke: bool, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name} {params}", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
+            origin = provenance()
             result = module.run(params, args.out)
+            write_json(args.out, name, {**result, "provenance": origin})
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()
             failed.append(name)

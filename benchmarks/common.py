@@ -173,11 +173,21 @@ def local_stack(data_dir: Path, *, devices: int, prewarm: int = 1, **config: Any
     from iotbridge_local.config import StackConfig
     from iotbridge_local.stack import LocalStack
 
-    stack = LocalStack(StackConfig.free(data_dir, devices=devices, **config), prewarm=prewarm)
-    with stack:
+    for attempt in (1, 2):
+        stack = LocalStack(StackConfig.free(data_dir / f"stack{attempt}", devices=devices, **config), prewarm=prewarm)
+        try:
+            stack.start()
+            break
+        except Exception as exc:  # a loaded machine can miss the stack's start-up timeouts: one more try
+            if attempt == 2:
+                raise
+            print(f"local stack failed to start ({exc}); retrying once", file=sys.stderr)
+    try:
         if devices:
             stack.wait_devices_ready(timeout=60)
         yield stack
+    finally:
+        stack.stop()
 
 
 def function_env(stack: Any) -> dict[str, str]:
