@@ -17,12 +17,9 @@ from iotbridge_local.apiclient import ApiClient, ApiTarget
 from iotbridge_local.pki import common_name
 from iotbridge_local.stack import LocalStack
 from tests.cli.conftest import run_cli, wait_until
+from tests.micropython.harness import MICROPYTHON, compile_firmware
 
 pytestmark = pytest.mark.stack
-
-REPO = Path(__file__).resolve().parents[2]
-ESP32 = REPO / "device" / "esp32"
-MICROPYTHON = Path(sys.executable).parent / "micropython"
 
 
 def _dir(stack: LocalStack) -> list[str]:
@@ -75,9 +72,10 @@ def test_esp32_firmware_runs_from_the_bundle(stack: LocalStack, tmp_path: Path) 
     # GIVEN a device provisioned for the ESP32: config.json with DER certificate, key and CA
     done = run_cli("provision", "lab-esp", "--out", str(bundle), *_dir(stack))
     assert done.returncode == 0, done.stderr
-    # WHEN the firmware runs under MicroPython from the bundle directory, as it would from flash
-    env = {**os.environ, "MICROPYPATH": f"{ESP32}:.frozen"}
-    argv = [str(MICROPYTHON), "-X", "heapsize=64k", str(ESP32 / "main.py"), "config.json"]
+    # WHEN the compiled firmware runs under MicroPython from the bundle directory, as it would from flash
+    image = compile_firmware(tmp_path / "image")
+    env = {**os.environ, "MICROPYPATH": f"{image}:.frozen"}
+    argv = [str(MICROPYTHON), "-X", "heapsize=64k", str(image / "main.py"), "config.json"]
     with _running(argv, cwd=bundle, env=env):
         wait_until(lambda: _connected(stack, "lab-esp"), 30, f"lab-esp connects; see {bundle / 'device.log'}")
         wait_until(lambda: run_cli("shadow", "lab-esp", "--json", *_dir(stack)).stdout.count('"ping"') > 0, 30,
