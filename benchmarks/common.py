@@ -319,3 +319,34 @@ def wait_ready(stack: Any, things: list[str], timeout: float) -> float:
             if pending:
                 time.sleep(0.5)
     return time.monotonic() - start
+
+
+# -- CPU accounting --------------------------------------------------------------------
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of one process, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_processes(stack: Any, fleet: Any = None) -> dict[str, list[int]]:
+    """The pids of each part of a running stack (read-only use of its bookkeeping), and of this process."""
+    parts: dict[str, list[int]] = {"benchmark callers (this process)": [os.getpid()]}
+    if stack.broker.pid:
+        parts["mosquitto"] = [stack.broker.pid]
+    for name, (process, _log) in getattr(stack, "_children", {}).items():
+        parts.setdefault(name if not name.startswith("device-") else "pi agents", []).append(process.pid)
+    api = getattr(stack, "_api", None)
+    environments = getattr(getattr(api, "environments", None), "_all", [])
+    parts["api environments"] = [e.process.pid for e in list(environments)]
+    if fleet is not None:
+        parts["fleet simulator"] = [fleet.process.pid]
+    return parts
+
+
+def cpu_seconds(parts: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(_cpu_of(pid) for pid in pids) for name, pids in parts.items()}

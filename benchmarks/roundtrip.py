@@ -16,6 +16,8 @@ All in one run, on one local stack with one Pi agent (mutual TLS):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -185,7 +187,8 @@ def in_process(stack: Any, count: int, profile_to: Path, pace_s: float) -> dict[
             body = json.dumps({"action": "ping"}).encode()
             event = build_event("POST", f"/devices/{THING}/commands", headers={"Content-Type": "application/json"}, body=body)
             start = time.perf_counter()
-            answer = handler.lambda_handler(event, LambdaContext(timeout_s=30))
+            with contextlib.redirect_stdout(io.StringIO()):  # Metrics prints its EMF lines to stdout
+                answer = handler.lambda_handler(event, LambdaContext(timeout_s=30))
             if answer["statusCode"] != 200:
                 raise RuntimeError(f"in-process command answered {answer['statusCode']}: {answer.get('body')}")
             return time.perf_counter() - start

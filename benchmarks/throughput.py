@@ -11,6 +11,7 @@ looked up until `settle_s` passes; what never reaches a terminal state is
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import threading
@@ -23,11 +24,13 @@ from typing import Any
 from benchmarks.common import (
     FleetProcess,
     api_client,
+    cpu_seconds,
     local_stack,
     per_second,
     plot_latencies,
     plot_timeline,
     register_things,
+    stack_processes,
     summary_ms,
     wait_ready,
     write_json,
@@ -98,7 +101,11 @@ def settle(stack: Any, records: list[dict[str, Any]], settle_s: float) -> None:
 
 
 def one_run(stack: Any, fleet: FleetProcess, params: dict[str, Any], label: str, before: dict[str, int]) -> dict[str, Any]:
+    parts = stack_processes(stack, fleet)
+    cpu_before = cpu_seconds(parts)
     records, start, end = load(stack, fleet.things, callers=int(params["callers"]), duration_s=float(params["duration_s"]))
+    parts = stack_processes(stack, fleet)  # environments created during the run count too (from their start)
+    cpu_used = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_seconds(parts).items()}
     answered = [r for r in records if r["status"] == 200]
     settle(stack, records, float(params["settle_s"]))
     accepted = [r for r in records if r["status"] in (200, 202)]
@@ -116,6 +123,12 @@ def one_run(stack: Any, fleet: FleetProcess, params: dict[str, Any], label: str,
         "lost": len(lost),
         "states": dict(Counter(r["state"] for r in accepted)),
         "latency_ms": summary_ms([r["done"] - r["sent"] for r in answered]),
+        # Where the two cores went: CPU ms per answered command, by process. cores * seconds bound the rate.
+        "cpu_ms_per_command": {name: round(seconds * 1000 / max(1, len(answered)), 2) for name, seconds in cpu_used.items()},
+        "cpu_ms_per_command_total": round(sum(cpu_used.values()) * 1000 / max(1, len(answered)), 2),
+        "cpu_seconds_available": round(elapsed * (os.cpu_count() or 1), 1),
+        "cpu_seconds_used_by_stack": round(sum(cpu_used.values()), 1),
+        "error_times_s": sorted(round(r["sent"] - start, 2) for r in records if r["status"] not in (200, 202))[:20],
         "_ran_by_thing": Counter(r["thing"] for r in accepted if r["state"] in RAN),
         "_latencies": [r["done"] - r["sent"] for r in answered],
         "_timeline": per_second([r["done"] for r in answered], start, end),
