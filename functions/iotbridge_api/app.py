@@ -149,8 +149,8 @@ def list_devices(
     things, token = iot.list_things(limit, nextToken)
     devices = []
     for thing in things:
-        shadow = iot.get_shadow(thing) or {}
-        devices.append(DeviceSummary(**_summary(dispatch.Device(thing, shadow, iot.get_shadow(thing, PRESENCE_SHADOW)))))
+        shadow, presence = dispatch.read_together(thing, None, PRESENCE_SHADOW)
+        devices.append(DeviceSummary(**_summary(dispatch.Device(thing, shadow or {}, presence))))
     return DeviceList(devices=devices, nextToken=token)
 
 
@@ -160,7 +160,7 @@ def get_device(
     thing: ThingPath,
     shadow: Annotated[str | None, Query(description="A named shadow instead of the classic one", max_length=256)] = None,
 ) -> DeviceDetail:
-    device = dispatch.load_device(_thing(thing))
+    device, _ = dispatch.load_device(_thing(thing))
     doc = device.shadow
     if shadow is not None:
         try:

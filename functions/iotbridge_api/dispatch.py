@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,11 +62,21 @@ def _desired(doc: dict[str, Any] | None) -> dict[str, Any]:
     return state.get("desired", {}) if isinstance(state, dict) else {}
 
 
-def load_device(thing: str) -> Device:
-    shadow = iot.get_shadow(thing)
+# Reads that do not depend on each other go out together: each is a round trip to AWS IoT.
+_reads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shadow-read")
+
+
+def read_together(thing: str, *shadows: str | None) -> list[dict[str, Any] | None]:
+    futures = [_reads.submit(iot.get_shadow, thing, shadow) for shadow in shadows]
+    return [f.result() for f in futures]
+
+
+def load_device(thing: str, *also: str) -> tuple[Device, list[dict[str, Any] | None]]:
+    """The device (classic shadow + presence), and the named shadows in `also`, read at once."""
+    shadow, presence, *rest = read_together(thing, None, PRESENCE_SHADOW, *also)
     if shadow is None:
         raise errors.DeviceNotFound(f"no device has reported as {thing!r}", details={"thing": thing})
-    return Device(thing, shadow, iot.get_shadow(thing, PRESENCE_SHADOW))
+    return Device(thing, shadow, presence), rest
 
 
 def view(thing: str, cid: str, doc: dict[str, Any] | None, *, connected: bool) -> CommandView | None:
@@ -92,7 +103,7 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
     Returns the view and whether it is terminal.
     """
     started = time.monotonic()
-    device = load_device(thing)
+    device, (commands_doc,) = load_device(thing, COMMANDS_SHADOW)
     known = device.actions
     if request.action not in known:
         raise errors.UnknownAction(
@@ -108,7 +119,7 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
         raise errors.DeviceOffline(f"{thing} is offline", details={"thing": thing, "lastSeen": device.last_seen})
 
     cid = request.id or uuid.uuid4().hex
-    _enqueue(thing, cid, request)
+    _enqueue(thing, cid, request, commands_doc)
     current = wait_for_outcome(thing, cid, deadline=deadline, connected=device.connected)
     if current.state in _TERMINAL:
         current.latencyMs = round((time.monotonic() - started) * 1000, 3)
@@ -120,9 +131,10 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
 _TERMINAL = {s.value for s in CommandState if s.terminal}
 
 
-def _enqueue(thing: str, cid: str, request: CommandRequest) -> None:
-    for _ in range(MAX_SUBMIT_ATTEMPTS):
-        doc = iot.get_shadow(thing, COMMANDS_SHADOW)
+def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> None:
+    for attempt in range(MAX_SUBMIT_ATTEMPTS):
+        if attempt:
+            doc = iot.get_shadow(thing, COMMANDS_SHADOW)  # someone changed it since: read again
         outcome = _reported(doc).get(cid)
         if isinstance(outcome, dict):
             if outcome.get("action") != request.action:
@@ -172,8 +184,7 @@ def wait_for_outcome(thing: str, cid: str, *, deadline: float, connected: bool) 
 
 
 def lookup(thing: str, cid: str) -> CommandView:
-    doc = iot.get_shadow(thing, COMMANDS_SHADOW)
-    presence = iot.get_shadow(thing, PRESENCE_SHADOW)
+    doc, presence = read_together(thing, COMMANDS_SHADOW, PRESENCE_SHADOW)
     current = view(thing, cid, doc, connected=bool(_reported(presence).get("connected")))
     if current is None:
         raise errors.CommandNotFound(
@@ -202,8 +213,7 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
 
 
 def history(thing: str) -> list[CommandView]:
-    doc = iot.get_shadow(thing, COMMANDS_SHADOW)
-    presence = iot.get_shadow(thing, PRESENCE_SHADOW)
+    doc, presence = read_together(thing, COMMANDS_SHADOW, PRESENCE_SHADOW)
     connected = bool(_reported(presence).get("connected"))
     ids = list(_desired(doc)) + list(_reported(doc))
     views = [v for cid in dict.fromkeys(ids) if (v := view(thing, cid, doc, connected=connected))]
