@@ -2,10 +2,12 @@
 
 Where the API is, first match wins:
     1. --api-url / --api-key flags
-    2. IOTBRIDGE_API_URL / IOTBRIDGE_API_KEY in the environment
-    3. the running local stack's <data-dir>/stack.json ("api", "apiKey")
+    2. --stack NAME: the deployed stack's ApiUrl output, and its ApiKeyId's value from API Gateway
+    3. IOTBRIDGE_API_URL / IOTBRIDGE_API_KEY in the environment
+    4. the running local stack's <data-dir>/stack.json ("api", "apiKey")
+A key given by flag or environment is used with a URL found by a later source.
 
-Only the standard library: the CLI must start fast and work on any machine with the package.
+Only the standard library, except boto3 for --stack: the CLI must start fast.
 """
 
 from __future__ import annotations
@@ -92,6 +94,26 @@ def resolve_target(api_url: str | None, api_key: str | None, data_dir: Path, env
     return ApiTarget(url=url.rstrip("/"), key=key, source=source)
 
 
+def stack_target(stack_name: str, region: str | None, api_key: str | None) -> ApiTarget:
+    """The deployed API from CloudFormation outputs (template.yaml: ApiUrl, ApiKeyId), with your AWS credentials."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+    try:
+        session = boto3.Session(region_name=region)
+        stacks = session.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in (stacks[0].get("Outputs") or [])} if stacks else {}
+        if not outputs.get("ApiUrl"):
+            raise NoApiConfigured(f"stack {stack_name!r} has no ApiUrl output (is it the iotbridge stack?)")
+        if api_key is None and outputs.get("ApiKeyId"):
+            api_key = session.client("apigateway").get_api_key(apiKey=outputs["ApiKeyId"], includeValue=True)["value"]
+    except EndpointConnectionError as exc:
+        raise ApiUnreachable(f"cannot reach AWS: {exc}") from exc
+    except (ClientError, BotoCoreError) as exc:
+        raise NoApiConfigured(f"cannot read stack {stack_name!r}: {exc}") from exc
+    return ApiTarget(url=str(outputs["ApiUrl"]).rstrip("/"), key=api_key, source=f"stack {stack_name}")
+
+
 class _NoDelayHTTPConnection(http.client.HTTPConnection):
     """Headers and body go out as separate writes: without TCP_NODELAY each request waits on Nagle."""
 
@@ -162,6 +184,9 @@ class ApiClient:
 
     def get_device(self, thing: str, shadow: str | None = None) -> ApiResponse:
         return self.request("GET", f"/devices/{quote(thing, safe='')}", query={"shadow": shadow} if shadow else None)
+
+    def patch_desired(self, thing: str, state: dict[str, Any], *, wait_ms: int) -> ApiResponse:
+        return self.request("PATCH", f"/devices/{quote(thing, safe='')}/desired", body={"state": state, "waitMs": wait_ms})
 
     def send_command(self, thing: str, request: dict[str, Any]) -> ApiResponse:
         return self.request("POST", f"/devices/{quote(thing, safe='')}/commands", body=request)

@@ -10,6 +10,7 @@ import argparse
 import enum
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -28,6 +29,7 @@ from iotbridge_local.apiclient import (
     NoApiConfigured,
     resolve_target,
     sleep_until,
+    stack_target,
 )
 
 API_MAX_WAIT_MS = 29_000  # API Gateway's integration timeout; longer waits poll GET …/commands/{id}
@@ -45,17 +47,18 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 6  # no connection, or a 5xx
 
 
-EXIT_CODES_HELP = """exit codes (send, command, job, devices, shadow):
+EXIT_CODES_HELP = """exit codes (send, command, desired, job, job-status, devices, shadow):
   0  SUCCEEDED (or the request was answered)
   1  the outcome is FAILED, REJECTED, TIMED_OUT or EXPIRED; a job target was not queued
   2  usage error (bad flags, bad --param, no API configured)
-  3  still pending when the wait ran out (HTTP 202); the command id is printed
+  3  still pending when the wait ran out (HTTP 202; desired: not yet reported); the command id is printed
   4  the device is offline (409 DEVICE_OFFLINE, with --if-offline fail)
   5  any other API error (4xx: unknown action, bad params, no such device, wrong API key)
   6  the API is unreachable, or answered 5xx"""
 
-API_HELP = f"""where the API is (first match wins): --api-url/--api-key; {ENV_URL}/{ENV_KEY};
-the running local stack's <--data-dir>/stack.json (default {DEFAULT_DATA_DIR})."""
+API_HELP = f"""where the API is (first match wins): --api-url/--api-key; --stack NAME (its ApiUrl output and
+API key, with your AWS credentials); {ENV_URL}/{ENV_KEY}; the running local stack's
+<--data-dir>/stack.json (default {DEFAULT_DATA_DIR})."""
 
 
 # -- argument parsing -------------------------------------------------------------------------
@@ -101,6 +104,8 @@ def add_api_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("API")
     group.add_argument("--api-url", help=f"base URL of the API (or {ENV_URL})")
     group.add_argument("--api-key", help=f"x-api-key (or {ENV_KEY})")
+    group.add_argument("--stack", metavar="NAME", help="a deployed stack: its ApiUrl and API key (AWS credentials)")
+    group.add_argument("--region", help="the deployed stack's region (default: your AWS config)")
     group.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="local stack whose stack.json to read")
     parser.add_argument("--json", action="store_true", help="print the API's JSON body instead of text")
 
@@ -158,6 +163,18 @@ def add_subcommands(sub: Any) -> None:
     )
     add_api_options(command)
     command.set_defaults(func=run, api_func=_command)
+
+    desired = sub.add_parser(
+        "desired", help="change a device's desired state; optionally wait until it reports it", epilog=epilog,
+        formatter_class=fmt,
+    )  # fmt: skip
+    desired.add_argument("thing")
+    desired.add_argument("state", nargs="+", type=parse_param, metavar="K=V",
+                         help="keys to set (V as for --param); K=null removes a key")  # fmt: skip
+    desired.add_argument("--wait", type=duration_ms, default=10_000, metavar="DURATION",
+                         help="wait until reported converges (default 10s; exit 3 if it has not)")  # fmt: skip
+    add_api_options(desired)
+    desired.set_defaults(func=run, api_func=_desired)
 
     devices = sub.add_parser("devices", help="list devices: presence and reported state", epilog=epilog, formatter_class=fmt)
     add_api_options(devices)
@@ -268,6 +285,8 @@ def _when(ms: Any) -> str:
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
+    if args.stack and not args.api_url:
+        return ApiClient(stack_target(args.stack, args.region, args.api_key or os.environ.get(ENV_KEY) or None))
     return ApiClient(resolve_target(args.api_url, args.api_key, Path(args.data_dir)))
 
 
@@ -332,6 +351,26 @@ def _command(args: argparse.Namespace) -> int:
             return _error_exit(polled, args)
         view = polled.body
     return _command_exit(view, args, args.wait)
+
+
+def _desired(args: argparse.Namespace) -> int:
+    """Exit 0 when reported converged within the wait, 3 when the device has not applied it yet (offline: it will)."""
+    state = _params(args.state)
+    response = _client(args).patch_desired(args.thing, state, wait_ms=min(args.wait, API_MAX_WAIT_MS))
+    if response.status != 200 or not isinstance(response.body, dict):
+        return _error_exit(response, args)
+    body = response.body
+    if args.json:
+        _emit_json(body)
+    if body.get("converged"):
+        if not args.json:
+            print(f"{body.get('thing')}: reported {_state_summary({k: (body.get('reported') or {}).get(k) for k in state})}")
+        return ExitCode.SUCCEEDED
+    if not args.json:
+        print(
+            f"{body.get('thing')}: desired set, not yet reported after {args.wait / 1000:g}s  delta {_compact(body.get('delta'))}"
+        )
+    return ExitCode.PENDING
 
 
 def _state_summary(reported: dict[str, Any]) -> str:

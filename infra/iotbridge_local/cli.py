@@ -4,13 +4,15 @@
     iotbridge status [--data-dir DIR]
     iotbridge send THING ACTION [--param K=V …] [--wait 5s] [--id ID] [--ttl 60s] [--if-offline fail|queue] [--json]
     iotbridge command THING ID [--wait 30s] [--json]
+    iotbridge desired THING K=V … [--wait 10s] [--json]
     iotbridge devices [--json]
     iotbridge shadow THING [--name NAME] [--json]
     iotbridge job ACTION (--things A,B | --all) [--param K=V …] [--wait 30s] [--json]
     iotbridge job-status JOB_ID [--wait 30s] [--json]
     iotbridge provision THING [--local | --aws] [--out DIR] [--stack-name NAME | --policy NAME] [--rotate]
 
-`iotbridge COMMAND --help` for each.
+The API commands find the API through --api-url/--api-key, --stack NAME (a deployed stack),
+IOTBRIDGE_API_URL/IOTBRIDGE_API_KEY, or the running local stack. `iotbridge COMMAND --help` for each.
 """
 
 from __future__ import annotations

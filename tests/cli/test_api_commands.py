@@ -33,6 +33,11 @@ def _connected(stack: LocalStack, thing: str) -> bool:
     return bool(isinstance(body, dict) and body.get("connected"))
 
 
+def _reported(stack: LocalStack, thing: str) -> dict[str, object]:
+    body = _api(stack).get_device(thing).body
+    return dict(body.get("reported") or {}) if isinstance(body, dict) else {}
+
+
 def test_send_runs_the_command_and_exits_0(stack: LocalStack) -> None:
     # GIVEN the local stack with sim-1 online, found through its stack.json
     # WHEN a script turns the LED on
@@ -126,6 +131,16 @@ def test_environment_configures_the_api_and_flags_override_it(stack: LocalStack,
     assert overridden.returncode == 6
 
 
+def test_desired_state_waits_until_reported(stack: LocalStack) -> None:
+    # WHEN a script sets sim-1's desired relay state and waits
+    done = run_cli("desired", "sim-1", "relay=true", "--wait", "10s", *_dir(stack))
+    # THEN the device applied it: exit 0 and the reported value is shown
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "relay=true" in done.stdout
+    reported = json.loads(run_cli("shadow", "sim-1", "--json", *_dir(stack)).stdout)["shadow"]["state"]["reported"]
+    assert reported["relay"] is True
+
+
 def test_devices_lists_presence_and_state(stack: LocalStack) -> None:
     # WHEN a person lists the devices
     done = run_cli("devices", *_dir(stack))
@@ -188,6 +203,10 @@ def test_offline_device_fail_fast_queue_and_expire(stack: LocalStack) -> None:
         assert kept.returncode == short.returncode == 3, (kept.stderr, short.stderr)
         kept_view, short_view = json.loads(kept.stdout), json.loads(short.stdout)
         assert kept_view["state"] == short_view["state"] == "QUEUED"
+        # WHEN desired state is changed while it is offline THEN it is not reported in time: exit 3
+        desired = run_cli("desired", "sim-2", "relay=true", "--wait", "300ms", *_dir(stack))
+        assert desired.returncode == 3, desired.stdout + desired.stderr
+        assert "not yet reported" in desired.stdout
         # WHEN the short one's TTL has passed and the device comes back
         wait_until(lambda: time.time() * 1000 > short_view["expiresAt"] + 1500, 10, "the short TTL passes")
         stack.start_device("sim-2")
@@ -198,6 +217,8 @@ def test_offline_device_fail_fast_queue_and_expire(stack: LocalStack) -> None:
         assert "SUCCEEDED" in ok.stdout
         assert expired.returncode == 1, expired.stdout + expired.stderr
         assert json.loads(expired.stdout)["state"] == "EXPIRED"
+        # AND the desired relay state set while offline was applied on reconnect
+        wait_until(lambda: _reported(stack, "sim-2").get("relay") is True, 20, "sim-2 applies desired relay=true")
     finally:
         if not stack.child_alive("device-sim-2"):
             stack.start_device("sim-2")

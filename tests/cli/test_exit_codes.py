@@ -12,12 +12,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import pytest
+from moto import mock_aws
 
+from iotbridge_local.cli import main
 from tests.cli.conftest import run_cli
 
 STAGE = "/prod"
-KEY = "secret-key"
+KEY = "secret-key-of-20-chars-or-more"  # API Gateway wants at least 20
 
 
 @dataclass
@@ -173,3 +176,32 @@ def test_a_job_with_a_failed_target_exits_1_and_an_unfinished_one_exits_3(api: t
     script.on("GET", "/commands/jobs/j1", (200, failed | {"done": 1, "complete": False, "counts": {"PENDING": 1}}))
     pending = run_cli("job-status", "j1", "--wait", "300ms", "--api-url", url, "--api-key", KEY)
     assert pending.returncode == 3, pending.stdout + pending.stderr
+
+
+def test_a_deployed_stack_gives_the_url_and_key(
+    api: tuple[str, Script], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, script = api
+    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "IOTBRIDGE_API_URL", "IOTBRIDGE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    script.on("GET", "/devices", (200, {"devices": [], "nextToken": None}))
+    with mock_aws():
+        # GIVEN a deployed stack whose outputs name the API's URL and its key's id (moto: CloudFormation, API Gateway)
+        key_id = boto3.client("apigateway", region_name="eu-west-1").create_api_key(name="iotbridge", value=KEY, enabled=True)[
+            "id"
+        ]
+        outputs = {"ApiUrl": {"Value": url}, "ApiKeyId": {"Value": key_id}}
+        template = {"Resources": {"Bucket": {"Type": "AWS::S3::Bucket"}}, "Outputs": outputs}
+        boto3.client("cloudformation", region_name="eu-west-1").create_stack(
+            StackName="iotbridge", TemplateBody=json.dumps(template)
+        )
+        # WHEN a script names the stack instead of a URL and key
+        code = main(["devices", "--stack", "iotbridge", "--region", "eu-west-1", "--json"])
+        # THEN the API is called at that URL with the key's value
+        assert code == 0, capsys.readouterr().err
+        assert script.requests[0]["path"] == f"{STAGE}/devices" and script.requests[0]["key"] == KEY
+        # AND a stack that does not exist is a usage error naming it
+        assert main(["devices", "--stack", "not-deployed", "--region", "eu-west-1"]) == 2
+        assert "not-deployed" in capsys.readouterr().err
