@@ -352,9 +352,13 @@ def _connack_ok(port: int, username: str, password: str) -> bool:
     body = field(b"MQTT") + bytes([4, 0xC2]) + (5).to_bytes(2, "big")  # user+password, clean session
     body += field(f"iotbridge.probe.{secrets.token_hex(4)}".encode()) + field(username.encode())
     body += field(password.encode())
-    packet = bytes([0x10, len(body)]) + body if len(body) < 128 else b""
-    if not packet:
-        raise BrokerError("credentials too long for the probe")
+    length, remaining = bytearray(), len(body)
+    while True:  # MQTT's variable-length "remaining length"
+        remaining, digit = divmod(remaining, 128)
+        length.append(digit | (0x80 if remaining else 0))
+        if not remaining:
+            break
+    packet = bytes([0x10]) + bytes(length) + body
     try:
         with socket.create_connection((HOST, port), timeout=2) as s:
             s.sendall(packet)

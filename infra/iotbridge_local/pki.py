@@ -26,6 +26,7 @@ import datetime as dt
 import fcntl
 import ipaddress
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,14 @@ def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def _common_name(name: str) -> x509.NameAttribute:
+    # X.509 suggests at most 64 characters for a CN, but thing names go to 128; OpenSSL
+    # and Mosquitto read longer ones fine, so the suggestion is not enforced here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attribute's length", category=UserWarning)
+        return x509.NameAttribute(NameOID.COMMON_NAME, name, _validate=False)
 
 
 def _key_bytes(key: ec.EllipticCurvePrivateKey, encoding: serialization.Encoding) -> bytes:
@@ -157,7 +166,7 @@ class LocalCA:
         now = dt.datetime.now(dt.UTC)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .subject_name(x509.Name([_common_name(common_name)]))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

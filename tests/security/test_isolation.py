@@ -242,3 +242,26 @@ def test_stale_pid_file_never_signals_an_unrelated_process(tmp_path: Path) -> No
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_longest_thing_name_can_be_registered_without_tls(tmp_path: Path) -> None:
+    # GIVEN a tls-off broker and a thing name of AWS's maximum length
+    thing = "t" * 128
+    with Broker(StackConfig.free(tmp_path / "long", tls=False)) as broker:
+        # WHEN it is registered and connects
+        endpoint = broker.device_endpoint(thing)
+        # THEN the broker accepts it
+        with TestClient(thing, endpoint):
+            pass
+
+
+def test_longest_thing_name_connects_over_mutual_tls(broker: Broker) -> None:
+    # GIVEN a thing name of AWS's maximum length (longer than X.509's suggested 64 for a CN)
+    thing = "m" * 128
+    # WHEN it connects with its certificate
+    with TestClient(thing, broker.device_endpoint(thing)) as device, TestClient("svc", broker.service_endpoint()) as svc:
+        own = topics.shadow_topic(thing, "update", "delta")
+        device.subscribe(own)
+        svc.publish(own, b"{}")
+        # THEN its certificate identity opens its own topics
+        assert device.next_message()[0] == own
