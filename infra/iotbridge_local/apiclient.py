@@ -157,7 +157,7 @@ class ApiClient:
             raw = response.read()
             status, got = response.status, {k.lower(): v for k, v in response.getheaders()}
         except (OSError, http.client.HTTPException) as exc:
-            raise ApiUnreachable(f"cannot reach the API at {self.target.url}: {exc}") from exc
+            raise ApiUnreachable(f"cannot reach the API at {self.target.url} (from {self.target.source}): {exc}") from exc
         finally:
             conn.close()
         try:
