@@ -2,6 +2,7 @@
 
     iotbridge up [--devices N] [--data-dir DIR] [--api-port N] … [--no-tls]
     iotbridge status [--data-dir DIR]
+    iotbridge simulate --devices N [--prefix fleet-] [--data-dir DIR]   (against a running `iotbridge up`)
     iotbridge send THING ACTION [--param K=V …] [--wait 5s] [--id ID] [--ttl 60s] [--if-offline fail|queue] [--json]
     iotbridge command THING ID [--wait 30s] [--json]
     iotbridge desired THING K=V … [--wait 10s] [--json]
@@ -18,6 +19,7 @@ IOTBRIDGE_API_URL/IOTBRIDGE_API_KEY, or the running local stack. `iotbridge COMM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -164,6 +166,40 @@ def _add_provision(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(func=cmd_provision)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """N virtual devices in this process, each a real (mutual TLS) MQTT connection to the running stack."""
+    import boto3
+
+    from iotbridge_local.broker import Broker
+    from iotbridge_pi.fleet import run_fleet
+
+    path = Path(args.data_dir) / "stack.json"
+    if not path.exists():
+        print(f"no running local stack in {args.data_dir}: start one with `iotbridge up`", file=sys.stderr)
+        return 2
+    state = json.loads(path.read_text())
+    config = StackConfig(
+        data_dir=Path(state["dataDir"]), mqtt_port=int(state["mqtt"]), mqtts_port=int(state["mqtts"]),
+        iot_http_port=int(str(state["iot"]).rsplit(":", 1)[1]), tls=bool(state.get("tls", True)),
+    )  # fmt: skip
+    things = [f"{args.prefix}{n:05d}" for n in range(1, args.devices + 1)]
+    registry = boto3.client(
+        "iot", endpoint_url=config.iot_endpoint, region_name=config.region,
+        aws_access_key_id="local", aws_secret_access_key="local",
+    )  # fmt: skip
+    for thing in things:  # registered, so they show in GET /devices and in bulk commands to all
+        with contextlib.suppress(registry.exceptions.ResourceAlreadyExistsException):
+            registry.create_thing(thingName=thing)
+    broker = Broker(config)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"simulating {len(things)} devices ({things[0]} … {things[-1]}); Ctrl-C stops them", flush=True)
+    run_fleet(endpoint_factory=broker.device_endpoint, things=things, state_dir=config.data_dir / "fleet",
+              stop_event=stop, telemetry_interval=args.telemetry)  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iotbridge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
                                      epilog=apicommands.EXIT_CODES_HELP)  # fmt: skip
@@ -181,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the running local stack's endpoints")
     status.add_argument("--data-dir", default=".iotbridge")
     status.set_defaults(func=cmd_status)
+    sim = sub.add_parser("simulate", help="run N simulated devices in one process against the running local stack")
+    sim.add_argument("--devices", type=int, default=100, help="how many (default 100; thousands fit on 2 cores)")
+    sim.add_argument("--prefix", default="fleet-", help="thing names are PREFIX00001 … (default fleet-)")
+    sim.add_argument("--telemetry", type=int, default=60, help="seconds between telemetry reports (default 60)")
+    sim.add_argument("--data-dir", default=".iotbridge")
+    sim.set_defaults(func=cmd_simulate)
     apicommands.add_subcommands(sub)
     _add_provision(sub)
     return parser

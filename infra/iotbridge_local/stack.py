@@ -247,6 +247,7 @@ class LocalStack:
         state = {
             "pid": os.getpid(), "api": self.config.api_url, "apiKey": self.config.api_key,
             "dashboard": self.config.dashboard_url, "mqtts": self.config.mqtts_port, "dataDir": str(self.data_dir),
+            "tls": self.config.tls,
             "iot": self.config.iot_endpoint, "mqtt": self.config.mqtt_port, "things": self.things,
         }  # fmt: skip
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
