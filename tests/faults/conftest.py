@@ -16,8 +16,8 @@ from iotbridge_local.config import StackConfig
 from iotbridge_local.stack import LocalStack
 
 SOAK = os.environ.get("IOTBRIDGE_SOAK") == "1"
-COMMANDS = 1_000 if SOAK else 40  # per stream scenario, split over its devices
-FAULT_EVERY = 50 if SOAK else 6  # settled commands (of the first device) between two faults
+COMMANDS = 1_000 if SOAK else 30  # per stream scenario, split over its devices
+FAULT_EVERY = 50 if SOAK else 5  # settled commands (of the first device) between two faults
 
 
 @pytest.fixture

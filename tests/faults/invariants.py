@@ -39,10 +39,6 @@ def outcomes_stable_through_api(stack: LocalStack, books: Books) -> list[str]:
             if sent.first is None:
                 continue
             reply = http(stack.config.api_url, "GET", f"/devices/{thing}/commands/{sent.id}", key=stack.config.api_key)
-            if reply.status == 404 and reply.code == "COMMAND_NOT_FOUND":
-                # Rotated out of the device's 16-outcome history. It should not be, for the last 16,
-                # but the Pi agent prunes by doneAt, which can run backwards: see test_history.py.
-                continue
             if reply.status != 200:
                 problems.append(f"{sent.id}: GET answered {reply.status} {reply.body!r} after it was terminal")
             elif view_key(reply.body) != view_key(sent.first):

@@ -89,7 +89,7 @@ def test_reboots_in_the_middle_of_a_stream_run_nothing_twice(stack: LocalStack) 
     wait_until(lambda: _present(stack, rebooting, True), timeout=30, what=f"{rebooting} back online")
     time.sleep(1.5)  # longer than a simulated reboot's downtime: a repeated reboot would show up
     reboots = (stack.logs / f"device-{rebooting}.log").read_text().count("simulated reboot")
-    assert injected >= 2 and reboots == injected, (reboots, injected)
+    assert injected >= 1 and reboots == injected, (reboots, injected)
     assert set(terminal_states(books)) == {"SUCCEEDED"}
 
 
