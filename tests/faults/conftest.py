@@ -25,3 +25,12 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
     with LocalStack(StackConfig.free(tmp_path / "stack", devices=2)) as running:
         running.wait_devices_ready(timeout=60)
         yield running
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The soak's streams run for many minutes: lift pytest-timeout's 300 s default for them."""
+    if not SOAK:
+        return
+    for item in items:
+        if str(item.path).startswith(str(Path(__file__).parent)):
+            item.add_marker(pytest.mark.timeout(3600))
