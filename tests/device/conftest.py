@@ -46,7 +46,7 @@ def iotcore(broker: Broker, stack_config: StackConfig, tmp_path: Path) -> Iterat
             "--data-dir", str(tmp_path / "iotcore"),
             "--mqtt-port", str(stack_config.mqtt_port),
             "--http-port", str(stack_config.iot_http_port),
-            "--mqtt-username", str(service.username), "--mqtt-password", str(service.password),
+            f"--mqtt-username={service.username}", f"--mqtt-password={service.password}",  # a password may start with "-"
             "--log-level", "WARNING",
         ],
         stdout=subprocess.PIPE,
@@ -83,14 +83,14 @@ class Shadows:
     def get(self, thing: str, shadow: str | None = None) -> dict[str, Any]:
         kwargs = {"shadowName": shadow} if shadow else {}
         try:
-            return json.loads(self.iot.get_thing_shadow(thingName=thing, **kwargs)["payload"].read())  # type: ignore[no-any-return]
+            return json.loads(self.iot.get_thing_shadow(thingName=thing, **kwargs)["payload"].read())
         except self.iot.exceptions.ResourceNotFoundException:
             return {}
 
     def update(self, thing: str, document: dict[str, Any], shadow: str | None = None) -> dict[str, Any]:
         kwargs = {"shadowName": shadow} if shadow else {}
         reply = self.iot.update_thing_shadow(thingName=thing, payload=json.dumps(document).encode(), **kwargs)
-        return json.loads(reply["payload"].read())  # type: ignore[no-any-return]
+        return json.loads(reply["payload"].read())
 
     def add_command(
         self, thing: str, command_id: str, action: str, params: dict[str, Any] | None = None, *, ttl_ms: int = 60_000

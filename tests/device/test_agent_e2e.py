@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from iotbridge_contract.commands import COMMANDS_SHADOW
 from iotbridge_pi.handlers import Action, default_registry
 from iotbridge_pi.model import DeviceModel
@@ -204,3 +206,20 @@ def test_outcome_history_stays_bounded(start_agent: Callable[..., RunningAgent],
     assert len(reported) == 16
     assert "p19" in reported and "p00" not in reported
     assert shadows.get("pi-1", COMMANDS_SHADOW)["state"].get("desired") in (None, {})
+
+
+def test_a_device_that_started_before_the_shadow_service_still_gets_its_commands(
+    start_agent: Callable[..., RunningAgent], request: pytest.FixtureRequest
+) -> None:
+    # GIVEN a device whose first shadow reads went unanswered (the shadow service was not up yet)
+    handle = start_agent("pi-1")
+    session = handle.agent.session
+    wait_for(lambda: session._get_retry, "the device to have asked for its shadows")
+
+    # WHEN the shadow service comes up and a command is queued
+    shadows: Shadows = request.getfixturevalue("shadows")
+    shadows.add_command("pi-1", "late-1", "ping")
+
+    # THEN the device asks again, syncs, and answers the command
+    assert shadows.outcome("pi-1", "late-1")["state"] == "SUCCEEDED"
+    wait_for(lambda: shadows.reported("pi-1").get("actions"), "actions advertised")

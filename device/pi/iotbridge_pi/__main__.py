@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except agent_config.ConfigError as exc:
         print(f"iotbridge-pi: {exc}", file=sys.stderr)
         return 2
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     agent = Agent(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 MISC_PERIOD_S = 1.0  # keepalive pings and timeouts; keepalive itself is tens of seconds
 MAX_WAIT_S = 0.5  # the longest a stop request waits to be noticed
+# paho connects (TCP + TLS handshake) blocking, ~10 ms each with mutual TLS here;
+# a bounded number per pass keeps established connections served meanwhile.
+CONNECTS_PER_PASS = 16
+CONNECT_RETRY_S = 0.005
 
 
 class Pumped(Protocol):
@@ -62,6 +66,7 @@ class Pump:
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._from_threads: collections.deque[Pumped | None] = collections.deque()
+        self._connect_budget = CONNECTS_PER_PASS
 
     # -- wiring, called by sessions ------------------------------------------
 
@@ -111,6 +116,13 @@ class Pump:
         with contextlib.suppress(OSError):  # a full pipe: a wake-up is already pending
             self._wake_w.send(b"\0")
 
+    def may_connect(self) -> bool:
+        """A session asks before a (blocking) connect; False: try again a moment later."""
+        if self._connect_budget <= 0:
+            return False
+        self._connect_budget -= 1
+        return True
+
     @property
     def open_connections(self) -> int:
         return len(self._clients)
@@ -155,6 +167,7 @@ class Pump:
                 del self._due[session]
                 self._ready.add(session)
         ready, self._ready = self._ready, set()
+        self._connect_budget = CONNECTS_PER_PASS
         for session in ready:
             try:
                 nxt = session.step(now)

@@ -26,6 +26,7 @@ from iotbridge_pi.executed_log import ExecutedLog
 from iotbridge_pi.handlers import Action, Registry
 from iotbridge_pi.model import DESIRED_SPECS, DeviceModel
 from iotbridge_pi.protocol import Command, CommandCore, Plan, desired_changes, wall_ms
+from iotbridge_pi.pump import CONNECT_RETRY_S
 from iotbridge_pi.runner import Job
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 MIN_TELEMETRY_GAP_S = 1.0  # AWS allows 20 shadow requests/s per thing; telemetry takes at most one
 REBOOT_DOWNTIME_S = 1.0  # a simulated reboot stays off the network this long
 RESYNC_DELAY_S = 1.0  # after a throttled or failed shadow update
+# A get that is never answered (the shadow service was down, the reply was lost)
+# is asked again: until one is answered the device has no service clock and
+# ignores command deltas, so it must not wait forever.
+GET_RETRY_S = (2.0, 60.0)  # first retry after, cap
 
 Starter = Callable[[Action, DeviceModel, dict[str, Any]], Job]
 
@@ -92,6 +97,7 @@ class DeviceSession:
         client = make_client(self.thing, self.endpoint, clean_session=False)
         # The will is retained so a dashboard that subscribes later still sees it.
         client.will_set(status_topic(self.thing), offline, qos=1, retain=True)
+        client.enable_logger(logging.getLogger("iotbridge_pi.mqtt"))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -133,6 +139,7 @@ class DeviceSession:
         self._last_telemetry = 0.0
         self._reboot_at: float | None = None
         self._resync_at: float | None = None
+        self._get_retry: dict[str | None, tuple[float, float]] = {}  # shadow -> (when, current wait)
         self._stopping = False
 
     def busy(self) -> bool:
@@ -148,7 +155,10 @@ class DeviceSession:
             return None
         if not self.connected:
             if self._pending_connect() and now >= self._next_connect:
-                self._connect(now)
+                if self._pump is None or self._pump.may_connect():
+                    self._connect(now)
+                else:
+                    self._next_connect = now + CONNECT_RETRY_S
             return self._next_wake(now)
         if self._reboot_at is not None and now >= self._reboot_at:
             self._reboot()
@@ -157,6 +167,10 @@ class DeviceSession:
         if self._resync_at is not None and now >= self._resync_at:
             self._resync_at = None
             self._get(COMMANDS_SHADOW)
+        for shadow, (when, wait) in list(self._get_retry.items()):
+            if now >= when:
+                log.info("%s: no answer to get of the %s shadow; asking again", self.thing, shadow or "classic")
+                self._get(shadow, wait=min(wait * 2, GET_RETRY_S[1]))
         if self._telemetry_due is not None and now >= self._telemetry_due:
             self._publish_telemetry(now)
         return self._next_wake(now)
@@ -175,6 +189,7 @@ class DeviceSession:
         for t in (self._telemetry_due, self._reboot_at, self._resync_at):
             if t is not None:
                 times.append(t)
+        times.extend(when for when, _ in self._get_retry.values())
         return min(times) if times else None
 
     def _connect(self, now: float) -> None:
@@ -199,6 +214,7 @@ class DeviceSession:
             was = self.connected
             self.connected = False
             self._sub_mid = None
+            self._get_retry.clear()  # every connect asks afresh
             if self._reboot_at is None:
                 delay = self._backoff.next_delay()
                 self._next_connect = max(self._next_connect, now + delay)
@@ -224,7 +240,8 @@ class DeviceSession:
                 subs.append((topics.shadow_topic(self.thing, op, reply, shadow=shadow), 1))
         _, self._sub_mid = self.client.subscribe(subs)
 
-    def _get(self, shadow: str | None) -> None:
+    def _get(self, shadow: str | None, *, wait: float = GET_RETRY_S[0]) -> None:
+        self._get_retry[shadow] = (time.monotonic() + wait, wait)
         self.client.publish(topics.shadow_topic(self.thing, "get", shadow=shadow), b"{}", qos=1)
 
     def _update(self, shadow: str | None, document: dict[str, Any]) -> None:
@@ -245,6 +262,9 @@ class DeviceSession:
         if not isinstance(doc, dict):
             return
         what = (parsed.operation, parsed.reply)
+        log.debug("%s: %s %s %s", self.thing, parsed.shadow or "classic", what, doc)
+        if what == ("get", "accepted") or (what == ("get", "rejected") and doc.get("code") == 404):
+            self._get_retry.pop(parsed.shadow, None)  # answered; other rejections (429, 500) are asked again
         if parsed.shadow == COMMANDS_SHADOW:
             if what == ("get", "accepted"):
                 self._act_on(self.core.on_get_accepted(doc))
@@ -299,6 +319,7 @@ class DeviceSession:
     # -- commands ------------------------------------------------------------
 
     def _act_on(self, plan: Plan) -> None:
+        log.debug("%s: run %s, answer %s", self.thing, [c.id for c in plan.run], sorted(plan.report))
         if plan.report:
             self._update(COMMANDS_SHADOW, self.core.report_update(plan.report))
         self._queue.extend(plan.run)
