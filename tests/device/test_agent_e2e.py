@@ -102,9 +102,7 @@ def test_commands_queued_while_offline_run_on_connect_and_expired_ones_do_not(
     assert handle.agent.device.relay is False
 
 
-def test_desired_state_is_applied_when_the_device_comes_back(
-    start_agent: Callable[..., RunningAgent], shadows: Shadows
-) -> None:
+def test_desired_state_is_applied_when_the_device_comes_back(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
     # GIVEN a device that is off while someone sets desired relay on
     shadows.update("pi-1", {"state": {"desired": {"relay": True, "interval": 30}}})
 
@@ -121,9 +119,7 @@ def test_desired_state_is_applied_when_the_device_comes_back(
     wait_for(lambda: shadows.reported("pi-1").get("led") == "on", "led reported on")
 
 
-def test_a_command_does_not_run_twice_across_an_agent_restart(
-    start_agent: Callable[..., RunningAgent], shadows: Shadows
-) -> None:
+def test_a_command_does_not_run_twice_across_an_agent_restart(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
     # GIVEN a device that toggled its LED for command t1, then stopped
     first = start_agent("pi-1")
     shadows.add_command("pi-1", "t1", "led", {"state": "toggle"})
@@ -140,9 +136,7 @@ def test_a_command_does_not_run_twice_across_an_agent_restart(
     assert second.agent.session.commands_run == 0
 
 
-def test_reboot_answers_first_then_reconnects_with_its_log(
-    start_agent: Callable[..., RunningAgent], shadows: Shadows
-) -> None:
+def test_reboot_answers_first_then_reconnects_with_its_log(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
     # GIVEN a connected device
     handle = start_agent("pi-1")
 
@@ -159,9 +153,7 @@ def test_reboot_answers_first_then_reconnects_with_its_log(
     assert session.commands_run == 2
 
 
-def test_slow_and_failing_handlers_are_timed_out_and_failed(
-    start_agent: Callable[..., RunningAgent], shadows: Shadows
-) -> None:
+def test_slow_and_failing_handlers_are_timed_out_and_failed(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
     # GIVEN a device with a handler that hangs past its deadline and one that raises
     release = threading.Event()
 

@@ -138,4 +138,3 @@ def test_a_bad_config_file_is_refused_with_a_message(tmp_path: Path) -> None:
     # THEN it exits 2 naming the problem
     assert result.returncode == 2
     assert "host" in result.stderr
-

@@ -31,15 +31,11 @@ def make_core(state_dir: Path, monotonic: FakeMonotonic | None = None, *, synced
     if synced:  # a connected device has read its shadow (get/accepted) once since connecting
         clock.observe({"timestamp": SERVICE_NOW_S})
     # The device's own clock is deliberately far off: expiry must not depend on it.
-    return CommandCore(
-        ExecutedLog(state_dir), default_registry().advertisement(), clock_ms=lambda: 5, service_clock=clock
-    )
+    return CommandCore(ExecutedLog(state_dir), default_registry().advertisement(), clock_ms=lambda: 5, service_clock=clock)
 
 
 def cmd(action: str, params: dict[str, Any] | None = None, *, ttl_ms: int = 60_000, issued: int = 0) -> dict[str, Any]:
-    return pending_entry(
-        action, params or {}, issued_at=SERVICE_NOW_MS + issued, expires_at=SERVICE_NOW_MS + ttl_ms
-    )
+    return pending_entry(action, params or {}, issued_at=SERVICE_NOW_MS + issued, expires_at=SERVICE_NOW_MS + ttl_ms)
 
 
 def delta(commands: dict[str, Any], *, timestamp: int = SERVICE_NOW_S) -> dict[str, Any]:
@@ -262,7 +258,5 @@ def test_a_stale_queued_delta_before_the_first_get_runs_nothing(tmp_path: Path) 
     # THEN nothing is judged on its stale clock
     assert early.run == [] and early.report == {}
     # AND the fresh get/accepted (service time now, an hour later) finds the command expired: it never runs
-    plan = core.on_get_accepted(
-        get_accepted({"c1": cmd("led", {"state": "off"}, ttl_ms=1_000)}, {}, timestamp=SERVICE_NOW_S + 5)
-    )
+    plan = core.on_get_accepted(get_accepted({"c1": cmd("led", {"state": "off"}, ttl_ms=1_000)}, {}, timestamp=SERVICE_NOW_S + 5))
     assert plan.run == [] and plan.report["c1"]["state"] == "EXPIRED"

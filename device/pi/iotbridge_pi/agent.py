@@ -1,7 +1,7 @@
 """The Raspberry Pi agent: one device session on one selector loop.
 
-    agent = Agent(AgentConfig(...))       # or Agent(config.load(path))
-    agent.run_forever()                   # until agent.stop() (any thread) or SIGTERM via main()
+agent = Agent(AgentConfig(...))       # or Agent(config.load(path))
+agent.run_forever()                   # until agent.stop() (any thread) or SIGTERM via main()
 """
 
 from __future__ import annotations

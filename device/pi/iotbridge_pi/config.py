@@ -1,25 +1,25 @@
 """The agent's configuration: a TOML file (`agent.toml`) or an `AgentConfig` built in code.
 
-    thing = "pi-kitchen"
-    host = "abc123-ats.iot.eu-west-1.amazonaws.com"
-    port = 8883                 # or 443: ALPN x-amzn-mqtt-ca is then used
-    state_dir = "/var/lib/iotbridge-pi"
-    telemetry_interval = 60     # seconds
-    hardware = "auto"           # auto | gpio | simulated
-    reboot = "system"           # system (systemctl reboot) | simulated
+thing = "pi-kitchen"
+host = "abc123-ats.iot.eu-west-1.amazonaws.com"
+port = 8883                 # or 443: ALPN x-amzn-mqtt-ca is then used
+state_dir = "/var/lib/iotbridge-pi"
+telemetry_interval = 60     # seconds
+hardware = "auto"           # auto | gpio | simulated
+reboot = "system"           # system (systemctl reboot) | simulated
 
-    [tls]                       # mutual TLS (AWS IoT, or the local stack's 8883)
-    ca = "/etc/iotbridge-pi/AmazonRootCA1.pem"
-    cert = "/etc/iotbridge-pi/device.pem.crt"
-    key = "/etc/iotbridge-pi/private.pem.key"
+[tls]                       # mutual TLS (AWS IoT, or the local stack's 8883)
+ca = "/etc/iotbridge-pi/AmazonRootCA1.pem"
+cert = "/etc/iotbridge-pi/device.pem.crt"
+key = "/etc/iotbridge-pi/private.pem.key"
 
-    [auth]                      # or: plain MQTT with a username (a local stack without TLS)
-    username = "pi-kitchen"
-    password = "…"
+[auth]                      # or: plain MQTT with a username (a local stack without TLS)
+username = "pi-kitchen"
+password = "…"
 
-    [pins]                      # BCM numbering
-    led = 17
-    relay = 27
+[pins]                      # BCM numbering
+led = 17
+relay = 27
 """
 
 from __future__ import annotations

@@ -157,9 +157,7 @@ class CommandCore:
             if logged.outcome is None:
                 # Started before a crash or reboot and never finished: it may have
                 # had an effect, so it is answered, never run a second time.
-                outcome = outcome_entry(
-                    CommandState.FAILED, logged.action, done_at=self.clock_ms(), error=INTERRUPTED
-                )
+                outcome = outcome_entry(CommandState.FAILED, logged.action, done_at=self.clock_ms(), error=INTERRUPTED)
                 self.log.finished(command_id, logged.action, outcome)
                 return outcome
             return logged.outcome
@@ -205,9 +203,7 @@ class CommandCore:
         self.log.started(command.id, command.action)  # durable before anything happens
         return None
 
-    def finish(
-        self, command: Command, state: CommandState, *, result: Any = None, error: str | None = None
-    ) -> dict[str, Any]:
+    def finish(self, command: Command, state: CommandState, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
         outcome = outcome_entry(state, command.action, done_at=self.clock_ms(), result=result, error=error)
         self.log.finished(command.id, command.action, outcome)
         self._claimed.discard(command.id)
@@ -227,9 +223,7 @@ class CommandCore:
         return {"state": {"desired": dict.fromkeys(outcomes), "reported": {**outcomes, **pruned}}}
 
 
-def desired_changes(
-    delta: dict[str, Any], specs: dict[str, str]
-) -> tuple[dict[str, Any], dict[str, str]]:
+def desired_changes(delta: dict[str, Any], specs: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Split a classic shadow delta into the known keys to apply and the refused ones (with why)."""
     apply: dict[str, Any] = {}
     refused: dict[str, str] = {}
