@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from iotbridge_local.config import StackConfig
 from iotbridge_local.stack import LocalStack
+from tests.faults.harness import start_stack
 
 SOAK = os.environ.get("IOTBRIDGE_SOAK") == "1"
 COMMANDS = 1_000 if SOAK else 30  # per stream scenario, split over its devices
@@ -22,9 +22,12 @@ FAULT_EVERY = 50 if SOAK else 5  # settled commands (of the first device) betwee
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    with LocalStack(StackConfig.free(tmp_path / "stack", devices=2)) as running:
+    running = start_stack(tmp_path, devices=2)
+    try:
         running.wait_devices_ready(timeout=60)
         yield running
+    finally:
+        running.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

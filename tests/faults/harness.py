@@ -298,3 +298,22 @@ def wait_terminal(stack: LocalStack, thing: str, cid: str, *, timeout: float = 3
 
     view: dict[str, Any] = wait_until(terminal, timeout=timeout, what=f"{thing}/{cid} terminal")
     return view
+
+
+def start_stack(data_dir: Path, *, devices: int, prewarm: int = 1, attempts: int = 3) -> LocalStack:
+    """A started stack on free ports. Free ports are picked before they are bound, so on a busy
+    machine another process can take one in between: then start again on new ports."""
+    import errno
+
+    from iotbridge_local.broker import BrokerError
+    from iotbridge_local.config import StackConfig
+
+    for attempt in range(1, attempts + 1):
+        stack = LocalStack(StackConfig.free(data_dir / f"stack{attempt}", devices=devices), prewarm=prewarm)
+        try:
+            return stack.start()
+        except (OSError, BrokerError) as exc:
+            port_taken = isinstance(exc, BrokerError) or getattr(exc, "errno", None) == errno.EADDRINUSE
+            if not port_taken or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
