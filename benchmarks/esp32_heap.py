@@ -21,7 +21,7 @@ DEFAULTS = {"commands": 100, "low": 16, "high": 64, "timeout_s": 1200}
 SMOKE = {"commands": 3, "low": 0, "high": 64, "timeout_s": 300}  # low 0: one size only (--only high)
 
 VERDICT = re.compile(r"^(\d+)k: (pass|FAIL)")
-SMALLEST = re.compile(r"smallest heap that completed (\d+) commands: (\d+) KB")
+SMALLEST = re.compile(r"smallest heap that completed (\d+) commands[^:]*: (\d+) KB")
 
 
 def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
