@@ -11,7 +11,7 @@ import random
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -37,7 +37,8 @@ class Endpoint:
 
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    raw = getattr(sock, "_sock", sock)  # paho wraps websockets; plain and TLS sockets take it directly
+    # Plain and TLS sockets take the option directly; paho 2.x's WebSocket wrapper keeps its socket in `_socket`.
+    raw = getattr(sock, "_socket", None) or sock
     with contextlib.suppress(OSError, AttributeError):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -48,6 +49,7 @@ def make_client(
     *,
     clean_session: bool = True,
     will: tuple[str, bytes, int] | None = None,
+    transport: Literal["tcp", "websockets"] = "tcp",
 ) -> mqtt.Client:
     """A configured, not yet connected, MQTT 3.1.1 client."""
     import paho.mqtt.client as mqtt
@@ -57,6 +59,7 @@ def make_client(
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
+        transport=transport,
     )
     client.on_socket_open = _nodelay
     # Unbounded in-flight/queue: a slow consumer must not make paho drop QoS 1.
