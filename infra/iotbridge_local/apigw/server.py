@@ -25,8 +25,9 @@ MAX_PAYLOAD = 10 * 1024 * 1024
 class ApiGateway:
     def __init__(
         self, *, port: int, api_key: str | None, environments: Environments, cors_origin: str | None = None,
-        host: str = "127.0.0.1",
+        host: str = "127.0.0.1", integration_timeout_s: float = INTEGRATION_TIMEOUT_S,
     ) -> None:  # fmt: skip
+        self.integration_timeout_s = integration_timeout_s
         self.environments = environments
         self.api_key = api_key
         self.cors_origin = cors_origin
@@ -87,7 +88,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         event = build_event(self.command, self.path, headers=list(self.headers.items()), body=body, api_key=key)
         try:
-            result = self.gateway.environments.invoke(event, wait_s=INTEGRATION_TIMEOUT_S)
+            result = self.gateway.environments.invoke(event, wait_s=self.gateway.integration_timeout_s)
         except TimeoutError:
             self._gateway_error(504, "Endpoint request timed out", "InternalServerErrorException", "INTEGRATION_TIMEOUT")
             return

@@ -1,0 +1,122 @@
+"""The local API Gateway: what the function receives, and what API Gateway itself answers."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iotbridge_local.apigw.environments import Environments
+from iotbridge_local.apigw.server import ApiGateway
+from iotbridge_local.config import free_port
+from iotbridge_local.stack import function_timeout_s
+
+KEY = "k-123"
+
+
+@pytest.fixture
+def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, str]]:
+    handler, timeout_s, integration_s = getattr(request, "param", ("echo", 30.0, 29.0))
+    port = free_port()
+    environments = Environments(handler=f"tests.apigw.handlers.{handler}", env={}, timeout_s=timeout_s, log=tmp_path / "api.log")
+    api = ApiGateway(port=port, api_key=KEY, environments=environments, cors_origin="http://dash.local",
+                     integration_timeout_s=integration_s)  # fmt: skip
+    api.start()
+    try:
+        yield port, handler
+    finally:
+        api.stop()
+
+
+def _request(port: int, method: str, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=body, headers={"x-api-key": KEY, **(headers or {})})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+def test_the_function_gets_a_rest_proxy_event(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    # WHEN a request with a query string, repeated headers and a JSON body arrives
+    status, _, data = _request(port, "POST", "/devices/d-1/commands?x=1&x=2&y=%2B", body=b'{"a": 1}',
+                               headers={"Content-Type": "application/json", "X-Multi": "one"})  # fmt: skip
+    event = json.loads(data)["event"]
+    # THEN it has the fields API Gateway's proxy integration gives it
+    assert status == 200
+    assert event["httpMethod"] == "POST" and event["path"] == "/devices/d-1/commands"
+    assert event["resource"] == "/{proxy+}" and event["pathParameters"] == {"proxy": "devices/d-1/commands"}
+    assert event["queryStringParameters"] == {"x": "2", "y": "+"}
+    assert event["multiValueQueryStringParameters"] == {"x": ["1", "2"], "y": ["+"]}
+    assert event["multiValueHeaders"]["X-Multi"] == ["one"] and event["headers"]["X-Multi"] == "one"
+    assert event["body"] == '{"a": 1}' and event["isBase64Encoded"] is False
+    context = event["requestContext"]
+    assert context["requestId"] and context["identity"]["apiKey"] == KEY and context["stage"] == "Prod"
+
+
+def test_binary_bodies_arrive_base64_encoded(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    raw = bytes(range(256))
+    _, _, data = _request(port, "POST", "/x", body=raw, headers={"Content-Type": "application/octet-stream"})
+    event = json.loads(data)["event"]
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == raw
+
+
+def test_missing_or_wrong_key_is_refused_before_the_function(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    for headers in ({"x-api-key": ""}, {"x-api-key": "nope"}):
+        status, response_headers, data = _request(port, "GET", "/devices", headers=headers)
+        assert status == 403 and json.loads(data) == {"code": "INVALID_API_KEY", "message": "Forbidden"}
+        assert response_headers["access-control-allow-origin"] == "http://dash.local"
+
+
+def test_remaining_time_follows_the_functions_timeout(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    _, _, data = _request(port, "GET", "/")
+    remaining = json.loads(data)["remainingMs"]
+    assert 29_000 < remaining <= 30_000  # the fixture's 30 s Timeout
+
+
+def test_the_stack_takes_the_timeout_from_the_template(tmp_path: Path) -> None:
+    template = tmp_path / "template.yaml"
+    template.write_text("Globals:\n  Function:\n    Runtime: python3.11\n    Timeout: 17\n")
+    assert function_timeout_s(template) == 17
+    assert function_timeout_s(tmp_path / "missing.yaml") == 30
+
+
+@pytest.mark.parametrize("gateway", [("slow", 30.0, 29.0)], indirect=True)
+def test_concurrent_requests_run_in_separate_environments(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    pids: list[int] = []
+
+    def one() -> None:
+        pids.append(json.loads(_request(port, "GET", "/?s=0.5")[2])["pid"])
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(pids)) == 3  # one request at a time per environment, as on Lambda
+
+
+@pytest.mark.parametrize("gateway", [("slow", 30.0, 0.3)], indirect=True)
+def test_integration_timeout_is_answered_as_api_gateway_does(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    status, _, data = _request(port, "GET", "/?s=2")
+    assert status == 504 and json.loads(data)["code"] == "INTEGRATION_TIMEOUT"
+    status, _, _ = _request(port, "GET", "/?s=0")  # a fresh environment replaces the stopped one
+    assert status == 200
+
+
+@pytest.mark.parametrize("gateway", [("crash", 30.0, 29.0)], indirect=True)
+def test_a_crashing_function_is_a_502_not_a_hang(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    status, _, data = _request(port, "GET", "/")
+    assert status == 502 and json.loads(data) == {"code": "DEFAULT_5XX", "message": "Internal server error"}
