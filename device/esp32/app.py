@@ -29,14 +29,13 @@ from protocol import (
     blank,
     check_params,
     history_ids,
+    next_command,
     outcome,
-    pending_commands,
     shadow_topic,
 )
 
 VERSION = "0.1.0"
 _INBOX_MAX = const(4)  # recorded messages awaiting the loop; beyond this we re-read the shadows
-_MAX_QUEUE = const(16)  # pending commands held (the API allows 10)
 _RECENT = const(16)  # ids reported on this connection, not re-queued from a stale delta
 _BACKOFF_MS = const(500)
 _BACKOFF_CAP_MS = const(30000)
@@ -72,10 +71,14 @@ class Firmware:
         self.device = Device(cfg["pins"])
         self.ledger = Ledger(cfg["state"])
         self.inbox = []  # (topic, payload) recorded by the callback
-        self.queue = []  # (id, entry): pending commands, run one at a time
-        self.recent = []  # ids reported on this connection (see _enqueue)
+        # Pending commands: the latest commands delta (or get) as parsed, {id: entry}.
+        # A delta holds the whole pending set, so each one replaces the last wholesale
+        # and the old document is freed in one piece (no scattered survivors to
+        # fragment a small heap). Run one at a time, oldest issuedAt first.
+        self.pending = {}
+        self.recent = []  # ids reported on this connection (see _take)
         self.history = []  # ids of the outcomes in the commands shadow, oldest first
-        self.resync = False  # the inbox or queue overflowed: read the shadows again
+        self.resync = False  # the inbox overflowed or the clock is unknown: read the shadows again
         # The shadow service's clock: last document `timestamp` (ms) and our ticks then.
         # An ESP32 has no RTC; expiry is decided on the service's time.
         self.svc_ms = 0
@@ -134,6 +137,7 @@ class Firmware:
             self.client.close()
             self.inbox = []
             self.recent = []
+            self.pending = {}  # the get after the reconnect lists them again
             ceiling = min(_BACKOFF_CAP_MS, _BACKOFF_MS << min(attempt, 6))
             attempt += 1
             # Half fixed, half random: a fleet that lost its broker does not return in lockstep.
@@ -169,7 +173,7 @@ class Firmware:
     def _serve(self):
         c = self.client
         while True:
-            c.check_msg(0 if (self.queue or self.inbox) else 200)
+            c.check_msg(0 if (self.pending or self.inbox) else 200)
             while len(self.inbox) < _INBOX_MAX and c.check_msg(0):
                 pass
             while self.inbox:
@@ -177,9 +181,9 @@ class Firmware:
                 self._handle(topic, payload)
                 del payload
                 gc.collect()
-            if self.resync and not self.queue:
+            if self.resync and not self.pending:
                 self._request_shadows()
-            if self.queue:
+            if self.pending:
                 self._run_next()
                 gc.collect()
             self._tick()
@@ -223,12 +227,13 @@ class Firmware:
             return
         if topic == self.c_delta:
             if self.svc_ms:
-                self._enqueue(state, False)
+                self._take(state, False)
             else:
                 self.resync = True  # no trusted clock yet: the get lists these too
         elif topic == self.c_got:
             self.history = history_ids(state.get("reported"))
-            self._enqueue(state.get("delta"), True)
+            delta = state.get("delta")
+            self._take(delta if isinstance(delta, dict) else {}, True)
         elif topic == self.t_delta:
             self._apply(state)
         elif topic == self.t_got and isinstance(state.get("delta"), dict):
@@ -241,23 +246,24 @@ class Firmware:
             self._report({k: now[k] for k in applied})
             log("applied", ",".join(applied))
 
-    def _enqueue(self, section, authoritative):
-        for cid, entry in pending_commands(section):
-            if any(q[0] == cid for q in self.queue):
-                continue  # already waiting: a repeated delta or a redelivery
-            if not authoritative and cid in self.recent:
-                # A delta published before our outcome update landed still lists it.
-                # A get (after every connect) is authoritative: if it still lists an
-                # id, our update was lost, and the logged outcome is sent again.
-                continue
-            if len(self.queue) >= _MAX_QUEUE:
-                self.resync = True  # the rest comes back with the next get
-                return
-            self.queue.append((cid, entry))
+    def _take(self, pending, authoritative):
+        """Make `pending` (a whole delta) the set of commands to run."""
+        if not authoritative:
+            # A delta published before our outcome update landed still lists it.
+            # A get (after every connect) is authoritative: if it still lists an
+            # id, our update was lost, and the logged outcome is sent again.
+            for cid in self.recent:
+                if cid in pending:
+                    del pending[cid]
+        self.pending = pending
 
     # -- commands ------------------------------------------------------------------
     def _run_next(self):
-        cid, entry = self.queue.pop(0)
+        nxt = next_command(self.pending)
+        if nxt is None:
+            return
+        cid, entry = nxt
+        del self.pending[cid]
         out = self.ledger.get(cid)
         if out is None:
             before = self.device.state()

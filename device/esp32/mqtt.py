@@ -88,13 +88,16 @@ class MQTTClient:
         self.cb = None
         self.will = None
         self.pid = 0
-        self.last_io = 0  # ticks_ms of the last packet we sent (when to _PINGREQ)
+        self.last_io = 0  # ticks_ms of the last packet we sent (when to PINGREQ)
         self.last_rx = 0  # ticks_ms of the last packet we received (is the broker alive?)
         self.recent = []  # packet ids of acknowledged incoming QoS 1 publishes
         self.oversize = 0
+        self._b2 = bytearray(2)  # scratch for header bytes and packet ids: no allocation per packet
+        self._v1 = memoryview(self._b2)[:1]
+        self._v2 = memoryview(self._b2)
 
     def set_callback(self, cb):
-        """cb(topic: str, payload: bytearray) for every incoming _PUBLISH."""
+        """cb(topic: str, payload: bytearray) for every incoming PUBLISH."""
         self.cb = cb
 
     def set_last_will(self, topic, msg, retain=False, qos=0):
@@ -131,26 +134,40 @@ class MQTTClient:
         pkt += body
         self._send(pkt)
 
-    def _read(self, n):
-        buf = bytearray(n)
-        view = memoryview(buf)
+    def _fill(self, view):
         got = 0
+        n = len(view)
         while got < n:
-            k = self.sock.readinto(view[got:])
+            k = self.sock.readinto(view[got:] if got else view)
             if not k:
                 raise MQTTError("connection closed")
             got += k
+
+    def _read(self, n):
+        buf = bytearray(n)
+        self._fill(memoryview(buf))
         return buf
 
+    def _byte(self):
+        self._fill(self._v1)
+        return self._b2[0]
+
+    def _u16(self):
+        self._fill(self._v2)
+        return self._b2[0] << 8 | self._b2[1]
+
     def _skip(self, n):
+        buf = memoryview(bytearray(min(n, 128)))
         while n:
-            n -= len(self._read(min(n, 256)))
+            k = min(n, len(buf))
+            self._fill(buf[:k])
+            n -= k
 
     def _read_len(self):
         n = 0
         shift = 0
         while True:
-            b = self._read(1)[0]
+            b = self._byte()
             n |= (b & 0x7F) << shift
             if not b & 0x80:
                 return n
@@ -176,8 +193,8 @@ class MQTTClient:
                 payload += _str(self.password)
         body = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", self.keepalive) + payload
         self._packet(_CONNECT, body)
-        if self._read(1)[0] != _CONNACK or self._read_len() != 2:
-            raise MQTTError("expected _CONNACK")
+        if self._byte() != _CONNACK or self._read_len() != 2:
+            raise MQTTError("expected CONNACK")
         ack = self._read(2)
         self.last_rx = ticks_ms()
         if ack[1] != 0:
@@ -206,24 +223,36 @@ class MQTTClient:
 
     # -- operations ----------------------------------------------------------
     def publish(self, topic, msg, retain=False, qos=0):
+        """msg: bytes, bytearray or str (sent as its UTF-8 bytes, without a copy)."""
         if isinstance(msg, str):
-            msg = msg.encode()
-        head = _str(topic)
+            msg = memoryview(msg)
+        t = memoryview(topic) if isinstance(topic, str) else topic
+        tl = len(t)
+        rem = 2 + tl + (2 if qos else 0) + len(msg)
+        enc = _encode_len(rem)
+        # One allocation of the exact packet size: no growing buffer, no extra copies.
+        pkt = bytearray(1 + len(enc) + rem)
+        pkt[0] = _PUBLISH | (qos << 1) | (1 if retain else 0)
+        i = 1 + len(enc)
+        pkt[1:i] = enc
+        pkt[i] = tl >> 8
+        pkt[i + 1] = tl & 0xFF
+        pkt[i + 2:i + 2 + tl] = t
+        i += 2 + tl
         pid = 0
         if qos:
             pid = self._next_pid()
-            head += struct.pack("!H", pid)
-        pkt = bytearray([_PUBLISH | (qos << 1) | (1 if retain else 0)])
-        pkt += _encode_len(len(head) + len(msg))
-        pkt += head
-        pkt += msg
+            pkt[i] = pid >> 8
+            pkt[i + 1] = pid & 0xFF
+            i += 2
+        pkt[i:] = msg
         self._send(pkt)
         del pkt
         if qos:
             self._wait_for(_PUBACK, pid)
 
     def subscribe(self, topics, qos=1):
-        """Subscribe to one filter or a list of filters in one packet; waits for _SUBACK."""
+        """Subscribe to one filter or a list of filters in one packet; waits for SUBACK."""
         if isinstance(topics, str):
             topics = [topics]
         pid = self._next_pid()
@@ -258,14 +287,16 @@ class MQTTClient:
             raise MQTTError("not connected")
         if not self._poll.poll(timeout_ms):
             return None
-        first = self._read(1)[0]
+        first = self._byte()
         n = self._read_len()
         self.last_rx = ticks_ms()
         kind = first & 0xF0
         if kind == _PUBLISH:
             self._on_publish(first, n)
             return (_PUBLISH, 0, None)
-        if kind in (_PUBACK, _SUBACK):
+        if kind == _PUBACK and n == 2:
+            return (kind, self._u16(), None)
+        if kind == _SUBACK:
             body = self._read(n)
             return (kind, (body[0] << 8) | body[1], body[2:])
         if kind == _PINGRESP:
@@ -275,12 +306,12 @@ class MQTTClient:
 
     def _on_publish(self, first, n):
         qos = (first >> 1) & 3
-        tlen = struct.unpack("!H", self._read(2))[0]
+        tlen = self._u16()
         topic = str(self._read(tlen), "utf-8")
         n -= 2 + tlen
         pid = 0
         if qos:
-            pid = struct.unpack("!H", self._read(2))[0]
+            pid = self._u16()
             n -= 2
         duplicate = qos and (first & 0x08) and pid in self.recent
         if n > self.max_packet:

@@ -86,20 +86,20 @@ def outcome(state, action, done_at, result=None, error=None):
     return entry
 
 
-def _issued(item):
-    t = item[1].get("issuedAt")
-    return t if isinstance(t, int) else 0
-
-
-def pending_commands(section):
-    """[(id, entry)] of a delta section, oldest issuedAt first; malformed entries left out."""
-    out = []
-    if isinstance(section, dict):
-        for cid in section:
-            if valid_command_id(cid) and isinstance(section[cid], dict):
-                out.append((cid, section[cid]))
-    out.sort(key=_issued)
-    return out
+def next_command(pending):
+    """The pending command issued first, as (id, entry), or None; drops malformed entries."""
+    best = None
+    first = 0
+    for cid in list(pending):
+        entry = pending[cid]
+        if not (valid_command_id(cid) and isinstance(entry, dict)):
+            del pending[cid]
+            continue
+        t = entry.get("issuedAt")
+        t = t if isinstance(t, int) else 0
+        if best is None or t < first:
+            best, first = cid, t
+    return None if best is None else (best, pending[best])
 
 
 def history_ids(reported):

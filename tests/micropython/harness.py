@@ -115,6 +115,7 @@ class ShadowPeer:
         self.thing = thing
         self.clock_s = clock_s
         self.pending: dict[str, dict[str, Any]] = {}
+        self.desired: dict[str, Any] = {}  # classic shadow
         self.commands_get = topics.shadow_topic(thing, "get", shadow=COMMANDS_SHADOW)
         self.commands_update = topics.shadow_topic(thing, "update", shadow=COMMANDS_SHADOW)
         self.classic_update = topics.shadow_topic(thing, "update")
@@ -129,21 +130,23 @@ class ShadowPeer:
         self._subscribed = threading.Event()
         self.client = make_client(f"iotbridge.peer-{thing}", endpoint)
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda *a: self.client.subscribe(
-            [(self.commands_update, 1), (self.classic_update, 1), *((t, 1) for t in self.gets)]
-        )
+        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.connect(endpoint.host, endpoint.port)
         self.client.loop_start()
         if not self._subscribed.wait(5):
             raise AssertionError("peer could not subscribe")
 
+    def _on_connect(self, client: Any, *args: Any) -> None:
+        client.subscribe([(self.commands_update, 1), (self.classic_update, 1), *((t, 1) for t in self.gets)])
+
     def now_s(self) -> int:
         return int(time.time()) if self.clock_s is None else self.clock_s
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         if msg.topic in self.gets:  # stamped with the service's time
-            state = {"desired": self.pending, "delta": self.pending} if msg.topic == self.commands_get else {}
+            wanted = self.pending if msg.topic == self.commands_get else self.desired
+            state = {"desired": wanted, "delta": wanted} if wanted else {}
             reply = {"state": state, "metadata": {}, "version": 1, "timestamp": self.now_s()}
             client.publish(self.gets[msg.topic], json.dumps(reply), qos=1)
             return
@@ -161,7 +164,8 @@ class ShadowPeer:
         self.client.publish(topic, json.dumps(doc), qos=1).wait_for_publish(5)
 
     def send_desired(self, state: dict[str, Any]) -> None:
-        doc = {"version": 1, "timestamp": self.now_s(), "state": state}
+        self.desired.update(state)
+        doc = {"version": 1, "timestamp": self.now_s(), "state": self.desired}
         self.client.publish(topics.shadow_topic(self.thing, "update", "delta"), json.dumps(doc), qos=1)
 
     def next_outcome(self, timeout: float = 10.0) -> dict[str, Any]:

@@ -72,11 +72,20 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bo
                 wait_until(lambda c=cid: fw.alive() and outcome_in_shadow(iot, THING, c), cid, timeout=20)
             return fw.alive(), ""
         except AssertionError as e:
-            tail = "\n".join(fw.lines[-6:])
-            return False, f"{e}\n{tail}"
+            errors = [ln for ln in fw.lines if "Error" in ln]
+            state = "firmware died: " + errors[-1] if errors and not fw.alive() else "firmware alive (slow?)"
+            return False, f"{e}; {state}"
         finally:
             fw.stop()
             core.stop()
+
+
+def trials(n: int, heap_kb: int, commands: int, work: Path, image: Path, reconnect: bool) -> tuple[bool, str]:
+    for i in range(n):
+        ok, why = run_once(heap_kb, commands, work / f"t{i}", image, reconnect)
+        if not ok:
+            return False, why
+    return True, ""
 
 
 def main() -> int:
@@ -85,6 +94,7 @@ def main() -> int:
     ap.add_argument("--low", type=int, default=24, help="KB known (or assumed) to fail")
     ap.add_argument("--high", type=int, default=64, help="KB expected to pass")
     ap.add_argument("--only", type=int, help="try this one size (KB) and report")
+    ap.add_argument("--trials", type=int, default=1, help="runs per size; a size passes only if all pass")
     ap.add_argument("--no-reconnect", dest="reconnect", action="store_false",
                     help="only the N commands, without the reconnect to a full commands shadow")
     args = ap.parse_args()
@@ -92,18 +102,18 @@ def main() -> int:
         image = compile_firmware(Path(tmp) / "image")
         sizes = [args.only] if args.only else None
         if sizes:
-            ok, why = run_once(sizes[0], args.commands, Path(tmp) / "only", image, args.reconnect)
+            ok, why = trials(args.trials, sizes[0], args.commands, Path(tmp) / "only", image, args.reconnect)
             print(f"{sizes[0]}k: {'pass' if ok else 'FAIL'} {why}")
             return 0 if ok else 1
         lo, hi = args.low, args.high
-        ok, why = run_once(hi, args.commands, Path(tmp) / f"h{hi}", image, args.reconnect)
+        ok, why = trials(args.trials, hi, args.commands, Path(tmp) / f"h{hi}", image, args.reconnect)
         print(f"{hi}k: {'pass' if ok else 'FAIL'} {why}", flush=True)
         if not ok:
             return 1
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            ok, why = run_once(mid, args.commands, Path(tmp) / f"h{mid}", image, args.reconnect)
-            print(f"{mid}k: {'pass' if ok else 'FAIL'} {why.splitlines()[-1] if why else ''}", flush=True)
+            ok, why = trials(args.trials, mid, args.commands, Path(tmp) / f"h{mid}", image, args.reconnect)
+            print(f"{mid}k: {'pass' if ok else 'FAIL'} {why}", flush=True)
             lo, hi = (lo, mid) if ok else (mid, hi)
         what = " and the reconnect" if args.reconnect else ""
         print(f"smallest heap that completed {args.commands} commands{what}: {hi} KB")
