@@ -277,7 +277,9 @@ class DeviceSession:
         elif parsed.shadow is None:
             if what == ("get", "accepted"):
                 state = doc.get("state") or {}
-                self._apply_desired(state.get("delta") or {})
+                # All of desired, not the delta: the delta is against the reported state from
+                # before this (re)start, and a rebooted device's hardware may no longer match it.
+                self._apply_desired(state.get("desired") or {})
                 self._report_full_state(now)
             elif what == ("get", "rejected"):
                 self._report_full_state(now)  # 404: a new device; its shadow starts here
