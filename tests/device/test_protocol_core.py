@@ -27,11 +27,18 @@ class FakeMonotonic:
 
 
 def make_core(state_dir: Path, monotonic: FakeMonotonic | None = None, *, synced: bool = True) -> CommandCore:
-    clock = ServiceClock(monotonic or FakeMonotonic())
+    mono = monotonic or FakeMonotonic()
+    clock = ServiceClock(mono)
     if synced:  # a connected device has read its shadow (get/accepted) once since connecting
         clock.observe({"timestamp": SERVICE_NOW_S})
     # The device's own clock is deliberately far off: expiry must not depend on it.
-    return CommandCore(ExecutedLog(state_dir), default_registry().advertisement(), clock_ms=lambda: 5, service_clock=clock)
+    return CommandCore(
+        ExecutedLog(state_dir),
+        default_registry().advertisement(),
+        clock_ms=lambda: 5,
+        service_clock=clock,
+        monotonic=mono,
+    )
 
 
 def cmd(action: str, params: dict[str, Any] | None = None, *, ttl_ms: int = 60_000, issued: int = 0) -> dict[str, Any]:
@@ -260,3 +267,48 @@ def test_a_stale_queued_delta_before_the_first_get_runs_nothing(tmp_path: Path) 
     # AND the fresh get/accepted (service time now, an hour later) finds the command expired: it never runs
     plan = core.on_get_accepted(get_accepted({"c1": cmd("led", {"state": "off"}, ttl_ms=1_000)}, {}, timestamp=SERVICE_NOW_S + 5))
     assert plan.run == [] and plan.report["c1"]["state"] == "EXPIRED"
+
+
+def test_an_outcome_on_its_way_is_not_answered_again_until_acknowledged_or_presumed_lost(tmp_path: Path) -> None:
+    # GIVEN c1 done, its outcome update sent but not yet applied by the shadow
+    mono = FakeMonotonic()
+    core = make_core(tmp_path, mono)
+    plan = core.on_delta(delta({"c1": cmd("ping")}))
+    core.queue_report({"c1": core.finish(plan.run[0], CommandState.SUCCEEDED, result={"pong": True})})
+    update = core.take_update()
+    assert update is not None and update["state"]["desired"] == {"c1": None}
+
+    # WHEN the next delta (published before the shadow applied our update) still lists c1
+    crossing = core.on_delta(delta({"c1": cmd("ping"), "c2": cmd("ping", issued=1)}))
+
+    # THEN c1 is neither run nor answered again, while the new c2 is planned
+    assert crossing.report == {} and [c.id for c in crossing.run] == ["c2"]
+
+    # AND once the shadow acknowledged our update, a delta listing c1 again (re-added) is answered
+    assert core.on_update_answered({"clientToken": update["clientToken"], "version": 9})
+    assert "c1" in core.on_delta(delta({"c1": cmd("ping")})).report
+
+    # AND an update never acknowledged stops shielding its ids after a while (presumed lost)
+    logged = core.log.get("c1")
+    assert logged is not None and logged.outcome is not None
+    core.queue_report({"c1": logged.outcome})
+    core.take_update()
+    assert core.on_delta(delta({"c1": cmd("ping")})).report == {}
+    mono.t += 60
+    assert "c1" in core.on_delta(delta({"c1": cmd("ping")})).report
+
+
+def test_a_burst_of_outcomes_goes_out_in_updates_that_fit_the_history(tmp_path: Path) -> None:
+    # GIVEN more finished outcomes waiting than the shadow keeps
+    core = make_core(tmp_path)
+    core.queue_report({f"c{i:02d}": {"state": "SUCCEEDED", "action": "ping", "doneAt": i} for i in range(HISTORY + 4)})
+
+    # WHEN updates are taken until none is left
+    updates = []
+    while (update := core.take_update()) is not None:
+        updates.append(update)
+
+    # THEN no single update reports more than HISTORY outcomes, oldest first, and each has its own token
+    assert [len([v for v in u["state"]["reported"].values() if v]) for u in updates] == [HISTORY, 4]
+    assert "c00" in updates[0]["state"]["reported"]
+    assert len({u["clientToken"] for u in updates}) == 2

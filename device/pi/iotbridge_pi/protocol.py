@@ -19,6 +19,9 @@ from iotbridge_contract.commands import HISTORY, CommandState, is_expired, outco
 from iotbridge_pi.executed_log import ExecutedLog
 
 INTERRUPTED = "interrupted: the device restarted while it was running; not run again"
+# An outcome update not acknowledged (update/accepted with our clientToken) after
+# this long is presumed lost: a delta still listing its ids is answered again.
+IN_FLIGHT_S = 10.0
 
 
 def wall_ms() -> int:
@@ -91,6 +94,7 @@ class CommandCore:
         *,
         clock_ms: Callable[[], int] | None = None,
         service_clock: ServiceClock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
         self.actions = actions
@@ -98,6 +102,13 @@ class CommandCore:
         self.clock_ms = clock_ms or (lambda: self.service_clock.now_ms() or wall_ms())
         self._claimed: set[str] = set()  # handed out to run in this process, not yet finished
         self._reported: dict[str, dict[str, Any]] = {}  # mirror of the shadow's reported outcomes
+        # Outcomes decided but not yet sent, and sent ones not yet acknowledged. Until
+        # the shadow applies an outcome, deltas keep listing its id; answering each of
+        # those again would flood the shadow with duplicate updates.
+        self._unsent: dict[str, dict[str, Any]] = {}
+        self._in_flight: dict[str, tuple[float, set[str]]] = {}  # clientToken -> (sent at, ids)
+        self._monotonic = monotonic
+        self._tokens = 0
 
     # -- reading shadow messages -------------------------------------------------
 
@@ -134,8 +145,9 @@ class CommandCore:
             return entry.get("issuedAt", 0) if isinstance(entry, dict) else 0
 
         now_ms = self.service_clock.now_ms()
+        settling = self._settling()
         for command_id, entry in sorted(pending.items(), key=issued):
-            if entry is None or command_id in self._claimed:
+            if entry is None or command_id in self._claimed or command_id in settling:
                 continue
             done = self._already_done(command_id)
             if done is not None:
@@ -210,6 +222,49 @@ class CommandCore:
         return outcome
 
     # -- writing -------------------------------------------------------------
+
+    # -- sending outcomes ------------------------------------------------------
+
+    def _settling(self) -> set[str]:
+        """Ids whose outcome is waiting to be sent or to be acknowledged."""
+        now = self._monotonic()
+        for token in [t for t, (sent, _) in self._in_flight.items() if now - sent > IN_FLIGHT_S]:
+            del self._in_flight[token]
+        ids = set(self._unsent)
+        for _, in_flight in self._in_flight.values():
+            ids |= in_flight
+        return ids
+
+    def queue_report(self, outcomes: dict[str, dict[str, Any]]) -> None:
+        """Outcomes to send with the next `take_update`."""
+        self._unsent.update(outcomes)
+
+    @property
+    def has_unsent(self) -> bool:
+        return bool(self._unsent)
+
+    def take_update(self) -> dict[str, Any] | None:
+        """The next outcome update to publish (at most HISTORY outcomes, oldest first), or None."""
+        if not self._unsent:
+            return None
+        ordered = sorted(self._unsent.items(), key=lambda kv: kv[1].get("doneAt", 0))
+        batch = dict(ordered[:HISTORY])
+        for command_id in batch:
+            del self._unsent[command_id]
+        self._tokens += 1
+        token = f"out-{self._tokens}"  # unique per device; the shadow echoes it back
+        self._in_flight[token] = (self._monotonic(), set(batch))
+        return {**self.report_update(batch), "clientToken": token}
+
+    def on_update_answered(self, document: dict[str, Any]) -> bool:
+        """`update/accepted` or `update/rejected` of the commands shadow; True if it answers one of ours."""
+        token = document.get("clientToken")
+        return isinstance(token, str) and self._in_flight.pop(token, None) is not None
+
+    def disconnected(self) -> None:
+        """Nothing in flight survives a connection: the next get re-reports from the log."""
+        self._unsent.clear()
+        self._in_flight.clear()
 
     def report_update(self, outcomes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The `commands` shadow update for these outcomes: each reported and

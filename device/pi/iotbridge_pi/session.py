@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIN_TELEMETRY_GAP_S = 1.0  # AWS allows 20 shadow requests/s per thing; telemetry takes at most one
+MIN_TELEMETRY_GAP_S = 1.0
+# AWS allows 20 shadow requests/s per thing. Updates wait in an outbox and go out at
+# most once per gap, one per shadow, so a burst of commands becomes a few merged updates.
+MIN_UPDATE_GAP_S = 0.1
 REBOOT_DOWNTIME_S = 1.0  # a simulated reboot stays off the network this long
 RESYNC_DELAY_S = 1.0  # after a throttled or failed shadow update
 # A get that is never answered (the shadow service was down, the reply was lost)
@@ -140,10 +143,18 @@ class DeviceSession:
         self._reboot_at: float | None = None
         self._resync_at: float | None = None
         self._get_retry: dict[str | None, tuple[float, float]] = {}  # shadow -> (when, current wait)
+        self._clear_outbox()
+        self._last_flush = 0.0
         self._stopping = False
 
+    def _clear_outbox(self) -> None:
+        # Nothing here is precious: outcomes are in the executed log and state is
+        # reported in full after every connect.
+        self._classic: dict[str, Any] = {}
+        self._classic_clear: set[str] = set()
+
     def busy(self) -> bool:
-        return self._job is not None
+        return self._job is not None or self.core.has_unsent
 
     # -- the main-loop side ------------------------------------------------------
 
@@ -160,7 +171,7 @@ class DeviceSession:
                 else:
                     self._next_connect = now + CONNECT_RETRY_S
             return self._next_wake(now)
-        if self._reboot_at is not None and now >= self._reboot_at:
+        if self._reboot_at is not None and now >= self._reboot_at and not self.core.has_unsent:
             self._reboot()
             return self._next_wake(time.monotonic())
         self._advance_job(now)
@@ -173,6 +184,7 @@ class DeviceSession:
                 self._get(shadow, wait=min(wait * 2, GET_RETRY_S[1]))
         if self._telemetry_due is not None and now >= self._telemetry_due:
             self._publish_telemetry(now)
+        self._flush(now)
         return self._next_wake(now)
 
     def _pending_connect(self) -> bool:
@@ -190,6 +202,8 @@ class DeviceSession:
             if t is not None:
                 times.append(t)
         times.extend(when for when, _ in self._get_retry.values())
+        if self.core.has_unsent or self._classic or self._classic_clear:
+            times.append(self._last_flush + MIN_UPDATE_GAP_S)
         return min(times) if times else None
 
     def _connect(self, now: float) -> None:
@@ -215,6 +229,8 @@ class DeviceSession:
             self.connected = False
             self._sub_mid = None
             self._get_retry.clear()  # every connect asks afresh
+            self._clear_outbox()
+            self.core.disconnected()
             if self._reboot_at is None:
                 delay = self._backoff.next_delay()
                 self._next_connect = max(self._next_connect, now + delay)
@@ -238,11 +254,38 @@ class DeviceSession:
         for shadow in (None, COMMANDS_SHADOW):
             for op, reply in (("get", "accepted"), ("get", "rejected"), ("update", "delta"), ("update", "rejected")):
                 subs.append((topics.shadow_topic(self.thing, op, reply, shadow=shadow), 1))
+        # Acknowledgements of our outcome updates (matched by clientToken).
+        subs.append((topics.shadow_topic(self.thing, "update", "accepted", shadow=COMMANDS_SHADOW), 1))
         _, self._sub_mid = self.client.subscribe(subs)
 
     def _get(self, shadow: str | None, *, wait: float = GET_RETRY_S[0]) -> None:
         self._get_retry[shadow] = (time.monotonic() + wait, wait)
         self.client.publish(topics.shadow_topic(self.thing, "get", shadow=shadow), b"{}", qos=1)
+
+    def _report_outcomes(self, outcomes: dict[str, dict[str, Any]]) -> None:
+        self.core.queue_report(outcomes)
+
+    def _report_state(self, reported: dict[str, Any], *, clear_desired: tuple[str, ...] = ()) -> None:
+        self._classic.update(reported)
+        self._classic_clear.update(clear_desired)
+
+    def _flush(self, now: float) -> None:
+        if now - self._last_flush < MIN_UPDATE_GAP_S or not self.connected:
+            return
+        sent = False
+        update = self.core.take_update()
+        if update is not None:
+            self._update(COMMANDS_SHADOW, update)
+            sent = True
+        if self._classic or self._classic_clear:
+            state: dict[str, Any] = {"reported": self._classic}
+            if self._classic_clear:
+                state["desired"] = dict.fromkeys(self._classic_clear)
+            self._update(None, {"state": state})
+            self._classic, self._classic_clear = {}, set()
+            sent = True
+        if sent:
+            self._last_flush = now
 
     def _update(self, shadow: str | None, document: dict[str, Any]) -> None:
         payload = json.dumps(document, separators=(",", ":"))
@@ -272,7 +315,10 @@ class DeviceSession:
                 self._act_on(self.core.on_get_rejected(doc))
             elif what == ("update", "delta"):
                 self._act_on(self.core.on_delta(doc))
+            elif what == ("update", "accepted"):
+                self.core.on_update_answered(doc)
             elif what == ("update", "rejected"):
+                self.core.on_update_answered(doc)
                 self._update_rejected(doc, now)
         elif parsed.shadow is None:
             if what == ("get", "accepted"):
@@ -285,7 +331,7 @@ class DeviceSession:
                 self._report_full_state(now)  # 404: a new device; its shadow starts here
             elif what == ("update", "delta"):
                 self._apply_desired(doc.get("state") or {})
-                self._update(None, {"state": {"reported": self.device.state()}})
+                self._report_state(self.device.state())
             elif what == ("update", "rejected"):
                 log.warning("%s: classic shadow update rejected: %s", self.thing, doc)
 
@@ -314,7 +360,7 @@ class DeviceSession:
             },
             "telemetry": self._telemetry(),
         }
-        self._update(None, {"state": {"reported": reported}})
+        self._report_state(reported)
         self._last_telemetry = now
         self._telemetry_due = now + self.device.interval_s
 
@@ -323,7 +369,7 @@ class DeviceSession:
     def _act_on(self, plan: Plan) -> None:
         log.debug("%s: run %s, answer %s", self.thing, [c.id for c in plan.run], sorted(plan.report))
         if plan.report:
-            self._update(COMMANDS_SHADOW, self.core.report_update(plan.report))
+            self._report_outcomes(plan.report)
         self._queue.extend(plan.run)
 
     def _advance_job(self, now: float) -> None:
@@ -341,7 +387,7 @@ class DeviceSession:
             command = self._queue.popleft()
             expired = self.core.begin(command)
             if expired is not None:
-                self._update(COMMANDS_SHADOW, self.core.report_update({command.id: expired}))
+                self._report_outcomes({command.id: expired})
                 continue
             action = self.registry.get(command.action)
             assert action is not None  # the core rejected unknown actions already
@@ -349,14 +395,14 @@ class DeviceSession:
             self._job = (command, self._start_job(action, self.device, command.params))
 
     def _after_command(self, command: Command, state: CommandState, outcome: dict[str, Any], now: float) -> None:
-        self._update(COMMANDS_SHADOW, self.core.report_update({command.id: outcome}))
+        self._report_outcomes({command.id: outcome})
         if state is not CommandState.SUCCEEDED:
             return
         changed = {k: v for k, v in self.device.state().items() if k in _STATE_OF_ACTION.get(command.action, ())}
         if changed:
             # A command supersedes an older desired value of the same key; left in
             # desired, it would show up as a delta and undo the command at once.
-            self._update(None, {"state": {"reported": changed, "desired": dict.fromkeys(changed)}})
+            self._report_state(changed, clear_desired=tuple(changed))
             if "interval" in changed:
                 self._telemetry_due = min(self._telemetry_due or now, now + self.device.interval_s)
         if self.device.reboot is not None:
@@ -387,7 +433,7 @@ class DeviceSession:
         if now - self._last_telemetry < MIN_TELEMETRY_GAP_S:
             self._telemetry_due = self._last_telemetry + MIN_TELEMETRY_GAP_S
             return
-        self._update(None, {"state": {"reported": {"telemetry": self._telemetry()}}})
+        self._report_state({"telemetry": self._telemetry()})
         self._last_telemetry = now
         self._telemetry_due = now + self.device.interval_s
 
