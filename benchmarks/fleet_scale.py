@@ -142,7 +142,7 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
         if "error" in s:
             rows.append((f"{s['devices']} devices", f"ERROR {s['error']}"[:150]))
             continue
-        rows.append((f"{s['devices']} devices: connected / ready", f"{s['connect_s']} s / {s['ready_s']} s"))
+        rows.append((f"{s['devices']} devices: registered + connected / then ready", f"{s['connect_s']} s / {s['ready_s']} s"))
         seen = f"{s['bulk_reported']} seen; POST took {s['bulk_post']['seconds']} s"
         rows.append((f"{s['devices']} devices: bulk ping all reported (target ≤ 30 s)", f"{s['bulk_all_reported_s']} s ({seen})"))
     return rows

@@ -109,32 +109,49 @@ def data_plane(stack: Any, count: int) -> dict[str, list[float]]:
 
 
 def device_leg(stack: Any, count: int, thing: str = THING) -> dict[str, list[float]]:
-    """boto3 update of desired.{id} → reported.{id} in update/documents (MQTT, pushed: no polling error)."""
+    """boto3 update of desired.{id} until reported.{id} is in update/documents, split at the MQTT messages between.
+
+    Stages, each from the start of the update call and seen by a subscriber (so pushed, no polling error):
+    the service publishes `update/delta`; the device publishes its `update` with `reported.{id}`; the
+    service publishes `update/documents` with it (the outcome is committed).
+    """
     from iotbridge_contract import commands as contract
     from iotbridge_contract import topics
     from iotbridge_contract.mqtt import make_client
 
     endpoint = stack.broker.service_endpoint()
-    seen: dict[str, float] = {}
+    stage_of = {
+        topics.shadow_topic(thing, "update", "delta", shadow="commands"): "delta",
+        topics.shadow_topic(thing, "update", shadow="commands"): "device update",
+        topics.shadow_topic(thing, "update", "documents", shadow="commands"): "documents",
+    }
+    seen: dict[tuple[str, str], float] = {}
     arrived = threading.Condition()
     subscribed = threading.Event()
 
     def on_message(c: Any, userdata: Any, msg: Any) -> None:
         now = time.perf_counter()
-        current = json.loads(msg.payload).get("current", {}).get("state", {}).get("reported", {}) or {}
+        stage = stage_of.get(msg.topic)
+        doc = json.loads(msg.payload)
+        if stage == "delta":
+            ids = list(doc.get("state") or {})
+        elif stage == "device update":
+            ids = list(((doc.get("state") or {}).get("reported")) or {})
+        else:
+            ids = list((((doc.get("current") or {}).get("state") or {}).get("reported")) or {})
         with arrived:
-            for cid in current:
-                seen.setdefault(cid, now)
+            for cid in ids:
+                seen.setdefault((stage or "", cid), now)
             arrived.notify_all()
 
     watcher = make_client(f"bench-watch-{uuid.uuid4().hex[:8]}", endpoint)
     watcher.on_message = on_message
     watcher.on_subscribe = lambda *_: subscribed.set()
-    watcher.on_connect = lambda c, *_: c.subscribe(topics.shadow_topic(thing, "update", "documents", shadow="commands"), 1)
+    watcher.on_connect = lambda c, *_: c.subscribe([(topic, 1) for topic in stage_of])
     watcher.connect(endpoint.host, endpoint.port, keepalive=30)
     watcher.loop_start()
     iot = stack.boto3_client("iot-data")
-    legs: dict[str, list[float]] = {"update call": [], "update → reported": []}
+    legs: dict[str, list[float]] = {"update call": [], "→ delta published": [], "→ device's update": [], "update → reported": []}
     try:
         if not subscribed.wait(10):
             raise TimeoutError("watcher did not subscribe")
@@ -147,11 +164,13 @@ def device_leg(stack: Any, count: int, thing: str = THING) -> dict[str, list[flo
             iot.update_thing_shadow(thingName=thing, shadowName="commands", payload=json.dumps(doc).encode())
             returned = time.perf_counter()
             with arrived:
-                if not arrived.wait_for(lambda: cid in seen, timeout=10):  # noqa: B023 - called before cid changes
+                if not arrived.wait_for(lambda: ("documents", cid) in seen, timeout=10):  # noqa: B023 - called before cid changes
                     raise TimeoutError(f"the device did not report {cid} in 10 s")
             if i >= 3:
                 legs["update call"].append(returned - start)
-                legs["update → reported"].append(seen[cid] - start)
+                legs["→ delta published"].append(seen.get(("delta", cid), returned) - start)
+                legs["→ device's update"].append(seen.get(("device update", cid), returned) - start)
+                legs["update → reported"].append(seen[("documents", cid)] - start)
     finally:
         watcher.disconnect()
         watcher.loop_stop()
