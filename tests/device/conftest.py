@@ -103,9 +103,9 @@ class Shadows:
         state: dict[str, Any] = self.get(thing, COMMANDS_SHADOW).get("state", {})
         return state
 
-    def outcome(self, thing: str, command_id: str) -> dict[str, Any]:
+    def outcome(self, thing: str, command_id: str, *, timeout: float = WAIT_S) -> dict[str, Any]:
         outcome: dict[str, Any] = wait_for(
-            lambda: self.commands(thing).get("reported", {}).get(command_id), f"outcome of {command_id}"
+            lambda: self.commands(thing).get("reported", {}).get(command_id), f"outcome of {command_id}", timeout
         )
         return outcome
 

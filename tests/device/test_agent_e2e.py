@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from iotbridge_contract.commands import COMMANDS_SHADOW
+from iotbridge_local.broker import Broker
 from iotbridge_pi.handlers import Action, default_registry
 from iotbridge_pi.model import DeviceModel
 
@@ -215,3 +216,22 @@ def test_a_device_that_started_before_the_shadow_service_still_gets_its_commands
     # THEN the device asks again, syncs, and answers the command
     assert shadows.outcome("pi-1", "late-1")["state"] == "SUCCEEDED"
     wait_for(lambda: shadows.reported("pi-1").get("actions"), "actions advertised")
+
+
+def test_the_agent_reconnects_after_the_broker_restarts(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows, broker: Broker
+) -> None:
+    # GIVEN a connected device
+    handle = start_agent("pi-1")
+    session = handle.agent.session
+    wait_for(lambda: shadows.reported("pi-1").get("actions"), "first sync")
+
+    # WHEN the broker goes away and comes back on the same port
+    broker.stop()
+    wait_for(lambda: not session.connected, "the device to notice")
+    broker.start()
+
+    # THEN the device reconnects by itself (with backoff) and takes commands again
+    wait_for(lambda: session.connected and session.connections >= 2, "reconnect", timeout=60)
+    shadows.add_command("pi-1", "after-restart", "ping")
+    assert shadows.outcome("pi-1", "after-restart", timeout=60)["result"] == {"pong": True}
