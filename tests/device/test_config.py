@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from iotbridge_pi import config
+from iotbridge_pi.handlers import default_registry
 from iotbridge_pi.hardware import open_hardware
+from iotbridge_pi.model import DeviceModel
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "device" / "pi" / "deploy" / "agent.example.toml"
 
@@ -69,10 +73,11 @@ def test_bad_configs_are_refused_naming_the_problem(tmp_path: Path, text: str, p
         config.load(path)
 
 
+@pytest.mark.filterwarnings("ignore:Falling back from")  # gpiozero, when told to insist on GPIO
 def test_without_gpio_auto_falls_back_to_simulated_and_gpio_insists() -> None:
-    # GIVEN a machine without gpiozero (a Pi would rightly pick GPIO)
-    if importlib.util.find_spec("gpiozero") is not None:
-        pytest.skip("gpiozero is installed here")
+    # GIVEN a machine without GPIO hardware (a Pi would rightly pick GPIO)
+    if Path("/dev/gpiochip0").exists() or os.environ.get("GPIOZERO_PIN_FACTORY"):
+        pytest.skip("this machine can drive GPIO")
     # WHEN hardware is opened in auto mode / THEN simulated outputs are used and say so
     hw = open_hardware("auto", led_pin=17, relay_pin=27)
     assert hw.kind == "simulated"
@@ -82,3 +87,38 @@ def test_without_gpio_auto_falls_back_to_simulated_and_gpio_insists() -> None:
     # AND "gpio" refuses rather than pretending
     with pytest.raises(RuntimeError, match="GPIO"):
         open_hardware("gpio", led_pin=17, relay_pin=27)
+
+
+@pytest.fixture
+def mock_gpio() -> Iterator[Any]:
+    """gpiozero's mock pin factory: the real gpiozero code path, pins in memory."""
+    gpiozero = pytest.importorskip("gpiozero")
+    from gpiozero.pins.mock import MockFactory
+
+    previous = gpiozero.Device.pin_factory
+    factory = MockFactory()
+    gpiozero.Device.pin_factory = factory
+    try:
+        yield factory
+    finally:
+        factory.close()
+        gpiozero.Device.pin_factory = previous
+
+
+def test_on_gpio_the_led_and_relay_commands_drive_their_pins(mock_gpio: Any, tmp_path: Path) -> None:
+    # GIVEN a device on GPIO (LED on BCM 5, relay on BCM 6)
+    hw = open_hardware("gpio", led_pin=5, relay_pin=6)
+    device = DeviceModel(hw, interval_s=60)
+    registry = default_registry()
+
+    # WHEN the led and relay handlers run
+    registry.get("led").handler(device, {"state": "on"})  # type: ignore[union-attr]
+    registry.get("relay").handler(device, {"on": True})  # type: ignore[union-attr]
+
+    # THEN the pins are high, and the device says it is real hardware
+    assert mock_gpio.pin(5).state and mock_gpio.pin(6).state
+    assert hw.kind == "gpio" and device.state()["led"] == "on"
+
+    # AND toggling drives the LED pin low again
+    registry.get("led").handler(device, {"state": "toggle"})  # type: ignore[union-attr]
+    assert not mock_gpio.pin(5).state

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,7 +120,10 @@ def open_hardware(mode: str, *, led_pin: int, relay_pin: int) -> Hardware:
         raise ValueError(f"hardware must be auto, gpio or simulated, not {mode!r}")
     if mode != "simulated":
         try:
-            hw = Hardware(GpioSwitch(led_pin), GpioSwitch(relay_pin), Sensors(), "gpio")
+            with warnings.catch_warnings():
+                if mode == "auto":  # gpiozero warns about each pin library it tries; one line below says it all
+                    warnings.simplefilter("ignore")
+                hw = Hardware(GpioSwitch(led_pin), GpioSwitch(relay_pin), Sensors(), "gpio")
             log.info("GPIO: LED on BCM %d, relay on BCM %d", led_pin, relay_pin)
             return hw
         except Exception as exc:  # ImportError, or gpiozero finding no pin factory
