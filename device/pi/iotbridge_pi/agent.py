@@ -24,7 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def _system_reboot() -> None:
-    subprocess.run(["systemctl", "reboot"], check=False)
+    # Its outcome (SUCCEEDED, "rebooting") is already in the shadow; if the system
+    # refuses (no polkit rule, see docs/devices.md) the agent says so and goes on.
+    try:
+        result = subprocess.run(["systemctl", "reboot"], check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.error("reboot failed: %s", exc)
+        return
+    if result.returncode != 0:
+        log.error("reboot refused (exit %d): %s", result.returncode, result.stderr.strip())
 
 
 class Agent:
