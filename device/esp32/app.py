@@ -26,11 +26,11 @@ from protocol import (
     REJECTED,
     SUCCEEDED,
     TIMED_OUT,
-    blank,
     check_params,
     history_ids,
     next_command,
     outcome,
+    read_trimmed,
     shadow_topic,
 )
 
@@ -40,7 +40,7 @@ _RECENT = const(16)  # ids reported on this connection, not re-queued from a sta
 _BACKOFF_MS = const(500)
 _BACKOFF_CAP_MS = const(30000)
 SEP = (",", ":")  # compact JSON
-# Members never read, blanked before parsing (see protocol.blank).
+# Members never read, left out while reading (see protocol.read_trimmed).
 _TRIM = {1: (b"metadata",)}
 _TRIM_GET = {1: (b"metadata",), 2: (b"desired",)}  # commands get: pending comes from state.delta
 
@@ -98,6 +98,11 @@ class Firmware:
             server_hostname=cfg["server_hostname"],
         )
         self.client.set_callback(self._record)
+        self.client.reader = self._read_payload
+
+    def _read_payload(self, topic, n, fill):
+        """How the client reads a payload: in pieces, without the parts never used."""
+        return read_trimmed(n, fill, _TRIM_GET if topic == self.c_got else _TRIM)
 
     def _record(self, topic, payload):
         """The MQTT callback: record only."""
@@ -205,7 +210,6 @@ class Firmware:
             self._report({"telemetry": self.device.telemetry()}, 0)
 
     def _handle(self, topic, payload):
-        blank(payload, _TRIM_GET if topic == self.c_got else _TRIM)
         try:
             doc = json.loads(payload)
         except ValueError:

@@ -115,70 +115,79 @@ def history_ids(reported):
     return [cid for _, cid in items]
 
 
-def blank(buf, targets):
-    """Overwrite, in place, the object values of the members named in `targets` with `0` and spaces.
+def read_trimmed(n, fill, targets, piece=256):
+    """Read an n-byte JSON document in small pieces, leaving out the members we never read.
 
+    fill(view) reads exactly len(view) bytes into view (the MQTT client's socket).
     targets: {depth: (b"key", ...)}; depth 1 is the top-level object's members.
-    The device never reads a document's `metadata` (a timestamp per leaf) nor
-    the `desired` copy of what `delta` already holds; blanking them in the
-    received bytearray means json.loads never builds them. One pass over the
-    bytes, no copy of the document.
+    The object or array value of such a member is replaced by 0, so the result
+    stays valid JSON. A shadow document's `metadata` (a timestamp per leaf) is
+    as large as its state; the commands get's `desired` repeats its `delta`.
+    Dropping them while reading means the heap never holds them, and no block
+    larger than what is kept is ever needed.
     """
+    buf = bytearray(min(n, piece))
+    mv = memoryview(buf)
+    out = []
     depth = 0
-    i = 0
-    n = len(buf)
-    ks = ke = -1  # the last string seen at a target depth: maybe a key
-    while i < n:
-        c = buf[i]
-        if c == 0x22:
-            j = _string_end(buf, i)
-            if depth in targets:
-                ks, ke = i + 1, j - 1
-            i = j
-            continue
-        if c == 0x3A:  # ':' follows a key
-            if ks >= 0 and bytes(buf[ks:ke]) in targets[depth]:
-                j = i + 1
-                while buf[j] in (0x20, 0x09, 0x0A, 0x0D):
-                    j += 1
-                if buf[j] in (0x7B, 0x5B):
-                    end = _close(buf, j)
-                    buf[j] = 0x30  # "0"
-                    for k in range(j + 1, end):
-                        buf[k] = 0x20
-                    i = end
-                    ks = -1
+    in_str = esc = want = False
+    key = last = None
+    skip = -1  # >= 0: dropping a value until depth falls back to this
+    while n:
+        k = min(n, len(buf))
+        fill(mv[:k])
+        n -= k
+        start = 0 if skip < 0 else -1  # where the bytes being kept began in this piece
+        for i in range(k):
+            c = buf[i]
+            if in_str:
+                if esc:
+                    esc = False
+                elif c == 0x5C:
+                    esc = True
+                elif c == 0x22:
+                    in_str = False
+                    if key is not None:
+                        last = bytes(key)
+                        key = None
+                elif key is not None and len(key) < 16:
+                    key.append(c)
+                continue
+            if c == 0x22:
+                in_str = True
+                if skip < 0 and depth in targets:
+                    key = bytearray()
+                continue
+            if skip >= 0:
+                if c == 0x7B or c == 0x5B:
+                    depth += 1
+                elif c == 0x7D or c == 0x5D:
+                    depth -= 1
+                    if depth == skip:
+                        skip = -1
+                        start = i + 1
+                continue
+            if want:
+                if c == 0x20 or c == 0x0A or c == 0x0D or c == 0x09:
                     continue
-            ks = -1
-        elif c in (0x7B, 0x5B):
-            depth += 1
-            ks = -1
-        elif c in (0x7D, 0x5D):
-            depth -= 1
-            ks = -1
-        i += 1
-
-
-def _string_end(buf, i):
-    """Index just past the JSON string that starts at buf[i] (a quote)."""
-    i += 1
-    while buf[i] != 0x22:
-        i += 2 if buf[i] == 0x5C else 1
-    return i + 1
-
-
-def _close(buf, i):
-    """Index just past the object or array that starts at buf[i]."""
-    depth = 0
-    while True:
-        c = buf[i]
-        if c == 0x22:
-            i = _string_end(buf, i)
-            continue
-        if c in (0x7B, 0x5B):
-            depth += 1
-        elif c in (0x7D, 0x5D):
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
+                want = False
+                if c == 0x7B or c == 0x5B:
+                    if i > start:
+                        out.append(bytes(mv[start:i]))
+                    out.append(b"0")
+                    skip = depth
+                    depth += 1
+                    start = -1
+                    continue
+            if c == 0x3A:
+                want = last is not None and last in targets.get(depth, ())
+                last = None
+            elif c == 0x7B or c == 0x5B:
+                depth += 1
+                last = None
+            elif c == 0x7D or c == 0x5D:
+                depth -= 1
+                last = None
+        if 0 <= start < k:
+            out.append(bytes(mv[start:k]))
+    return b"".join(out)
