@@ -273,16 +273,18 @@ class DeviceSession:
         if now - self._last_flush < MIN_UPDATE_GAP_S or not self.connected:
             return
         sent = False
-        update = self.core.take_update()
-        if update is not None:
-            self._update(COMMANDS_SHADOW, update)
-            sent = True
+        # State first, outcome second: whoever sees a command SUCCEEDED and then
+        # reads the classic shadow finds the state that command produced.
         if self._classic or self._classic_clear:
             state: dict[str, Any] = {"reported": self._classic}
             if self._classic_clear:
                 state["desired"] = dict.fromkeys(self._classic_clear)
             self._update(None, {"state": state})
             self._classic, self._classic_clear = {}, set()
+            sent = True
+        update = self.core.take_update()
+        if update is not None:
+            self._update(COMMANDS_SHADOW, update)
             sent = True
         if sent:
             self._last_flush = now
