@@ -177,5 +177,8 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
     for r in result["runs"]:
         detail = f"sent {r['sent']}, errors {r['errors']}, lost {r['lost']}, p50 {r['latency_ms'].get('p50')} ms"
         rows.append((f"{r['label']}: commands/s (target ≥ 500)", f"{r['commands_per_s']}  ({detail})"))
+        if "cpu_ms_per_command" in r:
+            parts = ", ".join(f"{k} {v}" for k, v in sorted(r["cpu_ms_per_command"].items(), key=lambda kv: -kv[1]))
+            rows.append((f"{r['label']}: CPU ms per command", f"{r['cpu_ms_per_command_total']} ({parts})"))
     rows.append(("run twice (target 0)", str(result["run_twice"])))
     return rows
