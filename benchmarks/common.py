@@ -225,7 +225,7 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
 class FleetProcess:
     """benchmarks.fleet_proc as a child: its latest progress line, and its final counts after stop()."""
 
-    def __init__(self, stack: Any, *, prefix: str, count: int, connect_rate: float = 500.0) -> None:
+    def __init__(self, stack: Any, *, prefix: str, count: int, connect_rate: float = 500.0, extra: tuple[str, ...] = ()) -> None:
         import subprocess
         import threading
 
@@ -236,7 +236,7 @@ class FleetProcess:
         argv = [sys.executable, "-m", "benchmarks.fleet_proc", "--host", endpoint.host, "--port", str(endpoint.port),
                 "--username", endpoint.username, "--password", endpoint.password, "--prefix", prefix,
                 "--count", str(count), "--state-dir", str(stack.data_dir / f"fleet-{prefix}"),
-                "--connect-rate", str(connect_rate)]  # fmt: skip
+                "--connect-rate", str(connect_rate), *extra]  # fmt: skip
         self._log = open(stack.logs / f"fleet-{prefix}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT,
                                         start_new_session=True)  # fmt: skip

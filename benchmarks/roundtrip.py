@@ -43,10 +43,11 @@ from benchmarks.common import (
     write_json,
 )
 
-# pace_s: a pause between commands, like clicks; back to back, one device's commands also meet the
-# API's per-thing token bucket (15 shadow reads/s), measured separately as `back_to_back`.
-DEFAULTS = {"commands": 300, "parts": 300, "floor_requests": 1000, "profiled": 100, "pace_s": 0.1, "back_to_back": 100}
-SMOKE = {"commands": 5, "parts": 5, "floor_requests": 20, "profiled": 3, "pace_s": 0.0, "back_to_back": 3}
+# pace_s: a pause between commands, like clicks. Closer together, one device's commands meet the API's
+# per-thing token bucket (15 shadow reads/s, ~3 per command): measured separately as `back_to_back`.
+DEFAULTS = {"commands": 200, "sim_commands": 100, "parts": 200, "floor_requests": 1000, "profiled": 60, "pace_s": 0.3,
+            "back_to_back": 100}  # fmt: skip
+SMOKE = {"commands": 5, "sim_commands": 5, "parts": 5, "floor_requests": 20, "profiled": 3, "pace_s": 0.0, "back_to_back": 3}
 
 THING = "sim-1"
 
@@ -177,15 +178,23 @@ def device_leg(stack: Any, count: int, thing: str = THING) -> dict[str, list[flo
     return legs
 
 
-def in_process(stack: Any, count: int, profile_to: Path, pace_s: float) -> dict[str, Any]:
+WHAT_IF_BACKOFF_S = (0.01, 0.005, 0.005, 0.01, 0.02, 0.04, 0.08, 0.125, 0.25, 0.5)
+
+
+def in_process(
+    stack: Any, count: int, profile_to: Path, pace_s: float, *, thing: str = THING, backoff: tuple[float, ...] | None = None
+) -> dict[str, Any]:
     """The function's own time and data-plane calls per command, with the same code in this process."""
     from pyinstrument import Profiler
 
     env = {**stack.config.function_env(), "POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
     with environ(env):
-        from iotbridge_api import handler, iot
+        from iotbridge_api import handler, iot, waiting
         from iotbridge_local.apigw.event import LambdaContext, build_event
 
+        saved_backoff = waiting.BACKOFF_S
+        if backoff is not None:
+            waiting.BACKOFF_S = backoff  # type: ignore[assignment]  # what-if only; restored below
         client = iot._client("iot-data")
         calls: Counter[str] = Counter()
         call_time: dict[str, float] = defaultdict(float)
@@ -204,7 +213,7 @@ def in_process(stack: Any, count: int, profile_to: Path, pace_s: float) -> dict[
         def one() -> float:
             time.sleep(pace_s)
             body = json.dumps({"action": "ping"}).encode()
-            event = build_event("POST", f"/devices/{THING}/commands", headers={"Content-Type": "application/json"}, body=body)
+            event = build_event("POST", f"/devices/{thing}/commands", headers={"Content-Type": "application/json"}, body=body)
             start = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # Metrics prints its EMF lines to stdout
                 answer = handler.lambda_handler(event, LambdaContext(timeout_s=30))
@@ -227,6 +236,9 @@ def in_process(stack: Any, count: int, profile_to: Path, pace_s: float) -> dict[
         text = profiler.output_text(unicode=False, color=False, show_all=False)
         (profile_to.with_suffix(".txt")).write_text(text)
         cpu_top, cpu_packages = _cpu_profile(one, count)
+        client.meta.events.unregister("before-call.*", before)
+        client.meta.events.unregister("after-call.*", after)
+        waiting.BACKOFF_S = saved_backoff
     return {
         "handler_ms": summary_ms(samples),
         "data_plane_calls_per_command": per_command,
@@ -282,10 +294,23 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
             sim.wait_connected(30)
             wait_ready(stack, sim.things, 30)
             sim_legs = device_leg(stack, int(params["parts"]), thing=sim.things[0])
-            sim_wall, _, sim_states = api_commands(stack, int(params["commands"]), thing=sim.things[0], pace_s=pace,
+            sim_wall, _, sim_states = api_commands(stack, int(params["sim_commands"]), thing=sim.things[0], pace_s=pace,
                                                    desc="api commands (fleet device)")  # fmt: skip
         finally:
             sim.stop()
+        # What-if, measured rather than guessed: the same simulated device with the agent's update gap at 0
+        # (finding 1), and the function polling first after 10 ms instead of 2 ms (finding 3).
+        fast = FleetProcess(stack, prefix="rtfast", count=1, extra=("--update-gap", "0"))
+        try:
+            fast.wait_connected(30)
+            wait_ready(stack, fast.things, 30)
+            fast_legs = device_leg(stack, int(params["parts"]), thing=fast.things[0])
+            fast_wall, _, fast_states = api_commands(stack, int(params["sim_commands"]), thing=fast.things[0], pace_s=pace,
+                                                     desc="api commands (gap 0)")  # fmt: skip
+            what_if = in_process(stack, int(params["profiled"]), out / "roundtrip-whatif-profile.html", pace,
+                                 thing=fast.things[0], backoff=WHAT_IF_BACKOFF_S)  # fmt: skip
+        finally:
+            fast.stop()
         local = in_process(stack, int(params["profiled"]), out / "roundtrip-profile.html", pace)
         base_after = floor.measure(stack.broker.service_endpoint(), int(params["floor_requests"]) // 2)
     mqtt_floor = summary_ms(base["samples"]["mqtt"] + base_after["samples"]["mqtt"])
@@ -298,6 +323,9 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
         **{f"device leg (fleet sim, plain, no fsync): {name}": summary_ms(values) for name, values in sim_legs.items()},
         "API command to the fleet-sim device": summary_ms(sim_wall),
         "API command back to back (token bucket)": summary_ms(burst),
+        **{f"what-if, fleet sim with update gap 0: {name}": summary_ms(values) for name, values in fast_legs.items()},
+        "what-if: API command to the gap-0 fleet sim": summary_ms(fast_wall),
+        "what-if: function in-process, gap-0 device + first poll at 10 ms": what_if["handler_ms"],
         "function in-process (lambda_handler)": local["handler_ms"],
         "function-reported latencyMs": summary_ms(reported),
     }
@@ -313,6 +341,8 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
         "answers": dict(states),
         "answers_fleet_device": dict(sim_states),
         "answers_back_to_back": dict(burst_states),
+        "answers_gap0_device": dict(fast_states),
+        "what_if_data_plane_calls_per_command": what_if["data_plane_calls_per_command"],
         "floor": {
             "mqtt_qos1_ms": mqtt_floor,
             "http_keepalive_ms": http_floor,
