@@ -96,10 +96,12 @@ class LocalStack:
 
     # -- parts -----------------------------------------------------------------------
     def service_args(self) -> list[str]:
+        """MQTT flags for our services. The password goes in the environment (see _spawn), which
+        keeps it out of the process list and cannot be misread as a flag when it starts with '-'."""
         endpoint = self.broker.service_endpoint()
         args = ["--mqtt-port", str(self.config.mqtt_port)]
         if endpoint.username:
-            args += ["--mqtt-username", endpoint.username, "--mqtt-password", endpoint.password or ""]
+            args += ["--mqtt-username", endpoint.username]
         return args
 
     def _start_iotcore(self) -> None:
@@ -183,6 +185,9 @@ class LocalStack:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in _stop_child
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        password = self.broker.service_endpoint().password
+        if password:
+            env["IOTBRIDGE_MQTT_PASSWORD"] = password
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self._children[name] = (process, log)
         self._argv[name] = argv

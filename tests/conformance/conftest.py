@@ -301,8 +301,7 @@ def iotcore_process(broker: Broker, stack_config: StackConfig) -> Iterator[IotCo
             str(stack_config.iot_http_port),
             "--mqtt-username",
             ep.username,
-            "--mqtt-password",
-            ep.password,
+            f"--mqtt-password={ep.password}",  # '=': a password may start with '-'
             "--log-level",
             "WARNING",
         ],

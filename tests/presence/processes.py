@@ -24,7 +24,7 @@ class RulesProcess:
         ep = broker.service_endpoint()
         self.argv = [
             sys.executable, "-m", "iotbridge_local.rules", "--mqtt-port", str(ep.port),
-            "--mqtt-username", str(ep.username), "--mqtt-password", str(ep.password),
+            "--mqtt-username", str(ep.username), f"--mqtt-password={ep.password}",
             "--iot-endpoint", iot_endpoint, "--data-dir", str(broker.config.data_dir),
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
