@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 from iotbridge_contract import names
 from iotbridge_contract.mqtt import Endpoint, TlsFiles
 from iotbridge_local.pki import LocalCA
+from iotbridge_local.processes import die_with_parent
 
 if TYPE_CHECKING:
     from iotbridge_local.config import StackConfig
@@ -245,6 +246,7 @@ class Broker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C goes to us; we stop it in order
+            preexec_fn=die_with_parent(),  # ...and it cannot outlive us
         )
         try:
             for port in (self.config.mqtt_port, self.config.mqtts_port, self.config.ws_port):

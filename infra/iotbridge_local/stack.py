@@ -28,6 +28,7 @@ from iotbridge_local.apigw.server import ApiGateway
 from iotbridge_local.broker import Broker, wait_for_port
 from iotbridge_local.config import StackConfig
 from iotbridge_local.dashboard_server import DashboardServer
+from iotbridge_local.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 API_HANDLER = "iotbridge_api.handler.lambda_handler"
@@ -188,7 +189,9 @@ class LocalStack:
         password = self.broker.service_endpoint().password
         if password:
             env["IOTBRIDGE_MQTT_PASSWORD"] = password
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=die_with_parent()
+        )
         self._children[name] = (process, log)
         self._argv[name] = argv
 
