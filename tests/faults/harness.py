@@ -248,6 +248,7 @@ class FaultLoop(threading.Thread):
                 time.sleep(0.02)
         except BaseException as exc:  # surfaced by the test
             self.error = exc
+            self.stop.set()  # a part that cannot be healed: stop the streams rather than let them time out
 
 
 def run_streams_with_faults(
@@ -264,7 +265,7 @@ def run_streams_with_faults(
     streams = [CommandStream(stack, thing, books) for thing in things]
     stop = threading.Event()
     faults = FaultLoop(streams[0], fault, every=every, stop=stop)
-    workers = [threading.Thread(target=s.run, args=(count,), daemon=True) for s in streams]
+    workers = [threading.Thread(target=s.run, args=(count,), kwargs={"stop": stop}, daemon=True) for s in streams]
     faults.start()
     for w in workers:
         w.start()
