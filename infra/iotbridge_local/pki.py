@@ -73,7 +73,7 @@ class ServerCert:
     key_pem: Path
 
 
-def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
+def write_atomically(path: Path, data: bytes, *, secret: bool = False) -> None:
     """Write atomically: a reader never sees half a key or certificate."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
@@ -149,9 +149,9 @@ class LocalCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        _write(self.ca_key, _key_bytes(key, serialization.Encoding.PEM), secret=True)
-        _write(self.ca_der, cert.public_bytes(serialization.Encoding.DER))
-        _write(self.ca_pem, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomically(self.ca_key, _key_bytes(key, serialization.Encoding.PEM), secret=True)
+        write_atomically(self.ca_der, cert.public_bytes(serialization.Encoding.DER))
+        write_atomically(self.ca_pem, cert.public_bytes(serialization.Encoding.PEM))
 
     def _load_ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         cert = x509.load_pem_x509_certificate(self.ca_pem.read_bytes())
@@ -200,8 +200,8 @@ class LocalCA:
             if not (paths.cert_pem.exists() and paths.key_pem.exists()):
                 key = ec.generate_private_key(ec.SECP256R1())
                 cert = self._sign(SERVER_NAME, key, server=True)
-                _write(paths.key_pem, _key_bytes(key, serialization.Encoding.PEM), secret=True)
-                _write(paths.cert_pem, cert.public_bytes(serialization.Encoding.PEM))
+                write_atomically(paths.key_pem, _key_bytes(key, serialization.Encoding.PEM), secret=True)
+                write_atomically(paths.cert_pem, cert.public_bytes(serialization.Encoding.PEM))
         return paths
 
     # -- device certificates -----------------------------------------------------------------
@@ -252,10 +252,10 @@ class LocalCA:
         paths.cert_pem.parent.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         cert = self._sign(paths.thing, key, server=False)
-        _write(paths.key_der, _key_bytes(key, serialization.Encoding.DER), secret=True)
-        _write(paths.key_pem, _key_bytes(key, serialization.Encoding.PEM), secret=True)
-        _write(paths.cert_der, cert.public_bytes(serialization.Encoding.DER))
-        _write(paths.cert_pem, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomically(paths.key_der, _key_bytes(key, serialization.Encoding.DER), secret=True)
+        write_atomically(paths.key_pem, _key_bytes(key, serialization.Encoding.PEM), secret=True)
+        write_atomically(paths.cert_der, cert.public_bytes(serialization.Encoding.DER))
+        write_atomically(paths.cert_pem, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def common_name(cert_pem: Path) -> str:

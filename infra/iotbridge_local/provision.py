@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from iotbridge_contract import names
+from iotbridge_local.pki import write_atomically
 
 AMAZON_ROOT_CA_URL = "https://www.amazontrust.com/repository/AmazonRootCA1.pem"
 AMAZON_ROOT_CA_FILE = "AmazonRootCA1.pem"
@@ -85,14 +86,6 @@ class _Material:
     certificate: str
     ca_pem: bytes | None = None  # the local CA; None on AWS (Amazon's root CA is fetched by the user)
     policy: str | None = None
-
-
-def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _der_cert(pem: bytes) -> bytes:
@@ -201,19 +194,19 @@ def _set_aside(out: Path, label: str) -> Path | None:
 def write_bundle(out: Path, m: _Material) -> None:
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)
-    _write(out / "key.pem", m.key_pem, secret=True)  # first: on AWS this is the only copy of the key
-    _write(out / "key.der", _der_key(m.key_pem), secret=True)
-    _write(out / "cert.pem", m.cert_pem)
-    _write(out / "cert.der", _der_cert(m.cert_pem))
+    write_atomically(out / "key.pem", m.key_pem, secret=True)  # first: on AWS this is the only copy of the key
+    write_atomically(out / "key.der", _der_key(m.key_pem), secret=True)
+    write_atomically(out / "cert.pem", m.cert_pem)
+    write_atomically(out / "cert.der", _der_cert(m.cert_pem))
     if m.ca_pem is not None:
-        _write(out / "ca.pem", m.ca_pem)
-        _write(out / "ca.der", _der_cert(m.ca_pem))
-    _write(out / "agent.toml", _agent_toml(m).encode())
-    _write(out / "config.json", _esp32_config(m).encode())
-    _write(out / "README.txt", _readme(m).encode())
+        write_atomically(out / "ca.pem", m.ca_pem)
+        write_atomically(out / "ca.der", _der_cert(m.ca_pem))
+    write_atomically(out / "agent.toml", _agent_toml(m).encode())
+    write_atomically(out / "config.json", _esp32_config(m).encode())
+    write_atomically(out / "README.txt", _readme(m).encode())
     manifest = {"thing": m.thing, "target": m.target, "host": m.host, "port": m.port,
                 "certificate": m.certificate, "policy": m.policy, "createdAt": int(time.time())}  # fmt: skip
-    _write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomically(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 # -- AWS --------------------------------------------------------------------------------------------
