@@ -42,7 +42,9 @@ _BACKOFF_CAP_MS = const(30000)
 SEP = (",", ":")  # compact JSON
 # Members never read, left out while reading (see protocol.read_trimmed).
 _TRIM = {1: (b"metadata",)}
-_TRIM_GET = {1: (b"metadata",), 2: (b"desired",)}  # commands get: pending comes from state.delta
+# Commands get: pending comes from state.delta, and of the outcomes in state.reported
+# only ids and doneAt are read (history pruning), not their results.
+_TRIM_GET = {1: (b"metadata",), 2: (b"desired",), 4: (b"result",)}
 
 
 def log(*args):
