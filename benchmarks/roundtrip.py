@@ -109,7 +109,7 @@ def data_plane(stack: Any, count: int) -> dict[str, list[float]]:
     return samples
 
 
-def device_leg(stack: Any, count: int, thing: str = THING) -> dict[str, list[float]]:
+def device_leg(stack: Any, count: int, thing: str = THING, pace_s: float = 0.0) -> dict[str, list[float]]:
     """boto3 update of desired.{id} until reported.{id} is in update/documents, split at the MQTT messages between.
 
     Stages, each from the start of the update call and seen by a subscriber (so pushed, no polling error):
@@ -157,6 +157,7 @@ def device_leg(stack: Any, count: int, thing: str = THING) -> dict[str, list[flo
         if not subscribed.wait(10):
             raise TimeoutError("watcher did not subscribe")
         for i in progress(range(count + 3), desc=f"device leg {thing}"):
+            time.sleep(pace_s)
             cid = f"bench{uuid.uuid4().hex[:12]}"
             issued = int(time.time() * 1000)
             doc = {"state": {"desired": {cid: contract.pending_entry("ping", {}, issued_at=issued, expires_at=issued + 60_000)}},
@@ -287,13 +288,14 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
         burst, _, burst_states = api_commands(stack, int(params["back_to_back"]), desc="back to back")
         health = api_health(stack, int(params["parts"]))
         plane = data_plane(stack, int(params["parts"]))
-        legs = device_leg(stack, int(params["parts"]))
+        legs = device_leg(stack, int(params["parts"]) // 2, pace_s=pace)
+        burst_legs = device_leg(stack, int(params["parts"]) // 2)
         # The same leg to a fleet-simulator device: plain MQTT, executed log without fsync.
         sim = FleetProcess(stack, prefix="rt", count=1)
         try:
             sim.wait_connected(30)
             wait_ready(stack, sim.things, 30)
-            sim_legs = device_leg(stack, int(params["parts"]), thing=sim.things[0])
+            sim_legs = device_leg(stack, int(params["parts"]) // 2, thing=sim.things[0], pace_s=pace)
             sim_wall, _, sim_states = api_commands(stack, int(params["sim_commands"]), thing=sim.things[0], pace_s=pace,
                                                    desc="api commands (fleet device)")  # fmt: skip
         finally:
@@ -304,7 +306,7 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
         try:
             fast.wait_connected(30)
             wait_ready(stack, fast.things, 30)
-            fast_legs = device_leg(stack, int(params["parts"]), thing=fast.things[0])
+            fast_legs = device_leg(stack, int(params["parts"]) // 2, thing=fast.things[0])
             fast_wall, _, fast_states = api_commands(stack, int(params["sim_commands"]), thing=fast.things[0], pace_s=pace,
                                                      desc="api commands (gap 0)")  # fmt: skip
             what_if = in_process(stack, int(params["profiled"]), out / "roundtrip-whatif-profile.html", pace,
@@ -320,10 +322,11 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
         "api GET /health (gateway + environment + resolver)": summary_ms(health),
         **{name: summary_ms(values) for name, values in plane.items()},
         **{f"device leg (Pi agent, TLS, fsync): {name}": summary_ms(values) for name, values in legs.items()},
+        **{f"device leg back to back (Pi agent): {name}": summary_ms(values) for name, values in burst_legs.items()},
         **{f"device leg (fleet sim, plain, no fsync): {name}": summary_ms(values) for name, values in sim_legs.items()},
         "API command to the fleet-sim device": summary_ms(sim_wall),
         "API command back to back (token bucket)": summary_ms(burst),
-        **{f"what-if, fleet sim with update gap 0: {name}": summary_ms(values) for name, values in fast_legs.items()},
+        **{f"what-if, back to back, fleet sim, gap 0: {name}": summary_ms(values) for name, values in fast_legs.items()},
         "what-if: API command to the gap-0 fleet sim": summary_ms(fast_wall),
         "what-if: function in-process, gap-0 device + first poll at 10 ms": what_if["handler_ms"],
         "function in-process (lambda_handler)": local["handler_ms"],
