@@ -109,19 +109,26 @@ class Firmware:
     def _record(self, topic, payload):
         """The MQTT callback: record only."""
         inbox = self.inbox
+        if topic == self.c_delta and not self.svc_ms:
+            # No trusted clock yet (a delta held in our session, before our get is
+            # answered): the get will list these commands too, so do not hold it.
+            self.resync = True
+            return
         # A delta holds the whole current delta (AWS; iotbridge_local.shadow.engine)
-        # and a get the whole document, so either supersedes a delta of the same
-        # shadow still waiting here: drop it rather than hold both in the heap.
-        if topic == self.c_delta or topic == self.c_got:
-            stale = self.c_delta
-        elif topic == self.t_delta or topic == self.t_got:
-            stale = self.t_delta
+        # and a get the whole document: a newer one supersedes what is still waiting
+        # here for the same shadow (a get: deltas and gets; a delta: deltas).
+        if topic == self.c_got or topic == self.c_delta:
+            stale = (self.c_delta, self.c_got) if topic == self.c_got else (self.c_delta,)
+        elif topic == self.t_got or topic == self.t_delta:
+            stale = (self.t_delta, self.t_got) if topic == self.t_got else (self.t_delta,)
         else:
-            stale = None
-        for i in range(len(inbox)):
-            if inbox[i][0] == stale:
+            stale = ()
+        i = 0
+        while i < len(inbox):
+            if inbox[i][0] in stale:
                 inbox.pop(i)
-                break
+            else:
+                i += 1
         if len(inbox) < _INBOX_MAX:
             inbox.append((topic, payload))
         else:
