@@ -282,8 +282,14 @@ class Firmware:
             before = self.device.state()
             out = self._execute(cid, entry)
             self.ledger.done(cid, out)
-            if self.device.state() != before:
-                self._report(self.device.state())
+            now = self.device.state()
+            changed = {k: now[k] for k in now if now[k] != before[k]}
+            if changed:
+                # The new state, and the same keys nulled in desired: a stale desired
+                # value would otherwise come back as a delta and undo the command.
+                # Published before the outcome, so whoever sees SUCCEEDED and then
+                # reads the device finds the state the command produced.
+                self._publish(self.t_update, {"state": {"reported": changed, "desired": dict.fromkeys(changed)}})
         else:
             log("duplicate", cid)
         # Outcome, desired=null and history pruning travel in ONE update, so a

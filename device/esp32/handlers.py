@@ -75,7 +75,7 @@ class Device:
 
     def do_relay(self, p):
         self.relay_pin.value(p["on"])
-        return {"on": p["on"]}
+        return {"relay": p["on"]}
 
     def do_ping(self, p):
         return {"pong": True}
@@ -89,4 +89,4 @@ class Device:
 
     def do_set_interval(self, p):
         self.interval = p["seconds"]
-        return {"seconds": self.interval}
+        return {"interval": self.interval}

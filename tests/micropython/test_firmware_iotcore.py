@@ -105,3 +105,21 @@ def test_compiled_firmware_completes_100_commands_in_a_64k_heap(
     assert [o["result"]["led"] for o in done.values()][:4] == ["on", "off", "on", "off"]
     reported = read_shadow(iot_data, THING, "commands")["state"]["reported"]
     assert len(reported) == 16
+
+
+def test_a_command_is_not_undone_by_an_older_desired_value(start_firmware: StartFirmware, device_config, iot_data) -> None:
+    import json
+
+    # GIVEN a device whose classic shadow wants the led off (and it is off)
+    start_firmware(device_config)
+    iot_data.update_thing_shadow(thingName=THING, payload=json.dumps({"state": {"desired": {"led": "off"}}}))
+    # WHEN a command turns the led on
+    queue_command(iot_data, THING, "on-1", command("led", {"state": "on"}))
+    assert wait_until(lambda: outcome_in_shadow(iot_data, THING, "on-1"), "on-1")["state"] == "SUCCEEDED"
+    # THEN, once a later command has completed too, the led is still on and nothing wants it off
+    queue_command(iot_data, THING, "after", command("ping"))
+    wait_until(lambda: outcome_in_shadow(iot_data, THING, "after"), "after")
+    state = read_shadow(iot_data, THING)["state"]
+    assert state["reported"]["led"] == "on"
+    assert "led" not in state.get("desired", {})
+    assert "delta" not in state
