@@ -169,7 +169,8 @@ class Firmware:
         self._report(rep)
         del rep
         self._request_shadows()
-        log("ready", "session-kept" if kept else "new-session")
+        gc.collect()
+        log("ready", "session-kept" if kept else "new-session", "free", gc.mem_free())
 
     def _request_shadows(self):
         # An empty message asks for the whole document (AWS IoT: publish to …/get).
