@@ -19,6 +19,8 @@ Limits, stated plainly:
     application must be idempotent anyway (the firmware keeps a command log).
   * Incoming packets larger than `max_packet` bytes are read, acknowledged and
     dropped (counted in `oversize`), so a huge message cannot exhaust the heap.
+  * A payload is read whole into one bytearray unless a `reader` is set, which
+    reads it in pieces (the firmware trims shadow documents that way).
   * The callback runs inside check_msg()/publish()/subscribe(); it must only
     record the message and return.
   * Blocking sockets with a timeout; readiness is polled with select.poll.
@@ -92,12 +94,15 @@ class MQTTClient:
         self.last_rx = 0  # ticks_ms of the last packet we received (is the broker alive?)
         self.recent = []  # packet ids of acknowledged incoming QoS 1 publishes
         self.oversize = 0
+        # Optional reader(topic, n, fill) -> payload: reads the n payload bytes itself
+        # through fill(view), e.g. to leave out parts it will never use (see app.py).
+        self.reader = None
         self._b2 = bytearray(2)  # scratch for header bytes and packet ids: no allocation per packet
         self._v1 = memoryview(self._b2)[:1]
         self._v2 = memoryview(self._b2)
 
     def set_callback(self, cb):
-        """cb(topic: str, payload: bytearray) for every incoming PUBLISH."""
+        """cb(topic: str, payload) for every incoming PUBLISH (a bytearray, or what `reader` returns)."""
         self.cb = cb
 
     def set_last_will(self, topic, msg, retain=False, qos=0):
@@ -320,7 +325,7 @@ class MQTTClient:
         elif duplicate:
             self._skip(n)
         else:
-            payload = self._read(n)  # a bytearray: one copy of the payload, no more
+            payload = self.reader(topic, n, self._fill) if self.reader else self._read(n)
             if self.cb:
                 self.cb(topic, payload)
         if qos == 1:
