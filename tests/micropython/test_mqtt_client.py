@@ -92,6 +92,7 @@ print(json.dumps(list(c.sock.sent)))
 '''
     # WHEN it publishes a str payload at QoS 1
     (sent,) = run_mpy(script, tmp_path)
+    assert isinstance(sent, list)
     # THEN the bytes are PUBLISH|QoS1, remaining length, topic, packet id 1, the UTF-8 payload
     payload = '{"a":"é"}'.encode()
     body = b"\x00\x03t/x" + b"\x00\x01" + payload
