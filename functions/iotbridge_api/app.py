@@ -46,9 +46,25 @@ class BridgeResolver(APIGatewayRestResolver):
     def resolve(self, event: Any, context: Any) -> dict[str, Any]:
         try:
             guard.check_request(event)
+            self._check_query(event)
         except errors.ApiError as exc:
             return _raw_error(event, exc, self._cors)
         return super().resolve(event, context)
+
+    def _check_query(self, event: dict[str, Any]) -> None:
+        """Unknown query parameters are refused, as unknown body fields are (a typo must not pass silently)."""
+        given = set(event.get("multiValueQueryStringParameters") or event.get("queryStringParameters") or {})
+        if not given:
+            return
+        path, method = str(event.get("path") or ""), str(event.get("httpMethod") or "").upper()
+        for route in self._static_routes + self._dynamic_routes:
+            if route.method == method and route.rule.match(path):
+                unknown = sorted(given - {f.alias for f in route.dependant.query_params})
+                if unknown:
+                    problems = [{"loc": ["query", name], "msg": "unknown query parameter", "type": "extra_forbidden"}
+                                for name in unknown]  # fmt: skip
+                    raise errors.ValidationFailed(f"unknown query parameter(s): {', '.join(unknown)}", details=problems)
+                return
 
 
 def _raw_error(event: dict[str, Any], exc: errors.ApiError, cors: CORSConfig | None) -> dict[str, Any]:
@@ -72,9 +88,10 @@ def _cors() -> CORSConfig | None:
 app = BridgeResolver(enable_validation=True, cors=_cors())
 
 
-def _responses(*errs: type[errors.ApiError]) -> dict[int, OpenAPIResponse]:
-    """OpenAPI responses for the errors a route can answer (grouped by status)."""
-    out: dict[int, Any] = {}
+def _responses(*errs: type[errors.ApiError], ok: bool = True) -> dict[int, OpenAPIResponse]:
+    """OpenAPI responses for the errors a route can answer (grouped by status), and its 200
+    (given explicitly: a `responses` argument replaces Powertools' default one; it fills in the model)."""
+    out: dict[int, Any] = {200: {"description": "Successful Response"}} if ok else {}
     for err in errs:
         entry = out.setdefault(err.status, {"description": "", "content": {"application/json": {"model": ErrorBody}}})
         entry["description"] = ", ".join(filter(None, [entry["description"], err.code]))
@@ -82,7 +99,8 @@ def _responses(*errs: type[errors.ApiError]) -> dict[int, OpenAPIResponse]:
 
 
 _COMMON = (errors.Throttled, errors.UpstreamError)
-_THING = (errors.InvalidThingName, *_COMMON)
+# A {thing} the route pattern cannot match (e.g. non-ASCII) is no route at all: 404 NOT_FOUND.
+_THING = (errors.InvalidThingName, errors.RouteNotFound, *_COMMON)
 
 ThingPath = Annotated[str, Path(description="Thing name: 1-128 of a-z A-Z 0-9 : _ -", max_length=1024)]
 
@@ -113,8 +131,7 @@ def _api_error(exc: errors.ApiError) -> Response:
 @app.exception_handler(RequestValidationError)
 def _validation_error(exc: RequestValidationError) -> Response:
     problems = [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-        for e in exc.errors()
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()
     ]
     if any(p["type"] == "json_invalid" for p in problems):
         return _api_error(errors.InvalidJson("the body is not valid JSON"))
@@ -141,7 +158,7 @@ def _summary(device: dispatch.Device) -> dict[str, Any]:
 
 
 @app.get("/devices", summary="Known devices with presence and last reported state", tags=["devices"],
-         responses=_responses(*_COMMON))  # fmt: skip
+         responses=_responses(errors.InvalidQuery, *_COMMON))  # fmt: skip
 def list_devices(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     nextToken: Annotated[str | None, Query(max_length=2048)] = None,
@@ -175,7 +192,7 @@ def get_device(
 
 
 @app.patch("/devices/<thing>/desired", summary="Change desired state; optionally wait until reported converges",
-           tags=["devices"], responses=_responses(*_THING))  # fmt: skip
+           tags=["devices"], responses=_responses(errors.InvalidDocument, *_THING))  # fmt: skip
 def patch_desired(thing: ThingPath, body: Annotated[DesiredRequest, Body()]) -> DesiredResult:
     name = _thing(thing)
     deadline = _deadline(body.waitMs)
@@ -207,7 +224,7 @@ def patch_desired(thing: ThingPath, body: Annotated[DesiredRequest, Body()]) -> 
         202: {"description": "The wait ran out; poll Location", "content": {"application/json": {"model": CommandView}}},
         **_responses(errors.UnknownAction, errors.InvalidParams, errors.InvalidJson, errors.DeviceNotFound,
                      errors.DeviceOffline, errors.IdConflict, errors.PayloadTooLarge, errors.UnsupportedMediaType,
-                     errors.TooManyPending, *_THING),
+                     errors.TooManyPending, errors.InvalidDocument, *_THING, ok=False),
     },
 )  # fmt: skip
 def post_command(thing: ThingPath, body: Annotated[CommandRequest, Body()]) -> Response[CommandView]:
@@ -244,10 +261,12 @@ def list_commands(thing: ThingPath) -> CommandList:
     return CommandList(thing=name, commands=dispatch.history(name))
 
 
+_BULK_ERRORS = _responses(errors.InvalidThingName, errors.InvalidParams, errors.PayloadTooLarge, *_COMMON, ok=False)
+
+
 @app.post("/commands", summary="One command to many devices (a list, or all): a job", tags=["jobs"],
           responses={202: {"description": "Queued on the targets; follow GET /commands/jobs/{id}",
-                           "content": {"application/json": {"model": JobStarted}}},
-                     **_responses(errors.InvalidThingName, errors.PayloadTooLarge, *_COMMON)})  # fmt: skip
+                           "content": {"application/json": {"model": JobStarted}}}, **_BULK_ERRORS})  # fmt: skip
 def post_bulk(body: Annotated[BulkRequest, Body()]) -> Response[JobStarted]:
     if (body.things is None) == (not body.all):
         problem = {"loc": ["body"], "msg": "give either things or all: true", "type": "value_error"}
@@ -260,7 +279,7 @@ def post_bulk(body: Annotated[BulkRequest, Body()]) -> Response[JobStarted]:
 
 
 @app.get("/commands/jobs/<job_id>", summary="Per-device progress of a bulk command", tags=["jobs"],
-         responses=_responses(errors.InvalidCommandId, errors.JobNotFound, *_COMMON))  # fmt: skip
+         responses=_responses(errors.InvalidCommandId, errors.JobNotFound, errors.RouteNotFound, *_COMMON))  # fmt: skip
 def get_job(
     job_id: Annotated[str, Path(max_length=1024)],
     offset: Annotated[int, Query(ge=0)] = 0,

@@ -56,6 +56,11 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     """Queue the command on every target; returns the job summary with what could not be queued."""
     if len(contract.compact(params)) > contract.MAX_PARAMS_BYTES:
         raise errors.PayloadTooLarge(f"params exceed {contract.MAX_PARAMS_BYTES} bytes as compact JSON")
+    # Without one device's spec to check against, hold params to what any spec can accept:
+    # flat, named like parameters, scalar values. Each device still checks its own spec.
+    for name, value in params.items():
+        if not names.ACTION_NAME_RE.fullmatch(name) or not isinstance(value, (str, int, float, bool)):
+            raise errors.InvalidParams(f"{name!r}: params of a bulk command are flat name: scalar pairs")
     if things is not None:
         for thing in things:
             try:

@@ -35,6 +35,8 @@ InvalidShadowName = _error(400, "INVALID_SHADOW_NAME")
 UnknownAction = _error(400, "UNKNOWN_ACTION")
 InvalidParams = _error(400, "INVALID_PARAMS")
 InvalidJson = _error(400, "INVALID_JSON")
+InvalidDocument = _error(400, "INVALID_DOCUMENT")
+InvalidQuery = _error(400, "INVALID_QUERY")
 DeviceNotFound = _error(404, "DEVICE_NOT_FOUND")
 CommandNotFound = _error(404, "COMMAND_NOT_FOUND")
 JobNotFound = _error(404, "JOB_NOT_FOUND")
@@ -51,6 +53,7 @@ UpstreamError = _error(502, "UPSTREAM_ERROR")
 
 ALL_ERRORS: tuple[type[ApiError], ...] = (
     InvalidThingName, InvalidCommandId, InvalidShadowName, UnknownAction, InvalidParams, InvalidJson,
+    InvalidDocument, InvalidQuery,
     DeviceNotFound, CommandNotFound, JobNotFound, RouteNotFound, MethodNotAllowed, DeviceOffline, IdConflict,
     PayloadTooLarge, UnsupportedMediaType, ValidationFailed, TooManyPending, Throttled, UpstreamError,
 )  # fmt: skip

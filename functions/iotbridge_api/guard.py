@@ -24,15 +24,22 @@ def _header(event: dict[str, Any], name: str) -> str | None:
 
 
 def check_request(event: dict[str, Any]) -> None:
-    """Raise an ApiError for a body we must not hand to the parser."""
+    """Raise an ApiError for a path or body we must not hand to the router or the parser."""
+    path = str(event.get("path") or "")
+    # Powertools' route patterns end in `$`, which also matches before a trailing newline:
+    # `/devices/sim-1%0A` would reach sim-1. No route has a control character in it.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise errors.RouteNotFound("no route for a path with control characters")
     body = event.get("body")
     if body is None or body == "":
         return
     if event.get("isBase64Encoded"):
         try:
-            size = len(base64.b64decode(body, validate=True))
+            raw = base64.b64decode(body, validate=True)
+            raw.decode("utf-8")  # JSON is UTF-8; other bytes would make Powertools' parser raise (a 502)
         except (binascii.Error, ValueError):
-            raise errors.InvalidJson("the body is not valid base64") from None
+            raise errors.InvalidJson("the body is not UTF-8 JSON") from None
+        size = len(raw)
     else:
         size = len(body.encode("utf-8", "surrogatepass"))
     if size > MAX_BODY_BYTES:

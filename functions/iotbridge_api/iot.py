@@ -78,6 +78,9 @@ def update_shadow(thing: str, document: dict[str, Any], shadow: str | None = Non
         code = _error_code(exc)
         if code == "ConflictException":
             raise VersionConflict from exc
+        if code == "InvalidRequestException":  # the document we built from the caller's input
+            message = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
+            raise errors.InvalidDocument(f"AWS IoT refused the shadow document: {message}") from exc
         if code == "RequestEntityTooLargeException":
             raise errors.TooManyPending("the device's command shadow is full (8 KB); wait for pending commands") from exc
         raise _upstream(exc) from exc
@@ -92,5 +95,7 @@ def list_things(limit: int, next_token: str | None) -> tuple[list[str], str | No
     try:
         page = _client("iot").list_things(**kwargs)
     except Exception as exc:
+        if _error_code(exc) == "InvalidRequestException" and next_token:
+            raise errors.InvalidQuery("nextToken is not one this API gave out") from exc
         raise _upstream(exc) from exc
     return [t["thingName"] for t in page.get("things", [])], page.get("nextToken")

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotbridge.iotcore")
 
-CLIENT_ID = "iotbridge-iotcore"
+CLIENT_ID = "iotbridge.iotcore"  # a "." is never in a thing name: no presence shadow for us
 ACCOUNT = "123456789012"
 REQUEST_FILTERS = [f"$aws/things/+/shadow/{op}" for op in topics.OPERATIONS] + [
     f"$aws/things/+/shadow/name/+/{op}" for op in topics.OPERATIONS

@@ -15,6 +15,7 @@ from tests.api.conftest import make_device
         (b"--x\r\n", "multipart/form-data", 415, "UNSUPPORTED_MEDIA_TYPE"),  # no boundary: Powertools would raise
         (b"a=1", "application/x-www-form-urlencoded", 415, "UNSUPPORTED_MEDIA_TYPE"),
         (b"{not json", "application/json", 400, "INVALID_JSON"),
+        (b"\xfeOu", "application/json", 400, "INVALID_JSON"),  # not UTF-8: arrives base64-encoded
         (b"[]", "application/json", 422, "VALIDATION_ERROR"),
         (b'{"action": "ping", "surprise": 1}', "application/json", 422, "VALIDATION_ERROR"),
     ],
@@ -71,3 +72,11 @@ def test_patch_desired_sets_desired_and_reports_no_convergence_without_a_device(
     body = response.json
     assert body["desired"] == {"led": "on"} and body["delta"] == {"led": "on"}
     assert body["converged"] is False
+
+
+def test_unknown_query_parameters_are_refused_like_unknown_body_fields(api: ApiClient) -> None:
+    make_device("dev-1")
+    response = api.get("/devices?limt=5")
+    assert response.status == 422 and response.json["code"] == "VALIDATION_ERROR"
+    assert response.json["details"][0]["loc"] == ["query", "limt"]
+    assert api.get("/devices?limit=5").status == 200

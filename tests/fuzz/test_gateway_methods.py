@@ -24,15 +24,6 @@ def bare_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
         running.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="infra/iotbridge_local/apigw/server.py defines do_GET/POST/PUT/PATCH/DELETE/OPTIONS/HEAD only, so "
-    "http.server answers any other method with 501 and an HTML page. API Gateway answers a method no route has "
-    "with 403 {'message': 'Missing Authentication Token'}. Fix: a `handle_one_request` override (or __getattr__ "
-    "for do_*) that answers unknown methods with _gateway_error(403, 'Missing Authentication Token', "
-    "'MissingAuthenticationTokenException', 'MISSING_AUTHENTICATION_TOKEN').",
-)
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT", "QUERY", "BREW"])
 def test_a_method_no_route_has_is_a_client_error(bare_stack: LocalStack, method: str) -> None:
     # GIVEN the local API Gateway, WHEN a request with an unroutable method arrives with a valid key

@@ -103,3 +103,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._send(int(result["statusCode"]), payload, headers)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
+
+    def _no_such_method(self) -> None:
+        self._gateway_error(403, "Missing Authentication Token", "MissingAuthenticationTokenException",
+                            "MISSING_AUTHENTICATION_TOKEN")  # fmt: skip
+
+    def __getattr__(self, name: str) -> Any:
+        # http.server answers a method without a do_X with 501 and an HTML page; API Gateway
+        # answers a method that no route has with 403 Missing Authentication Token.
+        if name.startswith("do_"):
+            return self._no_such_method
+        raise AttributeError(name)
