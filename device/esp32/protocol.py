@@ -123,15 +123,18 @@ def read_trimmed(n, fill, targets, piece=256):
     The object or array value of such a member is replaced by 0, so the result
     stays valid JSON. A shadow document's `metadata` (a timestamp per leaf) is
     as large as its state; the commands get's `desired` repeats its `delta`.
-    Dropping them while reading means the heap never holds them, and no block
-    larger than what is kept is ever needed.
+    Dropping them while reading means the heap never holds them. What is kept
+    grows one bytearray (in place while the heap after it is free), so there is
+    no second copy, and no allocation per string.
     """
     buf = bytearray(min(n, piece))
     mv = memoryview(buf)
-    out = []
+    out = bytearray()
+    kb = bytearray(16)  # the latest string at a target depth: maybe a key
+    kl = -1  # its length; -1: none, or too long to be a target
+    last = -1  # length of the key just closed, waiting for its ':'
     depth = 0
     in_str = esc = want = False
-    key = last = None
     skip = -1  # >= 0: dropping a value until depth falls back to this
     while n:
         k = min(n, len(buf))
@@ -147,16 +150,19 @@ def read_trimmed(n, fill, targets, piece=256):
                     esc = True
                 elif c == 0x22:
                     in_str = False
-                    if key is not None:
-                        last = bytes(key)
-                        key = None
-                elif key is not None and len(key) < 16:
-                    key.append(c)
+                    last = kl
+                    kl = -1
+                elif kl >= 0:
+                    if kl < 16:
+                        kb[kl] = c
+                        kl += 1
+                    else:
+                        kl = -1
                 continue
             if c == 0x22:
                 in_str = True
                 if skip < 0 and depth in targets:
-                    key = bytearray()
+                    kl = 0
                 continue
             if skip >= 0:
                 if c == 0x7B or c == 0x5B:
@@ -173,21 +179,32 @@ def read_trimmed(n, fill, targets, piece=256):
                 want = False
                 if c == 0x7B or c == 0x5B:
                     if i > start:
-                        out.append(bytes(mv[start:i]))
-                    out.append(b"0")
+                        out += mv[start:i]
+                    out.append(0x30)  # "0"
                     skip = depth
                     depth += 1
                     start = -1
                     continue
             if c == 0x3A:
-                want = last is not None and last in targets.get(depth, ())
-                last = None
+                want = last > 0 and _is_target(kb, last, targets.get(depth, ()))
+                last = -1
             elif c == 0x7B or c == 0x5B:
                 depth += 1
-                last = None
+                last = -1
             elif c == 0x7D or c == 0x5D:
                 depth -= 1
-                last = None
+                last = -1
         if 0 <= start < k:
-            out.append(bytes(mv[start:k]))
-    return b"".join(out)
+            out += mv[start:k]
+    return out
+
+
+def _is_target(kb, n, keys):
+    for key in keys:
+        if len(key) == n:
+            for j in range(n):
+                if kb[j] != key[j]:
+                    break
+            else:
+                return True
+    return False

@@ -37,7 +37,7 @@ for piece in range(1, 41):
     def fill(view, pos=pos):
         view[:] = memoryview(doc)[pos[0]:pos[0] + len(view)]
         pos[0] += len(view)
-    seen.add(read_trimmed(len(doc), fill, {{1: (b"metadata",), 2: (b"desired",)}}, piece))
+    seen.add(bytes(read_trimmed(len(doc), fill, {{1: (b"metadata",), 2: (b"desired",)}}, piece)))
 print(json.dumps([len(seen), json.loads(seen.pop())]))
 """
     # WHEN the firmware's reader reads it
