@@ -137,8 +137,9 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
             doc = iot.get_shadow(thing, COMMANDS_SHADOW)  # someone changed it since: read again
         outcome = _reported(doc).get(cid)
         if isinstance(outcome, dict):
-            if outcome.get("action") != request.action:
-                raise errors.IdConflict(f"command {cid} exists with another action", details={"id": cid})
+            digest = outcome.get("paramsDigest")  # devices that record it; others are checked by action only
+            if outcome.get("action") != request.action or (digest and digest != contract.params_digest(request.params)):
+                raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
             return  # already done: the retry gets the same outcome
         desired = _desired(doc)
         pending = desired.get(cid)

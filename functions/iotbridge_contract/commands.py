@@ -8,6 +8,7 @@ reported.{id} = its outcome, written by the device in the same update that
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from typing import Any
 
@@ -46,13 +47,25 @@ def pending_entry(action: str, params: dict[str, Any], *, issued_at: int, expire
     return {"action": action, "params": params, "issuedAt": issued_at, "expiresAt": expires_at}
 
 
+def params_digest(params: Any) -> str:
+    """12 hex chars that tell two commands' params apart without keeping them in the outcome."""
+    return hashlib.sha256(compact(params if params is not None else {}).encode()).hexdigest()[:12]
+
+
 def outcome_entry(
-    state: CommandState, action: str, *, done_at: int, result: Any = None, error: str | None = None
+    state: CommandState, action: str, *, done_at: int, result: Any = None, error: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A reported outcome. Keys with no value are left out: null deletes in a shadow."""
+    """A reported outcome. Keys with no value are left out: null deletes in a shadow.
+
+    With `params`, the outcome carries their digest, so a retry of the id with other params
+    is recognised as a conflict even after the command finished.
+    """
     if not state.terminal:
         raise ValueError(f"{state} is not a terminal state")
     entry: dict[str, Any] = {"state": state.value, "action": action, "doneAt": done_at}
+    if params is not None:
+        entry["paramsDigest"] = params_digest(params)
     if result is not None:
         if len(compact(result)) > MAX_RESULT_BYTES:
             result = {"truncated": True}

@@ -89,6 +89,8 @@ class FakeDeviceAnswers:
                 continue
             for cid, cmd in (doc.get("state", {}).get("desired") or {}).items():
                 self.executed.append(cid)
-                outcome = outcome_entry(CommandState.SUCCEEDED, cmd["action"], done_at=1, result=self.result)
+                outcome = outcome_entry(
+                    CommandState.SUCCEEDED, cmd["action"], done_at=1, result=self.result, params=cmd.get("params")
+                )
                 update = {"state": {"desired": {cid: None}, "reported": {cid: outcome}}}
                 data.update_thing_shadow(thingName=self.thing, shadowName=COMMANDS_SHADOW, payload=json.dumps(update))

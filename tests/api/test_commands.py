@@ -145,3 +145,17 @@ def test_too_many_pending_commands_are_refused(api: ApiClient) -> None:
         assert api.post("/devices/lamp-11/commands", json={"action": "ping", "timeoutMs": 0}).status == 202
     response = api.post("/devices/lamp-11/commands", json={"action": "ping", "timeoutMs": 0})
     assert response.status == 429 and response.json["code"] == "TOO_MANY_PENDING"
+
+
+def test_same_id_with_other_params_after_it_finished_is_a_conflict(api: ApiClient) -> None:
+    # GIVEN a command that finished, its outcome recording a digest of its params (as the Pi agent writes it)
+    make_device("lamp-12")
+    with FakeDeviceAnswers("lamp-12", result={"led": "on"}):
+        done = api.post("/devices/lamp-12/commands", json={"action": "led", "params": {"state": "on"}, "id": "p1"})
+    assert done.status == 200
+    # WHEN the id is reused with other params, or retried with the same ones
+    other = api.post("/devices/lamp-12/commands", json={"action": "led", "params": {"state": "off"}, "id": "p1"})
+    same = api.post("/devices/lamp-12/commands", json={"action": "led", "params": {"state": "on"}, "id": "p1"})
+    # THEN the first is a conflict, the second gets the same outcome
+    assert (other.status, other.json["code"]) == (409, "ID_CONFLICT")
+    assert same.status == 200 and same.json["result"] == {"led": "on"}

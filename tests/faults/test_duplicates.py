@@ -121,15 +121,6 @@ def test_concurrent_retries_of_one_post_run_it_once_and_all_get_its_outcome(stac
     wait_until(lambda: _led(stack, thing) == flipped, timeout=10, what="LED reported")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="A finished command's outcome does not record its params, so functions/iotbridge_api/dispatch.py "
-    "(_enqueue) compares only the action and answers a retry with other params 200 with the old outcome, where "
-    "docs/protocol.md promises 409 ID_CONFLICT. Fix: iotbridge_contract.commands.outcome_entry takes a "
-    "`paramsDigest` (first 12 hex of sha256 of compact(params)); the Pi agent (CommandCore.finish/_judge) and the "
-    "ESP32 firmware pass it; _enqueue raises IdConflict when an outcome's paramsDigest differs from the request's.",
-)
 def test_the_same_id_with_other_params_after_it_finished_is_a_conflict(stack: LocalStack) -> None:
     # GIVEN a finished LED toggle with a caller-chosen id
     thing = stack.things[1]

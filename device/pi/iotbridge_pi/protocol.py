@@ -177,8 +177,11 @@ class CommandCore:
         return self._reported.get(command_id)
 
     def _judge(self, command_id: str, entry: Any, now_ms: int | None) -> Command | dict[str, Any]:
+        asked = entry.get("params") if isinstance(entry, dict) else None
+        asked = asked if isinstance(asked, dict) else None
+
         def reject(action: str, why: str) -> dict[str, Any]:
-            return outcome_entry(CommandState.REJECTED, action, done_at=self.clock_ms(), error=why)
+            return outcome_entry(CommandState.REJECTED, action, done_at=self.clock_ms(), error=why, params=asked)
 
         if not isinstance(entry, dict) or not isinstance(entry.get("action"), str):
             return reject("unknown", "malformed command: expected an object with an action")
@@ -201,7 +204,7 @@ class CommandCore:
         expires_at = entry.get("expiresAt")
         expires = expires_at if isinstance(expires_at, int) and not isinstance(expires_at, bool) else None
         if now_ms is not None and is_expired(entry, now_ms):
-            return outcome_entry(CommandState.EXPIRED, action, done_at=self.clock_ms())
+            return outcome_entry(CommandState.EXPIRED, action, done_at=self.clock_ms(), params=params)
         return Command(command_id, action, params, expires)
 
     # -- running -------------------------------------------------------------
@@ -216,7 +219,9 @@ class CommandCore:
         return None
 
     def finish(self, command: Command, state: CommandState, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
-        outcome = outcome_entry(state, command.action, done_at=self.clock_ms(), result=result, error=error)
+        outcome = outcome_entry(
+            state, command.action, done_at=self.clock_ms(), result=result, error=error, params=command.params
+        )
         self.log.finished(command.id, command.action, outcome)
         self._claimed.discard(command.id)
         return outcome
