@@ -24,7 +24,7 @@ bench: setup-test
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 soak: setup-test
-	IOTBRIDGE_SOAK=1 $(PY) -m pytest tests/faults $(PYTEST_ARGS)
+	IOTBRIDGE_SOAK=1 $(PY) -m pytest tests/faults tests/fuzz $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv .venv-sam .aws-sam build .pytest_cache .mypy_cache .ruff_cache bench-results
