@@ -86,12 +86,12 @@ def test_desired_state_set_while_offline_is_applied_on_connect(
     assert "delta" not in shadow["state"]
 
 
-def test_compiled_firmware_completes_100_commands_in_a_64k_heap(
+def test_compiled_firmware_completes_100_commands_in_a_56k_heap(
     start_firmware: StartFirmware, device_config, iot_data
 ) -> None:
-    # GIVEN the firmware compiled with mpy-cross, as deployed, in a 64 KB Python heap
-    # (the smallest that works is measured by device/esp32/tools/heap_probe.py, not asserted here)
-    start_firmware(device_config, heap="64k")
+    # GIVEN the firmware compiled with mpy-cross, as deployed, in a 56 KB Python heap
+    # (a margin over the smallest that works, 48 KB, measured by device/esp32/tools/heap_probe.py)
+    start_firmware(device_config, heap="56k")
     # WHEN 100 commands are queued, up to 10 pending at a time
     done: dict[str, dict[str, Any]] = {}
     for batch in range(10):
