@@ -257,8 +257,10 @@ class Firmware:
             self._take(delta if isinstance(delta, dict) else {}, True)
         elif topic == self.t_delta:
             self._apply(state)
-        elif topic == self.t_got and isinstance(state.get("delta"), dict):
-            self._apply(state["delta"])
+        elif topic == self.t_got and isinstance(state.get("desired"), dict):
+            # All of desired, not the delta: the delta is against what we reported before
+            # this boot, and the pins came up in their reset state.
+            self._apply(state["desired"])
 
     def _apply(self, delta):
         applied = self.device.apply_desired(delta)
