@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import threading
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from iotbridge_local.httpserver import LocalHTTPServer
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "dashboard"
 
@@ -39,8 +41,7 @@ class _Handler(SimpleHTTPRequestHandler):
 class DashboardServer:
     def __init__(self, *, port: int, site_config: dict[str, Any], directory: Path = DASHBOARD_DIR) -> None:
         handler = type("Handler", (_Handler,), {"site_config": json.dumps(site_config).encode()})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), partial(handler, directory=str(directory)))
-        self.httpd.daemon_threads = True
+        self.httpd = LocalHTTPServer(("127.0.0.1", port), partial(handler, directory=str(directory)))
 
     def start(self) -> None:
         threading.Thread(target=self.httpd.serve_forever, name="dashboard", daemon=True).start()

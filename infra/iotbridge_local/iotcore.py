@@ -43,13 +43,14 @@ import logging
 import os
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from iotbridge_contract import names, topics
 from iotbridge_contract.mqtt import Endpoint, make_client
+from iotbridge_local.httpserver import LocalHTTPServer
 from iotbridge_local.shadow.engine import MAX_PAYLOAD_BYTES, ShadowError
 from iotbridge_local.shadow.service import ShadowService
 from iotbridge_local.shadow.store import ShadowStore, Thing
@@ -137,7 +138,7 @@ class IotCore:
         self.service: ShadowService | None = None
         self._client: paho.Client | None = None
         self._subscribed = threading.Event()
-        self._http: ThreadingHTTPServer | None = None
+        self._http: LocalHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -157,11 +158,10 @@ class IotCore:
             self.stop()
             raise RuntimeError(f"iotcore: no MQTT session with {self.endpoint.host}:{self.endpoint.port}")
         try:
-            server = ThreadingHTTPServer((self.http_host, self.http_port), _Handler)
+            server = LocalHTTPServer((self.http_host, self.http_port), _Handler)
         except OSError:
             self.stop()  # e.g. the port is taken: leave no MQTT session or open store behind
             raise
-        server.daemon_threads = True
         server.iotcore = self  # type: ignore[attr-defined]
         self.http_port = server.server_address[1]
         self._http = server

@@ -111,7 +111,7 @@ class LocalStack:
             [sys.executable, "-m", "iotbridge_local.iotcore", "--data-dir", str(self.data_dir / "iotcore"),
              "--http-port", str(self.config.iot_http_port), *self.service_args()],
         )  # fmt: skip
-        wait_for_port(self.config.iot_http_port, timeout=15)
+        wait_for_port(self.config.iot_http_port, timeout=60)  # a busy 2-core machine needed more than 15 s
 
     def _start_rules(self) -> None:
         if importlib.util.find_spec("iotbridge_local.rules") is None:
@@ -225,7 +225,7 @@ class LocalStack:
         else:
             self._spawn(name, self._argv[name])
             if name == "iotcore":
-                wait_for_port(self.config.iot_http_port, timeout=15)
+                wait_for_port(self.config.iot_http_port, timeout=60)  # a busy 2-core machine needed more than 15 s
 
     def child_alive(self, name: str) -> bool:
         entry = self._children.get(name)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from iotbridge_local.apigw.environments import Environments, InvocationError
 from iotbridge_local.apigw.event import build_event
+from iotbridge_local.httpserver import LocalHTTPServer
 
 INTEGRATION_TIMEOUT_S = 29.0
 MAX_PAYLOAD = 10 * 1024 * 1024
@@ -37,8 +38,7 @@ class ApiGateway:
             pass
 
         Handler.gateway = gateway
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = LocalHTTPServer((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
