@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-dir", type=Path, required=True)
     ap.add_argument("--connect-rate", type=float, default=500.0)
     ap.add_argument("--telemetry-interval", type=int, default=3600, help="s; long, so telemetry does not load the run")
-    ap.add_argument("--update-gap", type=float, help="what-if: override the agent's MIN_UPDATE_GAP_S (s) in this process")
+    ap.add_argument("--update-rate", type=float, help="what-if: override the agent's UPDATE_RATE_PER_S in this process")
     args = ap.parse_args(argv)
-    if args.update_gap is not None:
+    if args.update_rate is not None:
         from iotbridge_pi import session
 
-        session.MIN_UPDATE_GAP_S = args.update_gap  # read at call time, so this process's devices use it
+        session.UPDATE_RATE_PER_S = args.update_rate  # read at call time, so this process's devices use it
 
     endpoint = Endpoint(host=args.host, port=args.port, username=args.username, password=args.password)
     fleet = Fleet(

@@ -50,7 +50,7 @@ class ExecutedLog:
         for item in raw.get("entries", []):
             self._entries[item["id"]] = LogEntry(item["id"], item["action"], item.get("outcome"))
 
-    def _save(self) -> None:
+    def _save(self, *, durable: bool = True) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "version": 1,
@@ -59,11 +59,11 @@ class ExecutedLog:
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(doc, f, separators=(",", ":"))
-            if self.fsync:
+            if self.fsync and durable:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        if self.fsync:
+        if self.fsync and durable:
             # The rename itself is durable only once the directory is synced.
             with contextlib.suppress(OSError):
                 dir_fd = os.open(self.path.parent, os.O_RDONLY)
@@ -72,12 +72,12 @@ class ExecutedLog:
                 finally:
                     os.close(dir_fd)
 
-    def _put(self, entry: LogEntry) -> None:
+    def _put(self, entry: LogEntry, *, durable: bool = True) -> None:
         self._entries.pop(entry.command_id, None)
         self._entries[entry.command_id] = entry
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
-        self._save()
+        self._save(durable=durable)
 
     def get(self, command_id: str) -> LogEntry | None:
         return self._entries.get(command_id)
@@ -96,11 +96,14 @@ class ExecutedLog:
         self._put(LogEntry(command_id, action, None))
 
     def finished(self, command_id: str, action: str, outcome: dict[str, Any]) -> None:
+        """Record the outcome. Written atomically but not fsynced (half the disk syncs per
+        command): a power cut can lose it, and then the command is reported FAILED as
+        interrupted on boot, never run again. Only `started` must be on disk before a run."""
         existing = self._entries.get(command_id)
         entry = LogEntry(command_id, action, outcome)
         if existing is not None:
             # Keep its place in the order: an id is as old as its start.
             self._entries[command_id] = entry
-            self._save()
+            self._save(durable=False)
         else:
-            self._put(entry)
+            self._put(entry, durable=False)

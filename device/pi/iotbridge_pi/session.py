@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_TELEMETRY_GAP_S = 1.0
-# AWS allows 20 shadow requests/s per thing. Updates wait in an outbox and go out at
-# most once per gap, one per shadow, so a burst of commands becomes a few merged updates.
-MIN_UPDATE_GAP_S = 0.1
+# AWS allows 20 shadow requests/s per thing. Updates wait in an outbox and go out as a
+# token bucket allows (a flush sends at most one update per shadow), so a single command
+# is reported at once and a burst of commands becomes a few merged updates.
+UPDATE_RATE_PER_S = 8.0  # flushes per second; two shadows -> at most 16 requests/s
+UPDATE_BURST = 3.0
 REBOOT_DOWNTIME_S = 1.0  # a simulated reboot stays off the network this long
 RESYNC_DELAY_S = 1.0  # after a throttled or failed shadow update
 # A get that is never answered (the shadow service was down, the reply was lost)
@@ -144,7 +146,8 @@ class DeviceSession:
         self._resync_at: float | None = None
         self._get_retry: dict[str | None, tuple[float, float]] = {}  # shadow -> (when, current wait)
         self._clear_outbox()
-        self._last_flush = 0.0
+        self._flush_tokens = UPDATE_BURST
+        self._tokens_at = time.monotonic()
         self._stopping = False
 
     def _clear_outbox(self) -> None:
@@ -203,7 +206,7 @@ class DeviceSession:
                 times.append(t)
         times.extend(when for when, _ in self._get_retry.values())
         if self.core.has_unsent or self._classic or self._classic_clear:
-            times.append(self._last_flush + MIN_UPDATE_GAP_S)
+            times.append(self._tokens_at + max(0.0, 1.0 - self._flush_tokens) / UPDATE_RATE_PER_S)
         return min(times) if times else None
 
     def _connect(self, now: float) -> None:
@@ -270,7 +273,9 @@ class DeviceSession:
         self._classic_clear.update(clear_desired)
 
     def _flush(self, now: float) -> None:
-        if now - self._last_flush < MIN_UPDATE_GAP_S or not self.connected:
+        self._flush_tokens = min(UPDATE_BURST, self._flush_tokens + (now - self._tokens_at) * UPDATE_RATE_PER_S)
+        self._tokens_at = now
+        if self._flush_tokens < 1.0 or not self.connected:
             return
         sent = False
         # State first, outcome second: whoever sees a command SUCCEEDED and then
@@ -287,7 +292,7 @@ class DeviceSession:
             self._update(COMMANDS_SHADOW, update)
             sent = True
         if sent:
-            self._last_flush = now
+            self._flush_tokens -= 1.0
 
     def _update(self, shadow: str | None, document: dict[str, Any]) -> None:
         payload = json.dumps(document, separators=(",", ":"))
