@@ -13,6 +13,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ "$want" = test ]; then
   [ -x /usr/lib/chromium/chromium ] || [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+  command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)  # the listener tests check what listens where
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
