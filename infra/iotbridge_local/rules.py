@@ -98,6 +98,11 @@ class RulesProcess:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
+        # Events wait in the broker log until the rule's own subscription is in place: on a new
+        # stack, an event published before the SUBACK reaches no subscriber and is dropped (a
+        # device that connected early then stays "offline"). Later sessions keep the subscription.
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.endpoint = endpoint
         self.running = True
@@ -131,7 +136,7 @@ class RulesProcess:
             self.client.loop_stop()
 
     def _emit(self) -> None:
-        if self.emitter is None:
+        if self.emitter is None or not self.subscribed.is_set():
             return
         # Events handed to paho stay queued there across reconnects; the log position is
         # saved only once the broker acknowledged every one of them.
