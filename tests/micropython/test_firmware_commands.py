@@ -12,19 +12,14 @@ from typing import Any
 import pytest
 
 from iotbridge_contract.commands import HISTORY
+from iotbridge_pi.handlers import default_registry
 from tests.micropython.conftest import StartFirmware
 from tests.micropython.harness import ShadowPeer, command
 
 pytestmark = pytest.mark.micropython
 
-ADVERTISED = {
-    "led": {"state": "enum:on|off|toggle"},
-    "relay": {"on": "bool"},
-    "ping": {},
-    "read_sensors": {},
-    "reboot": {"delayMs": "int:0..10000?"},
-    "set_interval": {"seconds": "int:1..3600"},
-}
+# One protocol, two platforms: the firmware must advertise exactly what the Pi agent does.
+ADVERTISED = default_registry().advertisement()
 
 
 def outcome_of(update: dict[str, Any], cid: str) -> dict[str, Any]:
