@@ -239,8 +239,9 @@ class Firmware:
         # A delta may have waited in the broker for our persistent session: only the
         # answer to our own get sets the clock first, and it never goes back.
         fresh = topic == self.c_got or topic == self.c_rej  # answers to our own get
-        if isinstance(ts, int) and (fresh or self.svc_ms) and ts * 1000 > self.now_ms():
-            self.svc_ms = ts * 1000
+        # ts is whole seconds: take the end of that second, so nothing starts after it expired.
+        if isinstance(ts, int) and (fresh or self.svc_ms) and ts * 1000 + 999 > self.now_ms():
+            self.svc_ms = ts * 1000 + 999
             self.svc_at = ticks_ms()
         state = doc.get("state")
         del doc
@@ -327,7 +328,7 @@ class Firmware:
         action = entry.get("action")
         now = self.now_ms()
         exp = entry.get("expiresAt")
-        # Started only if the service's time * 1000 <= expiresAt (docs/protocol.md).
+        # Started only if the service time (the end of its current second) <= expiresAt (docs/protocol.md).
         if isinstance(exp, int) and not isinstance(exp, bool) and now > exp:
             return outcome(EXPIRED, str(action), now, error="expired before the device could start it")
         specs = ACTIONS.get(action) if isinstance(action, str) else None

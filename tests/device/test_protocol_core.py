@@ -85,10 +85,11 @@ def test_a_duplicate_of_a_command_still_waiting_to_run_is_ignored(tmp_path: Path
 
 
 def test_an_expired_command_is_not_run_judged_by_the_service_clock(tmp_path: Path) -> None:
-    # GIVEN a command whose expiresAt is one second before the service's timestamp,
-    # and one that expires exactly at it (still allowed: timestamp*1000 <= expiresAt)
+    # GIVEN a command whose expiresAt is one second before the service's timestamp, and one
+    # that lives to the end of that second (timestamp is whole seconds: the service's time may
+    # be up to 999 ms later, so only timestamp*1000 + 999 <= expiresAt is sure to be in time)
     core = make_core(tmp_path)
-    doc = delta({"late": cmd("led", {"state": "on"}, ttl_ms=-1000), "edge": cmd("ping", ttl_ms=0, issued=1)})
+    doc = delta({"late": cmd("led", {"state": "on"}, ttl_ms=-1000), "edge": cmd("ping", ttl_ms=999, issued=1)})
 
     # WHEN the delta arrives
     plan = core.on_delta(doc)
@@ -312,3 +313,12 @@ def test_a_burst_of_outcomes_goes_out_in_updates_that_fit_the_history(tmp_path: 
     assert [len([v for v in u["state"]["reported"].values() if v]) for u in updates] == [HISTORY, 4]
     assert "c00" in updates[0]["state"]["reported"]
     assert len({u["clientToken"] for u in updates}) == 2
+
+
+def test_a_command_expiring_within_the_current_second_is_not_started(tmp_path: Path) -> None:
+    # GIVEN a command that expires at the very start of the service's current second
+    core = make_core(tmp_path)
+    # WHEN it arrives (the service's time may already be up to 999 ms past it)
+    plan = core.on_delta(delta({"c1": cmd("ping", ttl_ms=0)}))
+    # THEN it is answered EXPIRED: a command is never started after it may have expired
+    assert plan.run == [] and plan.report["c1"]["state"] == "EXPIRED"

@@ -50,7 +50,10 @@ class ServiceClock:
             return
         if self._base_ms is None and not fresh:
             return
-        seen_ms = int(ts * 1000)
+        # `timestamp` is whole seconds (as on AWS): the service's time is somewhere in
+        # [ts, ts + 1 s). Take the end, so a command is never started after it expired
+        # (at worst it expires up to a second early).
+        seen_ms = int(ts * 1000) + (999 if isinstance(ts, int) else 0)
         current = self.now_ms()
         if current is None or seen_ms > current:
             self._base_ms = seen_ms
