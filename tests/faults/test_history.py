@@ -32,7 +32,7 @@ def test_the_service_clock_never_runs_backwards_within_a_second() -> None:
     clock.observe({"timestamp": SERVICE_S})
     mono.t += 0.75
     before = clock.now_ms()
-    assert before == SERVICE_S * 1000 + 750
+    assert before == SERVICE_S * 1000 + 999 + 750  # the end of second T (docs/protocol.md), plus 750 ms
     # WHEN the next document still carries T (the service floors to whole seconds)
     clock.observe({"timestamp": SERVICE_S})
     # THEN the device's idea of the service's time does not go back
