@@ -179,23 +179,15 @@ def device_leg(stack: Any, count: int, thing: str = THING, pace_s: float = 0.0) 
     return legs
 
 
-WHAT_IF_BACKOFF_S = (0.01, 0.005, 0.005, 0.01, 0.02, 0.04, 0.08, 0.125, 0.25, 0.5)
-
-
-def in_process(
-    stack: Any, count: int, profile_to: Path, pace_s: float, *, thing: str = THING, backoff: tuple[float, ...] | None = None
-) -> dict[str, Any]:
+def in_process(stack: Any, count: int, profile_to: Path, pace_s: float, *, thing: str = THING) -> dict[str, Any]:
     """The function's own time and data-plane calls per command, with the same code in this process."""
     from pyinstrument import Profiler
 
     env = {**stack.config.function_env(), "POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
     with environ(env):
-        from iotbridge_api import handler, iot, waiting
+        from iotbridge_api import handler, iot
         from iotbridge_local.apigw.event import LambdaContext, build_event
 
-        saved_backoff = waiting.BACKOFF_S
-        if backoff is not None:
-            waiting.BACKOFF_S = backoff  # type: ignore[assignment]  # what-if only; restored below
         client = iot._client("iot-data")
         calls: Counter[str] = Counter()
         call_time: dict[str, float] = defaultdict(float)
@@ -239,7 +231,6 @@ def in_process(
         cpu_top, cpu_packages = _cpu_profile(one, count)
         client.meta.events.unregister("before-call.*", before)
         client.meta.events.unregister("after-call.*", after)
-        waiting.BACKOFF_S = saved_backoff
     return {
         "handler_ms": summary_ms(samples),
         "data_plane_calls_per_command": per_command,
@@ -301,7 +292,7 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
         finally:
             sim.stop()
         # What-if, measured rather than guessed: the same simulated device with no limit on its update rate
-        # (finding 1), and the function polling first after 10 ms instead of 2 ms (finding 3).
+        # (finding 2), and the function in-process against it.
         fast = FleetProcess(stack, prefix="rtfast", count=1, extra=("--update-rate", "1e9"))
         try:
             fast.wait_connected(30)
@@ -310,7 +301,7 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
             fast_wall, _, fast_states = api_commands(stack, int(params["sim_commands"]), thing=fast.things[0], pace_s=pace,
                                                      desc="api commands (no update limit)")  # fmt: skip
             what_if = in_process(stack, int(params["profiled"]), out / "roundtrip-whatif-profile.html", pace,
-                                 thing=fast.things[0], backoff=WHAT_IF_BACKOFF_S)  # fmt: skip
+                                 thing=fast.things[0])  # fmt: skip
         finally:
             fast.stop()
         local = in_process(stack, int(params["profiled"]), out / "roundtrip-profile.html", pace)
@@ -328,7 +319,7 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
         "API command back to back (token bucket)": summary_ms(burst),
         **{f"what-if, back to back, fleet sim, gap 0: {name}": summary_ms(values) for name, values in fast_legs.items()},
         "what-if: API command to the gap-0 fleet sim": summary_ms(fast_wall),
-        "what-if: function in-process, gap-0 device + first poll at 10 ms": what_if["handler_ms"],
+        "what-if: function in-process, gap-0 device": what_if["handler_ms"],
         "function in-process (lambda_handler)": local["handler_ms"],
         "function-reported latencyMs": summary_ms(reported),
     }

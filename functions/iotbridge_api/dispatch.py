@@ -71,12 +71,15 @@ def read_together(thing: str, *shadows: str | None) -> list[dict[str, Any] | Non
     return [f.result() for f in futures]
 
 
-def load_device(thing: str, *also: str) -> tuple[Device, list[dict[str, Any] | None]]:
-    """The device (classic shadow + presence), and the named shadows in `also`, read at once."""
-    shadow, presence, *rest = read_together(thing, None, PRESENCE_SHADOW, *also)
+def load_device(thing: str, *also: str, presence: bool = True) -> tuple[Device, list[dict[str, Any] | None]]:
+    """The device (classic shadow + presence unless not wanted), and the named shadows in `also`, read at once."""
+    if presence:
+        shadow, presence_doc, *rest = read_together(thing, None, PRESENCE_SHADOW, *also)
+    else:
+        (shadow, *rest), presence_doc = read_together(thing, None, *also), None
     if shadow is None:
         raise errors.DeviceNotFound(f"no device has reported as {thing!r}", details={"thing": thing})
-    return Device(thing, shadow, presence), rest
+    return Device(thing, shadow, presence_doc), rest
 
 
 def view(thing: str, cid: str, doc: dict[str, Any] | None, *, connected: bool) -> CommandView | None:
@@ -100,10 +103,12 @@ def view(thing: str, cid: str, doc: dict[str, Any] | None, *, connected: bool) -
 def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[CommandView, bool]:
     """Queue the command (once) and wait for its outcome until `deadline` (monotonic).
 
-    Returns the view and whether it is terminal.
+    Returns the view and whether it is terminal. Presence is read only when it matters:
+    for `ifOffline: fail`, and to tell SENT from QUEUED when the wait runs out.
     """
     started = time.monotonic()
-    device, (commands_doc,) = load_device(thing, COMMANDS_SHADOW)
+    check_online = request.ifOffline == "fail"
+    device, (commands_doc,) = load_device(thing, COMMANDS_SHADOW, presence=check_online)
     known = device.actions
     if request.action not in known:
         raise errors.UnknownAction(
@@ -115,23 +120,28 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
         raise errors.InvalidParams(str(exc), details={"spec": known[request.action]}) from exc
     if len(contract.compact(request.params)) > contract.MAX_PARAMS_BYTES:
         raise errors.PayloadTooLarge(f"params exceed {contract.MAX_PARAMS_BYTES} bytes as compact JSON")
-    if request.ifOffline == "fail" and not device.connected:
+    if check_online and not device.connected:
         raise errors.DeviceOffline(f"{thing} is offline", details={"thing": thing, "lastSeen": device.last_seen})
 
     cid = request.id or uuid.uuid4().hex
-    _enqueue(thing, cid, request, commands_doc)
-    current = wait_for_outcome(thing, cid, deadline=deadline, connected=device.connected)
+    current = _enqueue(thing, cid, request, commands_doc)
+    if current is None or current.state not in _TERMINAL:
+        current = wait_for_outcome(thing, cid, deadline=deadline, since=time.monotonic() if current is None else None)
     if current.state in _TERMINAL:
         current.latencyMs = round((time.monotonic() - started) * 1000, 3)
         after = iot.get_shadow(thing)
         current.reported = {k: v for k, v in _reported(after).items() if k != "actions"}
+    elif not check_online:  # still pending: whether it was delivered depends on the device being connected
+        presence = iot.get_shadow(thing, PRESENCE_SHADOW)
+        current.state = (CommandState.SENT if _reported(presence).get("connected") else CommandState.QUEUED).value
     return current, current.state in _TERMINAL
 
 
 _TERMINAL = {s.value for s in CommandState if s.terminal}
 
 
-def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> None:
+def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> CommandView | None:
+    """Add desired.{cid} once. Returns the command's view if it already existed (a retry), else None."""
     for attempt in range(MAX_SUBMIT_ATTEMPTS):
         if attempt:
             doc = iot.get_shadow(thing, COMMANDS_SHADOW)  # someone changed it since: read again
@@ -140,13 +150,13 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
             digest = outcome.get("paramsDigest")  # devices that record it; others are checked by action only
             if outcome.get("action") != request.action or (digest and digest != contract.params_digest(request.params)):
                 raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
-            return  # already done: the retry gets the same outcome
+            return view(thing, cid, doc, connected=True)  # already done: the retry gets the same outcome
         desired = _desired(doc)
         pending = desired.get(cid)
         if isinstance(pending, dict):
             if pending.get("action") != request.action or pending.get("params") != request.params:
                 raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
-            return  # already queued: join the wait
+            return view(thing, cid, doc, connected=True)  # already queued: join the wait
         if len(desired) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
                 f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
@@ -165,20 +175,21 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
             continue
         finally:
             waiting.note_request(thing, COMMANDS_SHADOW)
-        return
+        return None
     raise errors.Throttled(f"too many concurrent commands for {thing}; retry")
 
 
-def wait_for_outcome(thing: str, cid: str, *, deadline: float, connected: bool) -> CommandView:
+def wait_for_outcome(thing: str, cid: str, *, deadline: float, since: float | None = None) -> CommandView:
+    """The command's view once terminal, or the last one seen when `deadline` passes (state SENT if pending)."""
     last: list[CommandView | None] = [None]
 
     def done(doc: dict[str, Any] | None) -> bool:
-        last[0] = view(thing, cid, doc, connected=connected)
+        last[0] = view(thing, cid, doc, connected=True)
         return last[0] is not None and last[0].state in _TERMINAL
 
-    waiting.poll_until(thing, COMMANDS_SHADOW, done, deadline)
+    waiting.poll_until(thing, COMMANDS_SHADOW, done, deadline, since=since)
     if last[0] is None:  # deadline hit before the first read
-        last[0] = view(thing, cid, iot.get_shadow(thing, COMMANDS_SHADOW), connected=connected)
+        last[0] = view(thing, cid, iot.get_shadow(thing, COMMANDS_SHADOW), connected=True)
     if last[0] is None:
         raise errors.UpstreamError(f"command {cid} vanished from {thing}'s shadow")
     return last[0]

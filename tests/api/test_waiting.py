@@ -1,0 +1,137 @@
+"""How the API waits for a device: polls timed by how fast the device answers, and what they cost."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from iotbridge_api import iot, waiting
+from iotbridge_contract.commands import PRESENCE_SHADOW
+from iotbridge_local.testclient import ApiClient
+from tests.api.conftest import FakeDeviceAnswers, make_device
+
+
+class Clock:
+    """A monotonic clock that only moves when the code under test sleeps: the schedule, without timing noise."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+class Device:
+    """A shadow whose answer appears `answers_after_s` after each request; counts the reads."""
+
+    def __init__(self, clock: Clock, answers_after_s: float) -> None:
+        self.clock, self.answers_after_s = clock, answers_after_s
+        self.requested_at = 0.0
+        self.reads = 0
+
+    def request(self) -> float:
+        self.requested_at = self.clock.now
+        self.reads = 0
+        return self.requested_at
+
+    def get_shadow(self, thing: str, shadow: str | None = None) -> dict[str, Any]:
+        self.reads += 1
+        answered = self.clock.now - self.requested_at >= self.answers_after_s
+        return {"answered": answered}
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(waiting, "time", clock)
+    waiting._reads.clear()
+    return clock
+
+
+def _wait(device: Device, thing: str, *, timeout_s: float = 10.0) -> tuple[bool, float]:
+    since = device.request()
+    seen = waiting.poll_until(thing, "commands", lambda doc: doc and doc["answered"], since + timeout_s, since=since)
+    return bool(seen), device.clock.now - since
+
+
+def test_polls_learn_when_a_device_answers(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a device that always answers 12 ms after a command is queued
+    device = Device(clock, answers_after_s=0.012)
+    monkeypatch.setattr(iot, "get_shadow", device.get_shadow)
+    # WHEN several commands are awaited, a click every half second
+    costs = []
+    for _ in range(12):
+        costs.append((_wait(device, "fast-1"), device.reads))
+        clock.sleep(0.5)
+    # THEN every answer is seen, and once the API has learnt the device's pace it is seen within
+    #      a few ms of arriving, with at most 3 reads per command
+    assert all(seen for (seen, _), _ in costs)
+    for (_, detected_after), reads in costs[-5:]:
+        assert detected_after <= 0.012 + 0.005
+        assert reads <= 3
+
+
+def test_a_slow_device_costs_few_reads(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a device that takes 2 s to answer
+    device = Device(clock, answers_after_s=2.0)
+    monkeypatch.setattr(iot, "get_shadow", device.get_shadow)
+    # WHEN the API waits for it the first time (expecting a fast device)
+    seen, detected_after = _wait(device, "slow-1")
+    # THEN it sees the answer within half a second and with far fewer reads than a fixed fast poll would make
+    assert seen and detected_after <= 2.5
+    assert device.reads <= 16
+
+
+def test_waiting_on_a_silent_device_is_bounded(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a device that never answers
+    device = Device(clock, answers_after_s=float("inf"))
+    monkeypatch.setattr(iot, "get_shadow", device.get_shadow)
+    # WHEN the API waits the longest wait a caller may ask for (29 s)
+    seen, waited = _wait(device, "gone-1", timeout_s=29.0)
+    # THEN it gives up at the deadline, having read about twice a second at most (AWS allows 20/s per thing)
+    assert not seen and waited == pytest.approx(29.0, abs=0.01)
+    assert device.reads <= 70
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str | None]:
+    reads: Counter[str | None] = Counter()
+    real = iot.get_shadow
+
+    def counting(thing: str, shadow: str | None = None) -> dict[str, Any] | None:
+        reads[shadow] += 1
+        return real(thing, shadow)
+
+    monkeypatch.setattr(iot, "get_shadow", counting)
+    return reads
+
+
+def test_a_command_that_succeeds_does_not_read_presence(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a device that answers
+    make_device("lamp-w1")
+    reads = _count_reads(monkeypatch)
+    # WHEN a command succeeds within the wait
+    with FakeDeviceAnswers("lamp-w1"):
+        response = api.post("/devices/lamp-w1/commands", json={"action": "ping", "timeoutMs": 5000})
+    # THEN the presence shadow was never read: it only matters when the answer does not come
+    assert response.status == 200, response.body
+    assert reads[PRESENCE_SHADOW] == 0
+    assert reads[None] == 2  # the advertised actions before, the reported state after
+
+
+@pytest.mark.parametrize(("connected", "state"), [(True, "SENT"), (False, "QUEUED")])
+def test_a_wait_that_runs_out_says_whether_the_device_is_connected(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch, connected: bool, state: str
+) -> None:
+    # GIVEN a device that does not answer (connected or not)
+    make_device("lamp-w2", connected=connected)
+    reads = _count_reads(monkeypatch)
+    # WHEN the wait runs out
+    response = api.post("/devices/lamp-w2/commands", json={"action": "ping", "timeoutMs": 100})
+    # THEN the 202 says SENT for a connected device and QUEUED for an offline one, from one presence read
+    assert response.status == 202 and response.json["state"] == state
+    assert reads[PRESENCE_SHADOW] == 1
