@@ -2,32 +2,71 @@
 
 The job id is the command id on every target device, so each device runs it at
 most once and reports it in its own `commands` shadow like any other command.
-The job record (action, targets) lives in named shadows of the registry thing
-`iotbridge-jobs`: `job-{id}` holds the summary and `job-{id}-{n}` the target
-names, in pages that fit AWS's 8 KB shadow limit. No database to run.
+The job record (action, targets in pages, how far each page got) lives in named
+shadows of the registry thing `iotbridge-jobs` (see iotbridge_jobs.record). No
+database to run.
+
+POST writes the record and answers 202 at once: a small job (one page of at most
+INLINE_TARGETS) is queued inside the request, like a single command; a larger one
+by the fan-out function, one asynchronous invocation per page. `queued` in the
+answer counts what was queued before it; `notQueued` lists what is known to have
+failed by then. GET reads the page records, the requested window's devices, and
+refreshes the counts of at most REFRESH_DEVICES devices per call (the stalest
+pages first); a page whose devices are all done keeps its final counts.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import json
+import os
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from iotbridge_jobs import fanout, record
+from iotbridge_jobs.record import JOBS_THING
+
 from iotbridge_api import errors, iot
-from iotbridge_api.dispatch import now_ms
 from iotbridge_contract import commands as contract
 from iotbridge_contract import names
 from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState
 
-JOBS_THING = "iotbridge-jobs"
-PAGE_CHARS = 6_000  # target names per page shadow, comma-joined, well inside 8 KB
-FANOUT_THREADS = 16
 MAX_EXPLICIT_TARGETS = 1_000
+INLINE_TARGETS = 50  # queued inside the POST: about as long as one page invocation's cold start
+THREADS = 16
+REFRESH_DEVICES = 500  # device shadows read per GET to refresh counts, beyond the window
+NOT_SENT, UNKNOWN, PENDING = "NOT_SENT", "UNKNOWN", "PENDING"
+TERMINAL = frozenset(s.value for s in CommandState if s.terminal)
+
+_lock = threading.Lock()
+_lambda_client: list[Any] = []
 
 
-def _job_shadow(job_id: str, page: int | None = None) -> str:
-    return f"job-{job_id}" if page is None else f"job-{job_id}-{page}"
+def _lambda() -> Any:
+    if not _lambda_client:
+        with _lock:
+            if not _lambda_client:
+                import boto3
+                from botocore.config import Config
+
+                cfg = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 3, "mode": "standard"})
+                _lambda_client.append(boto3.client("lambda", config=cfg))
+    return _lambda_client[0]
+
+
+def _start_fanout(job_id: str, page: int) -> None:
+    """One asynchronous invocation of the fan-out function for one page (Lambda keeps and retries the event)."""
+    function = os.environ.get("JOBS_FUNCTION_NAME")
+    if not function:
+        raise RuntimeError("JOBS_FUNCTION_NAME is not set: no fan-out function to invoke")
+    payload = json.dumps({"jobId": job_id, "page": page}).encode()
+    answer = _lambda().invoke(FunctionName=function, InvocationType="Event", Payload=payload)
+    if answer.get("StatusCode") != 202:
+        raise RuntimeError(f"Lambda answered {answer.get('StatusCode')} to an asynchronous invoke")
 
 
 def _all_things(deadline: float) -> list[str]:
@@ -40,20 +79,7 @@ def _all_things(deadline: float) -> list[str]:
             return things
 
 
-def _pages(things: list[str]) -> list[str]:
-    pages, current = [], ""
-    for thing in things:
-        if current and len(current) + len(thing) + 1 > PAGE_CHARS:
-            pages.append(current)
-            current = ""
-        current = f"{current},{thing}" if current else thing
-    if current:
-        pages.append(current)
-    return pages
-
-
-def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_ms: int, deadline: float) -> dict[str, Any]:
-    """Queue the command on every target; returns the job summary with what could not be queued."""
+def _check(params: dict[str, Any], things: list[str] | None) -> None:
     if len(contract.compact(params)) > contract.MAX_PARAMS_BYTES:
         raise errors.PayloadTooLarge(f"params exceed {contract.MAX_PARAMS_BYTES} bytes as compact JSON")
     # Without one device's spec to check against, hold params to what any spec can accept:
@@ -61,71 +87,212 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     for name, value in params.items():
         if not names.ACTION_NAME_RE.fullmatch(name) or not isinstance(value, (str, int, float, bool)):
             raise errors.InvalidParams(f"{name!r}: params of a bulk command are flat name: scalar pairs")
-    if things is not None:
-        for thing in things:
-            try:
-                names.thing_name(thing)
-            except names.InvalidName as exc:
-                raise errors.InvalidThingName(str(exc), details={"thing": str(thing)[:200]}) from None
-        targets = list(dict.fromkeys(things))
-    else:
-        targets = _all_things(deadline)
+    for thing in things or []:
+        try:
+            names.thing_name(thing)
+        except names.InvalidName as exc:
+            raise errors.InvalidThingName(str(exc), details={"thing": str(thing)[:200]}) from None
+
+
+def _shadow_call(call: Any, *args: Any) -> Any:
+    try:
+        return call(*args)
+    except record.ShadowError as exc:
+        raise (errors.Throttled if exc.code == "THROTTLED" else errors.UpstreamError)(str(exc)) from exc
+
+
+def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_ms: int, deadline: float) -> dict[str, Any]:
+    """Record the job and start queueing it; returns the job summary with what is queued and failed so far."""
+    _check(params, things)
+    targets = list(dict.fromkeys(things)) if things is not None else _all_things(deadline)
     job_id = uuid.uuid4().hex
-    issued = now_ms()
-    entry = contract.pending_entry(action, params, issued_at=issued, expires_at=issued + ttl_ms)
-    pages = _pages(targets)
-    for n, page in enumerate(pages):
-        iot.update_shadow(JOBS_THING, {"state": {"reported": {"things": page}}}, _job_shadow(job_id, n))
+    issued = record.now_ms()
+    pages = record.split(targets)
     summary = {"action": action, "params": params, "createdAt": issued, "expiresAt": issued + ttl_ms,
                "targets": len(targets), "pages": len(pages)}  # fmt: skip
-    iot.update_shadow(JOBS_THING, {"state": {"reported": summary}}, _job_shadow(job_id))
+    writes = [(record.page_shadow(job_id, n), {"things": ",".join(page)}) for n, page in enumerate(pages)]
+    with ThreadPoolExecutor(THREADS) as pool:  # the pages first: a summary means the whole record is there
+        list(pool.map(lambda w: _shadow_call(record.update, JOBS_THING, {"state": {"reported": w[1]}}, w[0]), writes))
+    _shadow_call(record.update, JOBS_THING, {"state": {"reported": summary}}, record.summary_shadow(job_id))
 
-    def queue(thing: str) -> tuple[str, str | None]:
-        if time.monotonic() > deadline:
-            return thing, "NOT_SENT"
+    queued, not_queued, to_invoke = 0, [], list(range(len(pages)))
+    if len(pages) == 1 and len(targets) <= INLINE_TARGETS:
+        remaining = lambda: int((deadline - time.monotonic()) * 1000)  # noqa: E731
         try:
-            iot.update_shadow(thing, {"state": {"desired": {job_id: entry}}, "clientToken": job_id}, COMMANDS_SHADOW)
-        except errors.ApiError as exc:
-            return thing, exc.code
-        return thing, None
+            outcome = fanout.run_page(job_id, 0, by="api", remaining_ms=remaining)
+        except fanout.Incomplete as exc:
+            outcome = exc.outcome  # what did not make it goes to the fan-out function, as a retry
+        except record.ShadowError:
+            outcome = None  # the page's own record said how far it got; the fan-out takes it from there
+        if outcome is not None and outcome.state != record.RETRYING:
+            to_invoke = []
+        if outcome is not None:
+            queued = outcome.queued
+            not_queued = [f for f in outcome.failed if f["code"] not in fanout.RETRYABLE_CODES]
 
-    with ThreadPoolExecutor(FANOUT_THREADS) as pool:
-        failed = [{"thing": t, "code": code} for t, code in pool.map(queue, targets) if code]
-    return {"jobId": job_id, **summary, "queued": len(targets) - len(failed), "notQueued": failed[:100]}
+    def invoke(page: int) -> str | None:
+        try:
+            _start_fanout(job_id, page)
+        except Exception as exc:  # recorded on the page: progress shows its devices NOT_SENT with this error
+            error = f"the fan-out could not be started: {type(exc).__name__}: {str(exc)[:200]}"
+            sent = record.sent_record(record.FAILED, attempt=0, by="api", error=error, queued=0)
+            _shadow_call(record.update, JOBS_THING, {"state": {"reported": {"sent": sent}}}, record.page_shadow(job_id, page))
+            return error
+        return None
+
+    with ThreadPoolExecutor(min(THREADS, max(1, len(to_invoke)))) as pool:
+        for page, error in zip(to_invoke, pool.map(invoke, to_invoke), strict=True):
+            if error:
+                not_queued += [{"thing": t, "code": NOT_SENT, "error": error} for t in pages[page]]
+    return {"jobId": job_id, **summary, "queued": queued, "notQueued": not_queued[:100]}
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+class _Page:
+    """One page's record as GET sees it, and what its devices' states mean."""
+
+    def __init__(self, number: int, first: int, reported: dict[str, Any], now: int) -> None:
+        self.number, self.first = number, first
+        self.things = record.page_things(reported)
+        self.sent: dict[str, Any] = reported.get("sent") or {}
+        self.failed = record.decode_failed(reported.get("failed"))
+        self.tally = _counts_of(reported.get("tally"))
+        self.final = _counts_of(reported.get("final"))
+        self.tally_at = int((reported.get("tally") or {}).get("at") or 0)
+        state = self.sent.get("state")
+        lapsed = state == record.SENDING and int(self.sent.get("until") or 0) < now
+        attempt = int(self.sent.get("attempt") or 0)
+        # Settled: no sender will touch the page again. A lapsed claim of the API, or of the
+        # last attempt, was cut off (timeout); an earlier attempt's is retried by Lambda.
+        self.settled = state in record.SETTLED or (lapsed and (self.sent.get("by") == "api" or attempt >= record.MAX_ATTEMPTS))
+        self.error = self.sent.get("error") or (f"attempt {attempt} was cut off" if lapsed else None)
+        self.taken = bool(state)  # some sender has worked on it: its devices may hold the command
+
+    def state_of(self, index: int, doc: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+        thing = self.things[index]
+        outcome = record.reported(doc).get(job_id)
+        if isinstance(outcome, dict):
+            return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"), "error": outcome.get("error")}
+        if job_id in record.desired(doc):
+            return {"thing": thing, "state": PENDING}
+        if index in self.failed:
+            return {"thing": thing, "state": NOT_SENT, "error": self.failed[index]}
+        if self.sent.get("state") == record.QUEUED:
+            return {"thing": thing, "state": UNKNOWN}  # queued, then gone (a device keeps its last outcomes only)
+        return {"thing": thing, "state": NOT_SENT, "error": self.error}
+
+    def unread(self, index: int) -> dict[str, Any]:
+        """A device whose shadow needs no read: its page was never taken."""
+        return {"thing": self.things[index], "state": NOT_SENT, "error": self.error}
+
+    def done(self, counts: dict[str, int]) -> int:
+        return sum(n for state, n in counts.items() if state in TERMINAL or (state == NOT_SENT and self.settled))
+
+    def assumed_counts(self) -> dict[str, int]:
+        """Counts without reading a device: not yet taken, or as the fan-out left it."""
+        if not self.taken:
+            return {NOT_SENT: len(self.things)}
+        counts = {NOT_SENT: len(self.failed)} if self.failed else {}
+        rest = len(self.things) - len(self.failed)
+        if rest:
+            counts["QUEUED" if self.sent.get("state") == record.QUEUED else "SENDING"] = rest
+        return counts
+
+
+def _counts_of(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict) or not isinstance(value.get("counts"), str):
+        return None
+    try:
+        counts = json.loads(value["counts"])
+    except ValueError:
+        return None
+    return {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else None
+
+
+def _count(states: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for device in states:
+        counts[str(device["state"])] = counts.get(str(device["state"]), 0) + 1
+    return counts
 
 
 def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
     if not names.COMMAND_ID_RE.fullmatch(job_id):
         raise errors.InvalidCommandId(f"invalid job id {job_id!r}")
-    summary_doc = iot.get_shadow(JOBS_THING, _job_shadow(job_id))
-    if summary_doc is None:
+    summary = record.reported(_shadow_call(record.get, JOBS_THING, record.summary_shadow(job_id)))
+    if not summary:
         raise errors.JobNotFound(f"no job {job_id}", details={"jobId": job_id})
-    summary = summary_doc["state"]["reported"]
-    targets: list[str] = []
-    for n in range(int(summary.get("pages", 0))):
-        page = iot.get_shadow(JOBS_THING, _job_shadow(job_id, n)) or {}
-        targets.extend(filter(None, str(page.get("state", {}).get("reported", {}).get("things", "")).split(",")))
+    now = record.now_ms()
+    with ThreadPoolExecutor(THREADS) as pool:
+        docs = list(pool.map(lambda n: _shadow_call(record.get, JOBS_THING, record.page_shadow(job_id, n)),
+                             range(int(summary.get("pages", 0)))))  # fmt: skip
+        pages: list[_Page] = []
+        first = 0
+        for n, doc in enumerate(docs):
+            pages.append(_Page(n, first, record.reported(doc), now))
+            first += len(pages[-1].things)
+        total = first
 
-    def state_of(thing: str) -> dict[str, Any]:
-        doc = iot.get_shadow(thing, COMMANDS_SHADOW) or {}
-        state = doc.get("state", {})
-        outcome = (state.get("reported") or {}).get(job_id)
-        if isinstance(outcome, dict):
-            return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"), "error": outcome.get("error")}
-        if job_id in (state.get("desired") or {}):
-            return {"thing": thing, "state": "PENDING"}
-        return {"thing": thing, "state": "UNKNOWN"}
+        # Which pages get their counts refreshed: taken, not final, the stalest first, within the budget.
+        refresh: list[_Page] = []
+        budget = REFRESH_DEVICES
+        for page in sorted((p for p in pages if p.taken and p.final is None), key=lambda p: p.tally_at):
+            if refresh and len(page.things) > budget:
+                break
+            refresh.append(page)
+            budget -= len(page.things)
+        window = range(offset, min(offset + limit, total))
+        wanted: set[tuple[int, int]] = {(p.number, i) for p in refresh for i in range(len(p.things))}
+        locate = _locator(pages)
+        for position in window:
+            page, index = locate(position)
+            if page.taken:
+                wanted.add((page.number, index))
+        order = sorted(wanted)
+        read = pool.map(lambda key: _shadow_call(record.get, pages[key[0]].things[key[1]], COMMANDS_SHADOW), order)
+        states = {key: pages[key[0]].state_of(key[1], doc, job_id) for key, doc in zip(order, read, strict=True)}
 
-    with ThreadPoolExecutor(FANOUT_THREADS) as pool:
-        devices = list(pool.map(state_of, targets))
-    counts: dict[str, int] = {}
-    for device in devices:
-        counts[device["state"]] = counts.get(device["state"], 0) + 1
-    terminal = {s.value for s in CommandState if s.terminal}
-    done = sum(n for state, n in counts.items() if state in terminal)
-    window = devices[offset : offset + limit]
+        counts: dict[str, int] = {}
+        done = 0
+        for page in pages:
+            if page.final is not None:
+                page_counts = page.final
+            elif page in refresh:
+                page_counts = _count([states[(page.number, i)] for i in range(len(page.things))])
+                _save_tally(job_id, page, page_counts, now)
+            else:
+                page_counts = page.tally if page.tally is not None else page.assumed_counts()
+            done += page.done(page_counts)
+            for state, n in page_counts.items():
+                counts[state] = counts.get(state, 0) + n
+    devices = []
+    for position in window:
+        page, index = locate(position)
+        devices.append(states.get((page.number, index)) or page.unread(index))
     return {
         "jobId": job_id, **{k: summary.get(k) for k in ("action", "createdAt", "expiresAt")},
-        "targets": len(targets), "done": done, "complete": done == len(targets), "counts": counts,
-        "devices": window, "nextOffset": offset + limit if offset + limit < len(devices) else None,
+        "targets": total, "done": done, "complete": done == total, "counts": counts,
+        "devices": devices, "nextOffset": offset + limit if offset + limit < total else None,
     }  # fmt: skip
+
+
+def _locator(pages: list[_Page]) -> Any:
+    starts = [p.first for p in pages]
+
+    def locate(position: int) -> tuple[_Page, int]:
+        page = pages[bisect.bisect_right(starts, position) - 1]
+        return page, position - page.first
+
+    return locate
+
+
+def _save_tally(job_id: str, page: _Page, counts: dict[str, int], now: int) -> None:
+    """Keep the counts on the page; once settled and all terminal, as final: never read again."""
+    value = {"counts": json.dumps(counts, separators=(",", ":"), sort_keys=True), "at": now}
+    update: dict[str, Any] = {"tally": value}
+    if page.settled and page.done(counts) == len(page.things):
+        update["final"] = value
+    with contextlib.suppress(record.ShadowError):  # only a cache: the next GET reads again
+        record.update(JOBS_THING, {"state": {"reported": update}}, record.page_shadow(job_id, page.number))

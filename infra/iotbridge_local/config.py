@@ -28,6 +28,8 @@ class StackConfig:
     iot_http_port: int = 4443  # IoT data plane + control-plane subset (boto3 iot-data / iot)
     api_port: int = 3000  # the HTTP API (API Gateway stand-in)
     dashboard_port: int = 8080
+    lambda_port: int = 9010  # the Lambda Invoke API (boto3 `lambda`), for the API's asynchronous fan-out
+    jobs_concurrency: int = 3  # fan-out environments at once; on 2 cores more only contend (AWS runs one per page)
     devices: int = 2  # simulated devices started by `iotbridge up`
     tls: bool = True  # devices connect over mutual TLS
     api_key: str = "local-dev-key"
@@ -37,7 +39,7 @@ class StackConfig:
     def free(cls, data_dir: Path, **overrides: object) -> StackConfig:
         ports = {
             name: free_port()
-            for name in ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port")
+            for name in ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port", "lambda_port")
         }
         return replace(cls(data_dir=data_dir, **ports), **overrides)  # type: ignore[arg-type]
 
@@ -50,14 +52,19 @@ class StackConfig:
         return f"http://{HOST}:{self.api_port}"
 
     @property
+    def lambda_endpoint(self) -> str:
+        return f"http://{HOST}:{self.lambda_port}"
+
+    @property
     def dashboard_url(self) -> str:
         return f"http://{HOST}:{self.dashboard_port}"
 
     def function_env(self) -> dict[str, str]:
-        """What the API function needs locally: endpoints and dummy credentials, nothing else."""
+        """What the functions need locally: endpoints and dummy credentials, nothing else."""
         return {
             "AWS_ENDPOINT_URL_IOT_DATA_PLANE": self.iot_endpoint,
             "AWS_ENDPOINT_URL_IOT": self.iot_endpoint,
+            "AWS_ENDPOINT_URL_LAMBDA": self.lambda_endpoint,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",

@@ -28,20 +28,28 @@ from iotbridge_local.apigw.server import ApiGateway
 from iotbridge_local.broker import Broker, wait_for_port
 from iotbridge_local.config import StackConfig
 from iotbridge_local.dashboard_server import DashboardServer
+from iotbridge_local.lambdaapi import LambdaService
 from iotbridge_local.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 API_HANDLER = "iotbridge_api.handler.lambda_handler"
+JOBS_HANDLER = "iotbridge_jobs.handler.lambda_handler"
+JOBS_FUNCTION = "iotbridge-jobs"  # its name as the API gets it (on AWS: the template's !Ref JobsFunction)
 
 
-def function_timeout_s(template: Path = ROOT / "template.yaml", default: float = 30.0) -> float:
-    """The API function's Timeout from template.yaml (Globals or the function), so local matches deployed."""
+def function_timeout_s(template: Path = ROOT / "template.yaml", default: float = 30.0, *, function: str = "ApiFunction") -> float:
+    """A function's Timeout from template.yaml (its own, else Globals'), so local matches deployed."""
     try:
         text = template.read_text()
     except OSError:
         return default
-    found = re.findall(r"^\s+Timeout:\s*(\d+)\s*$", text, flags=re.MULTILINE)
-    return float(found[-1]) if found else default
+    # A top-level section or a resource (two-space indent) runs until the next line at its indent or less.
+    for block in (rf"^  {function}:\n((?:(?:    .*)?\n)*)", r"^Globals:\n((?:(?: .*)?\n)*)"):
+        found = re.search(block, text, flags=re.MULTILINE)
+        timeout = re.search(r"^\s+Timeout:\s*(\d+)\s*$", found.group(1), flags=re.MULTILINE) if found else None
+        if timeout:
+            return float(timeout.group(1))
+    return default
 
 
 class LocalStack:
@@ -56,6 +64,7 @@ class LocalStack:
         self._children: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
         self._argv: dict[str, list[str]] = {}
         self._api: ApiGateway | None = None
+        self.lambda_service: LambdaService | None = None
         self._dashboard: DashboardServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -66,6 +75,7 @@ class LocalStack:
             self._start_iotcore()
             self._start_rules()
             self._register_things()
+            self._start_lambda()
             self._start_api()
             self._start_dashboard()
             for thing in self.things:
@@ -85,6 +95,9 @@ class LocalStack:
         if self._api:
             self._api.stop()
             self._api = None
+        if self.lambda_service:
+            self.lambda_service.stop()
+            self.lambda_service = None
         self.broker.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / "stack.json").unlink()
@@ -136,8 +149,17 @@ class LocalStack:
             aws_access_key_id="local", aws_secret_access_key="local",
         )  # fmt: skip
 
+    def _start_lambda(self) -> None:
+        """The Lambda Invoke API, serving the fan-out function that the API invokes asynchronously."""
+        jobs = Environments(
+            handler=JOBS_HANDLER, env=self.config.function_env(), timeout_s=function_timeout_s(function="JobsFunction"),
+            log=self.logs / "jobs.log", max_environments=self.config.jobs_concurrency,
+        )  # fmt: skip
+        self.lambda_service = LambdaService(port=self.config.lambda_port, functions={JOBS_FUNCTION: jobs})
+        self.lambda_service.start()
+
     def _start_api(self) -> None:
-        env = self.config.function_env() | {"DASHBOARD_ORIGIN": self.config.dashboard_url}
+        env = self.config.function_env() | {"DASHBOARD_ORIGIN": self.config.dashboard_url, "JOBS_FUNCTION_NAME": JOBS_FUNCTION}
         environments = Environments(
             handler=API_HANDLER, env=env, timeout_s=function_timeout_s(), log=self.logs / "api.log"
         )
@@ -257,5 +279,6 @@ class LocalStack:
             "dashboard": self.config.dashboard_url, "mqtts": self.config.mqtts_port, "dataDir": str(self.data_dir),
             "tls": self.config.tls,
             "iot": self.config.iot_endpoint, "mqtt": self.config.mqtt_port, "things": self.things,
+            "lambda": self.config.lambda_endpoint,
         }  # fmt: skip
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))

@@ -1,26 +1,101 @@
-"""POST /commands and GET /commands/jobs/{id} against moto."""
+"""POST /commands and GET /commands/jobs/{id} against moto: the job record, the fan-out, progress.
+
+The API's asynchronous invoke of the fan-out function is replaced by a list of
+events the test delivers to the real fan-out handler itself, so it can deliver
+one twice, late, or fail one, as Lambda may. The real invoke, through the local
+Lambda Invoke API, is in tests/integration/test_bulk_fanout.py.
+"""
 
 from __future__ import annotations
 
-import boto3
+import json
+from collections.abc import Iterator
+from typing import Any
 
-from iotbridge_api.bulk import JOBS_THING
+import boto3
+import pytest
+from iotbridge_jobs import fanout, record
+from iotbridge_jobs.handler import lambda_handler as fanout_handler
+from iotbridge_jobs.record import JOBS_THING
+
+from iotbridge_api import bulk
+from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState, outcome_entry
+from iotbridge_local.apigw.event import LambdaContext
 from iotbridge_local.testclient import ApiClient
 from tests.api.conftest import FakeDeviceAnswers, make_device, shadow
 
 
-def test_bulk_command_reaches_every_target_and_progress_follows(api: ApiClient) -> None:
-    # GIVEN three devices (moto needs the jobs registry thing to exist, as the template creates it on AWS)
-    boto3.client("iot", region_name="us-east-1").create_thing(thingName=JOBS_THING)
+class Invocations:
+    """What the API asked Lambda to run asynchronously, delivered when the test says."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.refuse: set[int] = set()  # pages whose invoke call fails
+
+    def start(self, job_id: str, page: int) -> None:
+        if page in self.refuse:
+            raise RuntimeError("TooManyRequestsException: Rate exceeded")
+        self.events.append({"jobId": job_id, "page": page})
+
+    def deliver(self, event: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = fanout_handler(dict(event), LambdaContext(timeout_s=60, function_name="JobsFunction"))
+        return result
+
+    def deliver_all(self) -> None:
+        for event in self.events:
+            self.deliver(event)
+
+
+@pytest.fixture
+def invocations(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Invocations]:
+    record._clients.clear()
+    boto3.client("iot", region_name="us-east-1").create_thing(thingName=JOBS_THING)  # moto wants the thing registered
+    fake = Invocations()
+    monkeypatch.setattr(bulk, "_start_fanout", fake.start)
+    monkeypatch.setattr(fanout, "BACKOFF_S", (0.0,))
+    yield fake
+    record._clients.clear()
+
+
+def _things(prefix: str, count: int) -> list[str]:
+    iot = boto3.client("iot", region_name="us-east-1")
+    names = [f"{prefix}-{i:03d}" for i in range(count)]
+    for name in names:
+        iot.create_thing(thingName=name)
+    return names
+
+
+def _pending(thing: str) -> dict[str, Any]:
+    try:
+        return shadow(thing)["state"].get("desired") or {}
+    except Exception:  # no commands shadow yet
+        return {}
+
+
+def _answer(thing: str, job: str, state: CommandState = CommandState.SUCCEEDED) -> None:
+    """The device ran the job's command: outcome in reported, desired cleared (what the agent writes)."""
+    data = boto3.client("iot-data", region_name="us-east-1")
+    outcome = outcome_entry(state, "ping", done_at=1, result={"pong": True})
+    update = {"state": {"desired": {job: None}, "reported": {job: outcome}}}
+    data.update_thing_shadow(thingName=thing, shadowName=COMMANDS_SHADOW, payload=json.dumps(update))
+
+
+def _page_record(job: str, page: int) -> dict[str, Any]:
+    return record.reported(record.get(JOBS_THING, record.page_shadow(job, page)))
+
+
+def test_small_job_is_queued_inside_the_request_and_progress_follows(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN three devices
     for thing in ("d1", "d2", "d3"):
         make_device(thing)
     # WHEN one command goes to all of them
     started = api.post("/commands", json={"action": "ping", "all": True})
     assert started.status == 202, started.body
     job = started.json["jobId"]
+    # THEN a job this small is queued within the request: no fan-out invocation needed
     assert started.json["targets"] == started.json["queued"] == 3
-    # THEN each device has it pending under the job id
-    assert all(job in shadow(t)["state"]["desired"] for t in ("d1", "d2", "d3"))
+    assert invocations.events == []
+    assert all(job in _pending(t) for t in ("d1", "d2", "d3"))
     assert api.get(f"/commands/jobs/{job}").json["counts"] == {"PENDING": 3}
     # AND when one device answers, progress shows it
     with FakeDeviceAnswers("d2", result={"pong": True}) as device:
@@ -31,8 +106,218 @@ def test_bulk_command_reaches_every_target_and_progress_follows(api: ApiClient) 
     assert {d["thing"]: d["state"] for d in progress["devices"]}["d2"] == "SUCCEEDED"
 
 
-def test_bulk_needs_targets_and_checks_names(api: ApiClient) -> None:
+def test_bulk_needs_targets_and_checks_names(api: ApiClient, invocations: Invocations) -> None:
     assert api.post("/commands", json={"action": "ping"}).status == 422
     bad = api.post("/commands", json={"action": "ping", "things": ["ok", "bad/name"]})
     assert (bad.status, bad.json["code"]) == (400, "INVALID_THING_NAME")
     assert api.get("/commands/jobs/nope").json["code"] == "JOB_NOT_FOUND"
+
+
+def test_every_target_is_queued_when_the_job_spans_many_pages(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN 95 devices and pages of 20 targets (5 pages)
+    monkeypatch.setattr(record, "PAGE_THINGS", 20)
+    things = _things("fleet", 95)
+    # WHEN one command goes to all of them
+    started = api.post("/commands", json={"action": "ping", "things": things})
+    assert started.status == 202, started.body
+    job = started.json["jobId"]
+    # THEN the API answered before queueing anything: one fan-out event per page
+    assert (started.json["targets"], started.json["queued"], started.json["notQueued"]) == (95, 0, [])
+    assert sorted(e["page"] for e in invocations.events) == [0, 1, 2, 3, 4]
+    # AND until the fan-out runs, progress says honestly that nothing was sent
+    before = api.get(f"/commands/jobs/{job}").json
+    assert (before["counts"], before["done"], before["complete"]) == ({"NOT_SENT": 95}, 0, False)
+    # WHEN Lambda runs the events
+    invocations.deliver_all()
+    # THEN every target has the command pending under the job id
+    assert [t for t in things if job not in _pending(t)] == []
+    # AND progress counts them all as pending
+    assert api.get(f"/commands/jobs/{job}?limit=1000").json["counts"] == {"PENDING": 95}
+
+
+def test_progress_reads_the_window_and_a_bounded_refresh_then_keeps_finished_pages(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job on 60 devices in pages of 10, at most 20 devices re-read per GET beyond the window
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    monkeypatch.setattr(bulk, "REFRESH_DEVICES", 20)
+    things = _things("win", 60)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    invocations.deliver_all()
+    reads: list[str] = []
+    real_get = record.get
+
+    def counting_get(thing: str, shadow_name: str) -> dict[str, Any] | None:
+        if shadow_name == COMMANDS_SHADOW:
+            reads.append(thing)
+        return real_get(thing, shadow_name)
+
+    monkeypatch.setattr(record, "get", counting_get)
+    # WHEN a window of 5 devices in the middle is asked for
+    view = api.get(f"/commands/jobs/{job}?offset=23&limit=5").json
+    # THEN those devices, in target order, and where the next window starts
+    assert [d["thing"] for d in view["devices"]] == things[23:28]
+    assert view["nextOffset"] == 28 and view["targets"] == 60
+    # AND the GET read at most the window and the refresh budget of device shadows, not all 60
+    assert len(reads) <= 5 + 20
+    # WHEN every device has answered and a client keeps polling
+    for thing in things:
+        _answer(thing, job)
+    for _ in range(10):
+        reads.clear()
+        view = api.get(f"/commands/jobs/{job}?limit=1").json
+        if view["complete"]:
+            break
+    # THEN the job completes within a few calls, with every outcome counted
+    assert view["complete"] is True and view["counts"] == {"SUCCEEDED": 60} and view["done"] == 60
+    # AND from then on a GET reads only its window: finished pages keep their final counts
+    reads.clear()
+    again = api.get(f"/commands/jobs/{job}?limit=1").json
+    assert again["counts"] == {"SUCCEEDED": 60} and again["complete"] is True
+    assert reads == [things[0]]
+    assert view["nextOffset"] == 1
+
+
+def test_a_page_whose_invocation_fails_shows_not_sent_with_the_error(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN 30 devices in pages of 10, and Lambda refusing the invoke of the second page
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    things = _things("fail", 30)
+    invocations.refuse = {1}
+    # WHEN the bulk command is posted
+    started = api.post("/commands", json={"action": "ping", "things": things})
+    job = started.json["jobId"]
+    # THEN the answer already lists that page's devices as not queued, with the reason
+    assert [n["thing"] for n in started.json["notQueued"]] == things[10:20]
+    assert {n["code"] for n in started.json["notQueued"]} == {"NOT_SENT"}
+    assert "TooManyRequestsException" in started.json["notQueued"][0]["error"]
+    # WHEN the other pages are queued and all their devices answer
+    invocations.deliver_all()
+    for thing in things[:10] + things[20:]:
+        _answer(thing, job)
+    view = {}
+    for _ in range(5):
+        view = api.get(f"/commands/jobs/{job}?offset=10&limit=10").json
+        if view["complete"]:
+            break
+    # THEN progress shows the failed page's devices NOT_SENT with the error; nothing is left waiting
+    assert view["counts"] == {"SUCCEEDED": 20, "NOT_SENT": 10}
+    assert {d["state"] for d in view["devices"]} == {"NOT_SENT"}
+    assert all("could not be started" in d["error"] for d in view["devices"])
+    assert view["complete"] is True
+    # AND no device of that page got the command
+    assert [t for t in things[10:20] if job in _pending(t)] == []
+
+
+def _throttle(monkeypatch: pytest.MonkeyPatch, throttled: set[str]) -> None:
+    real_update = record.update
+
+    def update(thing: str, document: dict[str, Any], shadow_name: str) -> None:
+        if thing in throttled and shadow_name == COMMANDS_SHADOW:
+            raise record.ShadowError("THROTTLED", "AWS IoT throttled the request", retryable=True)
+        real_update(thing, document, shadow_name)
+
+    monkeypatch.setattr(record, "update", update)
+
+
+def test_an_async_retry_never_queues_again_on_a_device_that_finished(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job on 60 devices (one fan-out page), one of which AWS IoT keeps throttling
+    things = _things("retry", 60)
+    throttled = {things[7]}
+    _throttle(monkeypatch, throttled)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    (event,) = invocations.events
+    # WHEN the first attempt runs: it cannot reach that device, so it fails for Lambda to retry
+    with pytest.raises(fanout.Incomplete):
+        invocations.deliver(event)
+    assert _page_record(job, 0)["sent"]["state"] == record.RETRYING
+    # AND meanwhile another device runs the command and clears it from desired
+    _answer(things[3], job)
+    assert job not in _pending(things[3])
+    # AND progress shows the unreached device NOT_SENT with the cause, while the retry is due
+    view = api.get(f"/commands/jobs/{job}?offset=7&limit=1").json
+    assert view["devices"] == [{"thing": things[7], "state": "NOT_SENT", "error": "THROTTLED"}]
+    assert view["complete"] is False
+    # WHEN Lambda retries the event and the throttling is over
+    throttled.clear()
+    result = invocations.deliver(event)
+    # THEN the unreached device gets the command, and the finished one does not get it again
+    assert (result["state"], result["attempt"]) == ("QUEUED", 2)
+    assert job in _pending(things[7])
+    assert job not in _pending(things[3])
+    assert shadow(things[3])["state"]["reported"][job]["state"] == "SUCCEEDED"
+    # AND a third delivery of the same event (Lambda may deliver twice) changes nothing
+    assert invocations.deliver(event)["state"] == "SKIPPED"
+    assert job not in _pending(things[3])
+
+
+def test_the_last_attempt_gives_up_visibly(api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a job on 60 devices, one of which is throttled through every attempt Lambda makes
+    things = _things("last", 60)
+    _throttle(monkeypatch, {things[0]})
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    (event,) = invocations.events
+    # WHEN Lambda runs the event and its two retries
+    for _ in range(record.MAX_ATTEMPTS - 1):
+        with pytest.raises(fanout.Incomplete):
+            invocations.deliver(event)
+    last = invocations.deliver(event)
+    # THEN the last attempt records the page FAILED, with what was queued and what not
+    assert (last["state"], last["attempt"], last["queued"], last["failed"]) == ("FAILED", 3, 59, 1)
+    # AND progress shows that device NOT_SENT with the cause, as settled: nothing more will happen to it
+    for thing in things[1:]:
+        _answer(thing, job)
+    view = {}
+    for _ in range(3):
+        view = api.get(f"/commands/jobs/{job}?limit=1").json
+        if view["complete"]:
+            break
+    assert view["devices"] == [{"thing": things[0], "state": "NOT_SENT", "error": "THROTTLED"}]
+    assert view["counts"] == {"SUCCEEDED": 59, "NOT_SENT": 1} and view["complete"] is True
+
+
+def test_a_duplicate_delivery_leaves_a_page_another_invocation_is_sending(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN a job whose page is held by a live sender (its claim runs until the future)
+    things = _things("dup", 60)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    claim = record.sent_record(record.SENDING, attempt=1, by="fanout", until=record.now_ms() + 60_000)
+    record.update(JOBS_THING, {"state": {"reported": {"sent": claim}}}, record.page_shadow(job, 0))
+    # WHEN Lambda delivers the same event again
+    result = invocations.deliver(invocations.events[0])
+    # THEN the duplicate leaves the page alone
+    assert result["state"] == "SKIPPED"
+    assert [t for t in things if job in _pending(t)] == []
+    # AND progress shows its devices not sent yet, and the job not over: the live sender may still queue them
+    view = api.get(f"/commands/jobs/{job}").json
+    assert (view["counts"], view["complete"]) == ({"NOT_SENT": 60}, False)
+
+
+def test_a_sender_cut_off_by_its_timeout_is_retried_then_shown_failed(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN a page whose last attempt's claim lapsed: Lambda stopped it at its timeout
+    things = _things("cut", 60)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    claim = record.sent_record(record.SENDING, attempt=record.MAX_ATTEMPTS, by="fanout", until=record.now_ms() - 1)
+    record.update(JOBS_THING, {"state": {"reported": {"sent": claim}}}, record.page_shadow(job, 0))
+    # WHEN progress is read
+    view = api.get(f"/commands/jobs/{job}?limit=1").json
+    # THEN its devices show as not sent because the attempt was cut off, and the job as over for them
+    assert view["devices"][0]["state"] == "NOT_SENT" and "cut off" in view["devices"][0]["error"]
+    assert view["complete"] is True and view["counts"] == {"NOT_SENT": 60}
+
+
+def test_pages_stay_within_the_shadow_size_limit() -> None:
+    # GIVEN the longest thing names AWS allows, and the shortest
+    for length in (128, 1):
+        things = [f"{i:0{length}d}"[-length:] if length > 6 else f"t{i}" for i in range(2_000)]
+        for page in record.split(things):
+            # THEN a page's record, with every device failed under a long code, stays well under 8 KB
+            failed = record.encode_failed(dict.fromkeys(range(len(page)), "TOO_MANY_PENDING"))
+            doc = {"things": ",".join(page), "failed": failed, "sent": record.sent_record(record.QUEUED, attempt=3, by="fanout")}
+            assert len(json.dumps(doc)) < 7_500, length
+    # AND the failure encoding reads back as written
+    assert record.decode_failed(record.encode_failed({3: "A", 1: "B", 2: "A"})) == {1: "B", 2: "A", 3: "A"}

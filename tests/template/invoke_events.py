@@ -44,11 +44,28 @@ def main(events_dir: Path) -> None:
         reported = {"state": {"reported": {"led": "off", "actions": ACTIONS}}}
         boto3.client("iot-data").update_thing_shadow(thingName="pi-01", payload=json.dumps(reported).encode())
 
+        from iotbridge_jobs import record
+        from iotbridge_jobs.handler import lambda_handler as jobs
+
         from iotbridge_api.handler import lambda_handler as api
         from iotbridge_presence.handler import lambda_handler as presence
 
         def call(name: str) -> None:
             event = json.loads((events_dir / f"{name}.json").read_text())
+            if name.startswith("jobs-"):
+                # The record bulk.start() writes before it invokes the fan-out: one page, pi-01.
+                data = boto3.client("iot-data")
+                boto3.client("iot").create_thing(thingName=record.JOBS_THING)
+                summary = {"action": "ping", "params": {}, "createdAt": 1, "expiresAt": 2**42, "targets": 1, "pages": 1}
+                for shadow, reported in ((record.page_shadow(event["jobId"], 0), {"things": "pi-01"}),
+                                         (record.summary_shadow(event["jobId"]), summary)):  # fmt: skip
+                    data.update_thing_shadow(thingName=record.JOBS_THING, shadowName=shadow,
+                                             payload=json.dumps({"state": {"reported": reported}}).encode())  # fmt: skip
+                result = jobs(event, LambdaContext("iotbridge-jobs", 60_000))
+                doc = json.loads(data.get_thing_shadow(thingName="pi-01", shadowName="commands")["payload"].read())
+                pending = sorted(doc["state"].get("desired", {}))
+                print(json.dumps({"event": name, "result": result, "pending": pending}), flush=True)
+                return
             if name.startswith("presence-"):
                 result: Any = presence(event, LambdaContext("iotbridge-presence", 10_000))
                 print(json.dumps({"event": name, "result": result}), flush=True)
@@ -72,6 +89,7 @@ def main(events_dir: Path) -> None:
             "get-command",
             "bad-thing-name",
             "post-command-invalid-json",
+            "jobs-fanout-page",
         ):
             call(name)
 

@@ -17,7 +17,8 @@ from iotbridge_contract import names
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 PRESENCE = sorted(EVENTS.glob("presence-*.json"))
-API = sorted(set(EVENTS.glob("*.json")) - set(PRESENCE))
+JOBS = sorted(EVENTS.glob("jobs-*.json"))
+API = sorted(set(EVENTS.glob("*.json")) - set(PRESENCE) - set(JOBS))
 
 PROXY_KEYS = {
     "resource", "path", "httpMethod", "headers", "multiValueHeaders", "queryStringParameters",
@@ -37,6 +38,7 @@ def test_the_samples_the_brief_names_exist() -> None:
     # GIVEN the events folder  THEN the samples tests and `sam local invoke` use are there
     present = {p.name for p in EVENTS.glob("*.json")}
     assert {"post-command.json", "get-device.json", "bad-thing-name.json", "presence-connected.json"} <= present
+    assert "jobs-fanout-page.json" in present
 
 
 @pytest.mark.parametrize("path", API, ids=[p.stem for p in API])
@@ -107,3 +109,13 @@ def test_presence_event_has_the_lifecycle_event_shape(path: Path) -> None:
         assert isinstance(event["clientInitiatedDisconnect"], bool)
     else:
         assert event["ipAddress"]
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
+def test_jobs_event_is_what_the_api_sends_the_fan_out_function(path: Path) -> None:
+    # GIVEN a sample fan-out event, as bulk.start() invokes the function with it
+    event = _load(path)
+    # THEN it names one page of one job, nothing else
+    assert set(event) == {"jobId", "page"}
+    names.command_id(event["jobId"])
+    assert isinstance(event["page"], int) and event["page"] >= 0

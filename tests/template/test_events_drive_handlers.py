@@ -93,3 +93,12 @@ def test_every_api_answer_carries_the_cors_origin_the_template_configures(
         for record in records:
             if "status" in record:
                 assert record["headers"].get("Access-Control-Allow-Origin") == origin, name
+
+
+def test_fan_out_sample_queues_the_job_on_its_page(repo: Path, answers: dict[str, list[dict[str, Any]]]) -> None:
+    # GIVEN a job whose one page holds pi-01, and the fan-out sample event for that page
+    job = json.loads((repo / "events" / "jobs-fanout-page.json").read_text())["jobId"]
+    record = answers["jobs-fanout-page"][0]
+    # THEN the fan-out function queued the command on pi-01 under the job id, and says so
+    assert record["pending"] == [job]
+    assert (record["result"]["state"], record["result"]["queued"], record["result"]["failed"]) == ("QUEUED", 1, 0)

@@ -10,6 +10,7 @@ ARN as thing/{thing}/{shadow}, which the presence role relies on.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import botocore.session
 import pytest
 from botocore import xform_name
+from iotbridge_jobs import record
 
 from iotbridge_contract import commands
 from tests.template import cfn
@@ -157,16 +159,43 @@ def test_presence_role_reaches_only_the_presence_shadow(template: dict[str, Any]
         assert granted[action] == [f"arn:aws:iot:eu-west-1:123456789012:thing/*/{commands.PRESENCE_SHADOW}"]
 
 
-def _aws_calls(package: Path) -> set[str]:
-    """IAM actions for the boto3 iot / iot-data operations a package's code calls."""
+def _modules(functions: Path, package: str) -> set[Path]:
+    """A package's modules and, transitively, the modules of other function packages they import."""
+    found: set[Path] = set()
+    todo = list((functions / package).glob("*.py"))
+    while todo:
+        source = todo.pop()
+        if source in found:
+            continue
+        found.add(source)
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            for target in targets:
+                module = functions / (target.replace(".", "/") + ".py")
+                if target.startswith("iotbridge_") and module.exists():
+                    todo.append(module)
+    return found
+
+
+# boto3 method -> IAM action where the action is not the operation's own name.
+_RENAMED = {"invoke": "lambda:InvokeFunction"}
+
+
+def _aws_calls(functions: Path, package: str) -> set[str]:
+    """IAM actions for the boto3 iot / iot-data / lambda operations a function's code calls (imports followed)."""
     session = botocore.session.get_session()
     operations = {
-        xform_name(op): f"iot:{op}"
-        for service in ("iot", "iot-data")
+        xform_name(op): f"{service.removesuffix('-data')}:{op}"
+        for service in ("iot", "iot-data", "lambda")
         for op in session.get_service_model(service).operation_names
     }
+    operations.update(_RENAMED)
     calls: set[str] = set()
-    for source in package.glob("*.py"):
+    for source in _modules(functions, package):
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in operations:
                 calls.add(operations[node.func.attr])
@@ -174,16 +203,59 @@ def _aws_calls(package: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("package", "role"), [("iotbridge_api", "ApiFunctionRole"), ("iotbridge_presence", "PresenceFunctionRole")]
+    ("package", "role"),
+    [
+        ("iotbridge_api", "ApiFunctionRole"),
+        ("iotbridge_presence", "PresenceFunctionRole"),
+        ("iotbridge_jobs", "JobsFunctionRole"),
+    ],
 )
 def test_each_function_role_grants_exactly_the_iot_calls_its_code_makes(
     repo: Path, template: dict[str, Any], package: str, role: str
 ) -> None:
-    # GIVEN the boto3 iot / iot-data calls written in a function's package
-    calls = _aws_calls(repo / "functions" / package)
-    # WHEN compared with the IoT actions the function's role grants
-    granted = {action for action in _granted(template, role) if action.startswith("iot:")}
+    # GIVEN the boto3 iot / iot-data / lambda calls in a function's package and the function modules it imports
+    calls = _aws_calls(repo / "functions", package)
+    # WHEN compared with the IoT and Lambda actions the function's role grants
+    granted = {action for action in _granted(template, role) if action.startswith(("iot:", "lambda:"))}
     # THEN every call is allowed (else it fails with AccessDenied only once deployed)
     assert not calls - granted, f"{package} calls {sorted(calls - granted)}, which {role} does not grant"
     # AND nothing is granted that the code never calls
     assert not granted - calls, f"{role} grants {sorted(granted - calls)}, which {package} never calls"
+
+
+def test_the_scan_follows_imports_into_other_function_packages(repo: Path) -> None:
+    # GIVEN the API package, whose bulk commands reach shadows through iotbridge_jobs.record
+    modules = {p.relative_to(repo / "functions").as_posix() for p in _modules(repo / "functions", "iotbridge_api")}
+    # THEN the scan of the API's calls covers that module, and the fan-out's scan covers no API module
+    assert "iotbridge_jobs/record.py" in modules
+    assert not any(m.startswith("iotbridge_api/") for m in _modules_rel(repo, "iotbridge_jobs"))
+    # AND it finds the asynchronous invoke the API makes
+    assert "lambda:InvokeFunction" in _aws_calls(repo / "functions", "iotbridge_api")
+
+
+def _modules_rel(repo: Path, package: str) -> set[str]:
+    return {p.relative_to(repo / "functions").as_posix() for p in _modules(repo / "functions", package)}
+
+
+def test_jobs_role_reaches_only_commands_shadows_and_job_records(template: dict[str, Any]) -> None:
+    # GIVEN the fan-out function's role
+    granted = _granted(template, "JobsFunctionRole")
+    # THEN in IoT it reads and updates each device's `commands` shadow and the `job-*` shadows of the
+    # registry thing, no other shadow (not a device's classic or presence shadow) and no topic
+    expected = sorted([
+        f"arn:aws:iot:eu-west-1:123456789012:thing/*/{commands.COMMANDS_SHADOW}",
+        f"arn:aws:iot:eu-west-1:123456789012:thing/{record.JOBS_THING}/{record.summary_shadow('*')}",
+    ])  # fmt: skip
+    assert {a for a in granted if a.startswith("iot:")} == {"iot:GetThingShadow", "iot:UpdateThingShadow"}
+    for action in ("iot:GetThingShadow", "iot:UpdateThingShadow"):
+        assert sorted(granted[action]) == expected
+    # AND the page shadows the code writes are covered by that pattern
+    assert fnmatch.fnmatchcase(record.page_shadow("abc", 3), record.summary_shadow("*"))
+
+
+def test_api_may_invoke_the_fan_out_function_and_no_other(template: dict[str, Any]) -> None:
+    # GIVEN the API function's role  THEN it invokes exactly the jobs function, whose name it gets in its environment
+    granted = _granted(template, "ApiFunctionRole")
+    assert granted["lambda:InvokeFunction"] == ["<JobsFunction.Arn>"]
+    env = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["JOBS_FUNCTION_NAME"] == {"Ref": "JobsFunction"}

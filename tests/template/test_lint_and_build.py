@@ -36,7 +36,7 @@ def test_sam_validate_lint_passes(repo: Path, sam_cli: Path, sam_env: dict[str, 
 
 
 @pytest.mark.sam
-def test_sam_build_packages_both_functions_with_their_dependencies(
+def test_sam_build_packages_every_function_with_its_dependencies(
     repo: Path, sam_cli: Path, sam_env: dict[str, str], tmp_path: Path
 ) -> None:
     # GIVEN the template, functions/ and functions/requirements.txt
@@ -52,7 +52,7 @@ def test_sam_build_packages_both_functions_with_their_dependencies(
     built = cfn.load(build_dir / "template.yaml")
     template = cfn.load(repo / "template.yaml")
     arch = template["Globals"]["Function"]["Architectures"][0]
-    for name in ("ApiFunction", "PresenceFunction"):
+    for name in ("ApiFunction", "PresenceFunction", "JobsFunction"):
         # AND each function's artifact holds the shared contract, its own package and
         # the pinned dependencies, compiled for the function's architecture
         artifact = build_dir / name

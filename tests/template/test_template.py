@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from iotbridge_jobs import fanout, record
 
 from iotbridge_contract import topics
+from iotbridge_local.stack import function_timeout_s
 from tests.template import cfn
 
 # Read by the dashboard's deployed config and by the integration tests.
@@ -43,7 +45,10 @@ def test_outputs_hold_the_deployment_contract(template: dict[str, Any]) -> None:
     assert dashboard_url == "https://d1.cloudfront.net"
 
 
-@pytest.mark.parametrize(("name", "package"), [("ApiFunction", "iotbridge_api"), ("PresenceFunction", "iotbridge_presence")])
+FUNCTIONS = [("ApiFunction", "iotbridge_api"), ("PresenceFunction", "iotbridge_presence"), ("JobsFunction", "iotbridge_jobs")]
+
+
+@pytest.mark.parametrize(("name", "package"), FUNCTIONS)
 def test_each_handler_names_a_function_in_the_code(repo: Path, template: dict[str, Any], name: str, package: str) -> None:
     # GIVEN a function's Handler `package.module.function` and CodeUri functions/
     handler = template["Resources"][name]["Properties"]["Handler"]
@@ -65,7 +70,7 @@ def _env_names_read(package: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize(("name", "package"), [("ApiFunction", "iotbridge_api"), ("PresenceFunction", "iotbridge_presence")])
+@pytest.mark.parametrize(("name", "package"), FUNCTIONS)
 def test_every_environment_variable_the_code_reads_is_set(repo: Path, template: dict[str, Any], name: str, package: str) -> None:
     # GIVEN the variables a function's code reads (its package and the shared contract)
     read = _env_names_read(repo / "functions" / package) | _env_names_read(repo / "functions" / "iotbridge_contract")
@@ -77,7 +82,7 @@ def test_every_environment_variable_the_code_reads_is_set(repo: Path, template: 
 
 def test_functions_reach_the_accounts_iot_data_endpoint_over_https(template: dict[str, Any]) -> None:
     # GIVEN the functions' environment
-    for name in ("ApiFunction", "PresenceFunction"):
+    for name, _ in FUNCTIONS:
         env = _function_env(template, name)
         # THEN botocore's iot-data endpoint variable is the IotDataEndpoint parameter behind https://
         assert cfn.render(env["AWS_ENDPOINT_URL_IOT_DATA_PLANE"], {"IotDataEndpoint": "abc-ats.iot.eu-west-1.amazonaws.com"}) == (
@@ -124,6 +129,19 @@ def test_api_answers_before_api_gateway_gives_up(template: dict[str, Any]) -> No
     # GIVEN API Gateway's 29 s integration limit and the handler's "remaining time less 1 s" wait
     # THEN the API function's timeout is at most 29 s, so a slow device gets 202, never a 504
     assert template["Resources"]["ApiFunction"]["Properties"]["Timeout"] <= 29
+
+
+def test_fan_out_attempts_are_what_the_page_records_count_on(template: dict[str, Any]) -> None:
+    # GIVEN the fan-out function, invoked asynchronously once per page of a bulk command
+    props = template["Resources"]["JobsFunction"]["Properties"]
+    # THEN Lambda tries an event as often as the page record expects (a last attempt gives up and says why)
+    assert 1 + props["EventInvokeConfig"]["MaximumRetryAttempts"] == record.MAX_ATTEMPTS
+    # AND an attempt has time for a whole page beyond the margin it keeps to record how far it got
+    assert props["Timeout"] * 1000 > 10 * fanout.MARGIN_MS
+    # AND the local stack runs it with the same timeout, so a cut-off attempt behaves as deployed
+    assert function_timeout_s(function="JobsFunction") == props["Timeout"]
+    assert function_timeout_s(function="ApiFunction") == template["Resources"]["ApiFunction"]["Properties"]["Timeout"]
+    assert function_timeout_s(function="PresenceFunction") == template["Globals"]["Function"]["Timeout"]
 
 
 def test_api_needs_a_key_with_a_throttled_usage_plan(template: dict[str, Any]) -> None:

@@ -1,9 +1,11 @@
-"""Lambda execution environments for the local API: one process each, one request at a time.
+"""Lambda execution environments for a local function: one process each, one invocation at a time.
 
 Like Lambda, an environment is created on demand when no idle one exists (a cold
 start: the handler module is imported then), reused while warm, and destroyed
 when an invocation runs past the function's Timeout. Powertools' resolver keeps
 per-request state in module globals, so environments must not share a process.
+Used by the local API Gateway (`invoke`: a proxy response) and by the local
+Lambda Invoke API (`call`: whatever JSON the function returns).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Environments:
     def __init__(
         self, *, handler: str, env: dict[str, str], timeout_s: float, log: Path | None = None, max_environments: int = 16
     ) -> None:
-        self.handler, self.env, self.timeout_s = handler, env, timeout_s
+        self.handler, self.env, self.timeout_s, self.max_environments = handler, env, timeout_s, max_environments
         self._log: IO[bytes] | int = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in close()
         self._idle: list[_Environment] = []
         self._all: list[_Environment] = []
@@ -82,7 +84,14 @@ class Environments:
                 self._idle.append(environment)
 
     def invoke(self, event: dict[str, Any], *, wait_s: float) -> dict[str, Any]:
-        """Run one invocation. TimeoutError after min(wait_s, Timeout); InvocationError if it failed."""
+        """One invocation by API Gateway: the function must answer a proxy response."""
+        result = self.call(event, wait_s=wait_s)
+        if not isinstance(result, dict) or "statusCode" not in result:
+            raise InvocationError("the function returned no proxy response")
+        return result
+
+    def call(self, event: Any, *, wait_s: float) -> Any:
+        """Run one invocation and return its result. TimeoutError after min(wait_s, Timeout); InvocationError if it failed."""
         with self._slots:
             with self._lock:
                 environment = self._idle.pop() if self._idle else None
@@ -99,10 +108,9 @@ class Environments:
                 raise TimeoutError
             with self._lock:
                 self._idle.append(environment)
-            result = answer.get("ok")
-            if not isinstance(result, dict) or "statusCode" not in result:
-                raise InvocationError(str(answer.get("error", "the function returned no proxy response")))
-            return result
+            if "ok" not in answer:
+                raise InvocationError(str(answer.get("error", "the function failed")))
+            return answer["ok"]
 
     def _destroy(self, environment: _Environment) -> None:
         environment.process.kill()

@@ -1,0 +1,164 @@
+"""Queue a job's command on the devices of one page: desired.{jobId} in each `commands` shadow.
+
+At most one sender works on a page at a time: it takes the page by writing
+`sent: SENDING until <its deadline>` with the page shadow's version (a duplicate
+delivery of the same event loses that race, or sees the live claim, and leaves).
+The first attempt writes each device blindly: nobody else has this job id yet.
+A later attempt (Lambda's retry, or the fan-out after the API's inline try) may
+meet devices that already have the command, or have already run it, so it reads
+each device first and writes with its version (optimistic locking, as the single
+command path does): a device that reported reported.{jobId} never gets it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from iotbridge_contract import commands as contract
+from iotbridge_contract.commands import COMMANDS_SHADOW
+from iotbridge_jobs import record
+
+THREADS = 16
+DEVICE_TRIES = 4  # per device and attempt, for throttling / transient errors
+BACKOFF_S = (0.1, 0.3, 0.8)
+MARGIN_MS = 3_000  # stop sending this long before the invocation's end, to record how far it got
+
+
+class Incomplete(Exception):
+    """Some devices could not be reached this attempt; the page is RETRYING and another attempt must follow."""
+
+    def __init__(self, message: str, outcome: PageOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+@dataclass
+class PageOutcome:
+    job_id: str
+    page: int
+    state: str  # QUEUED, FAILED, RETRYING, or SKIPPED (another sender holds or finished the page)
+    attempt: int = 0
+    queued: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"thing", "code"}
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"jobId": self.job_id, "page": self.page, "state": self.state, "attempt": self.attempt,
+                "queued": self.queued, "failed": len(self.failed), "error": self.error}  # fmt: skip
+
+
+def _claim(job_id: str, page: int, *, by: str, until: int) -> tuple[int, dict[str, Any]] | PageOutcome:
+    """Take the page for this sender: (attempt, page's reported state), or the reason to leave it alone."""
+    name = record.page_shadow(job_id, page)
+    for _ in range(5):
+        doc = record.get(record.JOBS_THING, name)
+        if doc is None:
+            return PageOutcome(job_id, page, "SKIPPED", error="no such job page")
+        sent = record.reported(doc).get("sent") or {}
+        if sent.get("state") in record.SETTLED:
+            return PageOutcome(job_id, page, "SKIPPED", attempt=int(sent.get("attempt") or 0), error="already done")
+        if sent.get("state") == record.SENDING and int(sent.get("until") or 0) > record.now_ms():
+            return PageOutcome(job_id, page, "SKIPPED", attempt=int(sent.get("attempt") or 0),
+                               error="another invocation is sending this page")  # fmt: skip
+        attempt = int(sent.get("attempt") or 0) + 1
+        claim = {"state": {"reported": {"sent": record.sent_record(record.SENDING, attempt=attempt, by=by, until=until)}},
+                 "version": doc["version"]}  # fmt: skip
+        try:
+            record.update(record.JOBS_THING, claim, name)
+        except record.Conflict:
+            continue  # someone else moved first: look again
+        return attempt, record.reported(doc)
+    return PageOutcome(job_id, page, "SKIPPED", error="the page kept changing; left to the other sender")
+
+
+def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, careful: bool, out_of_time: Callable[[], bool]) -> str | None:
+    """None when the device has the command (now or already); else an error code (retryable or not)."""
+    last = "UPSTREAM_ERROR"
+    for attempt in range(DEVICE_TRIES):
+        if out_of_time():
+            return "OUT_OF_TIME"
+        try:
+            if not careful:
+                record.update(thing, {"state": {"desired": {job_id: entry}}, "clientToken": job_id}, COMMANDS_SHADOW)
+                return None
+            doc = record.get(thing, COMMANDS_SHADOW)
+            if job_id in record.reported(doc) or job_id in record.desired(doc):
+                return None  # already ran it, or already has it: never twice
+            if len(record.desired(doc)) >= contract.MAX_PENDING:
+                return "TOO_MANY_PENDING"
+            update: dict[str, Any] = {"state": {"desired": {job_id: entry}}, "clientToken": job_id}
+            if doc is not None:
+                update["version"] = doc["version"]
+            record.update(thing, update, COMMANDS_SHADOW)
+            return None
+        except record.Conflict:
+            careful = True  # the device wrote meanwhile: read again
+        except record.ShadowError as exc:
+            if not exc.retryable:
+                return exc.code
+            last = exc.code
+            time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+    return last
+
+
+RETRYABLE_CODES = {"OUT_OF_TIME", "THROTTLED", "UPSTREAM_ERROR", "CONFLICT"}
+
+
+def run_page(job_id: str, page: int, *, by: str, remaining_ms: Callable[[], int]) -> PageOutcome:
+    """Queue the job on one page of its targets. Raises Incomplete when another attempt must follow."""
+    summary = record.reported(record.get(record.JOBS_THING, record.summary_shadow(job_id)))
+    if not summary:
+        return PageOutcome(job_id, page, "SKIPPED", error="no such job")
+    claimed = _claim(job_id, page, by=by, until=record.now_ms() + remaining_ms())
+    if isinstance(claimed, PageOutcome):
+        return claimed
+    attempt, page_state = claimed
+    try:
+        return _send(job_id, page, summary, attempt, page_state, by=by, remaining_ms=remaining_ms)
+    except Incomplete:
+        raise
+    except Exception as exc:  # the claim must not outlive this attempt: record the failure, then let Lambda retry
+        state = record.RETRYING if attempt < record.MAX_ATTEMPTS else record.FAILED
+        sent = record.sent_record(state, attempt=attempt, by=by, error=f"attempt {attempt} failed: {type(exc).__name__}")
+        with contextlib.suppress(record.ShadowError):  # else the claim lapses at its `until`
+            record.update(record.JOBS_THING, {"state": {"reported": {"sent": sent}}}, record.page_shadow(job_id, page))
+        raise
+
+
+def _send(job_id: str, page: int, summary: dict[str, Any], attempt: int, page_state: dict[str, Any], *, by: str,
+          remaining_ms: Callable[[], int]) -> PageOutcome:  # fmt: skip
+    name = record.page_shadow(job_id, page)
+    things = record.page_things(page_state)
+    expires = int(summary["expiresAt"])
+    if record.now_ms() >= expires:
+        error = "EXPIRED: the job expired before this page was sent"
+        sent = record.sent_record(record.FAILED, attempt=attempt, by=by, error=error, queued=0)
+        record.update(record.JOBS_THING, {"state": {"reported": {"sent": sent, "failed": None}}}, name)
+        return PageOutcome(job_id, page, record.FAILED, attempt=attempt, error=error)
+    entry = contract.pending_entry(str(summary["action"]), dict(summary.get("params") or {}),
+                                   issued_at=int(summary["createdAt"]), expires_at=expires)  # fmt: skip
+
+    def out_of_time() -> bool:
+        return remaining_ms() < MARGIN_MS
+
+    careful = attempt > 1
+    with ThreadPoolExecutor(THREADS) as pool:
+        codes = list(pool.map(lambda t: _queue_one(t, job_id, entry, careful=careful, out_of_time=out_of_time), things))
+    failed = {i: code for i, code in enumerate(codes) if code}
+    retryable = {i: code for i, code in failed.items() if code in RETRYABLE_CODES}
+    queued = len(things) - len(failed)
+    outcome = PageOutcome(job_id, page, record.QUEUED, attempt=attempt, queued=queued,
+                          failed=[{"thing": things[i], "code": code} for i, code in failed.items()])  # fmt: skip
+    if retryable:
+        outcome.error = f"{len(retryable)} of {len(things)} not reached ({', '.join(sorted(set(retryable.values())))})"
+        outcome.state = record.RETRYING if attempt < record.MAX_ATTEMPTS else record.FAILED
+    sent = record.sent_record(outcome.state, attempt=attempt, by=by, error=outcome.error, queued=queued)
+    record.update(record.JOBS_THING, {"state": {"reported": {"sent": sent, "failed": record.encode_failed(failed)}}}, name)
+    if outcome.state == record.RETRYING:
+        raise Incomplete(f"job {job_id} page {page}: {outcome.error}; attempt {attempt} of {record.MAX_ATTEMPTS}", outcome)
+    return outcome

@@ -1,0 +1,176 @@
+"""A job's record: named shadows of the registry thing `iotbridge-jobs`, and the door to them.
+
+`job-{id}` (reported): action, params, createdAt, expiresAt, targets, pages.
+`job-{id}-{n}` (reported), one per page of targets:
+- `things`: the page's target names, comma-joined (written once, by the POST);
+- `sent`: how far the fan-out got: absent (not taken yet), SENDING (an invocation
+  holds the page until `until`), RETRYING (an attempt failed, Lambda retries it),
+  QUEUED (every target queued or refused), FAILED (given up, `error` says why);
+- `failed`: targets refused, as "CODE:i,j;CODE2:k" (indexes into `things`);
+- `tally` / `final`: device counts read by `GET /commands/jobs/{id}`; `final` once
+  every device of a settled page is terminal, so that page is never read again.
+
+A page stays under AWS's 8 KB shadow limit: at most PAGE_THINGS names in PAGE_CHARS,
+whose failure indexes take at most ~2 KB more. Values are flat or strings: writing a
+scalar replaces it, where a merged object could keep a stale key.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+JOBS_THING = "iotbridge-jobs"
+PAGE_CHARS = 4_000
+PAGE_THINGS = 500
+# Lambda runs an asynchronous event once and retries it twice (template: EventInvokeConfig).
+MAX_ATTEMPTS = 3
+
+SENDING, RETRYING, QUEUED, FAILED = "SENDING", "RETRYING", "QUEUED", "FAILED"
+SETTLED = (QUEUED, FAILED)
+
+_lock = threading.Lock()
+_clients: dict[str, Any] = {}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def summary_shadow(job_id: str) -> str:
+    return f"job-{job_id}"
+
+
+def page_shadow(job_id: str, page: int) -> str:
+    return f"job-{job_id}-{page}"
+
+
+def split(things: list[str]) -> list[list[str]]:
+    pages: list[list[str]] = []
+    current: list[str] = []
+    chars = 0
+    for thing in things:
+        if current and (len(current) >= PAGE_THINGS or chars + len(thing) + 1 > PAGE_CHARS):
+            pages.append(current)
+            current, chars = [], 0
+        current.append(thing)
+        chars += len(thing) + 1
+    if current:
+        pages.append(current)
+    return pages
+
+
+def page_things(reported: dict[str, Any]) -> list[str]:
+    return [t for t in str(reported.get("things") or "").split(",") if t]
+
+
+def encode_failed(failed: dict[int, str]) -> str | None:
+    """{index: code} -> "CODE:i,j;CODE2:k" (None when nothing failed, which deletes the key)."""
+    by_code: dict[str, list[int]] = {}
+    for index, code in sorted(failed.items()):
+        by_code.setdefault(code, []).append(index)
+    return ";".join(f"{code}:{','.join(map(str, indexes))}" for code, indexes in by_code.items()) or None
+
+
+def decode_failed(text: object) -> dict[int, str]:
+    failed: dict[int, str] = {}
+    for part in str(text or "").split(";"):
+        code, _, indexes = part.partition(":")
+        failed.update((int(i), code) for i in indexes.split(",") if i.isdigit())
+    return failed
+
+
+def sent_record(state: str, *, attempt: int, by: str, until: int | None = None, error: str | None = None,
+                queued: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The whole `sent` object: every key written each time (None deletes), so no stale key survives a merge."""
+    return {"state": state, "attempt": attempt, "by": by, "until": until, "error": error, "queued": queued, "at": now_ms()}
+
+
+# -- shadows -------------------------------------------------------------------------------
+
+
+class ShadowError(Exception):
+    """A shadow call failed; `code` is the API's error code, `retryable` whether another try may succeed."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.code, self.retryable = code, retryable
+
+
+class Conflict(ShadowError):
+    """The shadow's version moved since it was read (HTTP 409)."""
+
+    def __init__(self) -> None:
+        super().__init__("CONFLICT", "version conflict", retryable=True)
+
+
+_PERMANENT = {
+    "RequestEntityTooLargeException": "TOO_MANY_PENDING",  # the device's 8 KB commands shadow is full
+    "InvalidRequestException": "INVALID_DOCUMENT",
+    "ResourceNotFoundException": "DEVICE_NOT_FOUND",
+    "UnauthorizedException": "UPSTREAM_ERROR",
+}
+_THROTTLED = ("ThrottlingException", "TooManyRequestsException", "LimitExceededException")
+
+
+def _client() -> Any:
+    client = _clients.get("iot-data")
+    if client is None:
+        with _lock:
+            client = _clients.get("iot-data")
+            if client is None:
+                import boto3
+                from botocore.config import Config
+
+                # Short timeouts, no SDK retries: the fan-out retries itself, within its own time.
+                cfg = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1, "mode": "standard"},
+                             max_pool_connections=32)  # fmt: skip
+                client = _clients["iot-data"] = boto3.client("iot-data", config=cfg)
+    return client
+
+
+def _error(exc: Exception) -> ShadowError:
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+    if code == "ConflictException":
+        return Conflict()
+    if code in _THROTTLED:
+        return ShadowError("THROTTLED", f"AWS IoT throttled the request ({code})", retryable=True)
+    if code in _PERMANENT:
+        return ShadowError(_PERMANENT[code], f"AWS IoT refused the request ({code})", retryable=False)
+    return ShadowError("UPSTREAM_ERROR", f"AWS IoT answered {code or type(exc).__name__}", retryable=True)
+
+
+def get(thing: str, shadow: str) -> dict[str, Any] | None:
+    """The named shadow's document, or None when it does not exist."""
+    try:
+        payload = _client().get_thing_shadow(thingName=thing, shadowName=shadow)["payload"].read()
+    except Exception as exc:
+        error = _error(exc)
+        if error.code == "DEVICE_NOT_FOUND":
+            return None
+        raise error from exc
+    doc: dict[str, Any] = json.loads(payload)
+    return doc
+
+
+def update(thing: str, document: dict[str, Any], shadow: str) -> None:
+    payload = json.dumps(document, separators=(",", ":")).encode()
+    try:
+        _client().update_thing_shadow(thingName=thing, shadowName=shadow, payload=payload)
+    except Exception as exc:
+        raise _error(exc) from exc
+
+
+def reported(doc: dict[str, Any] | None) -> dict[str, Any]:
+    state = (doc or {}).get("state")
+    section = state.get("reported") if isinstance(state, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def desired(doc: dict[str, Any] | None) -> dict[str, Any]:
+    state = (doc or {}).get("state")
+    section = state.get("desired") if isinstance(state, dict) else None
+    return section if isinstance(section, dict) else {}
