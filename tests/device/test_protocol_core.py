@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from iotbridge_contract.commands import HISTORY, CommandState, pending_entry
-from iotbridge_pi.executed_log import CAPACITY, ExecutedLog
+from iotbridge_pi.executed_log import CAPACITY, FILE_NAME, ExecutedLog
 from iotbridge_pi.handlers import default_registry
 from iotbridge_pi.model import DESIRED_SPECS
 from iotbridge_pi.protocol import INTERRUPTED, CommandCore, ServiceClock, desired_changes
@@ -236,12 +236,13 @@ def test_the_executed_log_is_capped_and_written_atomically(tmp_path: Path) -> No
     # THEN the newest CAPACITY ids are there, the oldest forgotten, and no temp file is left
     assert len(reread) == CAPACITY
     assert "c9" not in reread and f"c{CAPACITY + 9}" in reread
-    assert [p.name for p in tmp_path.iterdir()] == ["executed.json"]
+    assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]
 
 
-def test_a_corrupt_log_is_an_error_not_an_empty_log(tmp_path: Path) -> None:
-    # GIVEN a log file that is not JSON
-    (tmp_path / "executed.json").write_text("{not json")
+@pytest.mark.parametrize("junk", ["{not json\n", "", '{"id":"c1","action":"ping","outcome":null}\n'])
+def test_a_corrupt_log_is_an_error_not_an_empty_log(tmp_path: Path, junk: str) -> None:
+    # GIVEN a log file that is not one this agent wrote (every one it writes starts with a header line)
+    (tmp_path / FILE_NAME).write_text(junk)
 
     # WHEN the device opens it / THEN it refuses (an empty log would allow re-running commands)
     with pytest.raises(RuntimeError, match="unreadable"):

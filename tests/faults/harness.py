@@ -25,6 +25,7 @@ from typing import Any
 from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState
 from iotbridge_local.stack import LocalStack
 from iotbridge_pi.executed_log import FILE_NAME as EXECUTED_LOG_FILE
+from iotbridge_pi.executed_log import read as read_log
 
 TERMINAL = {s.value for s in CommandState if s.terminal}
 # Documented answers that mean "try again with the same id" (docs/protocol.md):
@@ -75,12 +76,10 @@ def executed_log_path(stack: LocalStack, thing: str) -> Path:
 
 
 def read_executed_log(stack: LocalStack, thing: str) -> dict[str, dict[str, Any] | None]:
-    """id -> logged outcome (None: started, not finished). The file is replaced atomically."""
-    try:
-        raw = json.loads(executed_log_path(stack, thing).read_text())
-    except FileNotFoundError:
-        return {}
-    return {e["id"]: e.get("outcome") for e in raw.get("entries", [])}
+    """id -> logged outcome (None: started, not finished), read as the agent reads it when it boots
+    (a line being appended right now is ignored, like a torn one)."""
+    found = read_log(executed_log_path(stack, thing).parent)
+    return {e.command_id: e.outcome for e in found.entries.values()}
 
 
 # -- the books ---------------------------------------------------------------------------------

@@ -3,8 +3,21 @@
 It is what makes "never run twice" survive QoS 1 redelivery, reconnects and
 reboots: an id is written here *before* its handler starts, and its outcome
 after. An id found here is never run again; its logged outcome is reported
-again instead. The file is replaced atomically (write, fsync, rename), so a
-power cut leaves either the old log or the new one, never half of one.
+again instead.
+
+On disk it is append-only, one JSON line per record (`executed.jsonl`):
+`{"id", "action", "outcome"}`, with `outcome` null for "started". A command
+costs one `fdatasync`, after its `started` line and before its handler runs;
+the `finished` line is appended without a sync (once reported, the outcome is
+durable in the shadow; if a power cut takes the line, the id is still logged
+as started and is answered as interrupted, never run again). Every so often
+the file is rewritten to the newest CAPACITY ids (temp file, fsync, rename,
+directory fsync), so it stays bounded.
+
+A power cut during an append can leave a torn last line: it is ignored (it was
+never synced, so no handler ran on the strength of it) and the file rewritten
+before the next append. Any other unreadable line is an error: an empty or
+partial log would let commands run twice.
 """
 
 from __future__ import annotations
@@ -18,7 +31,11 @@ from pathlib import Path
 from typing import Any
 
 CAPACITY = 256  # ids remembered; far more than the 16 outcomes kept in the shadow
-FILE_NAME = "executed.json"
+COMPACT_EVERY = 256  # appends between two rewrites of the file
+FILE_NAME = "executed.jsonl"
+OLD_FILE_NAME = "executed.json"  # earlier agents: one JSON document, rewritten whole on every record
+FORMAT = 2  # the old document said {"version": 1}
+_HEADER = {"log": "iotbridge executed commands", "version": FORMAT}
 
 
 @dataclass(frozen=True)
@@ -28,56 +45,168 @@ class LogEntry:
     outcome: dict[str, Any] | None  # None: started, and no outcome was recorded (interrupted)
 
 
+@dataclass
+class OnDisk:
+    entries: OrderedDict[str, LogEntry]
+    lines: int  # record lines in the file
+    torn: bool  # its last line was cut short (or garbled) by a crash
+    old: bool  # an old-format log is there too
+
+
+def _record(line: bytes) -> dict[str, Any]:
+    """One line as a record or header; ValueError if it is neither."""
+    doc = json.loads(line)
+    if not isinstance(doc, dict):
+        raise ValueError("not an object")
+    if "id" not in doc:
+        if doc.get("version") != FORMAT:
+            raise ValueError(f"unknown header {doc!r}")
+        return doc
+    outcome = doc.get("outcome")
+    if not isinstance(doc["id"], str) or not isinstance(doc.get("action"), str) or not isinstance(outcome, (dict, type(None))):
+        raise ValueError("not a record")
+    return doc
+
+
+def _apply(entries: OrderedDict[str, LogEntry], entry: LogEntry, capacity: int) -> None:
+    """Record `entry` in memory; replaying the file's lines through this rebuilds the same log."""
+    if entry.outcome is not None and entry.command_id in entries:
+        entries[entry.command_id] = entry  # an outcome keeps its id's place: an id is as old as its start
+        return
+    entries.pop(entry.command_id, None)
+    entries[entry.command_id] = entry
+    while len(entries) > capacity:
+        entries.popitem(last=False)
+
+
+def read(state_dir: Path, *, capacity: int = CAPACITY) -> OnDisk:
+    """Read the log in `state_dir` (either format) without changing anything on disk."""
+    entries: OrderedDict[str, LogEntry] = OrderedDict()
+    path = Path(state_dir) / FILE_NAME
+    old_path = Path(state_dir) / OLD_FILE_NAME
+    old = old_path.exists()
+    if old:
+        # Older entries first: the new file, if any, was written after them.
+        try:
+            doc = json.loads(old_path.read_text())
+            for item in doc["entries"]:
+                _apply(entries, LogEntry(item["id"], item["action"], item.get("outcome")), capacity)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"executed log {old_path} is unreadable: {exc}") from exc
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return OnDisk(entries, 0, False, old)
+    except OSError as exc:
+        raise RuntimeError(f"executed log {path} is unreadable: {exc}") from exc
+    *complete, tail = data.split(b"\n")
+    count = 0
+    garbled: int | None = None  # the first line that did not parse, if every line after it failed too
+    for number, line in enumerate(complete, start=1):
+        try:
+            doc = _record(line)
+            if (number == 1) != ("id" not in doc):
+                raise ValueError("the header must come first, and only there")
+        except ValueError as exc:
+            if number == 1:  # not a log we wrote: every file we write starts with a whole header
+                raise RuntimeError(f"executed log {path} is unreadable: {exc}") from exc
+            garbled = number if garbled is None else garbled
+            continue
+        if garbled is not None:
+            # A synced line is never garbled and every line before it is synced with it:
+            # damage followed by good lines is not a crash, it is a broken file.
+            raise RuntimeError(f"executed log {path} is unreadable at line {garbled}")
+        if number > 1:
+            count += 1
+            _apply(entries, LogEntry(doc["id"], doc["action"], doc.get("outcome")), capacity)
+    if not complete:
+        raise RuntimeError(f"executed log {path} is unreadable: no header line")
+    # Lines cut short or garbled at the end were never synced (a power cut during or
+    # after an unsynced append): no handler ran on the strength of them.
+    torn = garbled is not None or tail != b""
+    return OnDisk(entries, count, torn, old)
+
+
 class ExecutedLog:
     """Insertion-ordered, capped at CAPACITY; the oldest id is forgotten first."""
 
-    def __init__(self, state_dir: Path, *, capacity: int = CAPACITY, fsync: bool = True) -> None:
+    def __init__(
+        self, state_dir: Path, *, capacity: int = CAPACITY, compact_every: int = COMPACT_EVERY, fsync: bool = True
+    ) -> None:
         self.path = Path(state_dir) / FILE_NAME
         self.capacity = capacity
+        self.compact_every = compact_every
         # The fleet simulator turns fsync off: thousands of virtual devices on one
-        # disk; rename still keeps every write atomic against a process crash.
+        # disk; each append is one write() and rewrites are renames, so a killed
+        # process still leaves a readable log.
         self.fsync = fsync
-        self._entries: OrderedDict[str, LogEntry] = OrderedDict()
-        self._load()
+        found = read(Path(state_dir), capacity=capacity)
+        self._entries = found.entries
+        self._lines = found.lines
+        self.compactions = 0  # rewrites so far (tests read it)
+        if found.torn or found.old:
+            # Rewrite before appending anything: an append after a torn line would be
+            # glued to it, and a migrated ledger must be on disk in the new format
+            # before the old file goes.
+            self._compact()
+        if found.old:
+            with contextlib.suppress(FileNotFoundError):
+                (Path(state_dir) / OLD_FILE_NAME).unlink()
 
-    def _load(self) -> None:
-        try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"executed log {self.path} is unreadable: {exc}") from exc
-        for item in raw.get("entries", []):
-            self._entries[item["id"]] = LogEntry(item["id"], item["action"], item.get("outcome"))
+    # -- disk --------------------------------------------------------------------
 
-    def _save(self, *, durable: bool = True) -> None:
+    def _line(self, entry: LogEntry) -> bytes:
+        doc = {"id": entry.command_id, "action": entry.action, "outcome": entry.outcome}
+        return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+    def _compact(self) -> None:
+        """Replace the file with the entries in memory: temp file, fsync, rename, directory fsync."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "version": 1,
-            "entries": [{"id": e.command_id, "action": e.action, "outcome": e.outcome} for e in self._entries.values()],
-        }
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
-            if self.fsync and durable:
+        header = json.dumps(_HEADER, separators=(",", ":")).encode() + b"\n"
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(header + b"".join(self._line(e) for e in self._entries.values()))
+            if self.fsync:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        if self.fsync and durable:
-            # The rename itself is durable only once the directory is synced.
-            with contextlib.suppress(OSError):
-                dir_fd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+        if self.fsync:
+            self._sync_dir()
+        self._lines = len(self._entries)
+        self.compactions += 1
 
-    def _put(self, entry: LogEntry, *, durable: bool = True) -> None:
-        self._entries.pop(entry.command_id, None)
-        self._entries[entry.command_id] = entry
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-        self._save(durable=durable)
+    def _sync_dir(self) -> None:
+        # A rename (or a new file) is durable only once its directory is synced.
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def _append(self, entry: LogEntry, *, sync: bool) -> None:
+        if self._lines >= self.capacity + self.compact_every or not self.path.exists():
+            # A rewrite holds the new entry too, and is as durable as a synced append
+            # (more: it also makes a new file's name durable).
+            self._compact()
+            return
+        line = self._line(entry)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            if sync and self.fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self._lines += 1
+
+    def _put(self, entry: LogEntry, *, sync: bool) -> None:
+        _apply(self._entries, entry, self.capacity)
+        self._append(entry, sync=sync)
+
+    # -- reading -------------------------------------------------------------------
 
     def get(self, command_id: str) -> LogEntry | None:
         return self._entries.get(command_id)
@@ -91,19 +220,13 @@ class ExecutedLog:
     def ids(self) -> list[str]:
         return list(self._entries)
 
+    # -- writing -------------------------------------------------------------------
+
     def started(self, command_id: str, action: str) -> None:
-        """Record, durably, that this id is about to run."""
-        self._put(LogEntry(command_id, action, None))
+        """Record, durably, that this id is about to run: the one disk sync of a command."""
+        self._put(LogEntry(command_id, action, None), sync=True)
 
     def finished(self, command_id: str, action: str, outcome: dict[str, Any]) -> None:
-        """Record the outcome. Written atomically but not fsynced (half the disk syncs per
-        command): a power cut can lose it, and then the command is reported FAILED as
-        interrupted on boot, never run again. Only `started` must be on disk before a run."""
-        existing = self._entries.get(command_id)
-        entry = LogEntry(command_id, action, outcome)
-        if existing is not None:
-            # Keep its place in the order: an id is as old as its start.
-            self._entries[command_id] = entry
-            self._save(durable=False)
-        else:
-            self._put(entry, durable=False)
+        """Record the outcome, without a sync: a power cut can lose it, and then the command
+        is answered as interrupted (or with the outcome its shadow already holds), never run again."""
+        self._put(LogEntry(command_id, action, outcome), sync=False)

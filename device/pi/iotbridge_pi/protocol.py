@@ -170,9 +170,11 @@ class CommandCore:
         logged = self.log.get(command_id)
         if logged is not None:
             if logged.outcome is None:
-                # Started before a crash or reboot and never finished: it may have
-                # had an effect, so it is answered, never run a second time.
-                outcome = outcome_entry(CommandState.FAILED, logged.action, done_at=self.clock_ms(), error=INTERRUPTED)
+                # Started before a crash or reboot and no outcome on disk: it ran, or may have.
+                # The outcome line is not synced, so the shadow can know more than the log
+                # (reported, then the power went); otherwise it is answered, never run again.
+                known = self._reported.get(command_id)
+                outcome = known or outcome_entry(CommandState.FAILED, logged.action, done_at=self.clock_ms(), error=INTERRUPTED)
                 self.log.finished(command_id, logged.action, outcome)
                 return outcome
             return logged.outcome
@@ -222,9 +224,7 @@ class CommandCore:
         return None
 
     def finish(self, command: Command, state: CommandState, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
-        outcome = outcome_entry(
-            state, command.action, done_at=self.clock_ms(), result=result, error=error, params=command.params
-        )
+        outcome = outcome_entry(state, command.action, done_at=self.clock_ms(), result=result, error=error, params=command.params)
         self.log.finished(command.id, command.action, outcome)
         self._claimed.discard(command.id)
         return outcome

@@ -42,6 +42,11 @@ MIN_TELEMETRY_GAP_S = 1.0
 # is reported at once and a burst of commands becomes a few merged updates.
 UPDATE_RATE_PER_S = 8.0  # flushes per second; two shadows -> at most 16 requests/s
 UPDATE_BURST = 3.0
+# Outcomes of a command that changed state wait for the shadow service to accept that
+# state (classic update/accepted with our clientToken): MQTT orders messages per topic
+# only, and AWS IoT not even that, so publishing state first is not enough on its own.
+# Unanswered this long, the outcomes go anyway: an outcome is never held back for good.
+STATE_ACK_WAIT_S = 3.0
 REBOOT_DOWNTIME_S = 1.0  # a simulated reboot stays off the network this long
 RESYNC_DELAY_S = 1.0  # after a throttled or failed shadow update
 # A get that is never answered (the shadow service was down, the reply was lost)
@@ -148,6 +153,7 @@ class DeviceSession:
         self._clear_outbox()
         self._flush_tokens = UPDATE_BURST
         self._tokens_at = time.monotonic()
+        self._state_tokens = 0
         self._stopping = False
 
     def _clear_outbox(self) -> None:
@@ -155,6 +161,9 @@ class DeviceSession:
         # reported in full after every connect.
         self._classic: dict[str, Any] = {}
         self._classic_clear: set[str] = set()
+        self._classic_from_command = False  # the pending state includes what a command did
+        self._state_gate: tuple[str, float] | None = None  # (clientToken, give up at): outcomes wait for it
+        self._outcomes_paid = False  # the flush that sent the state also paid for the outcomes held back
 
     def busy(self) -> bool:
         return self._job is not None or self.core.has_unsent
@@ -205,7 +214,11 @@ class DeviceSession:
             if t is not None:
                 times.append(t)
         times.extend(when for when, _ in self._get_retry.values())
-        if self.core.has_unsent or self._classic or self._classic_clear:
+        if self._state_gate is not None:
+            times.append(self._state_gate[1])
+        elif self._outcomes_paid:
+            times.append(now)
+        elif self.core.has_unsent or self._classic or self._classic_clear:
             times.append(self._tokens_at + max(0.0, 1.0 - self._flush_tokens) / UPDATE_RATE_PER_S)
         return min(times) if times else None
 
@@ -257,8 +270,9 @@ class DeviceSession:
         for shadow in (None, COMMANDS_SHADOW):
             for op, reply in (("get", "accepted"), ("get", "rejected"), ("update", "delta"), ("update", "rejected")):
                 subs.append((topics.shadow_topic(self.thing, op, reply, shadow=shadow), 1))
-        # Acknowledgements of our outcome updates (matched by clientToken).
-        subs.append((topics.shadow_topic(self.thing, "update", "accepted", shadow=COMMANDS_SHADOW), 1))
+        # Acknowledgements of our updates (matched by clientToken).
+        for shadow in (None, COMMANDS_SHADOW):
+            subs.append((topics.shadow_topic(self.thing, "update", "accepted", shadow=shadow), 1))
         _, self._sub_mid = self.client.subscribe(subs)
 
     def _get(self, shadow: str | None, *, wait: float = GET_RETRY_S[0]) -> None:
@@ -268,31 +282,56 @@ class DeviceSession:
     def _report_outcomes(self, outcomes: dict[str, dict[str, Any]]) -> None:
         self.core.queue_report(outcomes)
 
-    def _report_state(self, reported: dict[str, Any], *, clear_desired: tuple[str, ...] = ()) -> None:
+    def _report_state(self, reported: dict[str, Any], *, clear_desired: tuple[str, ...] = (), by_command: bool = False) -> None:
         self._classic.update(reported)
         self._classic_clear.update(clear_desired)
+        self._classic_from_command |= by_command
 
     def _flush(self, now: float) -> None:
         self._flush_tokens = min(UPDATE_BURST, self._flush_tokens + (now - self._tokens_at) * UPDATE_RATE_PER_S)
         self._tokens_at = now
-        if self._flush_tokens < 1.0 or not self.connected:
+        if not self.connected:
+            return
+        if self._state_gate is not None:
+            if now < self._state_gate[1]:
+                return
+            log.warning("%s: no answer to the state update %s; reporting outcomes anyway", self.thing, self._state_gate[0])
+            self._open_state_gate()
+        if self._outcomes_paid:
+            self._outcomes_paid = False
+            update = self.core.take_update()
+            if update is not None:
+                self._update(COMMANDS_SHADOW, update)
+            return
+        if self._flush_tokens < 1.0:
             return
         sent = False
-        # State first, outcome second: whoever sees a command SUCCEEDED and then
-        # reads the classic shadow finds the state that command produced.
+        # State first, outcomes after it is accepted: whoever sees a command SUCCEEDED
+        # and then reads the classic shadow finds the state that command produced.
         if self._classic or self._classic_clear:
             state: dict[str, Any] = {"reported": self._classic}
             if self._classic_clear:
                 state["desired"] = dict.fromkeys(self._classic_clear)
-            self._update(None, {"state": state})
-            self._classic, self._classic_clear = {}, set()
+            document: dict[str, Any] = {"state": state}
+            if self._classic_from_command and self.core.has_unsent:
+                self._state_tokens += 1
+                document["clientToken"] = token = f"state-{self._state_tokens}"
+                self._state_gate = (token, now + STATE_ACK_WAIT_S)
+            self._update(None, document)
+            self._classic, self._classic_clear, self._classic_from_command = {}, set(), False
             sent = True
-        update = self.core.take_update()
-        if update is not None:
-            self._update(COMMANDS_SHADOW, update)
-            sent = True
+        if self._state_gate is None:
+            update = self.core.take_update()
+            if update is not None:
+                self._update(COMMANDS_SHADOW, update)
+                sent = True
         if sent:
             self._flush_tokens -= 1.0
+
+    def _open_state_gate(self) -> None:
+        # One flush paid for the state and its outcomes: those go out without a new token.
+        self._state_gate = None
+        self._outcomes_paid = True
 
     def _update(self, shadow: str | None, document: dict[str, Any]) -> None:
         payload = json.dumps(document, separators=(",", ":"))
@@ -341,6 +380,9 @@ class DeviceSession:
                 self._report_state(self.device.state())
             elif what == ("update", "rejected"):
                 log.warning("%s: classic shadow update rejected: %s", self.thing, doc)
+            gate = self._state_gate
+            if what[0] == "update" and what[1] in ("accepted", "rejected") and gate and doc.get("clientToken") == gate[0]:
+                self._open_state_gate()
 
     def _update_rejected(self, doc: dict[str, Any], now: float) -> None:
         log.warning("%s: commands shadow update rejected: %s", self.thing, doc)
@@ -409,7 +451,7 @@ class DeviceSession:
         if changed:
             # A command supersedes an older desired value of the same key; left in
             # desired, it would show up as a delta and undo the command at once.
-            self._report_state(changed, clear_desired=tuple(changed))
+            self._report_state(changed, clear_desired=tuple(changed), by_command=True)
             if "interval" in changed:
                 self._telemetry_due = min(self._telemetry_due or now, now + self.device.interval_s)
         if self.device.reboot is not None:
