@@ -1,0 +1,59 @@
+"""A bulk command on the whole local stack: the API invokes the fan-out function through the local
+Lambda Invoke API (boto3 `lambda`, InvocationType Event), which queues each page on its devices."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from iotbridge_jobs import record
+
+from iotbridge_local.stack import LocalStack
+from tests.integration.http import call
+
+pytestmark = pytest.mark.stack
+
+
+def _commands(stack: LocalStack, thing: str) -> dict[str, Any]:
+    data = stack.boto3_client("iot-data")
+    try:
+        return json.loads(data.get_thing_shadow(thingName=thing, shadowName="commands")["payload"].read())  # type: ignore[no-any-return]
+    except data.exceptions.ResourceNotFoundException:
+        return {}
+
+
+def test_a_job_larger_than_a_page_reaches_every_target_through_asynchronous_invocations(stack: LocalStack) -> None:
+    # GIVEN the two running devices and 580 more registered things with no device behind them (two pages)
+    iot = stack.boto3_client("iot")
+    idle = [f"bulk-idle-{i:03d}" for i in range(580)]
+    for thing in idle:
+        iot.create_thing(thingName=thing)
+    targets = [*stack.things, *idle]
+    api, key = stack.config.api_url, stack.config.api_key
+    # WHEN one command goes to all of them
+    status, headers, started = call(api, "POST", "/commands", body={"action": "ping", "things": targets}, key=key)
+    # THEN the API answers 202 with the job, before the pages are queued
+    assert status == 202, started
+    job = started["jobId"]
+    assert started["targets"] == len(targets) and headers["Location"] == f"/commands/jobs/{job}"
+    assert started["notQueued"] == []
+    # AND the fan-out function, run by the local Lambda service, queues every page
+    assert stack.lambda_service is not None and stack.lambda_service.wait_idle(120)
+    assert [o.ok for o in stack.lambda_service.outcomes] == [True] * len(record.split(targets))
+    missing = [t for t in idle if job not in (_commands(stack, t).get("state", {}).get("desired") or {})]
+    assert missing == []
+    # AND the running devices run it; polling progress (each GET re-reads a bounded part of the
+    # job) comes to show their outcomes and the others pending
+    expected = {"SUCCEEDED": 2, "PENDING": 580}
+    deadline = time.monotonic() + 30
+    view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        _, _, view = call(api, "GET", f"/commands/jobs/{job}?limit=2", key=key)
+        if view["counts"] == expected:
+            break
+        time.sleep(0.2)
+    assert view["counts"] == expected, view
+    assert [d["state"] for d in view["devices"]] == ["SUCCEEDED", "SUCCEEDED"]
+    assert view["complete"] is False and view["nextOffset"] == 2
