@@ -11,7 +11,6 @@ import os
 import sys
 from time import sleep_ms, ticks_diff, ticks_ms
 
-import config
 import hw
 import net
 from handlers import ACTIONS, DEADLINE_MS, Device
@@ -26,8 +25,8 @@ from protocol import (
     REJECTED,
     SUCCEEDED,
     TIMED_OUT,
+    Ids,
     check_params,
-    history_ids,
     next_command,
     outcome,
     read_trimmed,
@@ -36,15 +35,19 @@ from protocol import (
 
 VERSION = "0.1.0"
 _INBOX_MAX = const(4)  # recorded messages awaiting the loop; beyond this we re-read the shadows
-_RECENT = const(16)  # ids reported on this connection, not re-queued from a stale delta
+# The commands document's buffer, allocated once: a get with 10 pending commands and 16
+# outcomes (kept as id: doneAt) takes ~1.5-2 KB with 32-character ids; a larger document
+# is read into a larger, short-lived block.
+_DOC_BYTES = const(2048)
 _BACKOFF_MS = const(500)
 _BACKOFF_CAP_MS = const(30000)
 SEP = (",", ":")  # compact JSON
 # Members never read, left out while reading (see protocol.read_trimmed).
 _TRIM = {1: (b"metadata",)}
-# Commands get: pending comes from state.delta, and of the outcomes in state.reported
-# only ids and doneAt are read (history pruning), not their results.
-_TRIM_GET = {1: (b"metadata",), 2: (b"desired",), 4: (b"result",)}
+# Commands get: pending comes from state.delta; of the outcomes in state.reported only
+# id: doneAt is kept (history pruning).
+_TRIM_GET = {1: (b"metadata",), 2: (b"desired",)}
+_REPORTED = (2, b"reported")
 
 
 def log(*args):
@@ -72,14 +75,18 @@ class Firmware:
         t = cfg["thing"]
         self.device = Device(cfg["pins"])
         self.ledger = Ledger(cfg["state"])
-        self.inbox = []  # (topic, payload) recorded by the callback
-        # Pending commands: the latest commands delta (or get) as parsed, {id: entry}.
-        # A delta holds the whole pending set, so each one replaces the last wholesale
-        # and the old document is freed in one piece (no scattered survivors to
-        # fragment a small heap). Run one at a time, oldest issuedAt first.
+        self.inbox = []  # (topic, payload) recorded by the callback, classic shadow and get/rejected
+        # Commands documents are read into one buffer allocated here (no new block per
+        # message). Pending commands: the latest commands delta (or get) as parsed, {id: entry}.
+        # A delta holds the whole pending set, so each one replaces the last wholesale;
+        # the old set is let go before the new document is read, so the two never
+        # share the heap. Run one at a time, oldest issuedAt first.
+        self.doc = bytearray(_DOC_BYTES)
+        self.piece = bytearray(256)  # socket reads of a payload
+        self.raw = None  # (topic, view) a commands get or delta read, not yet taken in
         self.pending = {}
-        self.recent = []  # ids reported on this connection (see _take)
-        self.history = []  # ids of the outcomes in the commands shadow, oldest first
+        self.history = Ids(HISTORY)  # ids of the outcomes in the commands shadow, oldest first
+        self.fresh = 0  # the newest this many of history were reported on this connection
         self.resync = False  # the inbox overflowed or the clock is unknown: read the shadows again
         # The shadow service's clock: last document `timestamp` (ms) and our ticks then.
         # An ESP32 has no RTC; expiry is decided on the service's time.
@@ -107,13 +114,18 @@ class Firmware:
         if topic == self.c_delta and not self.svc_ms:
             # No trusted clock yet (a delta held in our session, before our get is
             # answered): the get will list these commands too. Read past it.
-            piece = memoryview(bytearray(min(n, 256)))
+            piece = memoryview(self.piece)
             while n:
                 k = min(n, len(piece))
                 fill(piece[:k])
                 n -= k
             return None
-        return read_trimmed(n, fill, _TRIM_GET if topic == self.c_got else _TRIM)
+        if topic == self.c_got or topic == self.c_delta:
+            self.pending = {}  # superseded by the document being read
+            if topic == self.c_got:
+                return read_trimmed(n, fill, _TRIM_GET, self.doc, self.piece, _REPORTED)
+            return read_trimmed(n, fill, _TRIM, self.doc, self.piece)
+        return read_trimmed(n, fill, _TRIM, None, self.piece)
 
     def _record(self, topic, payload):
         """The MQTT callback: record only."""
@@ -121,12 +133,17 @@ class Firmware:
         if payload is None:  # read past (see _read_payload)
             self.resync = True
             return
+        if topic == self.c_got or topic == self.c_delta:
+            # In the one buffer: it supersedes the commands document waiting there. A get
+            # that was overwritten before it was taken in (its clock, its history) is asked again.
+            if self.raw is not None and self.raw[0] == self.c_got and topic == self.c_delta:
+                self.resync = True
+            self.raw = (topic, payload)
+            return
         # A delta holds the whole current delta (AWS; iotbridge_local.shadow.engine)
         # and a get the whole document: a newer one supersedes what is still waiting
         # here for the same shadow (a get: deltas and gets; a delta: deltas).
-        if topic == self.c_got or topic == self.c_delta:
-            stale = (self.c_delta, self.c_got) if topic == self.c_got else (self.c_delta,)
-        elif topic == self.t_got or topic == self.t_delta:
+        if topic == self.t_got or topic == self.t_delta:
             stale = (self.t_delta, self.t_got) if topic == self.t_got else (self.t_delta,)
         else:
             stale = ()
@@ -157,7 +174,8 @@ class Firmware:
                 log("disconnected:", repr(e))
             self.client.close()
             self.inbox = []
-            self.recent = []
+            self.fresh = 0
+            self.raw = None
             self.pending = {}  # the get after the reconnect lists them again
             ceiling = min(_BACKOFF_CAP_MS, _BACKOFF_MS << min(attempt, 6))
             attempt += 1
@@ -195,15 +213,20 @@ class Firmware:
     def _serve(self):
         c = self.client
         while True:
-            c.check_msg(0 if (self.pending or self.inbox) else 200)
-            while len(self.inbox) < _INBOX_MAX and c.check_msg(0):
+            c.check_msg(0 if (self.pending or self.inbox or self.raw is not None) else 200)
+            # A commands document waiting in the buffer is taken in before more is read.
+            while len(self.inbox) < _INBOX_MAX and self.raw is None and c.check_msg(0):
                 pass
+            if self.raw is not None:
+                gc.collect()
+                self._take_in()
+                gc.collect()
             while self.inbox:
                 topic, payload = self.inbox.pop(0)
                 self._handle(topic, payload)
                 del payload
                 gc.collect()
-            if self.resync and not self.pending:
+            if self.resync and not self.pending and self.raw is None:
                 self._request_shadows()
             if self.pending:
                 self._run_next()
@@ -226,15 +249,16 @@ class Firmware:
             self.telemetry_at = now + self.device.interval * 1000
             self._report({"telemetry": self.device.telemetry()}, 0)
 
-    def _handle(self, topic, payload):
+    def _parse(self, topic, payload):
+        """The document's state, after setting the clock from its timestamp; None if unusable."""
         try:
             doc = json.loads(payload)
         except ValueError:
             log("ignored non-JSON on", topic)
-            return
+            return None
         del payload
         if not isinstance(doc, dict):
-            return
+            return None
         ts = doc.get("timestamp")
         # A delta may have waited in the broker for our persistent session: only the
         # answer to our own get sets the clock first, and it never goes back.
@@ -244,19 +268,55 @@ class Firmware:
             self.svc_ms = ts * 1000 + 999
             self.svc_at = ticks_ms()
         state = doc.get("state")
-        del doc
-        if not isinstance(state, dict):
+        return state if isinstance(state, dict) else None
+
+    def _take_in(self):
+        """Take in the commands get or delta waiting in the buffer."""
+        topic, payload = self.raw
+        self.raw = None
+        state = self._parse(topic, payload)
+        del payload
+        if state is None:
+            self.resync = True  # the pending set it carried is gone from the buffer
             return
         if topic == self.c_delta:
             if self.svc_ms:
                 self._take(state, False)
             else:
                 self.resync = True  # no trusted clock yet: the get lists these too
-        elif topic == self.c_got:
-            self.history = history_ids(state.get("reported"))
-            delta = state.get("delta")
-            self._take(delta if isinstance(delta, dict) else {}, True)
-        elif topic == self.t_delta:
+            return
+        delta = state.get("delta")
+        prune = self._load_history(state.get("reported"))
+        del state
+        self._take(delta if isinstance(delta, dict) else {}, True)
+        del delta
+        if prune:  # more outcomes than HISTORY: the oldest go now, in one update
+            self._publish(self.c_update, {"state": {"reported": prune}})
+
+    def _load_history(self, reported):
+        """The get's outcomes ({id: doneAt}) become the history; returns {id: None} for those past HISTORY."""
+        hist = self.history
+        hist.clear()
+        if not isinstance(reported, dict):
+            return None
+        items = [(v, k) for k, v in reported.items() if isinstance(v, int) and not isinstance(v, bool) and len(k) <= 64]
+        items.sort()
+        prune = None
+        for _, cid in items:
+            if len(hist) == HISTORY:
+                if prune is None:
+                    prune = {}
+                prune[hist.pop(0)] = None
+            hist.append(cid)
+        self.fresh = min(self.fresh, len(hist))
+        return prune
+
+    def _handle(self, topic, payload):
+        state = self._parse(topic, payload)
+        del payload
+        if state is None:
+            return
+        if topic == self.t_delta:
             self._apply(state)
         elif topic == self.t_got and isinstance(state.get("desired"), dict):
             # All of desired, not the delta: the delta is against what we reported before
@@ -273,11 +333,13 @@ class Firmware:
     def _take(self, pending, authoritative):
         """Make `pending` (a whole delta) the set of commands to run."""
         if not authoritative:
-            # A delta published before our outcome update landed still lists it.
+            # A delta published before our outcome update landed still lists it: an id
+            # reported on this connection (the newest `fresh` of history) is not taken.
             # A get (after every connect) is authoritative: if it still lists an
             # id, our update was lost, and the logged outcome is sent again.
-            for cid in self.recent:
-                if cid in pending:
+            hist = self.history
+            for cid in list(pending):
+                if hist.find(cid) >= len(hist) - self.fresh:
                     del pending[cid]
         self.pending = pending
 
@@ -287,7 +349,7 @@ class Firmware:
         if nxt is None:
             return
         cid, entry = nxt
-        del self.pending[cid]
+        del self.pending[cid], nxt
         out = self.ledger.get(cid)
         if out is None:
             before = self.device.state()
@@ -306,18 +368,18 @@ class Firmware:
         # Outcome, desired=null and history pruning travel in ONE update, so a
         # command is pending or done, never both, and the shadow keeps HISTORY outcomes.
         hist = self.history
-        if cid in hist:
-            hist.remove(cid)
-        hist.append(cid)
+        i = hist.find(cid)
+        if i >= 0:
+            if i >= len(hist) - self.fresh:
+                self.fresh -= 1  # counted again below
+            hist.pop(i)
         reported = {cid: out}
-        while len(hist) > HISTORY:
+        while len(hist) >= HISTORY:
             reported[hist.pop(0)] = None
+        hist.append(cid)
+        self.fresh = min(self.fresh + 1, len(hist))
         self._publish(self.c_update, {"state": {"reported": reported, "desired": {cid: None}}, "clientToken": cid})
         del reported
-        if cid not in self.recent:
-            self.recent.append(cid)
-            if len(self.recent) > _RECENT:
-                self.recent.pop(0)
         gc.collect()
         log("done", cid, out["state"], "free", gc.mem_free())
         if self.device.reboot_in is not None:
@@ -354,7 +416,13 @@ class Firmware:
 
 
 def main(config_path="config.json"):
+    import config
+
     cfg = config.load(config_path)
+    # Needed once: its code leaves the heap (on a board, boot.py loaded it too).
+    del config
+    sys.modules.pop("config", None)
+    gc.collect()
     while True:
         try:
             Firmware(cfg).run()

@@ -102,20 +102,73 @@ def next_command(pending):
     return None if best is None else (best, pending[best])
 
 
-def history_ids(reported):
-    """Ids of the outcomes in a reported section, oldest doneAt first."""
-    items = []
-    if isinstance(reported, dict):
-        for cid in reported:
-            v = reported[cid]
-            if isinstance(v, dict):
-                t = v.get("doneAt")
-                items.append((t if isinstance(t, int) else 0, cid))
-    items.sort()
-    return [cid for _, cid in items]
+class Ids:
+    """Up to `slots` command ids (<= 64 bytes each), oldest first, in memory allocated once.
+
+    The firmware keeps ids for as long as it runs (history, recent reports);
+    as str objects they would lie scattered between short-lived documents and
+    fragment a small heap.
+    """
+
+    def __init__(self, slots):
+        self.ids = bytearray(65 * slots)  # per slot: length byte + id
+        self.order = bytearray(range(slots))  # slot numbers, [:n] in use, oldest first
+        self.n = 0
+
+    def __len__(self):
+        return self.n
+
+    def find(self, cid):
+        """Position of cid (oldest is 0), or -1."""
+        b = cid.encode()
+        k = len(b)
+        ids = self.ids
+        for i in range(self.n):
+            o = self.order[i] * 65
+            if ids[o] == k and memoryview(ids)[o + 1:o + 1 + k] == b:
+                return i
+        return -1
+
+    def get(self, i):
+        o = self.order[i] * 65
+        return str(self.ids[o + 1:o + 1 + self.ids[o]], "utf-8")
+
+    def pop(self, i=0):
+        cid = self.get(i)
+        order = self.order
+        s = order[i]
+        for j in range(i, self.n - 1):
+            order[j] = order[j + 1]
+        self.n -= 1
+        order[self.n] = s
+        return cid
+
+    def append(self, cid):
+        """Add cid as the newest; the oldest goes when full."""
+        if self.n == len(self.order):
+            self.pop(0)
+        b = cid.encode()[:64]
+        o = self.order[self.n] * 65
+        self.ids[o] = len(b)
+        self.ids[o + 1:o + 1 + len(b)] = b
+        self.n += 1
+
+    def clear(self):
+        self.n = 0
 
 
-def read_trimmed(n, fill, targets, piece=256):
+def _put(out, p, src):
+    """Write src at out[p:], into a larger copy of out if it does not fit; returns (out, p)."""
+    n = len(src)
+    if p + n > len(out):
+        big = bytearray(max(2 * len(out), p + n + 256))
+        big[:p] = memoryview(out)[:p]
+        out = big
+    out[p:p + n] = src
+    return out, p + n
+
+
+def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
     """Read an n-byte JSON document in small pieces, leaving out the members we never read.
 
     fill(view) reads exactly len(view) bytes into view (the MQTT client's socket).
@@ -123,22 +176,32 @@ def read_trimmed(n, fill, targets, piece=256):
     The object or array value of such a member is replaced by 0, so the result
     stays valid JSON. A shadow document's `metadata` (a timestamp per leaf) is
     as large as its state; the commands get's `desired` repeats its `delta`.
-    Dropping them while reading means the heap never holds them. What is kept
-    grows one bytearray (in place while the heap after it is free), so there is
-    no second copy, and no allocation per string.
+    collapse: (depth, b"key"): in that member's object, each member's object
+    value is replaced by its `doneAt` number (0 without one), so a get's
+    outcomes arrive as {"id": doneAt, ...}, all that is read of them.
+    out: a bytearray to write the result into (allocated once by the caller, so
+    a document needs no new block of the heap); a larger one is allocated only
+    if the result does not fit. piece: the read buffer, or its size.
+    Returns a memoryview of the result.
     """
-    buf = bytearray(min(n, piece))
-    mv = memoryview(buf)
-    out = bytearray()
-    kb = bytearray(16)  # the latest string at a target depth: maybe a key
-    kl = -1  # its length; -1: none, or too long to be a target
+    buf = memoryview(bytearray(piece) if isinstance(piece, int) else piece)
+    if out is None:
+        out = bytearray(min(n, 512))
+    p = 0  # bytes written to out
+    kb = bytearray(16)  # the latest string where a key may be wanted
+    kl = -1  # its length; -1: none, or too long to be a key we look for
     last = -1  # length of the key just closed, waiting for its ':'
+    cdepth, ckey = collapse or (-1, b"")
+    cin = -1  # while inside the collapse object: the depth of its members
+    db = bytearray(20)  # the doneAt digits of the outcome being collapsed
+    dn = -1  # >= 0: reading doneAt digits (that many so far); <= -2: done, -2 - count
     depth = 0
-    in_str = esc = want = False
+    in_str = esc = False
+    want = 0  # after a wanted key's ':': 1 drop its value, 2 collapse its value
     skip = -1  # >= 0: dropping a value until depth falls back to this
     while n:
-        k = min(n, len(buf))
-        fill(mv[:k])
+        k = len(buf) if n > len(buf) else n
+        fill(buf[:k])
         n -= k
         start = 0 if skip < 0 else -1  # where the bytes being kept began in this piece
         for i in range(k):
@@ -161,42 +224,77 @@ def read_trimmed(n, fill, targets, piece=256):
                 continue
             if c == 0x22:
                 in_str = True
-                if skip < 0 and depth in targets:
-                    kl = 0
+                if skip < 0:
+                    kl = 0 if depth in targets or depth == cdepth else -1
+                else:
+                    kl = 0 if skip == cin and depth == cin + 1 else -1
                 continue
             if skip >= 0:
+                if dn >= 0:
+                    if 0x30 <= c <= 0x39 or c == 0x2D:
+                        if dn < 20:
+                            db[dn] = c
+                            dn += 1
+                        continue
+                    if dn > 0 or not (c == 0x20 or c == 0x0A or c == 0x0D or c == 0x09):
+                        dn = -2 - dn
                 if c == 0x7B or c == 0x5B:
                     depth += 1
                 elif c == 0x7D or c == 0x5D:
                     depth -= 1
                     if depth == skip:
+                        if skip == cin:
+                            got = -2 - dn if dn < -1 else 0
+                            out, p = _put(out, p, memoryview(db)[:got] if got else b"0")
                         skip = -1
+                        dn = -1
                         start = i + 1
+                elif c == 0x3A:
+                    if skip == cin and depth == cin + 1 and _is_target(kb, last, (b"doneAt",)):
+                        dn = 0
+                    last = -1
                 continue
             if want:
                 if c == 0x20 or c == 0x0A or c == 0x0D or c == 0x09:
                     continue
-                want = False
-                if c == 0x7B or c == 0x5B:
+                if want == 2 and c == 0x7B:
+                    cin = depth + 1
+                elif c == 0x7B or c == 0x5B:
                     if i > start:
-                        out += mv[start:i]
-                    out.append(0x30)  # "0"
+                        out, p = _put(out, p, buf[start:i])
+                    out, p = _put(out, p, b"0")
                     skip = depth
                     depth += 1
                     start = -1
+                    want = 0
                     continue
+                want = 0
+            if c == 0x7B and depth == cin:  # an outcome: kept as its doneAt
+                if i > start:
+                    out, p = _put(out, p, buf[start:i])
+                skip = depth
+                depth += 1
+                start = -1
+                dn = -1
+                continue
             if c == 0x3A:
-                want = last > 0 and _is_target(kb, last, targets.get(depth, ()))
+                if last > 0:
+                    if _is_target(kb, last, targets.get(depth, ())):
+                        want = 1
+                    elif depth == cdepth and _is_target(kb, last, (ckey,)):
+                        want = 2
                 last = -1
             elif c == 0x7B or c == 0x5B:
                 depth += 1
                 last = -1
             elif c == 0x7D or c == 0x5D:
                 depth -= 1
+                if depth < cin:
+                    cin = -1
                 last = -1
         if 0 <= start < k:
-            out += mv[start:k]
-    return out
+            out, p = _put(out, p, buf[start:k])
+    return memoryview(out)[:p]
 
 
 def _is_target(kb, n, keys):
