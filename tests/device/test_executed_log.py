@@ -142,7 +142,11 @@ def test_a_power_cut_after_the_outcome_was_reported_keeps_the_shadows_outcome(
     assert plan.run == [] and plan.report == {"c1": outcome}
 
 
-@pytest.mark.parametrize("damage", [b'{"id":"c2","act', b"\0" * 40, b"\0" * 40 + b"\n", b'{"id":"c2"}\n{"id":"c3","acti'])
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"id":"c2","act', b"\0" * 40, b"\0" * 40 + b"\n", b'{"id":"c2"}\n{"id":"c3","acti'],
+    ids=["cut-short", "zeros", "zeros-line", "two-bad-lines"],
+)
 def test_a_torn_end_of_the_log_is_ignored_and_everything_before_it_kept(tmp_path: Path, damage: bytes) -> None:
     # GIVEN a log with c1 done, whose last append(s) a crash cut short or filled with zeros
     log = ExecutedLog(tmp_path)

@@ -23,7 +23,7 @@ from iotbridge_contract.mqtt import Endpoint, make_client
 from iotbridge_local.broker import Broker
 from iotbridge_pi import session
 
-from .conftest import WAIT_S, RunningAgent, Shadows
+from .conftest import WAIT_S, RunningAgent, Shadows, wait_for
 
 
 def test_a_reader_that_sees_the_outcome_then_reads_the_classic_shadow_finds_the_new_state(
@@ -158,3 +158,28 @@ def test_a_rejected_state_update_does_not_hold_the_outcome_back_and_stateless_co
 
     # THEN its outcome is still reported
     assert held.outcomes.get(timeout=WAIT_S)["state"]["reported"]["relay-1"]["state"] == "SUCCEEDED"
+
+
+def test_a_command_that_finishes_while_an_earlier_state_is_unanswered_waits_for_its_own_state(
+    start_agent: Callable[..., RunningAgent], held: HeldShadowService
+) -> None:
+    # GIVEN a device that ran "led on", whose state update the service has not answered yet
+    handle = start_agent("pi-1")
+    first = held.next_state_with("led")
+    while first["state"]["reported"]["led"] != "on":
+        first = held.next_state_with("led")
+    # AND meanwhile "led off" arrives and runs
+    held.delta("led-2", command("led", {"state": "off"}))
+    wait_for(lambda: handle.agent.device.led == "off", "led-2 to run")
+
+    # WHEN the first state update is accepted
+    held.answer_state(first)
+
+    # THEN the second state goes out, and led-2's outcome is not published before it is accepted
+    second = held.next_state_with("led")
+    assert second["state"]["reported"]["led"] == "off"
+    with pytest.raises(queue.Empty):
+        while True:
+            assert "led-2" not in held.outcomes.get(timeout=0.5)["state"]["reported"]
+    held.answer_state(second)
+    assert held.outcomes.get(timeout=WAIT_S)["state"]["reported"]["led-2"]["state"] == "SUCCEEDED"

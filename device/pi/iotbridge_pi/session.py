@@ -297,6 +297,10 @@ class DeviceSession:
                 return
             log.warning("%s: no answer to the state update %s; reporting outcomes anyway", self.thing, self._state_gate[0])
             self._open_state_gate()
+        if self._outcomes_paid and self._classic_from_command:
+            # Another command changed state meanwhile: its outcome is among those waiting,
+            # so they all go behind its state, through the usual path.
+            self._outcomes_paid = False
         if self._outcomes_paid:
             self._outcomes_paid = False
             update = self.core.take_update()
