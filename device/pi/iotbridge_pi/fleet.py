@@ -70,7 +70,7 @@ class Fleet:
             session = DeviceSession(
                 thing,
                 endpoint_factory(thing),
-                # fsync off: thousands of devices share one disk; writes stay atomic (rename).
+                # fsync off: thousands of devices share one disk; a killed process still leaves a readable log.
                 state_dir_log=lambda d=device_dir: ExecutedLog(d, fsync=False),  # type: ignore[misc]
                 device=device,
                 registry=registry_factory(),
