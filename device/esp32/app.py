@@ -9,15 +9,31 @@ import gc
 import json
 import os
 import sys
+from array import array
 from time import sleep_ms, ticks_diff, ticks_ms
 
-import hw
-import net
-from handlers import ACTIONS, DEADLINE_MS, Device
-from ledger import Ledger
 from micropython import const
-from mqtt import MQTTClient, MQTTError
-from protocol import (
+
+# The commands document's buffer: a get with 10 pending commands and 16 outcomes (kept
+# as id: doneAt) takes ~1.5-2 KB with 32-character ids; a larger document is read
+# into a larger, short-lived block.
+_DOC_BYTES = const(2048)
+_IDS_SLOTS = const(16)  # protocol.HISTORY
+_LEDGER_KEEP = const(256)
+# The large buffers are allocated first, while the heap is still one free block: the
+# modules imported below load into what follows and leave small holes behind them.
+# One set per boot, reused by every Firmware (a simulated reboot makes a new one).
+_DOC = bytearray(_DOC_BYTES)  # commands documents as read
+_PIECE = bytearray(256)  # socket reads of a payload
+_IDS = bytearray(65 * _IDS_SLOTS)  # the history's ids (protocol.Ids)
+_HASHES = array("H", range(2 * _LEDGER_KEEP))  # the ledger's id hashes (ledger.Ledger)
+
+import hw  # noqa: E402
+import net  # noqa: E402
+from handlers import ACTIONS, DEADLINE_MS, Device  # noqa: E402
+from ledger import Ledger  # noqa: E402
+from mqtt import MQTTClient, MQTTError  # noqa: E402
+from protocol import (  # noqa: E402
     COMMANDS,
     EXPIRED,
     FAILED,
@@ -35,15 +51,12 @@ from protocol import (
 
 VERSION = "0.1.0"
 _INBOX_MAX = const(4)  # recorded messages awaiting the loop; beyond this we re-read the shadows
-# The commands document's buffer, allocated once: a get with 10 pending commands and 16
-# outcomes (kept as id: doneAt) takes ~1.5-2 KB with 32-character ids; a larger document
-# is read into a larger, short-lived block.
-_DOC_BYTES = const(2048)
 _BACKOFF_MS = const(500)
 _BACKOFF_CAP_MS = const(30000)
 SEP = (",", ":")  # compact JSON
 # Members never read, left out while reading (see protocol.read_trimmed).
 _TRIM = {1: (b"metadata",)}
+_TRIM_CLASSIC_GET = {1: (b"metadata",), 2: (b"reported", b"delta")}  # only desired is read
 # Commands get: pending comes from state.delta; of the outcomes in state.reported only
 # id: doneAt is kept (history pruning).
 _TRIM_GET = {1: (b"metadata",), 2: (b"desired",)}
@@ -74,18 +87,18 @@ class Firmware:
         self.cfg = cfg
         t = cfg["thing"]
         self.device = Device(cfg["pins"])
-        self.ledger = Ledger(cfg["state"])
+        self.ledger = Ledger(cfg["state"], _LEDGER_KEEP, _HASHES)
         self.inbox = []  # (topic, payload) recorded by the callback, classic shadow and get/rejected
-        # Commands documents are read into one buffer allocated here (no new block per
+        # Commands documents are read into one buffer allocated at boot (no new block per
         # message). Pending commands: the latest commands delta (or get) as parsed, {id: entry}.
         # A delta holds the whole pending set, so each one replaces the last wholesale;
         # the old set is let go before the new document is read, so the two never
         # share the heap. Run one at a time, oldest issuedAt first.
-        self.doc = bytearray(_DOC_BYTES)
-        self.piece = bytearray(256)  # socket reads of a payload
+        self.doc = _DOC
+        self.piece = _PIECE
         self.raw = None  # (topic, view) a commands get or delta read, not yet taken in
         self.pending = {}
-        self.history = Ids(HISTORY)  # ids of the outcomes in the commands shadow, oldest first
+        self.history = Ids(HISTORY, _IDS)  # ids of the outcomes in the commands shadow, oldest first
         self.fresh = 0  # the newest this many of history were reported on this connection
         self.resync = False  # the inbox overflowed or the clock is unknown: read the shadows again
         # The shadow service's clock: last document `timestamp` (ms) and our ticks then.
@@ -125,7 +138,7 @@ class Firmware:
             if topic == self.c_got:
                 return read_trimmed(n, fill, _TRIM_GET, self.doc, self.piece, _REPORTED)
             return read_trimmed(n, fill, _TRIM, self.doc, self.piece)
-        return read_trimmed(n, fill, _TRIM, None, self.piece)
+        return read_trimmed(n, fill, _TRIM_CLASSIC_GET if topic == self.t_got else _TRIM, None, self.piece)
 
     def _record(self, topic, payload):
         """The MQTT callback: record only."""
@@ -184,6 +197,7 @@ class Firmware:
             sleep_ms(ceiling // 2 + (r[0] << 8 | r[1]) * (ceiling // 2) // 65536)
 
     def _connect(self):
+        gc.collect()  # what the last connection left, before the largest messages of a connect
         c = self.client
         kept = c.connect(clean_session=False)
         c.subscribe([self.t_delta, self.t_got, self.c_delta, self.c_got, self.c_rej], qos=1)

@@ -25,10 +25,12 @@ def _h(cid):
 
 
 class Ledger:
-    def __init__(self, path, keep=256):
+    def __init__(self, path, keep=256, hashes=None):
+        """hashes: an array("H") of 2*keep entries to use (the firmware allocates it early)."""
         self.path = path
         self.keep = keep
-        self.hashes = array("H", bytes(4 * keep))  # room for 2*keep before a compaction
+        # Room for 2*keep before a compaction; filled in place (no second buffer to copy from).
+        self.hashes = array("H", range(2 * keep)) if hashes is None else hashes
         self.count = 0
         self._load()
 

@@ -2,7 +2,8 @@
 """Just enough MQTT 3.1.1 for a device that talks to AWS IoT Core shadows.
 
 What it does:
-  CONNECT (clean session on or off, keepalive, optional will, username/password),
+  CONNECT (clean session on or off, keepalive, username/password; no will: presence
+  comes from the broker's lifecycle events),
   SUBSCRIBE (several filters in one packet, waits for SUBACK),
   PUBLISH QoS 0 and 1 (QoS 1 waits for its PUBACK), incoming QoS 0/1 with
   PUBACK sent after the callback returns, PINGREQ/PINGRESP, DISCONNECT.
@@ -88,7 +89,6 @@ class MQTTClient:
         self.sock = None
         self._poll = None
         self.cb = None
-        self.will = None
         self.pid = 0
         self.last_io = 0  # ticks_ms of the last packet we sent (when to PINGREQ)
         self.last_rx = 0  # ticks_ms of the last packet we received (is the broker alive?)
@@ -104,9 +104,6 @@ class MQTTClient:
     def set_callback(self, cb):
         """cb(topic: str, payload) for every incoming PUBLISH (a bytearray, or what `reader` returns)."""
         self.cb = cb
-
-    def set_last_will(self, topic, msg, retain=False, qos=0):
-        self.will = (topic, msg, retain, qos)
 
     # -- transport ---------------------------------------------------------
     def _open(self):
@@ -186,10 +183,6 @@ class MQTTClient:
         self._open()
         flags = 0x02 if clean_session else 0
         payload = _str(self.client_id)
-        if self.will:
-            topic, msg, retain, qos = self.will
-            flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
-            payload += _str(topic) + _str(msg)
         if self.user is not None:
             flags |= 0x80
             payload += _str(self.user)
@@ -235,8 +228,10 @@ class MQTTClient:
         tl = len(t)
         rem = 2 + tl + (2 if qos else 0) + len(msg)
         enc = _encode_len(rem)
-        # One allocation of the exact packet size: no growing buffer, no extra copies.
-        pkt = bytearray(1 + len(enc) + rem)
+        # The header (with the topic) in one small allocation, then the payload from the
+        # caller's buffer as it is: a payload is never copied on the heap.
+        hl = 1 + len(enc) + 2 + tl + (2 if qos else 0)
+        pkt = bytearray(hl)
         pkt[0] = _PUBLISH | (qos << 1) | (1 if retain else 0)
         i = 1 + len(enc)
         pkt[1:i] = enc
@@ -249,10 +244,10 @@ class MQTTClient:
             pid = self._next_pid()
             pkt[i] = pid >> 8
             pkt[i + 1] = pid & 0xFF
-            i += 2
-        pkt[i:] = msg
         self._send(pkt)
         del pkt
+        if len(msg):
+            self._send(msg)
         if qos:
             self._wait_for(_PUBACK, pid)
 

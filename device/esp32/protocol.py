@@ -110,8 +110,8 @@ class Ids:
     fragment a small heap.
     """
 
-    def __init__(self, slots):
-        self.ids = bytearray(65 * slots)  # per slot: length byte + id
+    def __init__(self, slots, buf=None):
+        self.ids = bytearray(65 * slots) if buf is None else buf  # per slot: length byte + id
         self.order = bytearray(range(slots))  # slot numbers, [:n] in use, oldest first
         self.n = 0
 
@@ -157,15 +157,10 @@ class Ids:
         self.n = 0
 
 
-def _put(out, p, src):
-    """Write src at out[p:], into a larger copy of out if it does not fit; returns (out, p)."""
-    n = len(src)
-    if p + n > len(out):
-        big = bytearray(max(2 * len(out), p + n + 256))
-        big[:p] = memoryview(out)[:p]
-        out = big
-    out[p:p + n] = src
-    return out, p + n
+def _grow(out, p):
+    big = bytearray(2 * len(out) + 256)
+    big[:p] = memoryview(out)[:p]
+    return big
 
 
 def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
@@ -179,6 +174,7 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
     collapse: (depth, b"key"): in that member's object, each member's object
     value is replaced by its `doneAt` number (0 without one), so a get's
     outcomes arrive as {"id": doneAt, ...}, all that is read of them.
+    Whitespace between tokens is left out too.
     out: a bytearray to write the result into (allocated once by the caller, so
     a document needs no new block of the heap); a larger one is allocated only
     if the result does not fit. piece: the read buffer, or its size.
@@ -186,7 +182,7 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
     """
     buf = memoryview(bytearray(piece) if isinstance(piece, int) else piece)
     if out is None:
-        out = bytearray(min(n, 512))
+        out = bytearray(min(n, 256))
     p = 0  # bytes written to out
     kb = bytearray(16)  # the latest string where a key may be wanted
     kl = -1  # its length; -1: none, or too long to be a key we look for
@@ -194,7 +190,7 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
     cdepth, ckey = collapse or (-1, b"")
     cin = -1  # while inside the collapse object: the depth of its members
     db = bytearray(20)  # the doneAt digits of the outcome being collapsed
-    dn = -1  # >= 0: reading doneAt digits (that many so far); <= -2: done, -2 - count
+    dn = -1  # >= 0: reading doneAt digits (that many so far); <= -2: read, -2 - count
     depth = 0
     in_str = esc = False
     want = 0  # after a wanted key's ':': 1 drop its value, 2 collapse its value
@@ -203,7 +199,6 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
         k = len(buf) if n > len(buf) else n
         fill(buf[:k])
         n -= k
-        start = 0 if skip < 0 else -1  # where the bytes being kept began in this piece
         for i in range(k):
             c = buf[i]
             if in_str:
@@ -221,79 +216,85 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
                         kl += 1
                     else:
                         kl = -1
+                if skip >= 0:
+                    continue
+            elif c == 0x20 or c == 0x0A or c == 0x0D or c == 0x09:
                 continue
-            if c == 0x22:
+            elif c == 0x22:
                 in_str = True
                 if skip < 0:
                     kl = 0 if depth in targets or depth == cdepth else -1
                 else:
                     kl = 0 if skip == cin and depth == cin + 1 else -1
-                continue
-            if skip >= 0:
+                    continue
+            elif skip >= 0:
                 if dn >= 0:
                     if 0x30 <= c <= 0x39 or c == 0x2D:
                         if dn < 20:
                             db[dn] = c
                             dn += 1
                         continue
-                    if dn > 0 or not (c == 0x20 or c == 0x0A or c == 0x0D or c == 0x09):
-                        dn = -2 - dn
+                    dn = -2 - dn
                 if c == 0x7B or c == 0x5B:
                     depth += 1
                 elif c == 0x7D or c == 0x5D:
                     depth -= 1
                     if depth == skip:
-                        if skip == cin:
-                            got = -2 - dn if dn < -1 else 0
-                            out, p = _put(out, p, memoryview(db)[:got] if got else b"0")
                         skip = -1
+                        if depth == cin:
+                            got = -2 - dn if dn < -1 else 0
+                            if p + got + 1 > len(out):
+                                out = _grow(out, p)
+                            if got:
+                                out[p:p + got] = memoryview(db)[:got]
+                                p += got
+                            else:
+                                out[p] = 0x30  # "0"
+                                p += 1
                         dn = -1
-                        start = i + 1
                 elif c == 0x3A:
                     if skip == cin and depth == cin + 1 and _is_target(kb, last, (b"doneAt",)):
                         dn = 0
                     last = -1
                 continue
-            if want:
-                if c == 0x20 or c == 0x0A or c == 0x0D or c == 0x09:
-                    continue
-                if want == 2 and c == 0x7B:
-                    cin = depth + 1
-                elif c == 0x7B or c == 0x5B:
-                    if i > start:
-                        out, p = _put(out, p, buf[start:i])
-                    out, p = _put(out, p, b"0")
+            else:
+                if want:
+                    if want == 2 and c == 0x7B:
+                        cin = depth + 1
+                        want = 0
+                    elif c == 0x7B or c == 0x5B:
+                        skip = depth
+                        depth += 1
+                        want = 0
+                        c = 0x30  # the value becomes 0
+                    else:
+                        want = 0
+                if skip >= 0:
+                    pass
+                elif c == 0x7B and depth == cin:  # an outcome: kept as its doneAt (written when it closes)
                     skip = depth
                     depth += 1
-                    start = -1
-                    want = 0
+                    dn = -1
                     continue
-                want = 0
-            if c == 0x7B and depth == cin:  # an outcome: kept as its doneAt
-                if i > start:
-                    out, p = _put(out, p, buf[start:i])
-                skip = depth
-                depth += 1
-                start = -1
-                dn = -1
-                continue
-            if c == 0x3A:
-                if last > 0:
-                    if _is_target(kb, last, targets.get(depth, ())):
-                        want = 1
-                    elif depth == cdepth and _is_target(kb, last, (ckey,)):
-                        want = 2
-                last = -1
-            elif c == 0x7B or c == 0x5B:
-                depth += 1
-                last = -1
-            elif c == 0x7D or c == 0x5D:
-                depth -= 1
-                if depth < cin:
-                    cin = -1
-                last = -1
-        if 0 <= start < k:
-            out, p = _put(out, p, buf[start:k])
+                elif c == 0x3A:
+                    if last > 0:
+                        if _is_target(kb, last, targets.get(depth, ())):
+                            want = 1
+                        elif depth == cdepth and _is_target(kb, last, (ckey,)):
+                            want = 2
+                    last = -1
+                elif c == 0x7B or c == 0x5B:
+                    depth += 1
+                    last = -1
+                elif c == 0x7D or c == 0x5D:
+                    depth -= 1
+                    if depth < cin:
+                        cin = -1
+                    last = -1
+            if p == len(out):
+                out = _grow(out, p)
+            out[p] = c
+            p += 1
     return memoryview(out)[:p]
 
 
