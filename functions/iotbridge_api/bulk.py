@@ -74,7 +74,7 @@ def _all_things(deadline: float) -> list[str]:
     token: str | None = None
     while True:
         page, token = iot.list_things(250, token)
-        things.extend(t for t in page if t != JOBS_THING)
+        things.extend(t for t in page if t != JOBS_THING and t not in record.SHARD_THINGS)
         if not token or time.monotonic() > deadline:
             return things
 
@@ -110,10 +110,11 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     pages = record.split(targets)
     summary = {"action": action, "params": params, "createdAt": issued, "expiresAt": issued + ttl_ms,
                "targets": len(targets), "pages": len(pages)}  # fmt: skip
-    writes = [(record.page_shadow(job_id, n), {"things": ",".join(page)}) for n, page in enumerate(pages)]
+    command = contract.compact(contract.pending_entry(action, params, issued_at=issued, expires_at=issued + ttl_ms))
     with ThreadPoolExecutor(THREADS) as pool:  # the pages first: a summary means the whole record is there
-        list(pool.map(lambda w: _shadow_call(record.update, JOBS_THING, {"state": {"reported": w[1]}}, w[0]), writes))
-    _shadow_call(record.update, JOBS_THING, {"state": {"reported": summary}}, record.summary_shadow(job_id))
+        list(pool.map(lambda n: _shadow_call(record.update_page, job_id, n, {"things": ",".join(pages[n]), "command": command}),
+                      range(len(pages))))  # fmt: skip
+    _shadow_call(record.patient, record.update, JOBS_THING, {"state": {"reported": summary}}, record.summary_shadow(job_id))
 
     queued, not_queued, to_invoke = 0, [], list(range(len(pages)))
     if len(pages) == 1 and len(targets) <= INLINE_TARGETS:
@@ -136,7 +137,7 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
         except Exception as exc:  # recorded on the page: progress shows its devices NOT_SENT with this error
             error = f"the fan-out could not be started: {type(exc).__name__}: {str(exc)[:200]}"
             sent = record.sent_record(record.FAILED, attempt=0, by="api", error=error, queued=0)
-            _shadow_call(record.update, JOBS_THING, {"state": {"reported": {"sent": sent}}}, record.page_shadow(job_id, page))
+            _shadow_call(record.update_page, job_id, page, {"sent": sent})
             return error
         return None
 
@@ -221,13 +222,12 @@ def _count(states: list[dict[str, Any]]) -> dict[str, int]:
 def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
     if not names.COMMAND_ID_RE.fullmatch(job_id):
         raise errors.InvalidCommandId(f"invalid job id {job_id!r}")
-    summary = record.reported(_shadow_call(record.get, JOBS_THING, record.summary_shadow(job_id)))
+    summary = record.reported(_shadow_call(record.patient, record.get, JOBS_THING, record.summary_shadow(job_id)))
     if not summary:
         raise errors.JobNotFound(f"no job {job_id}", details={"jobId": job_id})
     now = record.now_ms()
     with ThreadPoolExecutor(THREADS) as pool:
-        docs = list(pool.map(lambda n: _shadow_call(record.get, JOBS_THING, record.page_shadow(job_id, n)),
-                             range(int(summary.get("pages", 0)))))  # fmt: skip
+        docs = list(pool.map(lambda n: _shadow_call(record.get_page, job_id, n), range(int(summary.get("pages", 0)))))
         pages: list[_Page] = []
         first = 0
         for n, doc in enumerate(docs):
@@ -295,4 +295,4 @@ def _save_tally(job_id: str, page: _Page, counts: dict[str, int], now: int) -> N
     if page.settled and page.done(counts) == len(page.things):
         update["final"] = value
     with contextlib.suppress(record.ShadowError):  # only a cache: the next GET reads again
-        record.update(JOBS_THING, {"state": {"reported": update}}, record.page_shadow(job_id, page.number))
+        record.update_page(job_id, page.number, update)

@@ -13,6 +13,7 @@ command path does): a device that reported reported.{jobId} never gets it again.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from iotbridge_jobs import record
 THREADS = 16
 DEVICE_TRIES = 4  # per device and attempt, for throttling / transient errors
 BACKOFF_S = (0.1, 0.3, 0.8)
+CLAIM_TRIES = 20
 MARGIN_MS = 3_000  # stop sending this long before the invocation's end, to record how far it got
 
 
@@ -54,9 +56,8 @@ class PageOutcome:
 
 def _claim(job_id: str, page: int, *, by: str, until: int) -> tuple[int, dict[str, Any]] | PageOutcome:
     """Take the page for this sender: (attempt, page's reported state), or the reason to leave it alone."""
-    name = record.page_shadow(job_id, page)
-    for _ in range(5):
-        doc = record.get(record.JOBS_THING, name)
+    for _ in range(CLAIM_TRIES):
+        doc = record.get_page(job_id, page)
         if doc is None:
             return PageOutcome(job_id, page, "SKIPPED", error="no such job page")
         sent = record.reported(doc).get("sent") or {}
@@ -66,14 +67,14 @@ def _claim(job_id: str, page: int, *, by: str, until: int) -> tuple[int, dict[st
             return PageOutcome(job_id, page, "SKIPPED", attempt=int(sent.get("attempt") or 0),
                                error="another invocation is sending this page")  # fmt: skip
         attempt = int(sent.get("attempt") or 0) + 1
-        claim = {"state": {"reported": {"sent": record.sent_record(record.SENDING, attempt=attempt, by=by, until=until)}},
-                 "version": doc["version"]}  # fmt: skip
+        claim = {"sent": record.sent_record(record.SENDING, attempt=attempt, by=by, until=until)}
         try:
-            record.update(record.JOBS_THING, claim, name)
+            record.update_page(job_id, page, claim, version=doc["version"])
         except record.Conflict:
             continue  # someone else moved first: look again
         return attempt, record.reported(doc)
-    return PageOutcome(job_id, page, "SKIPPED", error="the page kept changing; left to the other sender")
+    # GETs write counts on the page too: never give the page up for that, let Lambda try again later.
+    raise record.ShadowError("CONFLICT", f"job {job_id} page {page} kept changing while being claimed", retryable=True)
 
 
 def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, careful: bool, out_of_time: Callable[[], bool]) -> str | None:
@@ -111,37 +112,31 @@ RETRYABLE_CODES = {"OUT_OF_TIME", "THROTTLED", "UPSTREAM_ERROR", "CONFLICT"}
 
 def run_page(job_id: str, page: int, *, by: str, remaining_ms: Callable[[], int]) -> PageOutcome:
     """Queue the job on one page of its targets. Raises Incomplete when another attempt must follow."""
-    summary = record.reported(record.get(record.JOBS_THING, record.summary_shadow(job_id)))
-    if not summary:
-        return PageOutcome(job_id, page, "SKIPPED", error="no such job")
     claimed = _claim(job_id, page, by=by, until=record.now_ms() + remaining_ms())
     if isinstance(claimed, PageOutcome):
         return claimed
     attempt, page_state = claimed
     try:
-        return _send(job_id, page, summary, attempt, page_state, by=by, remaining_ms=remaining_ms)
+        return _send(job_id, page, attempt, page_state, by=by, remaining_ms=remaining_ms)
     except Incomplete:
         raise
     except Exception as exc:  # the claim must not outlive this attempt: record the failure, then let Lambda retry
         state = record.RETRYING if attempt < record.MAX_ATTEMPTS else record.FAILED
         sent = record.sent_record(state, attempt=attempt, by=by, error=f"attempt {attempt} failed: {type(exc).__name__}")
         with contextlib.suppress(record.ShadowError):  # else the claim lapses at its `until`
-            record.update(record.JOBS_THING, {"state": {"reported": {"sent": sent}}}, record.page_shadow(job_id, page))
+            record.update_page(job_id, page, {"sent": sent})
         raise
 
 
-def _send(job_id: str, page: int, summary: dict[str, Any], attempt: int, page_state: dict[str, Any], *, by: str,
+def _send(job_id: str, page: int, attempt: int, page_state: dict[str, Any], *, by: str,
           remaining_ms: Callable[[], int]) -> PageOutcome:  # fmt: skip
-    name = record.page_shadow(job_id, page)
     things = record.page_things(page_state)
-    expires = int(summary["expiresAt"])
-    if record.now_ms() >= expires:
+    entry = json.loads(page_state["command"])
+    if record.now_ms() >= int(entry["expiresAt"]):
         error = "EXPIRED: the job expired before this page was sent"
         sent = record.sent_record(record.FAILED, attempt=attempt, by=by, error=error, queued=0)
-        record.update(record.JOBS_THING, {"state": {"reported": {"sent": sent, "failed": None}}}, name)
+        record.update_page(job_id, page, {"sent": sent, "failed": None})
         return PageOutcome(job_id, page, record.FAILED, attempt=attempt, error=error)
-    entry = contract.pending_entry(str(summary["action"]), dict(summary.get("params") or {}),
-                                   issued_at=int(summary["createdAt"]), expires_at=expires)  # fmt: skip
 
     def out_of_time() -> bool:
         return remaining_ms() < MARGIN_MS
@@ -158,7 +153,7 @@ def _send(job_id: str, page: int, summary: dict[str, Any], attempt: int, page_st
         outcome.error = f"{len(retryable)} of {len(things)} not reached ({', '.join(sorted(set(retryable.values())))})"
         outcome.state = record.RETRYING if attempt < record.MAX_ATTEMPTS else record.FAILED
     sent = record.sent_record(outcome.state, attempt=attempt, by=by, error=outcome.error, queued=queued)
-    record.update(record.JOBS_THING, {"state": {"reported": {"sent": sent, "failed": record.encode_failed(failed)}}}, name)
+    record.update_page(job_id, page, {"sent": sent, "failed": record.encode_failed(failed)})
     if outcome.state == record.RETRYING:
         raise Incomplete(f"job {job_id} page {page}: {outcome.error}; attempt {attempt} of {record.MAX_ATTEMPTS}", outcome)
     return outcome

@@ -1,8 +1,11 @@
-"""A job's record: named shadows of the registry thing `iotbridge-jobs`, and the door to them.
+"""A job's record: named shadows of the registry things `iotbridge-jobs*`, and the door to them.
 
-`job-{id}` (reported): action, params, createdAt, expiresAt, targets, pages.
-`job-{id}-{n}` (reported), one per page of targets:
-- `things`: the page's target names, comma-joined (written once, by the POST);
+`iotbridge-jobs` / `job-{id}` (reported): action, params, createdAt, expiresAt, targets, pages.
+`iotbridge-jobs-{k}` / `job-{id}-{n}` (reported), one per page of targets, spread over
+SHARDS things: AWS allows a thing 20 shadow requests/s and 10 in flight, which one
+thing holding a 10,000-device job's 20-odd pages would exceed on every POST and GET.
+- `things`: the page's target names, comma-joined, and `command`: the pending entry as
+  compact JSON (both written once, by the POST; the fan-out needs nothing else);
 - `sent`: how far the fan-out got: absent (not taken yet), SENDING (an invocation
   holds the page until `until`), RETRYING (an attempt failed, Lambda retries it),
   QUEUED (every target queued or refused), FAILED (given up, `error` says why);
@@ -20,10 +23,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+import zlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 JOBS_THING = "iotbridge-jobs"
-PAGE_CHARS = 4_000
+PAGE_CHARS = 3_500
 PAGE_THINGS = 500
 # Lambda runs an asynchronous event once and retries it twice (template: EventInvokeConfig).
 MAX_ATTEMPTS = 3
@@ -39,12 +46,45 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+SHARDS = 8
+SHARD_THINGS = frozenset(f"{JOBS_THING}-{k}" for k in range(SHARDS))
+THROTTLE_TRIES = 4
+
+
 def summary_shadow(job_id: str) -> str:
     return f"job-{job_id}"
 
 
 def page_shadow(job_id: str, page: int) -> str:
     return f"job-{job_id}-{page}"
+
+
+def page_thing(job_id: str, page: int) -> str:
+    """The thing holding a page's shadow; a job's pages, and small jobs, spread over the shards."""
+    return f"{JOBS_THING}-{(zlib.crc32(job_id.encode()) + page) % SHARDS}"
+
+
+def get_page(job_id: str, page: int) -> dict[str, Any] | None:
+    return patient(get, page_thing(job_id, page), page_shadow(job_id, page))
+
+
+def update_page(job_id: str, page: int, reported: dict[str, Any], *, version: int | None = None) -> None:
+    document: dict[str, Any] = {"state": {"reported": reported}}
+    if version is not None:
+        document["version"] = version
+    patient(update, page_thing(job_id, page), document, page_shadow(job_id, page))
+
+
+def patient(call: Callable[..., T], *args: Any) -> T:
+    """A call on a job record, tried again when AWS IoT throttles (many pages touched at once)."""
+    for attempt in range(THROTTLE_TRIES):
+        try:
+            return call(*args)
+        except ShadowError as exc:
+            if exc.code != "THROTTLED" or attempt + 1 == THROTTLE_TRIES:
+                raise
+            time.sleep(0.1 * 3**attempt)
+    raise AssertionError("unreachable")
 
 
 def split(things: list[str]) -> list[list[str]]:

@@ -49,7 +49,9 @@ class Invocations:
 @pytest.fixture
 def invocations(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Invocations]:
     record._clients.clear()
-    boto3.client("iot", region_name="us-east-1").create_thing(thingName=JOBS_THING)  # moto wants the thing registered
+    iot = boto3.client("iot", region_name="us-east-1")
+    for thing in (JOBS_THING, *record.SHARD_THINGS):  # moto wants things registered before their shadows
+        iot.create_thing(thingName=thing)
     fake = Invocations()
     monkeypatch.setattr(bulk, "_start_fanout", fake.start)
     monkeypatch.setattr(fanout, "BACKOFF_S", (0.0,))
@@ -81,7 +83,7 @@ def _answer(thing: str, job: str, state: CommandState = CommandState.SUCCEEDED) 
 
 
 def _page_record(job: str, page: int) -> dict[str, Any]:
-    return record.reported(record.get(JOBS_THING, record.page_shadow(job, page)))
+    return record.reported(record.get_page(job, page))
 
 
 def test_small_job_is_queued_inside_the_request_and_progress_follows(api: ApiClient, invocations: Invocations) -> None:
@@ -286,7 +288,7 @@ def test_a_duplicate_delivery_leaves_a_page_another_invocation_is_sending(api: A
     things = _things("dup", 60)
     job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
     claim = record.sent_record(record.SENDING, attempt=1, by="fanout", until=record.now_ms() + 60_000)
-    record.update(JOBS_THING, {"state": {"reported": {"sent": claim}}}, record.page_shadow(job, 0))
+    record.update_page(job, 0, {"sent": claim})
     # WHEN Lambda delivers the same event again
     result = invocations.deliver(invocations.events[0])
     # THEN the duplicate leaves the page alone
@@ -302,7 +304,7 @@ def test_a_sender_cut_off_by_its_timeout_is_retried_then_shown_failed(api: ApiCl
     things = _things("cut", 60)
     job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
     claim = record.sent_record(record.SENDING, attempt=record.MAX_ATTEMPTS, by="fanout", until=record.now_ms() - 1)
-    record.update(JOBS_THING, {"state": {"reported": {"sent": claim}}}, record.page_shadow(job, 0))
+    record.update_page(job, 0, {"sent": claim})
     # WHEN progress is read
     view = api.get(f"/commands/jobs/{job}?limit=1").json
     # THEN its devices show as not sent because the attempt was cut off, and the job as over for them
@@ -311,13 +313,67 @@ def test_a_sender_cut_off_by_its_timeout_is_retried_then_shown_failed(api: ApiCl
 
 
 def test_pages_stay_within_the_shadow_size_limit() -> None:
-    # GIVEN the longest thing names AWS allows, and the shortest
+    # GIVEN the longest thing names AWS allows, and the shortest, and the largest params a command may have
+    command = json.dumps({"action": "a" * 32, "params": {"p": "x" * 500}, "issuedAt": 2**42, "expiresAt": 2**42})
+    counts = {"counts": json.dumps({s.value: 1000 for s in CommandState} | {"NOT_SENT": 1000}), "at": 2**42}
     for length in (128, 1):
         things = [f"{i:0{length}d}"[-length:] if length > 6 else f"t{i}" for i in range(2_000)]
         for page in record.split(things):
-            # THEN a page's record, with every device failed under a long code, stays well under 8 KB
+            # THEN a page's record, every device failed under a long code, counts and all, stays under 8 KB
             failed = record.encode_failed(dict.fromkeys(range(len(page)), "TOO_MANY_PENDING"))
-            doc = {"things": ",".join(page), "failed": failed, "sent": record.sent_record(record.QUEUED, attempt=3, by="fanout")}
-            assert len(json.dumps(doc)) < 7_500, length
+            doc = {"things": ",".join(page), "command": command, "failed": failed, "tally": counts, "final": counts,
+                   "sent": record.sent_record(record.QUEUED, attempt=3, by="fanout", error="e" * 100, queued=500)}
+            assert len(json.dumps({"state": {"reported": doc}}, separators=(",", ":"))) < 8_000, length
     # AND the failure encoding reads back as written
     assert record.decode_failed(record.encode_failed({3: "A", 1: "B", 2: "A"})) == {1: "B", 2: "A", 3: "A"}
+
+
+def test_a_claim_that_keeps_losing_to_other_writes_is_left_for_lambda_to_retry(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job page whose shadow changes under every claim (as if GETs kept writing counts on it)
+    things = _things("race", 60)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    real_update = record.update
+
+    def update(thing: str, document: dict[str, Any], shadow_name: str) -> None:
+        if thing in record.SHARD_THINGS and "version" in document:
+            raise record.Conflict()
+        real_update(thing, document, shadow_name)
+
+    monkeypatch.setattr(record, "update", update)
+    # WHEN Lambda delivers the page's event
+    # THEN the invocation fails (so Lambda retries it) instead of dropping the page
+    with pytest.raises(record.ShadowError):
+        invocations.deliver(invocations.events[0])
+    assert "sent" not in _page_record(job, 0)
+    # AND the retry, once the page holds still, queues it
+    monkeypatch.setattr(record, "update", real_update)
+    assert invocations.deliver(invocations.events[0])["state"] == "QUEUED"
+    assert [t for t in things if job not in _pending(t)] == []
+
+
+def test_a_job_record_throttled_by_aws_iot_is_written_after_a_pause(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN AWS IoT throttling the first two writes to each job page thing (20 requests/s per thing)
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    monkeypatch.setattr(record.time, "sleep", lambda s: None)
+    things = _things("slow", 40)
+    real_update = record.update
+    refused: dict[str, int] = {}
+
+    def update(thing: str, document: dict[str, Any], shadow_name: str) -> None:
+        if thing in record.SHARD_THINGS and refused.get(thing, 0) < 2:
+            refused[thing] = refused.get(thing, 0) + 1
+            raise record.ShadowError("THROTTLED", "Rate exceeded", retryable=True)
+        real_update(thing, document, shadow_name)
+
+    monkeypatch.setattr(record, "update", update)
+    # WHEN the bulk command is posted and its pages run
+    started = api.post("/commands", json={"action": "ping", "things": things})
+    assert started.status == 202, started.body
+    invocations.deliver_all()
+    # THEN the record was written all the same, over several page things, and every target has the command
+    assert len(refused) > 1
+    assert [t for t in things if started.json["jobId"] not in _pending(t)] == []

@@ -53,14 +53,14 @@ def main(events_dir: Path) -> None:
         def call(name: str) -> None:
             event = json.loads((events_dir / f"{name}.json").read_text())
             if name.startswith("jobs-"):
-                # The record bulk.start() writes before it invokes the fan-out: one page, pi-01.
+                # The page bulk.start() writes before it invokes the fan-out: pi-01, a ping.
                 data = boto3.client("iot-data")
-                boto3.client("iot").create_thing(thingName=record.JOBS_THING)
-                summary = {"action": "ping", "params": {}, "createdAt": 1, "expiresAt": 2**42, "targets": 1, "pages": 1}
-                for shadow, reported in ((record.page_shadow(event["jobId"], 0), {"things": "pi-01"}),
-                                         (record.summary_shadow(event["jobId"]), summary)):  # fmt: skip
-                    data.update_thing_shadow(thingName=record.JOBS_THING, shadowName=shadow,
-                                             payload=json.dumps({"state": {"reported": reported}}).encode())  # fmt: skip
+                job, shard = event["jobId"], record.page_thing(event["jobId"], 0)
+                boto3.client("iot").create_thing(thingName=shard)
+                command = json.dumps({"action": "ping", "params": {}, "issuedAt": 1, "expiresAt": 2**42})
+                page = {"state": {"reported": {"things": "pi-01", "command": command}}}
+                page_name = record.page_shadow(job, 0)
+                data.update_thing_shadow(thingName=shard, shadowName=page_name, payload=json.dumps(page).encode())
                 result = jobs(event, LambdaContext("iotbridge-jobs", 60_000))
                 doc = json.loads(data.get_thing_shadow(thingName="pi-01", shadowName="commands")["payload"].read())
                 pending = sorted(doc["state"].get("desired", {}))

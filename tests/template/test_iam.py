@@ -237,20 +237,22 @@ def _modules_rel(repo: Path, package: str) -> set[str]:
     return {p.relative_to(repo / "functions").as_posix() for p in _modules(repo / "functions", package)}
 
 
-def test_jobs_role_reaches_only_commands_shadows_and_job_records(template: dict[str, Any]) -> None:
+def test_jobs_role_reaches_only_commands_shadows_and_job_pages(template: dict[str, Any]) -> None:
     # GIVEN the fan-out function's role
     granted = _granted(template, "JobsFunctionRole")
     # THEN in IoT it reads and updates each device's `commands` shadow and the `job-*` shadows of the
-    # registry thing, no other shadow (not a device's classic or presence shadow) and no topic
-    expected = sorted([
-        f"arn:aws:iot:eu-west-1:123456789012:thing/*/{commands.COMMANDS_SHADOW}",
-        f"arn:aws:iot:eu-west-1:123456789012:thing/{record.JOBS_THING}/{record.summary_shadow('*')}",
-    ])  # fmt: skip
+    # job page things, no other shadow (not a device's classic or presence shadow) and no topic
+    pages = "arn:aws:iot:eu-west-1:123456789012:thing/iotbridge-jobs-*/job-*"
+    expected = sorted([f"arn:aws:iot:eu-west-1:123456789012:thing/*/{commands.COMMANDS_SHADOW}", pages])
     assert {a for a in granted if a.startswith("iot:")} == {"iot:GetThingShadow", "iot:UpdateThingShadow"}
     for action in ("iot:GetThingShadow", "iot:UpdateThingShadow"):
         assert sorted(granted[action]) == expected
-    # AND the page shadows the code writes are covered by that pattern
-    assert fnmatch.fnmatchcase(record.page_shadow("abc", 3), record.summary_shadow("*"))
+    # AND every page shadow the code can address is covered by that pattern, and the job summaries are not
+    for page in range(3 * record.SHARDS):
+        arn = f"arn:aws:iot:eu-west-1:123456789012:thing/{record.page_thing('ab12', page)}/{record.page_shadow('ab12', page)}"
+        assert fnmatch.fnmatchcase(arn, pages), arn
+    summary = f"arn:aws:iot:eu-west-1:123456789012:thing/{record.JOBS_THING}/{record.summary_shadow('ab12')}"
+    assert not fnmatch.fnmatchcase(summary, pages)
 
 
 def test_api_may_invoke_the_fan_out_function_and_no_other(template: dict[str, Any]) -> None:
