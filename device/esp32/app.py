@@ -61,6 +61,27 @@ _TRIM_CLASSIC_GET = {1: (b"metadata",), 2: (b"reported", b"delta")}  # only desi
 # id: doneAt is kept (history pruning).
 _TRIM_GET = {1: (b"metadata",), 2: (b"desired",)}
 _REPORTED = (2, b"reported")
+# What an incoming message is, told by the end of its topic (only our own thing's are
+# subscribed): a small int instead of five long topic strings kept on the heap.
+_T_DELTA = const(1)
+_T_GOT = const(2)
+_C_DELTA = const(3)
+_C_GOT = const(4)
+_C_REJ = const(5)
+
+
+def _kind(topic):
+    if topic.endswith("/commands/update/delta"):
+        return _C_DELTA
+    if topic.endswith("/commands/get/accepted"):
+        return _C_GOT
+    if topic.endswith("/commands/get/rejected"):
+        return _C_REJ
+    if topic.endswith("/shadow/update/delta"):
+        return _T_DELTA
+    if topic.endswith("/shadow/get/accepted"):
+        return _T_GOT
+    return 0
 
 
 def log(*args):
@@ -88,7 +109,8 @@ class Firmware:
         t = cfg["thing"]
         self.device = Device(cfg["pins"])
         self.ledger = Ledger(cfg["state"], _LEDGER_KEEP, _HASHES)
-        self.inbox = []  # (topic, payload) recorded by the callback, classic shadow and get/rejected
+        gc.collect()  # the log's lines, read at load: what is kept for good goes below, not past them
+        self.inbox = []  # (kind, payload) recorded by the callback: classic shadow, commands get/rejected
         # Commands documents are read into one buffer allocated at boot (no new block per
         # message). Pending commands: the latest commands delta (or get) as parsed, {id: entry}.
         # A delta holds the whole pending set, so each one replaces the last wholesale;
@@ -96,7 +118,7 @@ class Firmware:
         # share the heap. Run one at a time, oldest issuedAt first.
         self.doc = _DOC
         self.piece = _PIECE
-        self.raw = None  # (topic, view) a commands get or delta read, not yet taken in
+        self.raw = None  # (kind, view) a commands get or delta read, not yet taken in
         self.pending = {}
         self.history = Ids(HISTORY, _IDS)  # ids of the outcomes in the commands shadow, oldest first
         self.fresh = 0  # the newest this many of history were reported on this connection
@@ -107,13 +129,9 @@ class Firmware:
         self.svc_at = 0
         self.reboot_at = None
         self.telemetry_at = ticks_ms()
+        self.kind = 0  # of the message being read (see _kind)
         self.t_update = shadow_topic(t, "update")
-        self.t_delta = shadow_topic(t, "update/delta")
-        self.t_got = shadow_topic(t, "get/accepted")
         self.c_update = shadow_topic(t, "update", COMMANDS)
-        self.c_delta = shadow_topic(t, "update/delta", COMMANDS)
-        self.c_got = shadow_topic(t, "get/accepted", COMMANDS)
-        self.c_rej = shadow_topic(t, "get/rejected", COMMANDS)  # 404 before the first command
         self.client = MQTTClient(
             t, cfg["host"], cfg["port"], keepalive=cfg["keepalive"], user=cfg["user"],
             password=cfg["password"], ssl_context=tls_context(cfg) if cfg["tls"] else None,
@@ -124,7 +142,8 @@ class Firmware:
 
     def _read_payload(self, topic, n, fill):
         """How the client reads a payload: in pieces, without the parts never used."""
-        if topic == self.c_delta and not self.svc_ms:
+        self.kind = kind = _kind(topic)
+        if kind == _C_DELTA and not self.svc_ms:
             # No trusted clock yet (a delta held in our session, before our get is
             # answered): the get will list these commands too. Read past it.
             piece = memoryview(self.piece)
@@ -133,41 +152,41 @@ class Firmware:
                 fill(piece[:k])
                 n -= k
             return None
-        if topic == self.c_got or topic == self.c_delta:
+        if kind == _C_GOT or kind == _C_DELTA:
             self.pending = {}  # superseded by the document being read
-            if topic == self.c_got:
+            if kind == _C_GOT:
                 return read_trimmed(n, fill, _TRIM_GET, self.doc, self.piece, _REPORTED)
             return read_trimmed(n, fill, _TRIM, self.doc, self.piece)
-        return read_trimmed(n, fill, _TRIM_CLASSIC_GET if topic == self.t_got else _TRIM, None, self.piece)
+        return read_trimmed(n, fill, _TRIM_CLASSIC_GET if kind == _T_GOT else _TRIM, None, self.piece)
 
     def _record(self, topic, payload):
-        """The MQTT callback: record only."""
+        """The MQTT callback: record only (the message's kind was found while reading it)."""
         inbox = self.inbox
+        kind = self.kind
         if payload is None:  # read past (see _read_payload)
             self.resync = True
             return
-        if topic == self.c_got or topic == self.c_delta:
+        if kind == _C_GOT or kind == _C_DELTA:
             # In the one buffer: it supersedes the commands document waiting there. A get
             # that was overwritten before it was taken in (its clock, its history) is asked again.
-            if self.raw is not None and self.raw[0] == self.c_got and topic == self.c_delta:
+            if self.raw is not None and self.raw[0] == _C_GOT and kind == _C_DELTA:
                 self.resync = True
-            self.raw = (topic, payload)
+            self.raw = (kind, payload)
+            return
+        if not kind:
             return
         # A delta holds the whole current delta (AWS; iotbridge_local.shadow.engine)
         # and a get the whole document: a newer one supersedes what is still waiting
-        # here for the same shadow (a get: deltas and gets; a delta: deltas).
-        if topic == self.t_got or topic == self.t_delta:
-            stale = (self.t_delta, self.t_got) if topic == self.t_got else (self.t_delta,)
-        else:
-            stale = ()
+        # here (a get: deltas and gets; a delta: deltas).
         i = 0
         while i < len(inbox):
-            if inbox[i][0] in stale:
+            k = inbox[i][0]
+            if (kind == _T_GOT or kind == _T_DELTA) and (k == _T_DELTA or k == kind):
                 inbox.pop(i)
             else:
                 i += 1
         if len(inbox) < _INBOX_MAX:
-            inbox.append((topic, payload))
+            inbox.append((kind, payload))
         else:
             self.resync = True
 
@@ -200,7 +219,11 @@ class Firmware:
         gc.collect()  # what the last connection left, before the largest messages of a connect
         c = self.client
         kept = c.connect(clean_session=False)
-        c.subscribe([self.t_delta, self.t_got, self.c_delta, self.c_got, self.c_rej], qos=1)
+        t = self.cfg["thing"]
+        # get/rejected: a 404 before the first command still carries the service's clock.
+        c.subscribe([shadow_topic(t, "update/delta"), shadow_topic(t, "get/accepted"),
+                     shadow_topic(t, "update/delta", COMMANDS), shadow_topic(t, "get/accepted", COMMANDS),
+                     shadow_topic(t, "get/rejected", COMMANDS)], qos=1)
         rep = self.device.state()
         rep["actions"] = ACTIONS
         rep["agent"] = {"kind": "esp32", "firmware": VERSION, "platform": sys.platform, "id": hw.unique_id(),
@@ -236,8 +259,8 @@ class Firmware:
                 self._take_in()
                 gc.collect()
             while self.inbox:
-                topic, payload = self.inbox.pop(0)
-                self._handle(topic, payload)
+                kind, payload = self.inbox.pop(0)
+                self._handle(kind, payload)
                 del payload
                 gc.collect()
             if self.resync and not self.pending and self.raw is None:
@@ -263,12 +286,12 @@ class Firmware:
             self.telemetry_at = now + self.device.interval * 1000
             self._report({"telemetry": self.device.telemetry()}, 0)
 
-    def _parse(self, topic, payload):
+    def _parse(self, kind, payload):
         """The document's state, after setting the clock from its timestamp; None if unusable."""
         try:
             doc = json.loads(payload)
         except ValueError:
-            log("ignored non-JSON on", topic)
+            log("ignored non-JSON, kind", kind)
             return None
         del payload
         if not isinstance(doc, dict):
@@ -276,7 +299,7 @@ class Firmware:
         ts = doc.get("timestamp")
         # A delta may have waited in the broker for our persistent session: only the
         # answer to our own get sets the clock first, and it never goes back.
-        fresh = topic == self.c_got or topic == self.c_rej  # answers to our own get
+        fresh = kind == _C_GOT or kind == _C_REJ  # answers to our own get
         # ts is whole seconds: take the end of that second, so nothing starts after it expired.
         if isinstance(ts, int) and (fresh or self.svc_ms) and ts * 1000 + 999 > self.now_ms():
             self.svc_ms = ts * 1000 + 999
@@ -286,14 +309,14 @@ class Firmware:
 
     def _take_in(self):
         """Take in the commands get or delta waiting in the buffer."""
-        topic, payload = self.raw
+        kind, payload = self.raw
         self.raw = None
-        state = self._parse(topic, payload)
+        state = self._parse(kind, payload)
         del payload
         if state is None:
             self.resync = True  # the pending set it carried is gone from the buffer
             return
-        if topic == self.c_delta:
+        if kind == _C_DELTA:
             if self.svc_ms:
                 self._take(state, False)
             else:
@@ -325,14 +348,14 @@ class Firmware:
         self.fresh = min(self.fresh, len(hist))
         return prune
 
-    def _handle(self, topic, payload):
-        state = self._parse(topic, payload)
+    def _handle(self, kind, payload):
+        state = self._parse(kind, payload)
         del payload
         if state is None:
             return
-        if topic == self.t_delta:
+        if kind == _T_DELTA:
             self._apply(state)
-        elif topic == self.t_got and isinstance(state.get("desired"), dict):
+        elif kind == _T_GOT and isinstance(state.get("desired"), dict):
             # All of desired, not the delta: the delta is against what we reported before
             # this boot, and the pins came up in their reset state.
             self._apply(state["desired"])

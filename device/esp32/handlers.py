@@ -63,30 +63,27 @@ class Device:
         }
 
     # -- handlers -------------------------------------------------------------
-    def run(self, action, params):
-        """Run a validated command; returns its result or raises (FAILED)."""
-        return getattr(self, "do_" + action)(params)
+    def run(self, action, p):
+        """Run a validated command; returns its result or raises (FAILED).
 
-    def do_led(self, p):
-        s = p["state"]
-        on = (not self.led_pin.value()) if s == "toggle" else s == "on"
-        self.led_pin.value(on)
-        return {"led": "on" if on else "off"}
-
-    def do_relay(self, p):
-        self.relay_pin.value(p["on"])
-        return {"relay": p["on"]}
-
-    def do_ping(self, p):
-        return {"pong": True}
-
-    def do_read_sensors(self, p):
-        return self.telemetry()
-
-    def do_reboot(self, p):
-        self.reboot_in = p.get("delayMs", 0)
-        return {"rebooting": True, "delayMs": self.reboot_in}
-
-    def do_set_interval(self, p):
-        self.interval = p["seconds"]
-        return {"interval": self.interval}
+        One method, not one per action: on a small heap every function object costs.
+        """
+        if action == "led":
+            s = p["state"]
+            on = (not self.led_pin.value()) if s == "toggle" else s == "on"
+            self.led_pin.value(on)
+            return {"led": "on" if on else "off"}
+        if action == "relay":
+            self.relay_pin.value(p["on"])
+            return {"relay": p["on"]}
+        if action == "ping":
+            return {"pong": True}
+        if action == "read_sensors":
+            return self.telemetry()
+        if action == "reboot":
+            self.reboot_in = p.get("delayMs", 0)
+            return {"rebooting": True, "delayMs": self.reboot_in}
+        if action == "set_interval":
+            self.interval = p["seconds"]
+            return {"interval": self.interval}
+        raise ValueError("no handler for " + action)
