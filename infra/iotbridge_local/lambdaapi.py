@@ -102,10 +102,10 @@ class LambdaService:
         for name, environments in self.functions.items():
             for _ in range(environments.max_environments):
                 self._queues[name].put(None)
-        for worker in self._workers:
-            worker.join(2)
         for environments in self.functions.values():
-            environments.close()
+            environments.close()  # a worker inside an invocation then sees it fail, and stops
+        for worker in self._workers:
+            worker.join(5)
 
     def wait_idle(self, timeout: float) -> bool:
         """Until no asynchronous event is queued, running or due for a retry; False on timeout."""
@@ -132,6 +132,9 @@ class LambdaService:
             event = self._queues[name].get()
             if event is None:
                 return
+            if not self._running:  # stopping: no new environment may start
+                self._finish(Outcome(name, event.request_id, event.attempt, ok=False, error="the service stopped"))
+                continue
             try:
                 environments.call(event.payload, wait_s=environments.timeout_s)
             except (InvocationError, TimeoutError, OSError) as exc:

@@ -58,8 +58,11 @@ class Environments:
         self._all: list[_Environment] = []
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max_environments)
+        self._closed = False
 
     def _create(self) -> _Environment:
+        if self._closed:
+            raise InvocationError("the function's environments are closed")
         process = subprocess.Popen(
             [sys.executable, "-m", "iotbridge_local.apigw.worker", self.handler, str(self.timeout_s)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
@@ -68,6 +71,10 @@ class Environments:
         environment = _Environment(process)
         with self._lock:
             self._all.append(environment)
+            closed = self._closed
+        if closed:  # closed while it started: close() may not have seen it
+            self._destroy(environment)
+            raise InvocationError("the function's environments are closed")
         try:
             ready = environment.receive(60)
         except InvocationError:
@@ -126,6 +133,7 @@ class Environments:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             environments = list(self._all)
         for environment in environments:
             self._destroy(environment)
