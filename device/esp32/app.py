@@ -6,6 +6,7 @@ stdout start with "iotbridge:"; the tests read them.
 """
 
 import gc
+import io
 import json
 import os
 import sys
@@ -45,6 +46,7 @@ from protocol import (  # noqa: E402
     check_params,
     next_command,
     outcome,
+    params_digest,
     read_trimmed,
     shadow_topic,
 )
@@ -84,6 +86,22 @@ def _kind(topic):
     return 0
 
 
+class _Sink(io.IOBase):
+    """Where json.dump writes a message to publish: the commands buffer, while no document waits there."""
+
+    def __init__(self, buf):
+        self.buf = buf
+        self.n = 0
+
+    def write(self, b):
+        n = self.n + len(b)
+        if n > len(self.buf):
+            raise OverflowError
+        self.buf[self.n:n] = b
+        self.n = n
+        return len(b)
+
+
 def log(*args):
     print("iotbridge:", *args)
 
@@ -118,6 +136,7 @@ class Firmware:
         # share the heap. Run one at a time, oldest issuedAt first.
         self.doc = _DOC
         self.piece = _PIECE
+        self.sink = _Sink(_DOC)
         self.raw = None  # (kind, view) a commands get or delta read, not yet taken in
         self.pending = {}
         self.history = Ids(HISTORY, _IDS)  # ids of the outcomes in the commands shadow, oldest first
@@ -241,7 +260,21 @@ class Firmware:
         self.resync = False
 
     def _publish(self, topic, doc, qos=1):
-        self.client.publish(topic, json.dumps(doc, separators=SEP), qos=qos)
+        # Written into the commands buffer when it is free (no document read and not yet
+        # taken in): no string of the message's size on the heap. Whatever is read into
+        # the buffer while the PUBACK is awaited comes after the message was sent.
+        msg = None
+        if self.raw is None:
+            sink = self.sink
+            sink.n = 0
+            try:
+                json.dump(doc, sink, separators=SEP)
+                msg = memoryview(self.doc)[:sink.n]
+            except OverflowError:
+                pass
+        if msg is None:
+            msg = json.dumps(doc, separators=SEP)
+        self.client.publish(topic, msg, qos=qos)
 
     def _report(self, reported, qos=1):
         self._publish(self.t_update, {"state": {"reported": reported}}, qos)
@@ -425,20 +458,21 @@ class Firmware:
 
     def _execute(self, cid, entry):
         action = entry.get("action")
+        params = entry.get("params")
+        if params is None:
+            params = {}
+        digest = params_digest(params) if isinstance(params, dict) else None
         now = self.now_ms()
         exp = entry.get("expiresAt")
         # Started only if the service time (the end of its current second) <= expiresAt (docs/protocol.md).
         if isinstance(exp, int) and not isinstance(exp, bool) and now > exp:
-            return outcome(EXPIRED, str(action), now, error="expired before the device could start it")
+            return outcome(EXPIRED, str(action), now, None, "expired before the device could start it", digest)
         specs = ACTIONS.get(action) if isinstance(action, str) else None
         if specs is None:
-            return outcome(REJECTED, str(action), now, error="unknown action; known: " + ", ".join(ACTIONS))
-        params = entry.get("params")
-        if params is None:
-            params = {}
+            return outcome(REJECTED, str(action), now, None, "unknown action; known: " + ", ".join(ACTIONS), digest)
         err = check_params(specs, params)
         if err:
-            return outcome(REJECTED, action, now, error=err)
+            return outcome(REJECTED, action, now, None, err, digest)
         self.ledger.start(cid, action)  # from here on a restart must not start it again
         t0 = ticks_ms()
         result = error = None
@@ -449,8 +483,7 @@ class Firmware:
             state, error = FAILED, "%s: %s" % (type(e).__name__, e)
         if ticks_diff(ticks_ms(), t0) > DEADLINE_MS:
             state = TIMED_OUT
-        return outcome(state, action, self.now_ms(), result, error)
-
+        return outcome(state, action, self.now_ms(), result, error, digest)
 
 def main(config_path="config.json"):
     import config

@@ -131,10 +131,12 @@ class MQTTClient:
         self.last_io = ticks_ms()
 
     def _packet(self, first, body):
-        pkt = bytearray([first])
-        pkt += _encode_len(len(body))
-        pkt += body
-        self._send(pkt)
+        # The fixed header, then the body from its own buffer: no copy of the body.
+        head = bytearray([first])
+        head += _encode_len(len(body))
+        self._send(head)
+        if len(body):
+            self._send(body)
 
     def _fill(self, view):
         got = 0
@@ -256,10 +258,18 @@ class MQTTClient:
         if isinstance(topics, str):
             topics = [topics]
         pid = self._next_pid()
-        body = bytearray(struct.pack("!H", pid))
+        # The body in one allocation of its exact size.
+        body = bytearray(2 + sum(3 + len(t) for t in topics))
+        body[0] = pid >> 8
+        body[1] = pid & 0xFF
+        i = 2
         for t in topics:
-            body += _str(t)
-            body.append(qos)
+            n = len(t)
+            body[i] = n >> 8
+            body[i + 1] = n & 0xFF
+            body[i + 2:i + 2 + n] = t.encode() if isinstance(t, str) else t
+            body[i + 2 + n] = qos
+            i += 3 + n
         self._packet(_SUBSCRIBE, body)
         codes = self._wait_for(_SUBACK, pid)
         for code in codes:

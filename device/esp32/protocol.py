@@ -74,9 +74,37 @@ def check_params(specs, params):
     return None
 
 
-def outcome(state, action, done_at, result=None, error=None):
-    """A reported outcome; keys without a value are left out (null deletes in a shadow)."""
+def params_digest(params):
+    """iotbridge_contract.commands.params_digest: 12 hex digits of the SHA-256 of the params as
+    compact, key-sorted JSON. Written here for what an action's params are (flat: enum, bool,
+    int, plain ASCII strings), where MicroPython's JSON is byte for byte CPython's; for other
+    params (nested, floats, strings needing escapes) it is None: no digest, and the API then
+    compares the action only, as documented for devices without one. Never a wrong digest.
+    """
+    parts = []
+    for k in sorted(params):
+        v = params[k]
+        if isinstance(v, (dict, list, tuple, float)):
+            return None
+        for x in (k, v):
+            if isinstance(x, str) and len(json.dumps(x).encode()) != len(x) + 2:
+                return None
+        parts.append(json.dumps(k) + ":" + json.dumps(v))
+    import hashlib
+    from binascii import hexlify
+
+    return hexlify(hashlib.sha256(("{" + ",".join(parts) + "}").encode()).digest()[:6]).decode()
+
+
+def outcome(state, action, done_at, result=None, error=None, digest=None):
+    """A reported outcome; keys without a value are left out (null deletes in a shadow).
+
+    digest: params_digest of the command's params, so the API can tell a retry of
+    the id with other params (409 ID_CONFLICT) after the command finished.
+    """
     entry = {"state": state, "action": action, "doneAt": done_at}
+    if digest:
+        entry["paramsDigest"] = digest
     if result is not None:
         if len(json.dumps(result)) > MAX_RESULT_BYTES:
             result = {"truncated": True}
