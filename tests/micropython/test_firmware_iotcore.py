@@ -135,3 +135,45 @@ def test_a_command_is_not_undone_by_an_older_desired_value(start_firmware: Start
     assert state["reported"]["led"] == "on"
     assert "led" not in state.get("desired", {})
     assert "delta" not in state
+
+
+@pytest.fixture
+def api(iotcore: IotCoreProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The API function, in-process, on the local shadow service (only its endpoint differs from AWS)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_IOT_DATA_PLANE", iotcore.url)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "iotbridge-test")
+    from iotbridge_api import iot, waiting
+    from iotbridge_local.testclient import ApiClient
+
+    iot._clients.clear()
+    waiting._reads.clear()
+    yield ApiClient()
+    iot._clients.clear()
+    waiting._reads.clear()
+
+
+def test_the_api_refuses_a_retry_with_other_params_of_a_command_the_esp32_finished(
+    start_firmware: StartFirmware, device_config, iot_data, api
+) -> None:
+    from iotbridge_contract.commands import params_digest
+
+    # GIVEN the firmware connected, and a toggle with a caller-chosen id that it finished through the API
+    fw = start_firmware(device_config)
+    wait_until(lambda: "actions" in read_shadow(iot_data, THING)["state"].get("reported", {}), "actions reported")
+    body = {"action": "led", "params": {"state": "toggle"}, "id": "esp-toggle-1"}
+    done = api.post(f"/devices/{THING}/commands", json=body)
+    assert done.status == 200 and done.json["state"] == "SUCCEEDED", done.body
+    # THEN its outcome carries the digest of its params, as iotbridge_contract defines it
+    assert outcome_in_shadow(iot_data, THING, "esp-toggle-1")["paramsDigest"] == params_digest({"state": "toggle"})
+    # WHEN the same id is posted again with other params
+    other = api.post(f"/devices/{THING}/commands", json={**body, "params": {"state": "on"}})
+    # THEN the API refuses it as a conflict (it compares params, not only the action)
+    assert other.status == 409 and other.json["code"] == "ID_CONFLICT", other.body
+    # AND a true retry (same params) gets the same outcome, and the toggle did not run again
+    again = api.post(f"/devices/{THING}/commands", json=body)
+    assert again.status == 200 and again.json["result"] == done.json["result"] == {"led": "on"}, again.body
+    assert sum("done esp-toggle-1" in line for line in fw.lines) == 1
