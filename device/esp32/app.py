@@ -102,6 +102,9 @@ class _Sink(io.IOBase):
         return len(b)
 
 
+_SINK = _Sink(_DOC)
+
+
 def log(*args):
     print("iotbridge:", *args)
 
@@ -129,14 +132,11 @@ class Firmware:
         self.ledger = Ledger(cfg["state"], _LEDGER_KEEP, _HASHES)
         gc.collect()  # the log's lines, read at load: what is kept for good goes below, not past them
         self.inbox = []  # (kind, payload) recorded by the callback: classic shadow, commands get/rejected
-        # Commands documents are read into one buffer allocated at boot (no new block per
+        # Commands documents are read into _DOC, allocated at boot (no new block per
         # message). Pending commands: the latest commands delta (or get) as parsed, {id: entry}.
         # A delta holds the whole pending set, so each one replaces the last wholesale;
         # the old set is let go before the new document is read, so the two never
         # share the heap. Run one at a time, oldest issuedAt first.
-        self.doc = _DOC
-        self.piece = _PIECE
-        self.sink = _Sink(_DOC)
         self.raw = None  # (kind, view) a commands get or delta read, not yet taken in
         self.pending = {}
         self.history = Ids(HISTORY, _IDS)  # ids of the outcomes in the commands shadow, oldest first
@@ -165,7 +165,7 @@ class Firmware:
         if kind == _C_DELTA and not self.svc_ms:
             # No trusted clock yet (a delta held in our session, before our get is
             # answered): the get will list these commands too. Read past it.
-            piece = memoryview(self.piece)
+            piece = memoryview(_PIECE)
             while n:
                 k = min(n, len(piece))
                 fill(piece[:k])
@@ -174,9 +174,9 @@ class Firmware:
         if kind == _C_GOT or kind == _C_DELTA:
             self.pending = {}  # superseded by the document being read
             if kind == _C_GOT:
-                return read_trimmed(n, fill, _TRIM_GET, self.doc, self.piece, _REPORTED)
-            return read_trimmed(n, fill, _TRIM, self.doc, self.piece)
-        return read_trimmed(n, fill, _TRIM_CLASSIC_GET if kind == _T_GOT else _TRIM, None, self.piece)
+                return read_trimmed(n, fill, _TRIM_GET, _DOC, _PIECE, _REPORTED)
+            return read_trimmed(n, fill, _TRIM, _DOC, _PIECE)
+        return read_trimmed(n, fill, _TRIM_CLASSIC_GET if kind == _T_GOT else _TRIM, None, _PIECE)
 
     def _record(self, topic, payload):
         """The MQTT callback: record only (the message's kind was found while reading it)."""
@@ -265,11 +265,11 @@ class Firmware:
         # the buffer while the PUBACK is awaited comes after the message was sent.
         msg = None
         if self.raw is None:
-            sink = self.sink
+            sink = _SINK
             sink.n = 0
             try:
                 json.dump(doc, sink, separators=SEP)
-                msg = memoryview(self.doc)[:sink.n]
+                msg = memoryview(_DOC)[:sink.n]
             except OverflowError:
                 pass
         if msg is None:
