@@ -26,6 +26,7 @@ _LEDGER_KEEP = const(256)
 # One set per boot, reused by every Firmware (a simulated reboot makes a new one).
 _DOC = bytearray(_DOC_BYTES)  # commands documents as read
 _PIECE = bytearray(256)  # socket reads of a payload
+_SMALL = bytearray(256)  # classic shadow documents and get/rejected as read (taken in at once)
 _IDS = bytearray(65 * _IDS_SLOTS)  # the history's ids (protocol.Ids)
 _HASHES = array("H", range(2 * _LEDGER_KEEP))  # the ledger's id hashes (ledger.Ledger)
 
@@ -131,7 +132,7 @@ class Firmware:
         self.device = Device(cfg["pins"])
         self.ledger = Ledger(cfg["state"], _LEDGER_KEEP, _HASHES)
         gc.collect()  # the log's lines, read at load: what is kept for good goes below, not past them
-        self.inbox = []  # (kind, payload) recorded by the callback: classic shadow, commands get/rejected
+        self.inbox = []  # (kind, state to apply) recorded by the callback from the classic shadow
         # Commands documents are read into _DOC, allocated at boot (no new block per
         # message). Pending commands: the latest commands delta (or get) as parsed, {id: entry}.
         # A delta holds the whole pending set, so each one replaces the last wholesale;
@@ -176,7 +177,7 @@ class Firmware:
             if kind == _C_GOT:
                 return read_trimmed(n, fill, _TRIM_GET, _DOC, _PIECE, _REPORTED)
             return read_trimmed(n, fill, _TRIM, _DOC, _PIECE)
-        return read_trimmed(n, fill, _TRIM_CLASSIC_GET if kind == _T_GOT else _TRIM, None, _PIECE)
+        return read_trimmed(n, fill, _TRIM_CLASSIC_GET if kind == _T_GOT else _TRIM, _SMALL, _PIECE)
 
     def _record(self, topic, payload):
         """The MQTT callback: record only (the message's kind was found while reading it)."""
@@ -194,18 +195,29 @@ class Firmware:
             return
         if not kind:
             return
+        # Taken in now, so its buffer is free for the next one: the clock (a get/rejected
+        # carries it too), and of the classic shadow the state to apply, which the loop
+        # applies and reports (publishing is not for a callback).
+        state = self._parse(kind, payload)
+        del payload
+        if kind == _T_GOT:
+            # All of desired, not the delta: the delta is against what we reported before
+            # this boot, and the pins came up in their reset state.
+            state = state.get("desired") if state is not None else None
+        if not isinstance(state, dict) or kind == _C_REJ:
+            return
         # A delta holds the whole current delta (AWS; iotbridge_local.shadow.engine)
         # and a get the whole document: a newer one supersedes what is still waiting
         # here (a get: deltas and gets; a delta: deltas).
         i = 0
         while i < len(inbox):
             k = inbox[i][0]
-            if (kind == _T_GOT or kind == _T_DELTA) and (k == _T_DELTA or k == kind):
+            if k == _T_DELTA or k == kind:
                 inbox.pop(i)
             else:
                 i += 1
         if len(inbox) < _INBOX_MAX:
-            inbox.append((kind, payload))
+            inbox.append((kind, state))
         else:
             self.resync = True
 
@@ -260,16 +272,17 @@ class Firmware:
         self.resync = False
 
     def _publish(self, topic, doc, qos=1):
-        # Written into the commands buffer when it is free (no document read and not yet
-        # taken in): no string of the message's size on the heap. Whatever is read into
-        # the buffer while the PUBACK is awaited comes after the message was sent.
+        # Written into the commands buffer, after the document waiting there if there is
+        # one: no string of the message's size on the heap. Whatever is read into the
+        # buffer while the PUBACK is awaited comes after the message was sent.
+        start = 0 if self.raw is None else len(self.raw[1])  # > _DOC_BYTES: it was read elsewhere
         msg = None
-        if self.raw is None:
+        if start <= _DOC_BYTES:
             sink = _SINK
-            sink.n = 0
+            sink.n = start
             try:
                 json.dump(doc, sink, separators=SEP)
-                msg = memoryview(_DOC)[:sink.n]
+                msg = memoryview(_DOC)[start:sink.n]
             except OverflowError:
                 pass
         if msg is None:
@@ -292,9 +305,7 @@ class Firmware:
                 self._take_in()
                 gc.collect()
             while self.inbox:
-                kind, payload = self.inbox.pop(0)
-                self._handle(kind, payload)
-                del payload
+                self._apply(self.inbox.pop(0)[1])
                 gc.collect()
             if self.resync and not self.pending and self.raw is None:
                 self._request_shadows()
@@ -380,18 +391,6 @@ class Firmware:
             hist.append(cid)
         self.fresh = min(self.fresh, len(hist))
         return prune
-
-    def _handle(self, kind, payload):
-        state = self._parse(kind, payload)
-        del payload
-        if state is None:
-            return
-        if kind == _T_DELTA:
-            self._apply(state)
-        elif kind == _T_GOT and isinstance(state.get("desired"), dict):
-            # All of desired, not the delta: the delta is against what we reported before
-            # this boot, and the pins came up in their reset state.
-            self._apply(state["desired"])
 
     def _apply(self, delta):
         applied = self.device.apply_desired(delta)

@@ -271,7 +271,7 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
                         skip = -1
                         if depth == cin:
                             got = -2 - dn if dn < -1 else 0
-                            if p + got + 1 > len(out):
+                            if p + (got or 1) > len(out):  # grown only when it must: see the firmware's _publish
                                 out = _grow(out, p)
                             if got:
                                 out[p:p + got] = memoryview(db)[:got]

@@ -30,6 +30,9 @@ MICROPYTHON = str(BIN / "micropython") if (BIN / "micropython").exists() else (s
 MPY_CROSS = str(BIN / "mpy-cross") if (BIN / "mpy-cross").exists() else (shutil.which("mpy-cross") or "mpy-cross")
 # The modules compiled to .mpy for a device; boot.py and main.py stay source (the board runs them as .py).
 SOURCE_ONLY = ("boot.py", "main.py")
+# As deployed (device/esp32/README.md): without line-number tables, ~1 KB less heap on the
+# unix port (tracebacks still name the file and function).
+MPY_FLAGS = ("-X", "no-source-lines")
 
 
 def compile_firmware(out: Path) -> Path:
@@ -39,7 +42,7 @@ def compile_firmware(out: Path) -> Path:
         if src.name in SOURCE_ONLY:
             shutil.copy(src, out / src.name)
             continue
-        subprocess.run([MPY_CROSS, "-o", str(out / (src.stem + ".mpy")), str(src)], check=True, cwd=FIRMWARE_DIR)
+        subprocess.run([MPY_CROSS, *MPY_FLAGS, "-o", str(out / (src.stem + ".mpy")), str(src)], check=True, cwd=FIRMWARE_DIR)
     return out
 
 
