@@ -7,14 +7,17 @@ compiles the firmware with mpy-cross, and for each heap size tried runs
 `micropython -X heapsize=<K>k` against them: N commands queued through boto3
 iot-data, up to 10 pending at a time (the API's limit, so the deltas are as
 large as they get), then a reconnect that reads a commands shadow holding 16
-outcomes and 10 pending commands (the largest get document). A size passes
-when every command succeeded and the process is still alive. Binary search
-between --low and --high (KB). Uses the test harness in tests/micropython.
+outcomes and 10 pending commands (the largest get document). Command ids are
+32 hex characters, as the API makes them (uuid4().hex) when the caller gives
+none; derived from a counter, so every run sends the same documents. A size
+passes when every command succeeded and the process is still alive. Binary
+search between --low and --high (KB). Uses the test harness in tests/micropython.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +41,11 @@ from tests.micropython.harness import (  # noqa: E402
 THING = "esp32-probe"
 
 
+def api_id(name: str) -> str:
+    """An id shaped like the API's own (32 hex characters), the same on every run."""
+    return hashlib.md5(name.encode()).hexdigest()
+
+
 def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bool = True) -> tuple[bool, str]:
     cfg = StackConfig.free(work / "stack", tls=False)
     with Broker(cfg) as broker:
@@ -52,7 +60,7 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bo
             fw.wait_for("ready")
             sent = 0
             while sent < commands:
-                ids = [f"c{sent + i}" for i in range(min(10, commands - sent))]
+                ids = [api_id(f"c{sent + i}") for i in range(min(10, commands - sent))]
                 for cid in ids:
                     queue_command(iot, THING, cid, command("led", {"state": "toggle"}))
                 for cid in ids:
@@ -64,7 +72,7 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bo
                 return fw.alive(), ""
             # The largest get/accepted: 16 outcomes + 10 pending, read on (re)connect.
             fw.stop()
-            ids = [f"r{i}" for i in range(10)]
+            ids = [api_id(f"r{i}") for i in range(10)]
             for cid in ids:
                 queue_command(iot, THING, cid, command("ping"))
             fw.start()
