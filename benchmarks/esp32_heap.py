@@ -2,7 +2,9 @@
 
 Runs the firmware owner's probe, device/esp32/tools/heap_probe.py (real
 MicroPython unix port, real Mosquitto and shadow service, compiled .mpy image,
-binary search between `low` and `high` KB), and reads its verdicts.
+binary search between `low` and `high` KB), and reads its verdicts. The probe
+sends 100 commands (up to 10 pending) with API-style 32-hex-character ids, then
+restarts the firmware to a commands shadow of 16 outcomes and 10 pending.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def run(params: dict[str, Any], out: Path) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> list[tuple[str, str]]:
     tried = ", ".join(f"{k}k {'ok' if ok else 'fail'}" for k, ok in result["tried_kb"].items())
     return [
-        (f"smallest heap for {result['params']['commands']} commands (target ≤ 48 KB)", f"{result['smallest_passing_kb']} KB"),
+        (f"smallest heap for {result['params']['commands']} commands + a restart to 16 outcomes and 10 pending"
+         " (target ≤ 48 KB)", f"{result['smallest_passing_kb']} KB"),
         ("sizes tried", tried),
     ]
