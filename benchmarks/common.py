@@ -234,11 +234,14 @@ class FleetProcess:
         self.things = thing_names(prefix, count)
         endpoint = stack.broker.service_endpoint()
         argv = [sys.executable, "-m", "benchmarks.fleet_proc", "--host", endpoint.host, "--port", str(endpoint.port),
-                "--username", endpoint.username, "--password", endpoint.password, "--prefix", prefix,
+                "--username", endpoint.username, "--prefix", prefix,
                 "--count", str(count), "--state-dir", str(stack.data_dir / f"fleet-{prefix}"),
                 "--connect-rate", str(connect_rate), *extra]  # fmt: skip
         self._log = open(stack.logs / f"fleet-{prefix}.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT,
+        # The password goes through the environment: a generated one may start with '-', which argparse
+        # takes for an option, and the environment keeps it out of the process list.
+        env = {**os.environ, "IOTBRIDGE_MQTT_PASSWORD": endpoint.password or ""}
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT, env=env,
                                         start_new_session=True)  # fmt: skip
         self.latest: dict[str, Any] = {"connected": 0, "commands_run": 0}
         self.final: dict[str, Any] | None = None

@@ -1,6 +1,6 @@
 """A simulated fleet in its own process (its own GIL), for the benchmarks.
 
-    python -m benchmarks.fleet_proc --host H --port P --username U --password W \
+    python -m benchmarks.fleet_proc --host H --port P --username U \
         --prefix bench --count 1000 --state-dir DIR [--connect-rate 500]
 
 Runs iotbridge_pi.fleet.Fleet, prints one JSON line per half second
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--username")
-    ap.add_argument("--password")
+    ap.add_argument("--password", default=os.environ.get("IOTBRIDGE_MQTT_PASSWORD"),
+                    help="or set IOTBRIDGE_MQTT_PASSWORD, which keeps it out of the process list")
     ap.add_argument("--prefix", default="bench")
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--state-dir", type=Path, required=True)
