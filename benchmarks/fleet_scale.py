@@ -37,7 +37,7 @@ from benchmarks.common import (
 )
 
 DEFAULTS = {"sizes": [1000, 5000, 10000], "connect_rate": 500.0, "ready_timeout_s": 600.0, "bulk_timeout_s": 180.0,
-            "view_timeout_s": 120.0}  # fmt: skip
+            "view_timeout_s": 120.0, "jobs_concurrency": 3}  # fmt: skip
 SMOKE = {"sizes": [5], "connect_rate": 100.0, "ready_timeout_s": 60.0, "bulk_timeout_s": 60.0, "view_timeout_s": 30.0}
 
 
@@ -92,7 +92,9 @@ class OutcomeWatcher:
 
 def one_size(size: int, params: dict[str, Any], out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"devices": size}
-    with tempfile.TemporaryDirectory(prefix=f"bench-scale-{size}-") as tmp, local_stack(Path(tmp), devices=0) as stack:
+    with tempfile.TemporaryDirectory(prefix=f"bench-scale-{size}-") as tmp, local_stack(
+        Path(tmp), devices=0, jobs_concurrency=int(params.get("jobs_concurrency", 3))
+    ) as stack:
         fleet = FleetProcess(stack, prefix="fs", count=size, connect_rate=float(params["connect_rate"]))
         watcher = OutcomeWatcher(stack)
         try:
