@@ -116,8 +116,14 @@ export class BulkPanel {
       const jobId = started.jobId;
       // Targets the API could not queue on never progress: show why and do not wait for them.
       this.notQueued = new Map((started.notQueued || []).map((e) => [e.thing, e.code || "NOT_SENT"]));
-      const queued = typeof started.queued === "number" ? started.queued : things.length;
-      setText(this.status, `Job ${jobId}: ${action} queued on ${queued} of ${things.length} devices.`);
+      // Large jobs are queued in pages after the 202: `queued` counts only what was queued before it.
+      const failed = this.notQueued.size;
+      setText(
+        this.status,
+        failed
+          ? `Job ${jobId}: ${action} could not be queued on ${failed} of ${things.length} devices.`
+          : `Job ${jobId}: ${action} accepted for ${things.length} devices.`,
+      );
       await this.follow(jobId, action);
     } catch (err) {
       const info = explain(err);

@@ -13,6 +13,7 @@ const STATE_LABELS = {
   EXPIRED: "Expired",
   SENT: "Waiting",
   QUEUED: "Queued",
+  SENDING: "Sending",
   RUNNING: "Running",
   ERROR: "Not sent",
   NOT_SENT: "Not sent",

@@ -27,13 +27,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from iotbridge_jobs import fanout, record
-from iotbridge_jobs.record import JOBS_THING
-
 from iotbridge_api import errors, iot
 from iotbridge_contract import commands as contract
 from iotbridge_contract import names
 from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState
+from iotbridge_jobs import fanout, record
+from iotbridge_jobs.record import JOBS_THING
 
 MAX_EXPLICIT_TARGETS = 1_000
 INLINE_TARGETS = 50  # queued inside the POST: about as long as one page invocation's cold start

@@ -30,7 +30,7 @@ from pathlib import Path
 from iotbridge_local import apicommands
 from iotbridge_local.config import StackConfig, free_port
 
-_PORTS = ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port")
+_PORTS = ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port", "lambda_port")
 
 
 def _port_in_use(port: int) -> bool:

@@ -14,12 +14,12 @@ from typing import Any
 
 import boto3
 import pytest
-from iotbridge_jobs import fanout, record
-from iotbridge_jobs.handler import lambda_handler as fanout_handler
-from iotbridge_jobs.record import JOBS_THING
 
 from iotbridge_api import bulk
 from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState, outcome_entry
+from iotbridge_jobs import fanout, record
+from iotbridge_jobs.handler import lambda_handler as fanout_handler
+from iotbridge_jobs.record import JOBS_THING
 from iotbridge_local.apigw.event import LambdaContext
 from iotbridge_local.testclient import ApiClient
 from tests.api.conftest import FakeDeviceAnswers, make_device, shadow

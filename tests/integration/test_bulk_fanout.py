@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from iotbridge_jobs import record
 
+from iotbridge_jobs import record
 from iotbridge_local.stack import LocalStack
 from tests.integration.http import call
 

@@ -44,10 +44,9 @@ def main(events_dir: Path) -> None:
         reported = {"state": {"reported": {"led": "off", "actions": ACTIONS}}}
         boto3.client("iot-data").update_thing_shadow(thingName="pi-01", payload=json.dumps(reported).encode())
 
+        from iotbridge_api.handler import lambda_handler as api
         from iotbridge_jobs import record
         from iotbridge_jobs.handler import lambda_handler as jobs
-
-        from iotbridge_api.handler import lambda_handler as api
         from iotbridge_presence.handler import lambda_handler as presence
 
         def call(name: str) -> None:

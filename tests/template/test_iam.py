@@ -18,9 +18,9 @@ from typing import Any
 import botocore.session
 import pytest
 from botocore import xform_name
-from iotbridge_jobs import record
 
 from iotbridge_contract import commands
+from iotbridge_jobs import record
 from tests.template import cfn
 
 # Actions that accept no resource type, so a statement granting them must say "*".

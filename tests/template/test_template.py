@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from iotbridge_jobs import fanout, record
 
 from iotbridge_contract import topics
+from iotbridge_jobs import fanout, record
 from iotbridge_local.stack import function_timeout_s
 from tests.template import cfn
 
