@@ -222,7 +222,10 @@ def test_sigkill_loses_no_acknowledged_update_and_sigterm_stops_cleanly(iotcore_
         # THEN every acknowledged update is there
         data = boto("iot-data", iotcore_process.url)
         doc = json.loads(data.get_thing_shadow(thingName="dev9")["payload"].read())
-        assert (doc["version"], doc["state"]["reported"]) == (20, {"n": 20})
+        assert doc["state"]["reported"] == {"n": 20}
+        # (21 when the kill fell between committing the last update and acknowledging its PUBLISH:
+        #  the broker redelivers it to the restarted service, at least once, and it is applied again)
+        assert doc["version"] in (20, 21)
         # AND SIGTERM ends it with exit status 0
         assert iotcore_process.signal(signal.SIGTERM) == 0
     finally:
