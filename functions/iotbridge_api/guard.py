@@ -1,8 +1,7 @@
-"""Checks on the raw request that must happen before Powertools parses the body.
+"""Checks on the raw request, before the router matches a route or reads the body.
 
-Powertools' request validation runs before any user middleware, and it raises
-ValueError out of `resolve` on a multipart body without boundary (a 502 on AWS).
-So size and media type are checked here, on the event, first.
+Size and media type are refused here, on the event, with their own codes (413, 415),
+so no parser ever sees a body it was not meant for.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ def _header(event: dict[str, Any], name: str) -> str | None:
 def check_request(event: dict[str, Any]) -> None:
     """Raise an ApiError for a path or body we must not hand to the router or the parser."""
     path = str(event.get("path") or "")
-    # Powertools' route patterns end in `$`, which also matches before a trailing newline:
-    # `/devices/sim-1%0A` would reach sim-1. No route has a control character in it.
+    # No route has a control character in it; refusing them here also keeps `/devices/sim-1%0A`
+    # from ever reaching sim-1 through a pattern that tolerates a trailing newline.
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         raise errors.RouteNotFound("no route for a path with control characters")
     body = event.get("body")
@@ -36,7 +35,7 @@ def check_request(event: dict[str, Any]) -> None:
     if event.get("isBase64Encoded"):
         try:
             raw = base64.b64decode(body, validate=True)
-            raw.decode("utf-8")  # JSON is UTF-8; other bytes would make Powertools' parser raise (a 502)
+            raw.decode("utf-8")  # JSON is UTF-8; other bytes are no JSON body
         except (binascii.Error, ValueError):
             raise errors.InvalidJson("the body is not UTF-8 JSON") from None
         size = len(raw)

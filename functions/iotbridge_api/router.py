@@ -1,0 +1,227 @@
+"""A small router for API Gateway REST proxy events, in the shape of Powertools' resolver.
+
+    app = Router(cors=Cors(origin="https://dash.example"))
+
+    @app.get("/devices/<thing>", path=ThingPath, query=DeviceQuery, response=DeviceDetail)
+    def get_device(thing: str, shadow: str | None) -> DeviceDetail: ...
+
+    def lambda_handler(event, context):
+        return app.resolve(event, context)
+
+A route declares its path, query and body models (iotbridge_api.schema); the router checks the
+request against them before the handler runs and calls it with the values as keyword arguments
+(path and query fields by name, the body as `body`). The same declarations write the OpenAPI
+document (iotbridge_api.openapi). A raised ApiError becomes its JSON error; anything else
+propagates, as a Lambda error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from iotbridge_api import errors, guard
+from iotbridge_api.schema import Invalid, Model, Problem
+
+F = TypeVar("F", bound=Callable[..., Any])
+JSON = "application/json"
+# A path segment: anything but `/` (the event's path is already percent-decoded by API Gateway).
+_SEGMENT = r"[^/]+"
+
+
+@dataclass(frozen=True)
+class Cors:
+    """One allowed origin; its answers let a browser on that origin call the API and read Location."""
+
+    origin: str
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int | None = None
+
+    def headers(self, request_origin: str | None) -> dict[str, str]:
+        """CORS headers for a request from `request_origin`: none unless it is the allowed one."""
+        if not request_origin or request_origin != self.origin:
+            return {}
+        out = {"Access-Control-Allow-Origin": self.origin, "Access-Control-Allow-Headers": ",".join(sorted(self.allow_headers))}
+        if self.expose_headers:
+            out["Access-Control-Expose-Headers"] = ",".join(self.expose_headers)
+        if self.max_age is not None:
+            out["Access-Control-Max-Age"] = str(self.max_age)
+        return out
+
+
+@dataclass
+class Response:
+    """A handler's answer when it is not a plain 200 (another status, or headers such as Location)."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Route:
+    method: str
+    rule: str  # "/devices/<thing>/commands"
+    handler: Callable[..., Any]
+    path: type[Model] | None
+    query: type[Model] | None
+    body: type[Model] | None
+    docs: dict[str, Any]  # summary, description, tags, responses, ...: read by the OpenAPI writer only
+    pattern: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        regex = re.sub(r"<(\w+)>", lambda m: f"(?P<{m.group(1)}>{_SEGMENT})", self.rule)
+        self.pattern = re.compile(regex)
+
+    @property
+    def openapi_path(self) -> str:
+        return re.sub(r"<(\w+)>", r"{\1}", self.rule)
+
+
+class _Event:
+    """What the handlers may read of the request being answered."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.raw = event
+        self.http_method = str(event.get("httpMethod") or "").upper()
+        path = str(event.get("path") or "/")
+        self.path = path[:-1] if len(path) > 1 and path.endswith("/") else path  # /devices/ is /devices
+        self.headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+
+    def query(self) -> dict[str, Any]:
+        """Query parameters; one given several times keeps all its values (a list), which no field accepts."""
+        multi = self.raw.get("multiValueQueryStringParameters")
+        if multi:
+            return {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in multi.items()}
+        return dict(self.raw.get("queryStringParameters") or {})
+
+    def json_body(self) -> Any:
+        body = self.raw.get("body")
+        if body is None or body == "":
+            return None
+        if self.raw.get("isBase64Encoded"):
+            body = base64.b64decode(body).decode("utf-8")  # the guard made sure it is UTF-8
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise errors.InvalidJson("the body is not valid JSON") from None
+
+
+class Router:
+    def __init__(self, *, cors: Cors | None = None) -> None:
+        self.cors = cors
+        self.routes: list[Route] = []
+        self.current_event: _Event | None = None
+        self.lambda_context: Any = None
+        self._on_error: Callable[[errors.ApiError], None] | None = None
+
+    # ---- declaring routes ----
+
+    def route(self, method: str, rule: str, *, path: type[Model] | None = None, query: type[Model] | None = None,
+              body: type[Model] | None = None, **docs: Any) -> Callable[[F], F]:  # fmt: skip
+        def register(handler: F) -> F:
+            self.routes.append(Route(method.upper(), rule, handler, path, query, body, docs))
+            return handler
+
+        return register
+
+    def get(self, rule: str, **kw: Any) -> Callable[[F], F]:
+        return self.route("GET", rule, **kw)
+
+    def post(self, rule: str, **kw: Any) -> Callable[[F], F]:
+        return self.route("POST", rule, **kw)
+
+    def patch(self, rule: str, **kw: Any) -> Callable[[F], F]:
+        return self.route("PATCH", rule, **kw)
+
+    def on_error(self, hook: Callable[[errors.ApiError], None]) -> Callable[[errors.ApiError], None]:
+        """Called with every ApiError before it is answered (e.g. to log server-side failures)."""
+        self._on_error = hook
+        return hook
+
+    # ---- answering an event ----
+
+    def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        request = self.current_event = _Event(event)
+        self.lambda_context = context
+        try:
+            guard.check_request(event)  # size and media type, before anything reads the body
+            if request.http_method == "OPTIONS" and self.cors is not None:
+                return self._preflight(request)
+            route, matched = self._find(request)
+            status, body, headers = self._call(route, matched, request)
+        except errors.ApiError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+            status, body, headers = exc.status, exc.body(), {}
+        headers = {"Content-Type": JSON, **headers, **self._cors_headers(request)}
+        text = json.dumps(body, separators=(",", ":"), default=_encode)
+        return {"statusCode": status, "headers": headers, "body": text, "isBase64Encoded": False}
+
+    def _cors_headers(self, request: _Event) -> dict[str, str]:
+        return self.cors.headers(request.headers.get("origin")) if self.cors is not None else {}
+
+    def _preflight(self, request: _Event) -> dict[str, Any]:
+        """A browser's CORS preflight, on any path: 204 with what the API allows (API Gateway lets it through without a key)."""
+        methods = ",".join(sorted({r.method for r in self.routes} | {"OPTIONS"}))
+        headers = {**self._cors_headers(request), "Access-Control-Allow-Methods": methods}
+        return {"statusCode": 204, "headers": headers, "body": "", "isBase64Encoded": False}
+
+    def _find(self, request: _Event) -> tuple[Route, dict[str, str]]:
+        path_matches = False
+        for route in self.routes:
+            matched = route.pattern.fullmatch(request.path)
+            if matched is None:
+                continue
+            if route.method == request.http_method:
+                return route, matched.groupdict()
+            path_matches = True
+        if path_matches:
+            raise errors.MethodNotAllowed(f"{request.http_method} is not allowed on {request.path}")
+        raise errors.RouteNotFound(f"no route {request.path}")
+
+    def _call(self, route: Route, matched: dict[str, str], request: _Event) -> tuple[int, Any, dict[str, str]]:
+        query = request.query()
+        known = set(route.query.__fields__) if route.query is not None else set()
+        unknown = sorted(set(query) - known)
+        if unknown:  # refused like unknown body fields: a typo must not pass silently
+            extra = [{"loc": ["query", name], "msg": "unknown query parameter", "type": "extra_forbidden"} for name in unknown]
+            raise errors.ValidationFailed(f"unknown query parameter(s): {', '.join(unknown)}", details=extra)
+        body = request.json_body() if route.body is not None else None
+        problems: list[Problem] = []
+        kwargs: dict[str, Any] = {}
+        for model, data, where in ((route.path, matched, "path"), (route.query, query, "query")):
+            if model is not None:
+                values = _validated(model, data, [where], problems)
+                if values is not None:
+                    kwargs.update({name: getattr(values, name) for name in model.__fields__})
+        if route.body is not None:
+            if body is None:
+                problems.append({"loc": ["body"], "msg": "Field required", "type": "missing"})
+            else:
+                kwargs["body"] = _validated(route.body, body, ["body"], problems)
+        if problems:
+            raise errors.ValidationFailed("the request does not match the schema", details=problems)
+        result = route.handler(**kwargs)
+        if isinstance(result, Response):
+            return result.status, result.body, result.headers
+        return 200, result, {}
+
+
+def _validated(model: type[Model], data: Any, loc: list[Any], problems: list[Problem]) -> Any:
+    try:
+        return model.validate(data, loc)
+    except Invalid as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Model):
+        return value.dump()
+    raise TypeError(f"{type(value).__name__} is not JSON")
