@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from iotbridge_api import errors, guard
@@ -29,58 +27,58 @@ from iotbridge_api.schema import Invalid, Model, Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 JSON = "application/json"
-# A path segment: anything but `/` (the event's path is already percent-decoded by API Gateway).
-_SEGMENT = r"[^/]+"
 
 
-@dataclass(frozen=True)
 class Cors:
     """One allowed origin; its answers let a browser on that origin call the API and read Location."""
 
-    origin: str
-    allow_headers: tuple[str, ...] = ()
-    expose_headers: tuple[str, ...] = ()
-    max_age: int | None = None
+    def __init__(self, origin: str, *, allow_headers: tuple[str, ...] = (), expose_headers: tuple[str, ...] = (),
+                 max_age: int | None = None) -> None:  # fmt: skip
+        self.origin = origin
+        self._headers = {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Headers": ",".join(sorted(allow_headers))}
+        if expose_headers:
+            self._headers["Access-Control-Expose-Headers"] = ",".join(expose_headers)
+        if max_age is not None:
+            self._headers["Access-Control-Max-Age"] = str(max_age)
 
     def headers(self, request_origin: str | None) -> dict[str, str]:
         """CORS headers for a request from `request_origin`: none unless it is the allowed one."""
-        if not request_origin or request_origin != self.origin:
-            return {}
-        out = {"Access-Control-Allow-Origin": self.origin, "Access-Control-Allow-Headers": ",".join(sorted(self.allow_headers))}
-        if self.expose_headers:
-            out["Access-Control-Expose-Headers"] = ",".join(self.expose_headers)
-        if self.max_age is not None:
-            out["Access-Control-Max-Age"] = str(self.max_age)
-        return out
+        return dict(self._headers) if request_origin == self.origin else {}
 
 
-@dataclass
 class Response:
     """A handler's answer when it is not a plain 200 (another status, or headers such as Location)."""
 
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
+    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        self.status, self.body, self.headers = status, body, headers or {}
 
 
-@dataclass
 class Route:
-    method: str
-    rule: str  # "/devices/<thing>/commands"
-    handler: Callable[..., Any]
-    path: type[Model] | None
-    query: type[Model] | None
-    body: type[Model] | None
-    docs: dict[str, Any]  # summary, description, tags, responses, ...: read by the OpenAPI writer only
-    pattern: re.Pattern[str] = field(init=False)
+    def __init__(self, method: str, rule: str, handler: Callable[..., Any], path: type[Model] | None,
+                 query: type[Model] | None, body: type[Model] | None, docs: dict[str, Any]) -> None:  # fmt: skip
+        self.method, self.rule, self.handler = method, rule, handler
+        self.path, self.query, self.body = path, query, body
+        self.docs = docs  # summary, description, tags, responses, ...: read by the OpenAPI writer only
+        # "/devices/<thing>" -> ["devices", "<thing>"]: a <name> takes one whole, non-empty segment
+        self._segments = rule[1:].split("/")
 
-    def __post_init__(self) -> None:
-        regex = re.sub(r"<(\w+)>", lambda m: f"(?P<{m.group(1)}>{_SEGMENT})", self.rule)
-        self.pattern = re.compile(regex)
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """The path parameters if the request's path segments fit this rule, else None."""
+        if len(segments) != len(self._segments):
+            return None
+        params: dict[str, str] = {}
+        for want, got in zip(self._segments, segments, strict=True):
+            if want.startswith("<"):
+                if not got:
+                    return None
+                params[want[1:-1]] = got
+            elif want != got:
+                return None
+        return params
 
     @property
     def openapi_path(self) -> str:
-        return re.sub(r"<(\w+)>", r"{\1}", self.rule)
+        return "/" + "/".join("{" + s[1:-1] + "}" if s.startswith("<") else s for s in self._segments)
 
 
 class _Event:
@@ -174,12 +172,13 @@ class Router:
 
     def _find(self, request: _Event) -> tuple[Route, dict[str, str]]:
         path_matches = False
+        segments = request.path[1:].split("/")  # API Gateway's paths start with /
         for route in self.routes:
-            matched = route.pattern.fullmatch(request.path)
+            matched = route.match(segments)
             if matched is None:
                 continue
             if route.method == request.http_method:
-                return route, matched.groupdict()
+                return route, matched
             path_matches = True
         if path_matches:
             raise errors.MethodNotAllowed(f"{request.http_method} is not allowed on {request.path}")

@@ -91,7 +91,7 @@ class _Str(_Type):
         self.min_length = spec.min_length if spec else None
         self.max_length = spec.max_length if spec else None
         self.pattern = spec.pattern if spec else None
-        self._regex = re.compile(self.pattern) if self.pattern else None
+        self._regex: re.Pattern[str] | None = None  # compiled on first use: cold start pays only for what it checks
 
     def check(self, value: Any, loc: list[Any], problems: list[Problem], coerce: bool) -> Any:
         if not isinstance(value, str):
@@ -109,9 +109,14 @@ class _Str(_Type):
         elif self.max_length is not None and len(value) > self.max_length:
             problems.append(_problem(loc, f"String should have at most {_plural(self.max_length, 'character')}",
                                      "string_too_long"))  # fmt: skip
-        elif self._regex is not None and not self._regex.search(value):
+        elif self.pattern is not None and not self._matches(value):
             problems.append(_problem(loc, f"String should match pattern '{self.pattern}'", "string_pattern_mismatch"))
         return value
+
+    def _matches(self, value: str) -> bool:
+        if self._regex is None:
+            self._regex = re.compile(self.pattern or "")
+        return self._regex.search(value) is not None
 
     def schema(self, defs: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "string"}
@@ -122,7 +127,7 @@ class _Str(_Type):
 
 
 # What a query string may hold for an integer: ASCII digits, `_` between them, a zero fraction.
-_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?", re.ASCII)
+_INT_TEXT = r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?"
 
 
 class _Int(_Type):
@@ -138,7 +143,7 @@ class _Int(_Type):
             return value
         if coerce and isinstance(value, str):  # query strings are text: "5" is 5 there
             text = value.strip()
-            if _INT_TEXT.fullmatch(text):
+            if re.fullmatch(_INT_TEXT, text, re.ASCII):
                 return int(text.split(".")[0])
             problems.append(_problem(loc, "Input should be a valid integer, unable to parse string as an integer", "int_parsing"))
             return None
@@ -281,6 +286,15 @@ class _Nullable(_Type):
         return {"anyOf": [self.inner.schema(defs) or {}, {"type": "null"}]}
 
 
+_RESOLVED: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "Any": Any}
+
+
+def _resolve(annotation: str, namespace: dict[str, Any]) -> Any:
+    """The type an annotation string names (they are strings: `from __future__ import annotations`)."""
+    known = _RESOLVED.get(annotation)
+    return known if known is not None else eval(annotation, namespace)
+
+
 def _compile(annotation: Any, spec: _Spec | None) -> _Type:
     """The checker for a resolved annotation; constraints apply to the non-null part."""
     origin, args = get_origin(annotation), get_args(annotation)
@@ -358,7 +372,7 @@ class Model:
                 continue
             declared = cls.__dict__.get(name, _MISSING)
             spec = declared if isinstance(declared, _Spec) else None
-            fields[name] = Field(name, _compile(eval(annotation, namespace), spec), spec, declared)
+            fields[name] = Field(name, _compile(_resolve(annotation, namespace), spec), spec, declared)
             if spec is not None:
                 delattr(cls, name)  # instances hold the values; a missing one must not read as its spec
         cls.__fields__ = fields
