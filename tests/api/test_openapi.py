@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from openapi_spec_validator import validate
+
+from iotbridge_api.app import app
 from iotbridge_api.openapi import document, render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -32,3 +35,32 @@ def test_validation_error_schema_is_our_error_shape() -> None:
     schema = document()["components"]["schemas"]["HTTPValidationError"]
     assert set(schema["required"]) == {"code", "message"}
     json.dumps(schema)
+
+
+def test_the_document_is_valid_openapi_and_describes_every_route() -> None:
+    # GIVEN the generated document
+    doc = document()
+    # THEN it is a valid OpenAPI 3.1 document (every $ref resolves)
+    validate(doc)
+    # AND it has exactly the routes the router answers, each with the parameters it checks
+    described = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
+    assert described == {(route.openapi_path, route.method) for route in app.routes}
+    for route in app.routes:
+        operation = doc["paths"][route.openapi_path][route.method.lower()]
+        names = {(p["in"], p["name"]) for p in operation.get("parameters", [])}
+        expected = {("path", n) for n in (route.path.__fields__ if route.path else {})}
+        expected |= {("query", n) for n in (route.query.__fields__ if route.query else {})}
+        assert names == expected, route.rule
+        assert ("requestBody" in operation) == (route.body is not None), route.rule
+
+
+def test_constraints_in_the_document_are_the_ones_enforced() -> None:
+    # GIVEN the command body's schema in the document
+    schemas = document()["components"]["schemas"]
+    command = schemas["CommandRequest"]
+    # THEN it refuses unknown fields and carries the limits the API checks (one definition serves both)
+    assert command["additionalProperties"] is False and command["required"] == ["action"]
+    assert (command["properties"]["action"]["minLength"], command["properties"]["action"]["maxLength"]) == (1, 32)
+    assert command["properties"]["timeoutMs"]["maximum"] == 29_000
+    assert command["properties"]["ifOffline"]["enum"] == ["fail", "queue"]
+    assert schemas["BulkRequest"]["properties"]["things"]["anyOf"][0]["maxItems"] == 1000
