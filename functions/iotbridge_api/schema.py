@@ -115,7 +115,12 @@ class _Str(_Type):
 
     def _matches(self, value: str) -> bool:
         if self._regex is None:
-            self._regex = re.compile(self.pattern or "")
+            pattern = self.pattern or ""
+            # JSON Schema patterns are ECMA-262: `$` is the very end. Python's also matches before a
+            # final newline, which would let "id\n" through (and into a Location header).
+            if pattern.endswith("$") and not pattern.endswith("\\$"):
+                pattern = pattern[:-1] + r"\Z"
+            self._regex = re.compile(pattern)
         return self._regex.search(value) is not None
 
     def schema(self, defs: dict[str, Any]) -> dict[str, Any]:

@@ -107,3 +107,12 @@ def test_a_missing_required_field_and_a_non_object_body_are_reported() -> None:
     with pytest.raises(Invalid) as not_object:
         DesiredRequest.validate([], ["body"])
     assert [p["type"] for p in not_object.value.problems] == ["model_attributes_type"]
+
+
+@pytest.mark.parametrize("value", ["abc\n", "\nabc", "a\nb", "abc\r"])
+def test_a_pattern_is_anchored_at_the_very_end_as_in_json_schema(value: str) -> None:
+    # GIVEN a command id with a line break (Python's `$` alone would accept "abc\n")
+    # WHEN it is validated THEN it is refused: it would end up in a Location header and a topic
+    with pytest.raises(Invalid) as caught:
+        CommandRequest.validate({"action": "ping", "id": value}, ["body"])
+    assert [p["type"] for p in caught.value.problems] == ["string_pattern_mismatch"]
