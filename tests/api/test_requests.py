@@ -80,3 +80,48 @@ def test_unknown_query_parameters_are_refused_like_unknown_body_fields(api: ApiC
     assert response.status == 422 and response.json["code"] == "VALIDATION_ERROR"
     assert response.json["details"][0]["loc"] == ["query", "limt"]
     assert api.get("/devices?limit=5").status == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "problem"),
+    [
+        ("limit=5", 200, None),
+        ("limit=+5", 200, None),  # query strings are text: an integer written as text is an integer
+        ("limit=abc", 422, "int_parsing"),
+        ("limit=1.5", 422, "int_parsing"),
+        ("limit=0", 422, "greater_than_equal"),
+        ("limit=101", 422, "less_than_equal"),
+        ("limit=5&limit=6", 422, "int_type"),  # one value, not a list
+        ("nextToken=" + "x" * 2049, 422, "string_too_long"),
+    ],
+)
+def test_query_values_are_checked_against_the_documented_limits(
+    api: ApiClient, query: str, status: int, problem: str | None
+) -> None:
+    # GIVEN a device WHEN the list is asked for with a query value THEN it is accepted, or refused saying why
+    make_device("dev-1")
+    response = api.get(f"/devices?{query}")
+    assert response.status == status, response.body
+    if problem is not None:
+        assert [(p["loc"][0], p["type"]) for p in response.json["details"]] == [("query", problem)]
+
+
+def test_a_command_id_with_a_line_break_is_refused(api: ApiClient) -> None:
+    # GIVEN a device WHEN a command id ends in a newline (it would end up in the Location header)
+    make_device("dev-1")
+    response = api.post("/devices/dev-1/commands", json={"action": "ping", "id": "abc\n", "timeoutMs": 0})
+    # THEN it is a validation error on the id, and no Location is answered
+    assert (response.status, response.json["details"][0]["loc"]) == (422, ["body", "id"])
+    assert "Location" not in response.headers
+
+
+def test_json_with_a_suffix_media_type_is_json(api: ApiClient) -> None:
+    make_device("dev-1")
+    response = api.post("/devices/dev-1/commands", body=b'{"action": "ping", "timeoutMs": 0}',
+                        headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+    assert response.status == 202, response.body
+
+
+def test_head_and_a_trailing_slash(api: ApiClient) -> None:
+    assert api.request("HEAD", "/devices").status == 405
+    assert api.get("/health/").json == {"status": "ok"}
