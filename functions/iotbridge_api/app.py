@@ -8,7 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from iotbridge_api import bulk, dispatch, errors, iot, waiting
+from iotbridge_api import dispatch, errors, iot, waiting
 from iotbridge_api.models import (
     MAX_WAIT_MS,
     BulkRequest,
@@ -186,6 +186,10 @@ def list_commands(thing: str) -> CommandList:
     return CommandList(thing=name, commands=dispatch.history(name))
 
 
+# The bulk routes import `bulk` on their first request: it brings the job fan-out with it, which a
+# cold start for any other route does not need (as boto3 waits for the first AWS call).
+
+
 @app.post("/commands", summary="One command to many devices (a list, or all): a job", tags=["jobs"], body=BulkRequest,
           responses={202: (JobStarted, "Queued on the targets; follow GET /commands/jobs/{id}")},
           errors=(errors.InvalidThingName, errors.InvalidParams, errors.PayloadTooLarge, *_COMMON))  # fmt: skip
@@ -193,6 +197,8 @@ def post_bulk(body: BulkRequest) -> Response:
     if (body.things is None) == (not body.all):
         problem = {"loc": ["body"], "msg": "give either things or all: true", "type": "value_error"}
         raise errors.ValidationFailed("give either `things` or `all: true`", details=[problem])
+    from iotbridge_api import bulk
+
     started = bulk.start(action=body.action, params=body.params, things=body.things, ttl_ms=body.ttlMs,
                          deadline=_deadline(MAX_WAIT_MS))  # fmt: skip
     logger.info("bulk command", extra={"jobId": started["jobId"], "targets": started["targets"]})
@@ -203,4 +209,6 @@ def post_bulk(body: BulkRequest) -> Response:
          query=JobQuery, response=JobProgress,
          errors=(errors.InvalidCommandId, errors.JobNotFound, errors.RouteNotFound, *_COMMON))  # fmt: skip
 def get_job(job_id: str, offset: int, limit: int) -> JobProgress:
+    from iotbridge_api import bulk
+
     return JobProgress(**bulk.progress(job_id, offset=offset, limit=limit))
