@@ -134,6 +134,15 @@ class LocalStack:
             [sys.executable, "-m", "iotbridge_local.rules", "--iot-endpoint", self.config.iot_endpoint,
              "--data-dir", str(self.data_dir), *self.service_args()],
         )  # fmt: skip
+        # Once subscribed, the rule publishes the connect events the broker logged before it (the
+        # iotcore's, its own): wait until they are out, so whoever listens from now on hears only
+        # what happens next. The rule saves its log position once the broker acknowledged them.
+        state = self.data_dir / "presence" / "state.json"
+        deadline = time.monotonic() + 60
+        while not state.exists() and time.monotonic() < deadline:
+            if not self.child_alive("rules"):
+                raise RuntimeError(f"the rules process exited at start; see {self.logs / 'rules.log'}")
+            time.sleep(0.05)
 
     def _register_things(self) -> None:
         client = self.boto3_client("iot")

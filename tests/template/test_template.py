@@ -208,8 +208,10 @@ def test_lambda_requirements_cover_what_the_functions_import(repo: Path) -> None
     reqs = {re.split(r"[\[<>=!~ ]", line, maxsplit=1)[0].lower() for line in lines if line.strip() and not line.startswith("#")}
     project = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     runtime = {re.split(r"[\[<>=!~ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
-    # THEN the Lambda gets Powertools, Pydantic and a boto3 recent enough for the endpoint variable
-    assert {"aws-lambda-powertools", "pydantic", "boto3"} <= reqs
+    # THEN the Lambda gets Powertools and a boto3 recent enough for the endpoint variable, and no Pydantic
+    #      (the API validates with its own stdlib schema layer: cold start)
+    assert {"aws-lambda-powertools", "boto3"} <= reqs
+    assert "pydantic" not in reqs
     # AND nothing the project itself does not depend on (paho-mqtt is device/local-stack only)
     assert reqs <= runtime
 
