@@ -25,12 +25,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote
 
 from iotbridge_local.apigw.environments import Environments, InvocationError
-from iotbridge_local.httpserver import LocalHTTPServer
+from iotbridge_local.httpserver import LocalHTTPServer, LocalRequestHandler
 
 log = logging.getLogger("iotbridge.lambda")
 
@@ -170,22 +169,9 @@ class LambdaService:
             self._cond.notify_all()
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
+class _RequestHandler(LocalRequestHandler):
     service: LambdaService
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go in separate writes: without this, 40 ms per request
     server_version = "iotbridge-local-lambda"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _error(self, status: int, error_type: str, message: str) -> None:
         body = json.dumps({"Type": "User", "message": message}).encode()

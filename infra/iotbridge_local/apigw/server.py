@@ -12,12 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from iotbridge_local.apigw.environments import Environments, InvocationError
 from iotbridge_local.apigw.event import build_event
-from iotbridge_local.httpserver import LocalHTTPServer
+from iotbridge_local.httpserver import LocalHTTPServer, LocalRequestHandler
 
 INTEGRATION_TIMEOUT_S = 29.0
 MAX_PAYLOAD = 10 * 1024 * 1024
@@ -51,22 +50,9 @@ class ApiGateway:
         self.environments.close()
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
+class _RequestHandler(LocalRequestHandler):
     gateway: ApiGateway
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go in separate writes: without this, 40 ms per request
     server_version = "iotbridge-local-apigw"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the function logs each request; access logs would only repeat it
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _gateway_error(self, status: int, message: str, error_type: str, response_type: str) -> None:
         body = json.dumps({"code": response_type, "message": message}).encode()
