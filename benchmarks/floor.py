@@ -24,8 +24,8 @@ REQUEST_TOPIC = "bench/floor/request"
 REPLY_TOPIC = "bench/floor/reply"
 
 
-def mqtt_round_trips(endpoint: Any, count: int, *, desc: str = "mqtt floor") -> list[float]:
-    """Seconds per QoS 1 request→reply between two clients on `endpoint`."""
+def mqtt_round_trips(endpoint: Any, count: int, *, desc: str = "mqtt floor", pace_s: float = 0.0) -> list[float]:
+    """Seconds per QoS 1 request→reply between two clients on `endpoint`, `pace_s` apart."""
     from iotbridge_contract.mqtt import make_client
 
     answered = threading.Event()
@@ -55,6 +55,7 @@ def mqtt_round_trips(endpoint: Any, count: int, *, desc: str = "mqtt floor") -> 
         samples: list[float] = []
         for i in progress(range(count + 20), desc=desc):
             answered.clear()
+            time.sleep(pace_s)
             start = time.perf_counter()
             requester.publish(REQUEST_TOPIC, b"%d" % i, qos=1)
             if not answered.wait(5):
@@ -85,8 +86,8 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
-def http_round_trips(count: int, *, desc: str = "http floor") -> list[float]:
-    """Seconds per POST→200 to a trivial stdlib handler over one keep-alive connection."""
+def http_round_trips(count: int, *, desc: str = "http floor", pace_s: float = 0.0) -> list[float]:
+    """Seconds per POST→200 to a trivial stdlib handler over one keep-alive connection, `pace_s` apart."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -95,6 +96,7 @@ def http_round_trips(count: int, *, desc: str = "http floor") -> list[float]:
     try:
         samples: list[float] = []
         for i in progress(range(count + 20), desc=desc):
+            time.sleep(pace_s)
             start = time.perf_counter()
             status, _ = client.request("POST", "/echo", {"action": "ping"})
             if status != 200:
@@ -108,10 +110,16 @@ def http_round_trips(count: int, *, desc: str = "http floor") -> list[float]:
         server.server_close()
 
 
-def measure(endpoint: Any, count: int) -> dict[str, Any]:
-    """Both floors; `samples` keeps the raw seconds for plots in the caller."""
-    mqtt = mqtt_round_trips(endpoint, count)
-    http = http_round_trips(count)
+def measure(endpoint: Any, count: int, *, pace_s: float = 0.0) -> dict[str, Any]:
+    """Both floors; `samples` keeps the raw seconds for plots in the caller.
+
+    Back to back (pace 0) every process stays hot. With a pause, like clicks, each request also pays
+    for waking idle threads and cores: on this VM ~2 ms per data-plane call (measured), so a paced
+    command must be compared with a floor paced the same way.
+    """
+    suffix = f" (paced {pace_s}s)" if pace_s else ""
+    mqtt = mqtt_round_trips(endpoint, count, desc="mqtt floor" + suffix, pace_s=pace_s)
+    http = http_round_trips(count, desc="http floor" + suffix, pace_s=pace_s)
     return {"mqtt_qos1_ms": summary_ms(mqtt), "http_keepalive_ms": summary_ms(http), "samples": {"mqtt": mqtt, "http": http}}
 
 
