@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar, cast
 
 
 class LocalHTTPServer(ThreadingHTTPServer):
@@ -29,3 +29,11 @@ class LocalRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+H = TypeVar("H", bound=BaseHTTPRequestHandler)
+
+
+def bound_handler(handler: type[H], **attrs: Any) -> type[H]:
+    """A subclass of `handler` carrying `attrs` (the service it answers for): one per server, so two never share."""
+    return cast("type[H]", type(handler.__name__, (handler,), attrs))

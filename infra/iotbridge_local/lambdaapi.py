@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from iotbridge_local.apigw.environments import Environments, InvocationError
-from iotbridge_local.httpserver import LocalHTTPServer, LocalRequestHandler
+from iotbridge_local.httpserver import LocalHTTPServer, LocalRequestHandler, bound_handler
 
 log = logging.getLogger("iotbridge.lambda")
 
@@ -72,13 +72,7 @@ class LambdaService:
         self._timers: set[threading.Timer] = set()
         self._workers: list[threading.Thread] = []
         self._running = False
-        service = self
-
-        class Handler(_RequestHandler):
-            pass
-
-        Handler.service = service
-        self.httpd = LocalHTTPServer((host, port), Handler)
+        self.httpd = LocalHTTPServer((host, port), bound_handler(_RequestHandler, service=self))
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from iotbridge_local.apigw.environments import Environments, InvocationError
 from iotbridge_local.apigw.event import build_event
-from iotbridge_local.httpserver import LocalHTTPServer, LocalRequestHandler
+from iotbridge_local.httpserver import LocalHTTPServer, LocalRequestHandler, bound_handler
 
 INTEGRATION_TIMEOUT_S = 29.0
 MAX_PAYLOAD = 10 * 1024 * 1024
@@ -31,13 +31,7 @@ class ApiGateway:
         self.environments = environments
         self.api_key = api_key
         self.cors_origin = cors_origin
-        gateway = self
-
-        class Handler(_RequestHandler):
-            pass
-
-        Handler.gateway = gateway
-        self.httpd = LocalHTTPServer((host, port), Handler)
+        self.httpd = LocalHTTPServer((host, port), bound_handler(_RequestHandler, gateway=self))
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
