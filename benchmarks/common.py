@@ -299,7 +299,9 @@ def register_things(stack: Any, things: list[str], threads: int = 8) -> None:
 
 
 def wait_ready(stack: Any, things: list[str], timeout: float) -> float:
-    """Seconds until every thing has reported its actions (it has read its shadows and is answering)."""
+    """Seconds until every thing has reported its actions (it has read its shadows and is answering)
+    and its presence shadow says connected (the presence rule has caught up with the connect events:
+    otherwise a benchmark started at once also times the rule working through that backlog)."""
     from concurrent.futures import ThreadPoolExecutor
 
     start = time.monotonic()
@@ -310,9 +312,13 @@ def wait_ready(stack: Any, things: list[str], timeout: float) -> float:
         k, thing = args
         try:
             doc = json.loads(clients[k % 4].get_thing_shadow(thingName=thing)["payload"].read())
+            if not doc.get("state", {}).get("reported", {}).get("actions"):
+                return None
+            presence = clients[k % 4].get_thing_shadow(thingName=thing, shadowName="presence")
+            connected = json.loads(presence["payload"].read()).get("state", {}).get("reported", {}).get("connected")
         except Exception:
             return None
-        return thing if doc.get("state", {}).get("reported", {}).get("actions") else None
+        return thing if connected is True else None
 
     with ThreadPoolExecutor(4) as pool:
         while pending:
