@@ -81,8 +81,8 @@ class HeldShadowService:
             self.outcomes.put(doc)
             self._reply(COMMANDS_SHADOW, "update", "accepted", {"state": doc["state"], "clientToken": doc.get("clientToken")})
 
-    def answer_state(self, doc: dict[str, Any], reply: str = "accepted") -> None:
-        answer = {"state": doc["state"]} if reply == "accepted" else {"code": 400, "message": "test"}
+    def answer_state(self, doc: dict[str, Any], reply: str = "accepted", code: int = 400) -> None:
+        answer = {"state": doc["state"]} if reply == "accepted" else {"code": code, "message": "test"}
         self._reply(None, "update", reply, {**answer, "clientToken": doc["clientToken"]})
 
     def delta(self, command_id: str, entry: dict[str, Any]) -> None:
@@ -91,6 +91,13 @@ class HeldShadowService:
     def next_state_with(self, key: str) -> dict[str, Any]:
         while True:
             doc = self.states.get(timeout=WAIT_S)
+            if key in doc["state"].get("reported", {}):
+                return doc
+
+    def next_state_with_within(self, key: str, seconds: float) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while True:
+            doc = self.states.get(timeout=max(0.0, deadline - time.monotonic()))
             if key in doc["state"].get("reported", {}):
                 return doc
 
@@ -183,3 +190,50 @@ def test_a_command_that_finishes_while_an_earlier_state_is_unanswered_waits_for_
             assert "led-2" not in held.outcomes.get(timeout=0.5)["state"]["reported"]
     held.answer_state(second)
     assert held.outcomes.get(timeout=WAIT_S)["state"]["reported"]["led-2"]["state"] == "SUCCEEDED"
+
+
+def test_a_throttled_state_update_is_sent_again_with_the_state_the_device_has_now(
+    start_agent: Callable[..., RunningAgent], held: HeldShadowService
+) -> None:
+    # GIVEN a device that ran "led on" and whose state update was accepted
+    start_agent("pi-1")
+    state = held.next_state_with("led")
+    while state["state"]["reported"]["led"] != "on":
+        state = held.next_state_with("led")
+    held.answer_state(state)
+    held.outcomes.get(timeout=WAIT_S)
+
+    # WHEN a relay command's state update is throttled (429), as AWS does past 20 requests/s per thing
+    held.delta("relay-1", command("relay", {"on": True}))
+    lost = held.next_state_with("relay")
+    assert lost["state"]["desired"] == {"relay": None}  # the command also clears the desired value it overrode
+    held.answer_state(lost, reply="rejected", code=429)
+
+    # THEN the outcome is still reported
+    assert held.outcomes.get(timeout=WAIT_S)["state"]["reported"]["relay-1"]["state"] == "SUCCEEDED"
+    # AND the state is sent again, by itself, with a new token: the relay on and its desired value cleared
+    again = held.next_state_with("relay")
+    assert again["state"]["reported"]["relay"] is True
+    assert again["state"]["desired"] == {"relay": None}
+    assert again["clientToken"] != lost["clientToken"]
+
+
+def test_a_state_update_refused_as_wrong_is_not_sent_again(
+    start_agent: Callable[..., RunningAgent], held: HeldShadowService
+) -> None:
+    # GIVEN a device whose "led on" state update was accepted
+    start_agent("pi-1")
+    state = held.next_state_with("led")
+    while state["state"]["reported"]["led"] != "on":
+        state = held.next_state_with("led")
+    held.answer_state(state)
+    held.outcomes.get(timeout=WAIT_S)
+
+    # WHEN a relay command's state update is rejected as invalid (400): sending it again would not help
+    held.delta("relay-1", command("relay", {"on": True}))
+    held.answer_state(held.next_state_with("relay"), reply="rejected", code=400)
+    held.outcomes.get(timeout=WAIT_S)
+
+    # THEN no further state with the relay follows (the retry after a 429 comes within about a second)
+    with pytest.raises(queue.Empty):
+        held.next_state_with_within("relay", 2 * session.RESYNC_DELAY_S + 1.0)

@@ -49,6 +49,7 @@ UPDATE_BURST = 3.0
 STATE_ACK_WAIT_S = 3.0
 REBOOT_DOWNTIME_S = 1.0  # a simulated reboot stays off the network this long
 RESYNC_DELAY_S = 1.0  # after a throttled or failed shadow update
+MAX_STATES_UNANSWERED = 64  # state updates remembered until answered (a lost answer must not grow memory)
 # A get that is never answered (the shadow service was down, the reply was lost)
 # is asked again: until one is answered the device has no service clock and
 # ignores command deltas, so it must not wait forever.
@@ -149,6 +150,8 @@ class DeviceSession:
         self._last_telemetry = 0.0
         self._reboot_at: float | None = None
         self._resync_at: float | None = None
+        self._state_retry_at: float | None = None  # a throttled / failed state update is sent again then
+        self._state_lost: set[str] = set()  # desired keys to clear again with that retry
         self._get_retry: dict[str | None, tuple[float, float]] = {}  # shadow -> (when, current wait)
         self._clear_outbox()
         self._flush_tokens = UPDATE_BURST
@@ -163,6 +166,7 @@ class DeviceSession:
         self._classic_clear: set[str] = set()
         self._classic_from_command = False  # the pending state includes what a command did
         self._state_gate: tuple[str, float] | None = None  # (clientToken, give up at): outcomes wait for it
+        self._state_sent: dict[str, tuple[str, ...]] = {}  # clientToken -> desired keys it cleared, until answered
         self._outcomes_paid = False  # the flush that sent the state also paid for the outcomes held back
 
     def busy(self) -> bool:
@@ -190,6 +194,12 @@ class DeviceSession:
         if self._resync_at is not None and now >= self._resync_at:
             self._resync_at = None
             self._get(COMMANDS_SHADOW)
+        if self._state_retry_at is not None and now >= self._state_retry_at:
+            # What was lost is reported again as the hardware is now, not as it was then:
+            # a newer value of the same key may have been accepted meanwhile.
+            self._state_retry_at = None
+            self._report_full_state(now, clear_desired=tuple(self._state_lost))
+            self._state_lost = set()
         for shadow, (when, wait) in list(self._get_retry.items()):
             if now >= when:
                 log.info("%s: no answer to get of the %s shadow; asking again", self.thing, shadow or "classic")
@@ -210,7 +220,7 @@ class DeviceSession:
             return min(times) if times else None
         if self._job is not None:
             times.append(self._job[1].deadline)  # the worker wakes the pump sooner when it is done
-        for t in (self._telemetry_due, self._reboot_at, self._resync_at):
+        for t in (self._telemetry_due, self._reboot_at, self._resync_at, self._state_retry_at):
             if t is not None:
                 times.append(t)
         times.extend(when for when, _ in self._get_retry.values())
@@ -316,10 +326,13 @@ class DeviceSession:
             state: dict[str, Any] = {"reported": self._classic}
             if self._classic_clear:
                 state["desired"] = dict.fromkeys(self._classic_clear)
-            document: dict[str, Any] = {"state": state}
+            # Every state update carries a token, so a rejection names what it lost.
+            self._state_tokens += 1
+            token = f"state-{self._state_tokens}"
+            document: dict[str, Any] = {"state": state, "clientToken": token}
+            if len(self._state_sent) < MAX_STATES_UNANSWERED:
+                self._state_sent[token] = tuple(self._classic_clear)
             if self._classic_from_command and self.core.has_unsent:
-                self._state_tokens += 1
-                document["clientToken"] = token = f"state-{self._state_tokens}"
                 self._state_gate = (token, now + STATE_ACK_WAIT_S)
             self._update(None, document)
             self._classic, self._classic_clear, self._classic_from_command = {}, set(), False
@@ -382,11 +395,23 @@ class DeviceSession:
             elif what == ("update", "delta"):
                 self._apply_desired(doc.get("state") or {})
                 self._report_state(self.device.state())
-            elif what == ("update", "rejected"):
-                log.warning("%s: classic shadow update rejected: %s", self.thing, doc)
+            if what[0] == "update" and what[1] in ("accepted", "rejected"):
+                cleared = self._state_sent.pop(str(doc.get("clientToken")), None)
+                if what[1] == "rejected":
+                    self._state_rejected(doc, cleared, now)
             gate = self._state_gate
             if what[0] == "update" and what[1] in ("accepted", "rejected") and gate and doc.get("clientToken") == gate[0]:
                 self._open_state_gate()
+
+    def _state_rejected(self, doc: dict[str, Any], cleared: tuple[str, ...] | None, now: float) -> None:
+        log.warning("%s: classic shadow update rejected: %s", self.thing, doc)
+        code = doc.get("code")
+        if isinstance(code, int) and (code == 429 or code >= 500):
+            # Throttled or failed, not wrong: without another try the shadow would keep the
+            # old state (and a desired value a command overrode) until the next reconnect.
+            self._state_lost.update(cleared or ())
+            if self._state_retry_at is None:
+                self._state_retry_at = now + RESYNC_DELAY_S
 
     def _update_rejected(self, doc: dict[str, Any], now: float) -> None:
         log.warning("%s: commands shadow update rejected: %s", self.thing, doc)
@@ -401,7 +426,7 @@ class DeviceSession:
             log.warning("%s: desired state not applied: %s", self.thing, refused)
         self.device.apply(changes)
 
-    def _report_full_state(self, now: float) -> None:
+    def _report_full_state(self, now: float, *, clear_desired: tuple[str, ...] = ()) -> None:
         reported = {
             **self.device.state(),
             "actions": self.registry.advertisement(),
@@ -413,7 +438,7 @@ class DeviceSession:
             },
             "telemetry": self._telemetry(),
         }
-        self._report_state(reported)
+        self._report_state(reported, clear_desired=clear_desired)
         self._last_telemetry = now
         self._telemetry_due = now + self.device.interval_s
 
