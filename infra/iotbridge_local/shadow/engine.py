@@ -325,11 +325,14 @@ def apply_update(shadow: Shadow | None, request: UpdateRequest, now: int) -> Upd
         },
         request.client_token,
     )
-    previous = {"state": _copy(old.state), "metadata": _copy(old.metadata), "version": old.version} if old.exists else None
+    # The documents share the trees of `old` (left untouched: the change went into copies) and
+    # `new`, which nobody changes once built: they are encoded and stored as they are. Copying
+    # them was a quarter of the shadow service's CPU per update.
+    previous = {"state": old.state, "metadata": old.metadata, "version": old.version} if old.exists else None
     documents = _with_token(
         {
             "previous": previous,
-            "current": {"state": _copy(new.state), "metadata": _copy(new.metadata), "version": new.version},
+            "current": {"state": new.state, "metadata": new.metadata, "version": new.version},
             "timestamp": now,
         },
         request.client_token,
@@ -356,12 +359,12 @@ def get_document(shadow: Shadow | None, thing: str, name: str | None, client_tok
     """The `/get/accepted` document (and the GetThingShadow body); 404 when absent."""
     if shadow is None or not shadow.exists:
         raise no_shadow(thing, name, client_token)
-    state = _copy(shadow.state)
+    state = dict(shadow.state)  # one level: only "delta" is added, the sections are shared, not changed
     d = current_delta(shadow)
     if d:
         state["delta"] = d
     return _with_token(
-        {"state": state, "metadata": _copy(shadow.metadata), "version": shadow.version, "timestamp": now},
+        {"state": state, "metadata": shadow.metadata, "version": shadow.version, "timestamp": now},
         client_token,
     )
 
