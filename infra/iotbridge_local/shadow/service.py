@@ -34,6 +34,7 @@ from iotbridge_local.shadow.engine import Shadow, ShadowError
 from iotbridge_local.shadow.store import ShadowStore
 
 Publish = Callable[[str, bytes], None]
+Message = tuple[str, "dict[str, Any] | str"]  # topic, document (a str is already JSON)
 MAX_IN_FLIGHT = 10
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
@@ -45,7 +46,7 @@ class Outcome:
 
     status: int
     body: dict[str, Any]
-    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -104,13 +105,14 @@ class ShadowService:
             if err.client_token is None and token is not None:
                 err.client_token = token
             doc = err.document(self.now())
-            messages = [(topics.shadow_topic(thing, operation, "rejected", shadow=shadow), doc)] if via_mqtt else []
+            rejected = topics.shadow_topic(thing, operation, "rejected", shadow=shadow)
+            messages: list[Message] = [(rejected, doc)] if via_mqtt else []
             return Outcome(err.code, doc, messages)
 
     def _accepted(
         self, thing: str, shadow: str | None, operation: str, doc: dict[str, Any], *, via_mqtt: bool, http_publishes: bool
     ) -> Outcome:
-        messages = []
+        messages: list[Message] = []
         if via_mqtt or http_publishes:
             messages.append((topics.shadow_topic(thing, operation, "accepted", shadow=shadow), doc))
         return Outcome(200, doc, messages)
@@ -127,7 +129,7 @@ class ShadowService:
             result = self.store.change(thing, shadow, change)
             outcome = Outcome(200, result.accepted)
             outcome.messages.append((topics.shadow_topic(thing, "update", "accepted", shadow=shadow), result.accepted))
-            outcome.messages.append((topics.shadow_topic(thing, "update", "documents", shadow=shadow), result.documents))
+            outcome.messages.append((topics.shadow_topic(thing, "update", "documents", shadow=shadow), result.documents_json))
             if result.delta is not None:
                 outcome.messages.append((topics.shadow_topic(thing, "update", "delta", shadow=shadow), result.delta))
             self._send(outcome)  # inside the lock: subscribers see versions in commit order
@@ -149,7 +151,7 @@ class ShadowService:
 
     def _send(self, outcome: Outcome) -> None:
         for topic, doc in outcome.messages:
-            self._publish(topic, encode(doc))
+            self._publish(topic, doc.encode("utf-8") if isinstance(doc, str) else encode(doc))
 
     # ------------------------------------------------------------ fronts
 
