@@ -162,7 +162,7 @@ class LocalStack:
         """The Lambda Invoke API, serving the fan-out function that the API invokes asynchronously."""
         jobs = Environments(
             handler=JOBS_HANDLER, env=self.config.function_env(), timeout_s=function_timeout_s(function="JobsFunction"),
-            log=self.logs / "jobs.log", max_environments=self.config.jobs_concurrency,
+            log=self.logs / "jobs.log", max_environments=self.config.jobs_concurrency, function_name="JobsFunction",
         )  # fmt: skip
         self.lambda_service = LambdaService(port=self.config.lambda_port, functions={JOBS_FUNCTION: jobs})
         self.lambda_service.start()
@@ -170,7 +170,7 @@ class LocalStack:
     def _start_api(self) -> None:
         env = self.config.function_env() | {"DASHBOARD_ORIGIN": self.config.dashboard_url, "JOBS_FUNCTION_NAME": JOBS_FUNCTION}
         environments = Environments(
-            handler=API_HANDLER, env=env, timeout_s=function_timeout_s(), log=self.logs / "api.log"
+            handler=API_HANDLER, env=env, timeout_s=function_timeout_s(), log=self.logs / "api.log", function_name="ApiFunction"
         )
         environments.prewarm(self.prewarm)
         self._api = ApiGateway(

@@ -19,7 +19,8 @@ def _trace(event: dict[str, Any]) -> int:
 
 def record(event: dict[str, Any], context: Any) -> dict[str, Any]:
     attempts = _trace(event)
-    return {"attempts": attempts, "remainingMs": context.get_remaining_time_in_millis()}
+    return {"attempts": attempts, "remainingMs": context.get_remaining_time_in_millis(), "name": context.function_name,
+            "arn": context.invoked_function_arn}  # fmt: skip
 
 
 def flaky(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ HANDLERS = "tests.lambdaapi.handlers"
 def service(tmp_path: Path) -> Iterator[LambdaService]:
     functions = {
         name: Environments(handler=f"{HANDLERS}.{name}", env={}, timeout_s=timeout, log=tmp_path / f"{name}.log",
-                           max_environments=2)
+                           max_environments=2, function_name=name)
         for name, timeout in (("record", 5.0), ("flaky", 5.0), ("sleepy", 1.0), ("gated", 15.0))
     }
     running = LambdaService(port=free_port(), functions=functions, retry_delays_s=(0.1, 0.2))
@@ -90,6 +90,8 @@ def test_a_synchronous_invocation_answers_the_result_or_the_error(service: Lambd
     result = json.loads(answer["Payload"].read())
     assert answer["StatusCode"] == 200 and "FunctionError" not in answer
     assert result["attempts"] == 1 and 0 < result["remainingMs"] <= 5000
+    # AND its context names the function that ran (its logs say so), not another one of the stack
+    assert result["name"] == "record" and result["arn"].endswith(":function:record")
     # AND a failing function answers 200 with FunctionError, as Lambda does, and is not retried
     failed = client.invoke(FunctionName="flaky", Payload=json.dumps({"trace": str(tmp_path / "bad"), "fail": 5}))
     assert failed["StatusCode"] == 200 and failed["FunctionError"] == "Unhandled"

@@ -50,9 +50,11 @@ class _Environment:
 
 class Environments:
     def __init__(
-        self, *, handler: str, env: dict[str, str], timeout_s: float, log: Path | None = None, max_environments: int = 16
+        self, *, handler: str, env: dict[str, str], timeout_s: float, log: Path | None = None, max_environments: int = 16,
+        function_name: str = "function",
     ) -> None:
         self.handler, self.env, self.timeout_s, self.max_environments = handler, env, timeout_s, max_environments
+        self.function_name = function_name  # what the function's context (and so its logs) call it
         self._log: IO[bytes] | int = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in close()
         self._idle: list[_Environment] = []
         self._all: list[_Environment] = []
@@ -64,7 +66,7 @@ class Environments:
         if self._closed:
             raise InvocationError("the function's environments are closed")
         process = subprocess.Popen(
-            [sys.executable, "-m", "iotbridge_local.apigw.worker", self.handler, str(self.timeout_s)],
+            [sys.executable, "-m", "iotbridge_local.apigw.worker", self.handler, str(self.timeout_s), self.function_name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
             env={**os.environ, **self.env}, start_new_session=True,
         )  # fmt: skip
