@@ -6,8 +6,11 @@ the service identity on the plain port: TLS handshakes are not part of this
 figure). Timed: registering the things, connecting them all, all of them
 ready (actions reported), then `POST /commands {"action": "ping", "all": true}`
 until every device's outcome is in its `commands` shadow — seen as it happens
-on `$aws/things/+/shadow/name/commands/update/documents`, not by polling; the same
-documents show when each device got the command queued (desired.{id}). CPU
+on `$aws/things/+/shadow/name/commands/update/accepted`, not by polling; the same
+messages show when each device got the command queued (desired.{id}). Accepted,
+not documents: published at the same commit, but it echoes only the request,
+while documents carry the whole shadow twice, and the watcher's CPU is taken
+from the machine it measures. CPU
 seconds per queued command are counted by process over the bulk phase. Then the
 API's own view (`GET /commands/jobs/{id}?limit=1`) is polled as a client would,
 until it says complete (each GET refreshes a bounded part of the job): how many
@@ -42,7 +45,7 @@ SMOKE = {"sizes": [5], "connect_rate": 100.0, "ready_timeout_s": 60.0, "bulk_tim
 
 
 class OutcomeWatcher:
-    """When each thing first reported each command outcome, from commands update/documents."""
+    """When each thing first reported each command outcome, from commands update/accepted."""
 
     def __init__(self, stack: Any) -> None:
         from iotbridge_contract.mqtt import make_client
@@ -55,7 +58,7 @@ class OutcomeWatcher:
         self.client = make_client(f"bench-scale-watch-{uuid.uuid4().hex[:8]}", endpoint)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: self._subscribed.set()
-        self.client.on_connect = lambda c, *_: c.subscribe("$aws/things/+/shadow/name/commands/update/documents", 1)
+        self.client.on_connect = lambda c, *_: c.subscribe("$aws/things/+/shadow/name/commands/update/accepted", 1)
         self.client.connect(endpoint.host, endpoint.port, keepalive=60)
         self.client.loop_start()
         if not self._subscribed.wait(10):
@@ -63,14 +66,13 @@ class OutcomeWatcher:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         now = time.monotonic()
-        doc = json.loads(msg.payload)
-        previous = (doc.get("previous") or {}).get("state") or {}  # previous is null at first
-        current = (doc.get("current") or {}).get("state") or {}
+        state = json.loads(msg.payload).get("state") or {}  # what this update wrote; null deletes a key
         thing = msg.topic.split("/")[2]
         with self._lock:
             for section, seen in (("reported", self.reported), ("desired", self.queued)):
-                for cid in (current.get(section) or {}).keys() - (previous.get(section) or {}).keys():
-                    seen.setdefault(cid, {}).setdefault(thing, now)
+                for cid, value in (state.get(section) or {}).items():
+                    if value is not None:
+                        seen.setdefault(cid, {}).setdefault(thing, now)
 
     def times(self, command_id: str) -> list[float]:
         with self._lock:

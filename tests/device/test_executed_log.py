@@ -247,3 +247,29 @@ def test_an_upgrade_interrupted_before_the_old_file_was_removed_loses_nothing(tm
     t1 = log.get("t1")
     assert t1 is not None and t1.outcome == DONE
     assert not (tmp_path / OLD_FILE_NAME).exists()
+
+
+def test_a_new_devices_log_is_created_when_it_opens(tmp_path: Path) -> None:
+    # GIVEN a device that never ran a command / WHEN its log opens
+    log = ExecutedLog(tmp_path / "new-device")
+    # THEN the file is there already, empty of commands, so the first command only appends to it
+    assert (tmp_path / "new-device" / FILE_NAME).exists() and len(log) == 0
+    created = log.compactions
+    log.started("c1", "ping")
+    assert log.compactions == created
+    assert ExecutedLog(tmp_path / "new-device").get("c1") is not None
+
+
+def test_a_log_deleted_while_the_device_runs_is_written_again_whole(tmp_path: Path) -> None:
+    # GIVEN a device that ran a command, whose log file is then deleted by someone
+    log = ExecutedLog(tmp_path)
+    log.started("c1", "ping")
+    log.finished("c1", "ping", {"state": "SUCCEEDED", "action": "ping", "doneAt": 1})
+    (tmp_path / FILE_NAME).unlink()
+
+    # WHEN the next command starts
+    log.started("c2", "ping")
+
+    # THEN the file is back with both commands: nothing the device remembered is lost
+    reread = ExecutedLog(tmp_path)
+    assert reread.get("c1") is not None and reread.get("c2") is not None

@@ -144,10 +144,12 @@ class ExecutedLog:
         self._entries = found.entries
         self._lines = found.lines
         self.compactions = 0  # rewrites so far (tests read it)
-        if found.torn or found.old:
+        if found.torn or found.old or not self.path.exists():
             # Rewrite before appending anything: an append after a torn line would be
             # glued to it, and a migrated ledger must be on disk in the new format
-            # before the old file goes.
+            # before the old file goes. A new device's log is created now, not at its
+            # first command: an unwritable state dir stops the agent at start, and the
+            # first command pays for an append, not a file creation.
             self._compact()
         if found.old:
             with contextlib.suppress(FileNotFoundError):
@@ -185,13 +187,17 @@ class ExecutedLog:
                 os.close(dir_fd)
 
     def _append(self, entry: LogEntry, *, sync: bool) -> None:
-        if self._lines >= self.capacity + self.compact_every or not self.path.exists():
-            # A rewrite holds the new entry too, and is as durable as a synced append
-            # (more: it also makes a new file's name durable).
+        if self._lines >= self.capacity + self.compact_every:
+            # A rewrite holds the new entry too, and is as durable as a synced append.
             self._compact()
             return
         line = self._line(entry)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # Deleted under us: a rewrite holds every entry, and makes the new file's name durable.
+            self._compact()
+            return
         try:
             view = memoryview(line)
             while view:
