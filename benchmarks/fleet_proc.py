@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from iotbridge_contract.mqtt import Endpoint
+from iotbridge_contract.stopflag import StopFlag
 from iotbridge_pi.fleet import Fleet
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         telemetry_interval=args.telemetry_interval,
         connect_rate=args.connect_rate,
     )
-    stop = threading.Event()
+    stop = StopFlag()  # set by the signal handler: no lock (see StopFlag)
 
     def on_signal(*_: object) -> None:
         stop.set()

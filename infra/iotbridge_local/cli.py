@@ -23,10 +23,10 @@ import contextlib
 import json
 import signal
 import sys
-import threading
 from dataclasses import fields
 from pathlib import Path
 
+from iotbridge_contract.stopflag import StopFlag
 from iotbridge_local import apicommands
 from iotbridge_local.config import StackConfig, free_port
 
@@ -57,7 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = _config(args)
     stack = LocalStack(config, prewarm=2)
-    stopping = threading.Event()
+    stopping = StopFlag()  # set by the signal handlers: no lock (see StopFlag)
 
     def _stop(signum: int, frame: object) -> None:
         stopping.set()
@@ -88,7 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
   Ctrl-C stops everything.""",
             flush=True,
         )
-        stopping.wait()
+        while not stopping.wait(3600):
+            pass
     finally:
         print("\nstopping …", flush=True)
         stack.stop()
@@ -191,7 +192,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         with contextlib.suppress(registry.exceptions.ResourceAlreadyExistsException):
             registry.create_thing(thingName=thing)
     broker = Broker(config)
-    stop = threading.Event()
+    stop = StopFlag()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"simulating {len(things)} devices ({things[0]} … {things[-1]}); Ctrl-C stops them", flush=True)

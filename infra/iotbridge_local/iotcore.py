@@ -50,6 +50,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from iotbridge_contract import names, topics
 from iotbridge_contract.mqtt import Endpoint, make_client
+from iotbridge_contract.stopflag import StopFlag
 from iotbridge_local.httpserver import LocalHTTPServer
 from iotbridge_local.shadow.engine import MAX_PAYLOAD_BYTES, ShadowError
 from iotbridge_local.shadow.service import ShadowService
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    stop = threading.Event()
+    stop = StopFlag()  # set by the signal handlers: no lock (see StopFlag)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     core = IotCore(

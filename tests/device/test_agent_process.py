@@ -111,6 +111,23 @@ def test_the_agent_process_runs_commands_and_says_goodbye_on_sigterm(
     assert status.next_where(lambda m: not m["connected"])["reason"] == "shutdown"
 
 
+def test_a_burst_of_signals_stops_the_agent_all_the_same(
+    agent_process: subprocess.Popen[bytes], status: StatusWatcher
+) -> None:
+    # GIVEN a connected agent process
+    status.next_where(lambda m: m["connected"])
+
+    # WHEN signals come in a burst (Ctrl-C pressed again and again, SIGTERM from a dying parent on top):
+    # a handler that took a lock hung when the next signal re-entered it
+    for _ in range(200):
+        agent_process.send_signal(signal.SIGINT)
+        agent_process.send_signal(signal.SIGTERM)
+
+    # THEN it still exits cleanly and says goodbye
+    assert agent_process.wait(15) == 0
+    assert status.next_where(lambda m: not m["connected"])["reason"] == "shutdown"
+
+
 def test_a_killed_agent_is_reported_lost_by_its_last_will(
     agent_process: subprocess.Popen[bytes], broker: Broker, status: StatusWatcher
 ) -> None:

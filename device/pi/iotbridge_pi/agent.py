@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import threading
 from pathlib import Path
 
+from iotbridge_contract.stopflag import StopFlag
 from iotbridge_pi.config import AgentConfig
 from iotbridge_pi.executed_log import ExecutedLog
 from iotbridge_pi.handlers import Registry, default_registry
@@ -44,7 +44,7 @@ class Agent:
         hardware: Hardware | None = None,
     ) -> None:
         self.config = config
-        self.stop_event = threading.Event()
+        self.stop_event = StopFlag()  # set from signal handlers: no lock (see StopFlag)
         self.pump = Pump()
         state_dir = Path(config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ class Agent:
             self.pump.close()
 
     def stop(self) -> None:
-        """Safe from any thread and from a signal handler."""
+        """Safe from any thread and from a signal handler, also re-entered by a second signal."""
         self.stop_event.set()
         self.pump.notify_threadsafe()
 

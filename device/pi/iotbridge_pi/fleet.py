@@ -23,6 +23,7 @@ from pathlib import Path
 
 from iotbridge_contract import names
 from iotbridge_contract.mqtt import Endpoint
+from iotbridge_contract.stopflag import StopFlag
 from iotbridge_pi.executed_log import ExecutedLog
 from iotbridge_pi.handlers import Registry, default_registry
 from iotbridge_pi.hardware import Sensors, simulated_hardware
@@ -88,7 +89,7 @@ class Fleet:
     def commands_run(self) -> int:
         return sum(s.commands_run for s in self.sessions.values())
 
-    def run(self, stop_event: threading.Event) -> None:
+    def run(self, stop_event: threading.Event | StopFlag) -> None:
         log.info("fleet of %d simulated devices starting", len(self.sessions))
         try:
             self.pump.run(stop_event)
@@ -105,7 +106,7 @@ def run_fleet(
     endpoint_factory: Callable[[str], Endpoint],
     things: list[str],
     state_dir: Path,
-    stop_event: threading.Event,
+    stop_event: threading.Event | StopFlag,
     telemetry_interval: int = 60,
     connect_rate: float = 200.0,
 ) -> None:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
+    from iotbridge_contract.stopflag import StopFlag
+
 log = logging.getLogger(__name__)
 
 MISC_PERIOD_S = 1.0  # keepalive pings and timeouts; keepalive itself is tens of seconds
@@ -184,7 +186,7 @@ class Pump:
             wait = min(wait, max(0.0, self._timers[0][0] - time.monotonic()))
         return wait
 
-    def run(self, stop: threading.Event, *, drain_s: float = 5.0) -> None:
+    def run(self, stop: threading.Event | StopFlag, *, drain_s: float = 5.0) -> None:
         next_misc = time.monotonic() + MISC_PERIOD_S
         while not stop.is_set():
             self._io(self._timeout())
