@@ -71,6 +71,8 @@ _T_GOT = const(2)
 _C_DELTA = const(3)
 _C_GOT = const(4)
 _C_REJ = const(5)
+_T_REJ = const(6)
+_RESTATE_MS = const(1000)  # after a throttled or failed state update
 
 
 def _kind(topic):
@@ -84,6 +86,8 @@ def _kind(topic):
         return _T_DELTA
     if topic.endswith("/shadow/get/accepted"):
         return _T_GOT
+    if topic.endswith("/shadow/update/rejected"):
+        return _T_REJ
     return 0
 
 
@@ -148,6 +152,8 @@ class Firmware:
         self.svc_ms = 0
         self.svc_at = 0
         self.reboot_at = None
+        self.restate_at = None  # a state update was throttled or failed: report the state again then
+        self.cleared = ()  # the desired keys the last command's state update nulled
         self.telemetry_at = ticks_ms()
         self.kind = 0  # of the message being read (see _kind)
         self.t_update = shadow_topic(t, "update")
@@ -194,6 +200,16 @@ class Firmware:
             self.raw = (kind, payload)
             return
         if not kind:
+            return
+        if kind == _T_REJ:
+            # A state update throttled (429) or failed (5xx): lost, the shadow would keep the old
+            # state and a desired value a command overrode. The loop reports it again.
+            try:
+                code = json.loads(payload).get("code")
+            except (ValueError, AttributeError):
+                return
+            if isinstance(code, int) and (code == 429 or code >= 500) and self.restate_at is None:
+                self.restate_at = ticks_ms() + _RESTATE_MS
             return
         # Taken in now, so its buffer is free for the next one: the clock (a get/rejected
         # carries it too), and of the classic shadow the state to apply, which the loop
@@ -254,13 +270,8 @@ class Firmware:
         # get/rejected: a 404 before the first command still carries the service's clock.
         c.subscribe([shadow_topic(t, "update/delta"), shadow_topic(t, "get/accepted"),
                      shadow_topic(t, "update/delta", COMMANDS), shadow_topic(t, "get/accepted", COMMANDS),
-                     shadow_topic(t, "get/rejected", COMMANDS)], qos=1)
-        rep = self.device.state()
-        rep["actions"] = ACTIONS
-        rep["agent"] = {"kind": "esp32", "firmware": VERSION, "platform": sys.platform, "id": hw.unique_id(),
-                        "micropython": "%d.%d.%d" % sys.implementation.version[:3]}
-        self._report(rep)
-        del rep
+                     shadow_topic(t, "get/rejected", COMMANDS), shadow_topic(t, "update/rejected")], qos=1)
+        self._report_all(())
         self._request_shadows()
         gc.collect()
         log("ready", "session-kept" if kept else "new-session", "free", gc.mem_free())
@@ -288,6 +299,17 @@ class Firmware:
         if msg is None:
             msg = json.dumps(doc, separators=SEP)
         self.client.publish(topic, msg, qos=qos)
+
+    def _report_all(self, clear):
+        """The whole state, after a connect or a lost state update (with the desired keys to null)."""
+        rep = self.device.state()
+        rep["actions"] = ACTIONS
+        rep["agent"] = {"kind": "esp32", "firmware": VERSION, "platform": sys.platform, "id": hw.unique_id(),
+                        "micropython": "%d.%d.%d" % sys.implementation.version[:3]}
+        doc = {"reported": rep}
+        if clear:
+            doc["desired"] = dict.fromkeys(clear)
+        self._publish(self.t_update, {"state": doc})
 
     def _report(self, reported, qos=1):
         self._publish(self.t_update, {"state": {"reported": reported}}, qos)
@@ -326,6 +348,9 @@ class Firmware:
             raise MQTTError("broker silent past keepalive")
         if ticks_diff(now, c.last_io) > ka * 500:
             c.ping()
+        if self.restate_at is not None and ticks_diff(now, self.restate_at) >= 0:
+            self.restate_at = None
+            self._report_all(self.cleared)
         if ticks_diff(now, self.telemetry_at) >= 0:
             self.telemetry_at = now + self.device.interval * 1000
             self._report({"telemetry": self.device.telemetry()}, 0)
@@ -432,6 +457,7 @@ class Firmware:
                 # Published before the outcome, so whoever sees SUCCEEDED and then
                 # reads the device finds the state the command produced.
                 self._publish(self.t_update, {"state": {"reported": changed, "desired": dict.fromkeys(changed)}})
+                self.cleared = tuple(changed)
         else:
             log("duplicate", cid)
         # Outcome, desired=null and history pruning travel in ONE update, so a

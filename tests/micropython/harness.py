@@ -171,6 +171,11 @@ class ShadowPeer:
         doc = {"version": 1, "timestamp": self.now_s(), "state": self.desired}
         self.client.publish(topics.shadow_topic(self.thing, "update", "delta"), json.dumps(doc), qos=1)
 
+    def reject_state(self, code: int) -> None:
+        """Answer the device's last classic update with update/rejected, as AWS does when it throttles (429)."""
+        doc = {"code": code, "message": "test", "timestamp": self.now_s()}
+        self.client.publish(topics.shadow_topic(self.thing, "update", "rejected"), json.dumps(doc), qos=1).wait_for_publish(5)
+
     def next_outcome(self, timeout: float = 10.0) -> dict[str, Any]:
         try:
             return self.commands.get(timeout=timeout)

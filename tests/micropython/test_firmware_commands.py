@@ -257,3 +257,46 @@ def test_device_reconnects_after_broker_restart_and_gets_queued_commands(
         assert outcome_of(peer2.outcome_update("after"), "after")["result"] == {"pong": True}
     finally:
         peer2.close()
+
+
+def test_a_throttled_state_update_is_reported_again_with_the_desired_value_cleared(start_firmware, device_config, peer) -> None:
+    # GIVEN a connected device whose classic shadow wants the relay off
+    start_firmware(device_config)
+    peer.next_reported("actions")
+    # WHEN a command turns the relay on, and the shadow service throttles that state update (429)
+    peer.send_commands({"relay-1": command("relay", {"on": True})})
+    assert outcome_of(peer.outcome_update("relay-1"), "relay-1")["state"] == "SUCCEEDED"
+    lost = peer.next_reported("relay")
+    assert lost["relay"] is True
+    peer.reject_state(429)
+    # THEN about a second later the whole state goes again, relay on, with desired relay nulled
+    again = _next_classic_with(peer, "relay", timeout=5.0)
+    assert again["state"]["reported"]["relay"] is True
+    assert again["state"]["desired"] == {"relay": None}
+    assert again["state"]["reported"]["actions"] == ADVERTISED
+
+
+def test_a_state_update_refused_as_wrong_is_not_sent_again(start_firmware, device_config, peer) -> None:
+    # GIVEN a connected device that ran a relay command
+    start_firmware(device_config)
+    peer.next_reported("actions")
+    peer.send_commands({"relay-1": command("relay", {"on": True})})
+    peer.outcome_update("relay-1")
+    peer.next_reported("relay")
+    # WHEN its state update is refused as invalid (400): the same update would be refused again
+    peer.reject_state(400)
+    # THEN nothing more is reported about the relay (a 429 is answered within about a second)
+    with pytest.raises(AssertionError):
+        _next_classic_with(peer, "relay", timeout=3.0)
+
+
+def _next_classic_with(peer: ShadowPeer, key: str, *, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            doc = peer.classic.get(timeout=left)
+        except Exception:
+            break
+        if key in doc.get("state", {}).get("reported", {}):
+            return doc
+    raise AssertionError(f"no classic update reporting {key!r} within {timeout} s")
