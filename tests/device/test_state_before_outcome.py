@@ -106,6 +106,16 @@ class HeldShadowService:
         self.client.disconnect()
 
 
+def settled_after_led_on(start_agent: Callable[..., RunningAgent], held: HeldShadowService) -> None:
+    """Start the agent; its shadow lists "led on": accept the state that command produced, take its outcome."""
+    start_agent("pi-1")
+    state = held.next_state_with("led")
+    while state["state"]["reported"]["led"] != "on":  # the full report after connecting comes first
+        state = held.next_state_with("led")
+    held.answer_state(state)
+    held.outcomes.get(timeout=WAIT_S)
+
+
 def command(action: str, params: dict[str, Any]) -> dict[str, Any]:
     now = int(time.time() * 1000)
     return pending_entry(action, params, issued_at=now, expires_at=now + 600_000)
@@ -146,12 +156,7 @@ def test_a_rejected_state_update_does_not_hold_the_outcome_back_and_stateless_co
     start_agent: Callable[..., RunningAgent], held: HeldShadowService
 ) -> None:
     # GIVEN a device that ran "led on" and whose state update was accepted
-    start_agent("pi-1")
-    state = held.next_state_with("led")
-    while state["state"]["reported"]["led"] != "on":
-        state = held.next_state_with("led")
-    held.answer_state(state)
-    held.outcomes.get(timeout=WAIT_S)
+    settled_after_led_on(start_agent, held)
 
     # WHEN a ping arrives, which changes no state
     held.delta("ping-1", command("ping", {}))
@@ -196,12 +201,7 @@ def test_a_throttled_state_update_is_sent_again_with_the_state_the_device_has_no
     start_agent: Callable[..., RunningAgent], held: HeldShadowService
 ) -> None:
     # GIVEN a device that ran "led on" and whose state update was accepted
-    start_agent("pi-1")
-    state = held.next_state_with("led")
-    while state["state"]["reported"]["led"] != "on":
-        state = held.next_state_with("led")
-    held.answer_state(state)
-    held.outcomes.get(timeout=WAIT_S)
+    settled_after_led_on(start_agent, held)
 
     # WHEN a relay command's state update is throttled (429), as AWS does past 20 requests/s per thing
     held.delta("relay-1", command("relay", {"on": True}))
@@ -222,12 +222,7 @@ def test_a_state_update_refused_as_wrong_is_not_sent_again(
     start_agent: Callable[..., RunningAgent], held: HeldShadowService
 ) -> None:
     # GIVEN a device whose "led on" state update was accepted
-    start_agent("pi-1")
-    state = held.next_state_with("led")
-    while state["state"]["reported"]["led"] != "on":
-        state = held.next_state_with("led")
-    held.answer_state(state)
-    held.outcomes.get(timeout=WAIT_S)
+    settled_after_led_on(start_agent, held)
 
     # WHEN a relay command's state update is rejected as invalid (400): sending it again would not help
     held.delta("relay-1", command("relay", {"on": True}))
