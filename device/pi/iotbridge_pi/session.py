@@ -396,12 +396,12 @@ class DeviceSession:
                 self._apply_desired(doc.get("state") or {})
                 self._report_state(self.device.state())
             if what[0] == "update" and what[1] in ("accepted", "rejected"):
-                cleared = self._state_sent.pop(str(doc.get("clientToken")), None)
+                token = doc.get("clientToken")
+                cleared = self._state_sent.pop(str(token), None)
                 if what[1] == "rejected":
                     self._state_rejected(doc, cleared, now)
-            gate = self._state_gate
-            if what[0] == "update" and what[1] in ("accepted", "rejected") and gate and doc.get("clientToken") == gate[0]:
-                self._open_state_gate()
+                if self._state_gate is not None and token == self._state_gate[0]:
+                    self._open_state_gate()
 
     def _state_rejected(self, doc: dict[str, Any], cleared: tuple[str, ...] | None, now: float) -> None:
         log.warning("%s: classic shadow update rejected: %s", self.thing, doc)
