@@ -250,5 +250,5 @@ class PresenceEmitter:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         data = {"inode": self.follower.inode, "offset": self.follower.offset, "tracker": self.tracker.to_json()}
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(data))
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, self.state_path)

@@ -11,8 +11,12 @@
 - Lifecycle events (with --data-dir): follows the broker's log
   (`D/broker/mosquitto.log`) and publishes connected/disconnected events on
   AWS's topics; its position is kept in `D/presence/state.json` and saved only
-  after the broker acknowledged the events, so a restart neither repeats nor
-  loses one.
+  after the broker acknowledged the events, so a restart loses none. It is
+  saved at most once a second (and on shutdown): the state names every
+  connected client, and writing it after each event made 10,000 connects take
+  a minute to show. A killed process therefore publishes up to a second of
+  events again; lifecycle events are at-least-once on AWS too, and the presence
+  function ignores an event that is not newer than the one it stored.
 
 MQTT callbacks only record; the main loop publishes and invokes.
 """
@@ -43,6 +47,7 @@ log = logging.getLogger("iotbridge.rules")
 RULE_TOPIC = f"{PRESENCE_PREFIX}+/+"
 RULE_CLIENT_ID = "iotbridge.rules"  # '.': never a thing name, so never a presence shadow
 POLL_SECONDS = 0.02
+SAVE_EVERY_S = 1.0  # the emitter's position, at most this often while events keep coming
 RETRIES = 5  # like an asynchronous Lambda invoke: a few tries, then the event is logged and dropped
 
 
@@ -87,6 +92,8 @@ class RulesProcess:
         self._tiebreak = itertools.count()
         self.unacked: set[int] = set()
         self.acked: set[int] = set()
+        self._saved: tuple[int, int] | None = None  # the emitter position last saved, and when
+        self._saved_at = 0.0
         self.acked_lock = threading.Lock()
         self.emitter: PresenceEmitter | None = None
         if args.data_dir is not None:
@@ -138,32 +145,43 @@ class RulesProcess:
     def _emit(self) -> None:
         if self.emitter is None or not self.subscribed.is_set():
             return
-        # Events handed to paho stay queued there across reconnects; the log position is
-        # saved only once the broker acknowledged every one of them.
+        # Events handed to paho stay queued there across reconnects; the log position may be
+        # saved only while the broker has acknowledged every one of them.
         if self.unacked:
-            with self.acked_lock:
-                self.unacked -= self.acked
-                self.acked.clear()
+            self._collect_acks()
             if self.unacked:
                 return
-            self.emitter.save()
-        position = (self.emitter.follower.inode, self.emitter.follower.offset)
+        self._save(due_only=True)
         for event in self.emitter.poll():
             self.unacked.add(self.client.publish(event.topic, event.body(), qos=1).mid)
-        if not self.unacked and position != (self.emitter.follower.inode, self.emitter.follower.offset):
-            self.emitter.save()
+        if not self.unacked:
+            self._save(due_only=True)
+
+    def _collect_acks(self) -> None:
+        with self.acked_lock:
+            self.unacked -= self.acked
+            self.acked.clear()
+
+    def _save(self, *, due_only: bool) -> None:
+        """Save the emitter's position if it moved (with `due_only`, not more than once every SAVE_EVERY_S)."""
+        assert self.emitter is not None and not self.unacked
+        position = (self.emitter.follower.inode, self.emitter.follower.offset)
+        if position == self._saved or (due_only and time.monotonic() - self._saved_at < SAVE_EVERY_S):
+            return
+        self.emitter.save()
+        self._saved, self._saved_at = position, time.monotonic()
 
     def _drain(self, timeout: float = 3.0) -> None:
         """On shutdown: give published events a moment to be acknowledged, so their position is saved."""
+        if self.emitter is None:
+            return
         deadline = time.monotonic() + timeout
+        self._collect_acks()
         while self.unacked and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
-            if self.emitter is not None:
-                with self.acked_lock:
-                    self.unacked -= self.acked
-                    self.acked.clear()
-        if self.emitter is not None and not self.unacked:
-            self.emitter.save()
+            self._collect_acks()
+        if not self.unacked:
+            self._save(due_only=False)
 
     def _invoke_one(self) -> None:
         """Invoke the function for one event: a due retry first, else the next new one."""

@@ -38,6 +38,13 @@ class RulesProcess:
             seen.append(observer.next_message(timeout=10)[0])
         return seen
 
+    def kill(self) -> None:
+        """SIGKILL: no chance to save its position."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
