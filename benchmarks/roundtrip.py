@@ -164,7 +164,7 @@ def device_leg(stack: Any, count: int, thing: str = THING, pace_s: float = 0.0) 
             doc = {"state": {"desired": {cid: contract.pending_entry("ping", {}, issued_at=issued, expires_at=issued + 60_000)}},
                    "clientToken": cid}  # fmt: skip
             start = time.perf_counter()
-            iot.update_thing_shadow(thingName=thing, shadowName="commands", payload=json.dumps(doc).encode())
+            iot.update_thing_shadow(thingName=thing, shadowName="commands", payload=json.dumps(doc).encode())["payload"].read()
             returned = time.perf_counter()
             with arrived:
                 if not arrived.wait_for(lambda: ("documents", cid) in seen, timeout=10):  # noqa: B023 - called before cid changes

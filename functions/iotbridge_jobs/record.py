@@ -201,7 +201,9 @@ def get(thing: str, shadow: str) -> dict[str, Any] | None:
 def update(thing: str, document: dict[str, Any], shadow: str) -> None:
     payload = json.dumps(document, separators=(",", ":")).encode()
     try:
-        _client().update_thing_shadow(thingName=thing, shadowName=shadow, payload=payload)
+        # Read the answer even though nothing here needs it: an unread body keeps its connection
+        # out of the pool, and the next call opens (on AWS: TLS-handshakes) a new one.
+        _client().update_thing_shadow(thingName=thing, shadowName=shadow, payload=payload)["payload"].read()
     except Exception as exc:
         raise _error(exc) from exc
 

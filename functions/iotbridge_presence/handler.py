@@ -79,7 +79,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if version is not None:
             update["version"] = version
         try:
-            iot_data.update_thing_shadow(thingName=thing, shadowName=SHADOW, payload=json.dumps(update).encode())
+            answer = iot_data.update_thing_shadow(thingName=thing, shadowName=SHADOW, payload=json.dumps(update).encode())
+            answer["payload"].read()  # unread, it keeps the connection from being reused: a new one per event
         except ClientError as e:
             code = e.response["Error"]["Code"]
             if code == "ConflictException":
