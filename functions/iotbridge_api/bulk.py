@@ -64,6 +64,7 @@ def _start_fanout(job_id: str, page: int) -> None:
         raise RuntimeError("JOBS_FUNCTION_NAME is not set: no fan-out function to invoke")
     payload = json.dumps({"jobId": job_id, "page": page}).encode()
     answer = _lambda().invoke(FunctionName=function, InvocationType="Event", Payload=payload)
+    answer["Payload"].read()  # empty, but unread it keeps the connection out of the pool: a new one per page
     if answer.get("StatusCode") != 202:
         raise RuntimeError(f"Lambda answered {answer.get('StatusCode')} to an asynchronous invoke")
 

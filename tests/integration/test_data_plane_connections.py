@@ -1,4 +1,4 @@
-"""Our functions keep one connection to the IoT data plane for many calls.
+"""Our functions keep one connection to the IoT data plane (and to Lambda) for many calls.
 
 On AWS every new connection is a TLS handshake. botocore returns a connection
 to its pool only once the answer's body has been read, so a call whose answer
@@ -14,17 +14,20 @@ import importlib
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from iotbridge_api import iot
+from iotbridge_api import bulk, iot
 from iotbridge_contract.commands import COMMANDS_SHADOW
 from iotbridge_jobs import record
+from iotbridge_local.apigw.environments import Environments
 from iotbridge_local.broker import Broker
-from iotbridge_local.config import StackConfig
+from iotbridge_local.config import StackConfig, free_port
 from iotbridge_local.iotcore import IotCore
+from iotbridge_local.lambdaapi import LambdaService
 
 THINGS = [f"conn-{i}" for i in range(12)]
 
@@ -66,13 +69,17 @@ class CountingProxy:
         self._listener.close()
 
 
+def _local_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("AWS_ACCESS_KEY_ID", "local"), ("AWS_SECRET_ACCESS_KEY", "local"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture
 def proxy(broker: Broker, stack_config: StackConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingProxy]:
     core = IotCore(data_dir=stack_config.data_dir / "iotcore", mqtt=broker.service_endpoint(),
                    http_port=stack_config.iot_http_port)  # fmt: skip
     core.start()
-    for name, value in (("AWS_ACCESS_KEY_ID", "local"), ("AWS_SECRET_ACCESS_KEY", "local"), ("AWS_DEFAULT_REGION", "us-east-1")):
-        monkeypatch.setenv(name, value)
+    _local_credentials(monkeypatch)
     counting = CountingProxy(stack_config.iot_http_port)
     try:
         registry = boto3.client("iot", endpoint_url=core.url)
@@ -124,3 +131,25 @@ def test_the_api_reads_and_writes_shadows_over_one_connection(proxy: CountingPro
         assert iot.get_shadow(thing, COMMANDS_SHADOW) is not None
     # THEN a single connection carried all of it
     assert proxy.accepted == 1
+
+
+def test_the_api_starts_every_fan_out_page_over_one_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN the local Lambda Invoke API with a fan-out function, reached through the counting proxy
+    functions = {"fanout": Environments(handler="tests.lambdaapi.handlers.noop", env={}, timeout_s=5.0,
+                                        log=tmp_path / "fanout.log", max_environments=1, function_name="fanout")}  # fmt: skip
+    service = LambdaService(port=free_port(), functions=functions)
+    service.start()
+    counting = CountingProxy(service.httpd.server_address[1])
+    try:
+        _local_credentials(monkeypatch)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", counting.url)
+        monkeypatch.setenv("JOBS_FUNCTION_NAME", "fanout")
+        monkeypatch.setattr(bulk, "_lambda_client", [])
+        # WHEN the API starts a job's eight pages
+        for page in range(8):
+            bulk._start_fanout("0" * 32, page)
+        # THEN Lambda accepted every one, over a single connection
+        assert counting.accepted == 1
+    finally:
+        counting.close()
+        service.stop()

@@ -44,3 +44,7 @@ def gated(event: dict[str, Any], context: Any) -> dict[str, Any]:
     while not Path(event["gate"]).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return {}
+
+
+def noop(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return {}
