@@ -32,6 +32,7 @@ from iotbridge_api.models import (
 )
 from iotbridge_api.observability import logger, metrics
 from iotbridge_api.router import Cors, Response, Router
+from iotbridge_contract import commands as contract
 from iotbridge_contract import names
 from iotbridge_contract.commands import PRESENCE_SHADOW
 
@@ -119,9 +120,11 @@ def get_device(thing: str, shadow: str | None) -> DeviceDetail:
 
 @app.patch("/devices/<thing>/desired", summary="Change desired state; optionally wait until reported converges",
            tags=["devices"], path=ThingPath, body=DesiredRequest, response=DesiredResult,
-           errors=(errors.InvalidDocument, *_THING))  # fmt: skip
+           errors=(errors.InvalidDocument, errors.PayloadTooLarge, *_THING))  # fmt: skip
 def patch_desired(thing: str, body: DesiredRequest) -> DesiredResult:
     name = _thing(thing)
+    if contract.nesting_depth(body.state) > contract.MAX_STATE_DEPTH:
+        raise errors.InvalidDocument(f"desired nests deeper than AWS IoT's {contract.MAX_STATE_DEPTH} levels")
     deadline = _deadline(body.waitMs)
     iot.update_shadow(name, {"state": {"desired": body.state}})
     waiting.note_request(name)

@@ -13,6 +13,8 @@ from typing import Any
 from iotbridge_api import errors
 
 MAX_BODY_BYTES = 16 * 1024
+# What any route may answer for its raw body, before the route's own checks (OpenAPI lists them on every route).
+ERRORS: tuple[type[errors.ApiError], ...] = (errors.InvalidJson, errors.PayloadTooLarge, errors.UnsupportedMediaType)
 
 
 def _header(event: dict[str, Any], name: str) -> str | None:

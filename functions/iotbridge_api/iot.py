@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from iotbridge_api import errors
+from iotbridge_contract.commands import COMMANDS_SHADOW
 
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
@@ -85,7 +86,9 @@ def update_shadow(thing: str, document: dict[str, Any], shadow: str | None = Non
             message = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
             raise errors.InvalidDocument(f"AWS IoT refused the shadow document: {message}") from exc
         if code == "RequestEntityTooLargeException":
-            raise errors.TooManyPending("the device's command shadow is full (8 KB); wait for pending commands") from exc
+            if shadow == COMMANDS_SHADOW:
+                raise errors.TooManyPending("the device's command shadow is full (8 KB); wait for pending commands") from exc
+            raise errors.PayloadTooLarge("the shadow would exceed AWS IoT's 8 KB (desired + reported)") from exc
         raise _upstream(exc) from exc
     result: dict[str, Any] = json.loads(payload)
     return result

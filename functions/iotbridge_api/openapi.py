@@ -11,6 +11,7 @@ import re
 import sys
 from typing import Any
 
+from iotbridge_api import guard
 from iotbridge_api.app import app
 from iotbridge_api.errors import ALL_ERRORS, ApiError
 from iotbridge_api.models import ErrorBody
@@ -43,7 +44,8 @@ def _responses(route: Route, defs: dict[str, Any]) -> dict[str, Any]:
             out[str(status)] = {"description": description, "content": _content(model, defs)}
     else:
         out["200"] = {"description": "Successful Response", "content": _content(docs["response"], defs)}
-    errs: tuple[type[ApiError], ...] = docs.get("errors", ())
+    # A body sent to any route is checked (size, media type, JSON) before the route's own checks.
+    errs: tuple[type[ApiError], ...] = tuple(dict.fromkeys((*docs.get("errors", ()), *guard.ERRORS)))
     for err in errs:  # grouped by status: one entry names every code it may carry
         entry = out.setdefault(str(err.status), {"description": "", "content": _content(ErrorBody, defs)})
         entry["description"] = ", ".join(filter(None, [entry["description"], err.code]))

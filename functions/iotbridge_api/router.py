@@ -108,6 +108,8 @@ class _Event:
             return json.loads(body)
         except ValueError:
             raise errors.InvalidJson("the body is not valid JSON") from None
+        except RecursionError:  # e.g. 5,000 '[': not a ValueError, and it must not become a 502
+            raise errors.InvalidJson("the body nests too deeply to be read") from None
 
 
 class Router:

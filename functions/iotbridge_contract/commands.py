@@ -23,6 +23,7 @@ MAX_RESULT_BYTES = 256  # compact JSON of a result
 MAX_ERROR_CHARS = 160
 DEFAULT_TTL_MS = 60_000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
+MAX_STATE_DEPTH = 6  # AWS IoT: levels of nesting in a shadow's desired or reported section
 
 
 class CommandState(enum.StrEnum):
@@ -41,6 +42,18 @@ class CommandState(enum.StrEnum):
 
 def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def nesting_depth(value: Any) -> int:
+    """Levels of objects/arrays ({} and {"a": 1} are 1; a scalar 0), without recursion: a body may nest 900 deep."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            todo.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def pending_entry(action: str, params: dict[str, Any], *, issued_at: int, expires_at: int) -> dict[str, Any]:

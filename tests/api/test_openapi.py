@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from openapi_spec_validator import validate
 
 from iotbridge_api.app import app
 from iotbridge_api.openapi import document, render
+from iotbridge_local.testclient import ApiClient
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
@@ -29,6 +31,24 @@ def test_every_operation_documents_its_errors_as_json() -> None:
                 assert "422" in codes, (method, path)
             for code in codes - {"200", "202"}:
                 assert "application/json" in operation["responses"][code]["content"], (method, path, code)
+
+
+def test_every_route_describes_what_a_bad_body_gets_even_a_get(api: ApiClient) -> None:
+    # GIVEN the document, and the API (in-process, against moto)
+    doc = document()
+    for route in app.routes:
+        path = re.sub(r"<(\w+)>", lambda m: "0" * 32 if m[1] in ("command_id", "job_id") else "dev-1", route.rule)
+        responses = doc["paths"][route.openapi_path][route.method.lower()]["responses"]
+        described = {(status, code) for status, response in responses.items() for code in response["description"].split(", ")}
+        too_large = b"x" * (16 * 1024 + 1)
+        for body, content_type in ((too_large, "application/json"), (b"a=1", "text/plain"), (b"{", "application/json")):
+            # WHEN a request carries a body that is too large, not JSON, or not parseable
+            response = api.request(route.method, path, body=body, headers={"Content-Type": content_type})
+            # THEN the route's entry in the document names the answer it gets (a GET may ignore a small body)
+            if response.status < 400:
+                assert str(response.status) in responses, (route.method, route.rule, response.status)
+            else:
+                assert (str(response.status), response.json["code"]) in described, (route.method, route.rule, response.json)
 
 
 def test_validation_error_schema_is_our_error_shape() -> None:

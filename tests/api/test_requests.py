@@ -16,6 +16,7 @@ from tests.api.conftest import make_device
         (b"a=1", "application/x-www-form-urlencoded", 415, "UNSUPPORTED_MEDIA_TYPE"),
         (b"{not json", "application/json", 400, "INVALID_JSON"),
         (b"\xfeOu", "application/json", 400, "INVALID_JSON"),  # not UTF-8: arrives base64-encoded
+        (b"[" * 5000, "application/json", 400, "INVALID_JSON"),  # deeper than Python's parser goes
         (b"[]", "application/json", 422, "VALIDATION_ERROR"),
         (b'{"action": "ping", "surprise": 1}', "application/json", 422, "VALIDATION_ERROR"),
     ],
@@ -125,3 +126,21 @@ def test_json_with_a_suffix_media_type_is_json(api: ApiClient) -> None:
 def test_head_and_a_trailing_slash(api: ApiClient) -> None:
     assert api.request("HEAD", "/devices").status == 405
     assert api.get("/health/").json == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/devices/dev-1/commands", '{"action": "ping", "params": {"a": ' + "[" * 900 + "1" + "]" * 900 + "}}"),
+        ("PATCH", "/devices/dev-1/desired", '{"state": ' + '{"a": ' * 900 + "1" + "}" * 900 + "}"),
+    ],
+)
+def test_deeply_nested_documents_are_client_errors(api: ApiClient, method: str, path: str, body: str) -> None:
+    # GIVEN a device exists
+    make_device("dev-1")
+    # WHEN a body parses but nests far deeper than a shadow may (AWS: 6 levels)
+    response = api.request(method, path, body=body.encode(), headers={"Content-Type": "application/json"})
+    # THEN it is a client error with a stable code, never a 5xx
+    assert 400 <= response.status < 500, response.json
+    assert response.json["code"] and response.json["message"]
+

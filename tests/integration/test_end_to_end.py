@@ -62,3 +62,13 @@ def test_hostile_thing_names_are_refused(stack: LocalStack) -> None:
                                body={"action": "ping"})  # fmt: skip
         # THEN it is refused as a client error: a bad name, or (decoded `/`, `#`, NUL) a path no route matches
         assert (status, body["code"]) in ((400, "INVALID_THING_NAME"), (404, "NOT_FOUND")), (thing, body)
+
+
+def test_a_desired_state_too_large_for_the_shadow_is_413_not_a_full_command_queue(stack: LocalStack) -> None:
+    # GIVEN a device (its shadow, like AWS's, holds at most 8 KB)
+    api, key = stack.config.api_url, stack.config.api_key
+    # WHEN a desired state would take it past that (the body itself is within the API's 16 KB)
+    status, _, body = call(api, "PATCH", "/devices/sim-1/desired", key=key, body={"state": {"label": "x" * 9000}})
+    # THEN the caller is told the document is too large, not to wait for pending commands
+    assert (status, body["code"]) == (413, "PAYLOAD_TOO_LARGE"), body
+    assert "8 KB" in body["message"]
