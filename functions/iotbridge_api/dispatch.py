@@ -109,22 +109,13 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
     started = time.monotonic()
     check_online = request.ifOffline == "fail"
     device, (commands_doc,) = load_device(thing, COMMANDS_SHADOW, presence=check_online)
-    known = device.actions
-    if request.action not in known:
-        raise errors.UnknownAction(
-            f"{thing} does not advertise the action {request.action!r}", details={"known": sorted(known)}
-        )
-    try:
-        contract_actions.check_params(known[request.action], request.params)
-    except contract_actions.ParamError as exc:
-        raise errors.InvalidParams(str(exc), details={"spec": known[request.action]}) from exc
-    if len(contract.compact(request.params)) > contract.MAX_PARAMS_BYTES:
-        raise errors.PayloadTooLarge(f"params exceed {contract.MAX_PARAMS_BYTES} bytes as compact JSON")
-    if check_online and not device.connected:
-        raise errors.DeviceOffline(f"{thing} is offline", details={"thing": thing, "lastSeen": device.last_seen})
-
     cid = request.id or uuid.uuid4().hex
-    current = _enqueue(thing, cid, request, commands_doc)
+    # A retry of a known id gets that command, whatever changed since (the device went offline,
+    # stopped advertising the action): it was accepted once, and a 4xx now would say it was not.
+    current = _existing(thing, cid, request, commands_doc) if request.id else None
+    if current is None:
+        _check_acceptable(device, request, check_online=check_online)
+        current = _enqueue(thing, cid, request, commands_doc)
     if current is None or current.state not in _TERMINAL:
         current = wait_for_outcome(thing, cid, deadline=deadline, since=time.monotonic() if current is None else None)
     if current.state in _TERMINAL:
@@ -140,33 +131,74 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
 _TERMINAL = {s.value for s in CommandState if s.terminal}
 
 
+def _check_acceptable(device: Device, request: CommandRequest, *, check_online: bool) -> None:
+    """Refuse a new command the device cannot take: unknown action, bad params, offline with ifOffline=fail."""
+    known = device.actions
+    if request.action not in known:
+        raise errors.UnknownAction(
+            f"{device.thing} does not advertise the action {request.action!r}", details={"known": sorted(known)}
+        )
+    try:
+        contract_actions.check_params(known[request.action], request.params)
+    except contract_actions.ParamError as exc:
+        raise errors.InvalidParams(str(exc), details={"spec": known[request.action]}) from exc
+    if len(contract.compact(request.params)) > contract.MAX_PARAMS_BYTES:
+        raise errors.PayloadTooLarge(f"params exceed {contract.MAX_PARAMS_BYTES} bytes as compact JSON")
+    if check_online and not device.connected:
+        raise errors.DeviceOffline(f"{device.thing} is offline", details={"thing": device.thing, "lastSeen": device.last_seen})
+
+
+def _existing(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> CommandView | None:
+    """The command `cid` if the shadow has it (done or pending) with this action and params; None if unknown."""
+    outcome = _reported(doc).get(cid)
+    if isinstance(outcome, dict):
+        digest = outcome.get("paramsDigest")  # devices that record it; others are checked by action only
+        if outcome.get("action") != request.action or (digest and digest != contract.params_digest(request.params)):
+            raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
+        return view(thing, cid, doc, connected=True)  # already done: the retry gets the same outcome
+    pending = _desired(doc).get(cid)
+    if isinstance(pending, dict):
+        if pending.get("action") != request.action or pending.get("params") != request.params:
+            raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
+        current = view(thing, cid, doc, connected=True)
+        if current is not None and doc is not None and _abandoned(pending, now_ms()):
+            return _expire_if_abandoned(thing, cid, doc, current)
+        return current  # already queued: join the wait
+    return None
+
+
+def _abandoned(entry: Any, now: int) -> bool:
+    """A pending entry that expired more than EXPIRY_GRACE_MS ago: no device started it, none will."""
+    expires = entry.get("expiresAt") if isinstance(entry, dict) else None
+    return isinstance(expires, int) and now > expires + EXPIRY_GRACE_MS
+
+
 def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> CommandView | None:
-    """Add desired.{cid} once. Returns the command's view if it already existed (a retry), else None."""
+    """Add desired.{cid} once. Returns the command's view if it already existed (a retry), else None.
+
+    Abandoned entries (expired long ago, e.g. queued for a device that never came back) are
+    recorded EXPIRED in the same write, so they neither block the queue nor read as QUEUED.
+    """
     for attempt in range(MAX_SUBMIT_ATTEMPTS):
         if attempt:
             doc = iot.get_shadow(thing, COMMANDS_SHADOW)  # someone changed it since: read again
-        outcome = _reported(doc).get(cid)
-        if isinstance(outcome, dict):
-            digest = outcome.get("paramsDigest")  # devices that record it; others are checked by action only
-            if outcome.get("action") != request.action or (digest and digest != contract.params_digest(request.params)):
-                raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
-            return view(thing, cid, doc, connected=True)  # already done: the retry gets the same outcome
-        desired = _desired(doc)
-        pending = desired.get(cid)
-        if isinstance(pending, dict):
-            if pending.get("action") != request.action or pending.get("params") != request.params:
-                raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
-            return view(thing, cid, doc, connected=True)  # already queued: join the wait
-        if len(desired) >= contract.MAX_PENDING:
+        existing = _existing(thing, cid, request, doc)
+        if existing is not None:
+            return existing
+        desired, issued = _desired(doc), now_ms()
+        abandoned = [k for k, entry in desired.items() if _abandoned(entry, issued)]
+        if len(desired) - len(abandoned) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
                 f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
             )
-        issued = now_ms()
         update: dict[str, Any] = {
             "state": {"desired": {cid: contract.pending_entry(
                 request.action, request.params, issued_at=issued, expires_at=issued + request.ttlMs)}},
             "clientToken": cid,
         }  # fmt: skip
+        if abandoned:
+            update["state"]["desired"].update(dict.fromkeys(abandoned))
+            update["state"]["reported"] = {k: _expired_outcome(desired[k], issued) for k in abandoned}
         if doc is not None:
             update["version"] = doc["version"]  # optimistic lock: nobody else took this id meanwhile
         try:
@@ -212,9 +244,7 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
     """A command still pending long after it expired never ran and never will: record EXPIRED."""
     if current.expiresAt is None or now_ms() <= current.expiresAt + EXPIRY_GRACE_MS:
         return current
-    outcome = contract.outcome_entry(
-        CommandState.EXPIRED, current.action, done_at=now_ms(), error="expired before the device took it"
-    )
+    outcome = _expired_outcome({"action": current.action}, now_ms())
     update = {"state": {"desired": {cid: None}, "reported": {cid: outcome}}, "version": doc["version"]}
     try:
         iot.update_shadow(thing, update, COMMANDS_SHADOW)
@@ -224,11 +254,21 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
                        error=outcome.get("error"), doneAt=outcome["doneAt"])  # fmt: skip
 
 
+def _expired_outcome(entry: dict[str, Any], now: int) -> dict[str, Any]:
+    return contract.outcome_entry(
+        CommandState.EXPIRED, str(entry.get("action", "")), done_at=now, error="expired before the device took it"
+    )
+
+
 def history(thing: str) -> list[CommandView]:
     doc, presence = read_together(thing, COMMANDS_SHADOW, PRESENCE_SHADOW)
     connected = bool(_reported(presence).get("connected"))
     ids = list(_desired(doc)) + list(_reported(doc))
     views = [v for cid in dict.fromkeys(ids) if (v := view(thing, cid, doc, connected=connected))]
+    now = now_ms()
+    for v in views:  # what a GET of the command would record
+        if v.state not in _TERMINAL and _abandoned({"expiresAt": v.expiresAt}, now):
+            v.state, v.error = CommandState.EXPIRED.value, "expired before the device took it"
     # newest first: pending by issue time, done by completion time
     views.sort(key=lambda v: -(v.doneAt or v.issuedAt or 0))
     return views

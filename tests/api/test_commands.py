@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import boto3
 import pytest
 from moto.iotdata.models import iotdata_backends
 
+from iotbridge_api import dispatch
+from iotbridge_contract.commands import PRESENCE_SHADOW
 from iotbridge_local.testclient import ApiClient
 from tests.api.conftest import FakeDeviceAnswers, make_device, shadow
 
@@ -159,3 +162,58 @@ def test_same_id_with_other_params_after_it_finished_is_a_conflict(api: ApiClien
     # THEN the first is a conflict, the second gets the same outcome
     assert (other.status, other.json["code"]) == (409, "ID_CONFLICT")
     assert same.status == 200 and same.json["result"] == {"led": "on"}
+
+
+def test_a_retry_of_a_finished_command_gets_its_outcome_even_if_the_device_went_offline(api: ApiClient) -> None:
+    # GIVEN a command that succeeded while its device was online, with ifOffline=fail
+    make_device("lamp-11")
+    body = {"action": "ping", "id": "once-11", "ifOffline": "fail", "timeoutMs": 5000}
+    with FakeDeviceAnswers("lamp-11", result={"pong": True}) as device:
+        first = api.post("/devices/lamp-11/commands", json=body)
+    assert first.status == 200
+    # WHEN the device goes offline and stops advertising the action, and the caller retries (its answer was lost)
+    data = boto3.client("iot-data", region_name="us-east-1")
+    data.update_thing_shadow(thingName="lamp-11", payload=b'{"state": {"reported": {"actions": null}}}')
+    offline = b'{"state": {"reported": {"connected": false}}}'
+    data.update_thing_shadow(thingName="lamp-11", shadowName=PRESENCE_SHADOW, payload=offline)
+    retry = api.post("/devices/lamp-11/commands", json=body)
+    # THEN the retry gets the same outcome, not "offline" or "unknown action", and nothing ran again
+    assert retry.status == 200, retry.json
+    assert (retry.json["state"], retry.json["result"]) == ("SUCCEEDED", {"pong": True})
+    assert device.executed == ["once-11"]
+
+
+def test_commands_left_for_a_device_that_never_came_back_expire_and_free_its_queue(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an offline device whose queue is full of commands with a one-second TTL
+    make_device("lamp-12", connected=False)
+    stale = [api.post("/devices/lamp-12/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+             for _ in range(10)]  # fmt: skip
+    # WHEN an hour has passed and another command is posted
+    real_now = dispatch.now_ms
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + 3_600_000)
+    fresh = api.post("/devices/lamp-12/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN it is queued: the expired ones no longer hold the queue
+    assert (fresh.status, fresh.json["state"]) == (202, "QUEUED"), fresh.json
+    # AND they are recorded EXPIRED (so the device never takes them), and listed as such
+    state = shadow("lamp-12")["state"]
+    assert set(state["desired"]) == {fresh.json["id"]}
+    assert {state["reported"][cid]["state"] for cid in stale} == {"EXPIRED"}
+    listed = {c["id"]: c["state"] for c in api.get("/devices/lamp-12/commands").json["commands"]}
+    assert listed == {**dict.fromkeys(stale, "EXPIRED"), fresh.json["id"]: "QUEUED"}
+
+
+def test_the_list_shows_a_long_expired_pending_command_as_expired(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a command queued with a one-second TTL for an offline device
+    make_device("lamp-13", connected=False)
+    cid = api.post("/devices/lamp-13/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+    # WHEN the list is read an hour later, and the command is retried
+    real_now = dispatch.now_ms
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + 3_600_000)
+    listed = api.get("/devices/lamp-13/commands").json["commands"]
+    retry = api.post("/devices/lamp-13/commands", json={"action": "ping", "id": cid, "timeoutMs": 0})
+    # THEN both say EXPIRED, as a GET of the command does
+    assert [(c["id"], c["state"]) for c in listed] == [(cid, "EXPIRED")]
+    assert (retry.status, retry.json["state"]) == (200, "EXPIRED")
+    assert api.get(f"/devices/lamp-13/commands/{cid}").json["state"] == "EXPIRED"
