@@ -135,3 +135,15 @@ def test_a_wait_that_runs_out_says_whether_the_device_is_connected(
     # THEN the 202 says SENT for a connected device and QUEUED for an offline one, from one presence read
     assert response.status == 202 and response.json["state"] == state
     assert reads[PRESENCE_SHADOW] == 1
+
+
+def test_a_change_is_never_reported_converged_from_a_read_older_than_it(api: ApiClient) -> None:
+    # GIVEN a device reporting led=off, and a dashboard that has just spent the thing's read budget
+    make_device("lamp-w3")
+    for _ in range(8):
+        api.patch("/devices/lamp-w3/desired", json={"state": {"led": "off"}, "waitMs": 1000})
+    # WHEN it asks for led=on and waits only briefly (too briefly for a fresh read within the budget)
+    response = api.patch("/devices/lamp-w3/desired", json={"state": {"led": "on"}, "waitMs": 60})
+    # THEN the answer is "not converged": the device never reported on
+    assert response.status == 200, response.body
+    assert response.json["converged"] is False
