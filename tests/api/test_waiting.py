@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time as _time
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from iotbridge_api import iot, waiting
+from iotbridge_api import app as app_module
+from iotbridge_api import dispatch, iot, waiting
 from iotbridge_contract.commands import PRESENCE_SHADOW
 from iotbridge_local.testclient import ApiClient
 from tests.api.conftest import FakeDeviceAnswers, make_device
@@ -147,3 +149,27 @@ def test_a_change_is_never_reported_converged_from_a_read_older_than_it(api: Api
     # THEN the answer is "not converged": the device never reported on
     assert response.status == 200, response.body
     assert response.json["converged"] is False
+
+
+class WallClock(Clock):
+    """The fake monotonic clock, for modules that also read the wall clock or time their own work."""
+
+    def time(self) -> float:
+        return _time.time()
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_the_longest_wait_leaves_api_gateway_time_to_deliver_the_202(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a connected device that never answers, and time that passes only while the API sleeps
+    make_device("lamp-w4")
+    clock = WallClock()
+    for module in (app_module, dispatch, waiting):
+        monkeypatch.setattr(module, "time", clock)
+    # WHEN a caller asks to wait as long as API Gateway allows (29 s)
+    started = clock.now
+    response = api.post("/devices/lamp-w4/commands", json={"action": "ping", "timeoutMs": 29_000})
+    # THEN the 202 comes after at most 27 s, leaving time for a cold start's init and the final reads
+    assert response.status == 202, response.body
+    assert 26.0 <= clock.now - started <= 27.0
