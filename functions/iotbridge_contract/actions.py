@@ -26,6 +26,17 @@ def _bounds(arg: str, kind: str) -> tuple[float | None, float | None]:
 
 
 def check_value(name: str, spec: str, value: Any) -> None:
+    if not isinstance(spec, str):
+        raise ParamError(f"{name}: the device advertises a spec that is not a string: {spec!r}")
+    try:
+        _check_value(name, spec, value)
+    except ParamError:
+        raise
+    except ValueError:  # a bound or length that is no number: the advertisement is wrong, not the caller
+        raise ParamError(f"{name}: the device advertises a malformed spec {spec!r}") from None
+
+
+def _check_value(name: str, spec: str, value: Any) -> None:
     kind, _, arg = spec.rstrip("?").partition(":")
     if kind == "bool":
         if not isinstance(value, bool):
@@ -52,6 +63,8 @@ def check_value(name: str, spec: str, value: Any) -> None:
 
 def check_params(specs: dict[str, str], params: dict[str, Any]) -> None:
     """Raise ParamError unless params match specs exactly (no unknown names)."""
+    if not isinstance(specs, dict):
+        raise ParamError(f"the device advertises no parameter list for this action, but {specs!r}")
     unknown = sorted(set(params) - set(specs))
     if unknown:
         raise ParamError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(specs)) or 'none'}")

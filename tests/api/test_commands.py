@@ -217,3 +217,15 @@ def test_the_list_shows_a_long_expired_pending_command_as_expired(api: ApiClient
     assert [(c["id"], c["state"]) for c in listed] == [(cid, "EXPIRED")]
     assert (retry.status, retry.json["state"]) == (200, "EXPIRED")
     assert api.get(f"/devices/lamp-13/commands/{cid}").json["state"] == "EXPIRED"
+
+
+
+@pytest.mark.parametrize(("spec", "value"), [("int:a..b", 3), ("str:many", "x"), (5, 3)])
+def test_a_device_advertising_a_malformed_spec_gets_a_clear_refusal(api: ApiClient, spec: object, value: object) -> None:
+    # GIVEN a device whose advertised spec for a parameter is broken
+    make_device("lamp-14", actions={"dim": {"level": spec}})
+    # WHEN a command for that action is posted
+    response = api.post("/devices/lamp-14/commands", json={"action": "dim", "params": {"level": value}, "timeoutMs": 0})
+    # THEN it is refused with a stable code that says the device's spec is at fault
+    assert (response.status, response.json["code"]) == (400, "INVALID_PARAMS"), response.json
+    assert "the device advertises" in response.json["message"]

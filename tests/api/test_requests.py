@@ -144,3 +144,4 @@ def test_deeply_nested_documents_are_client_errors(api: ApiClient, method: str, 
     assert 400 <= response.status < 500, response.json
     assert response.json["code"] and response.json["message"]
 
+
