@@ -143,5 +143,3 @@ def test_deeply_nested_documents_are_client_errors(api: ApiClient, method: str, 
     # THEN it is a client error with a stable code, never a 5xx
     assert 400 <= response.status < 500, response.json
     assert response.json["code"] and response.json["message"]
-
-
