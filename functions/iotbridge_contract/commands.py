@@ -93,9 +93,14 @@ def is_expired(entry: dict[str, Any], now_ms: int) -> bool:
     return isinstance(expires_at, int) and now_ms > expires_at
 
 
+def number_or_zero(value: Any) -> float:
+    """A timestamp for ordering: what a shadow holds may be anything (a string, null, a bool)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
 def prune_history(reported: dict[str, Any], keep: int = HISTORY) -> dict[str, None]:
     """The reported ids to null so that at most `keep` outcomes remain (oldest go first)."""
-    outcomes = [(v.get("doneAt", 0), k) for k, v in reported.items() if isinstance(v, dict)]
+    outcomes = [(number_or_zero(v.get("doneAt")), k) for k, v in reported.items() if isinstance(v, dict)]
     outcomes.sort()
     excess = len(outcomes) - keep
     return {k: None for _, k in outcomes[:excess]} if excess > 0 else {}

@@ -194,6 +194,31 @@ def test_a_malformed_entry_is_rejected(tmp_path: Path) -> None:
     assert plan.report["c1"]["state"] == "REJECTED"
 
 
+@pytest.mark.parametrize("issued_at", ["yesterday", None, True, {"at": 1}])
+def test_a_pending_entry_with_a_strange_issue_time_stops_no_other_command(tmp_path: Path, issued_at: Any) -> None:
+    # GIVEN a valid command, and beside it one whose issuedAt is not a number (written by hand, or a bug)
+    core = make_core(tmp_path)
+    odd = {**cmd("ping"), "issuedAt": issued_at}
+    # WHEN both arrive, on a get and on a delta
+    on_get = core.on_get_accepted(get_accepted({"c1": cmd("ping"), "odd": odd}, {}))
+    # THEN the valid command runs (the odd one is judged on its own), instead of every message failing
+    assert "c1" in [c.id for c in on_get.run]
+    assert "odd" in [c.id for c in on_get.run] or "odd" in on_get.report
+
+
+def test_an_outcome_with_a_strange_finish_time_does_not_stop_reporting(tmp_path: Path) -> None:
+    # GIVEN a shadow whose history holds an outcome with a doneAt that is not a number
+    core = make_core(tmp_path)
+    history = {"odd": {"state": "SUCCEEDED", "action": "ping", "doneAt": "soon"}}
+    plan = core.on_get_accepted(get_accepted({"c1": cmd("ping")}, history))
+    # WHEN c1 runs and its outcome is to be reported
+    core.begin(plan.run[0])
+    core.queue_report({"c1": core.finish(plan.run[0], CommandState.SUCCEEDED, result={"pong": True})})
+    update = core.take_update()
+    # THEN the update carries the outcome (before, pruning the history raised and the outcome was never sent)
+    assert update is not None and update["state"]["reported"]["c1"]["state"] == "SUCCEEDED"
+
+
 def test_report_clears_desired_in_the_same_update_and_prunes_history(tmp_path: Path) -> None:
     # GIVEN a shadow that already holds HISTORY outcomes
     core = make_core(tmp_path)

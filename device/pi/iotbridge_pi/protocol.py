@@ -15,7 +15,7 @@ from typing import Any
 
 from iotbridge_contract import names
 from iotbridge_contract.actions import ParamError, check_params, check_value
-from iotbridge_contract.commands import HISTORY, CommandState, is_expired, outcome_entry, prune_history
+from iotbridge_contract.commands import HISTORY, CommandState, is_expired, number_or_zero, outcome_entry, prune_history
 from iotbridge_pi.executed_log import ExecutedLog
 
 INTERRUPTED = "interrupted: the device restarted while it was running; not run again"
@@ -143,9 +143,10 @@ class CommandCore:
     def _plan(self, pending: dict[str, Any]) -> Plan:
         plan = Plan()
 
-        def issued(item: tuple[str, Any]) -> Any:
-            entry = item[1]
-            return entry.get("issuedAt", 0) if isinstance(entry, dict) else 0
+        def issued(item: tuple[str, Any]) -> float:
+            # Anyone with write access may put anything here: an order that cannot fail, or one
+            # bad entry would stop every command (its own verdict comes from _judge).
+            return number_or_zero(item[1].get("issuedAt") if isinstance(item[1], dict) else None)
 
         now_ms = self.service_clock.now_ms()
         settling = self._settling()
