@@ -154,7 +154,8 @@ class Firmware:
         self.reboot_at = None
         self.restate_at = None  # a state update was throttled or failed: report the state again then
         self.cleared = ()  # the desired keys the last command's state update nulled
-        self.telemetry_at = ticks_ms()
+        self.telemetry_sent = None  # ticks_ms of the last telemetry (None: at the first tick)
+        self.pinged = ticks_ms()
         self.kind = 0  # of the message being read (see _kind)
         self.t_update = shadow_topic(t, "update")
         self.c_update = shadow_topic(t, "update", COMMANDS)
@@ -346,13 +347,18 @@ class Firmware:
             hw.reset()
         if ticks_diff(now, c.last_rx) > ka * 1500:
             raise MQTTError("broker silent past keepalive")
-        if ticks_diff(now, c.last_io) > ka * 500:
+        # Ping when we sent nothing for half the keepalive (the broker needs a packet) or heard
+        # nothing (a PINGRESP proves it alive): QoS 0 telemetry alone gets no answer.
+        if ticks_diff(now, self.pinged) > ka * 500 and (
+                ticks_diff(now, c.last_io) > ka * 500 or ticks_diff(now, c.last_rx) > ka * 500):
             c.ping()
+            self.pinged = now
         if self.restate_at is not None and ticks_diff(now, self.restate_at) >= 0:
             self.restate_at = None
             self._report_all(self.cleared)
-        if ticks_diff(now, self.telemetry_at) >= 0:
-            self.telemetry_at = now + self.device.interval * 1000
+        # Due by the interval as it is now: a new interval applies at once, not after the old one.
+        if self.telemetry_sent is None or ticks_diff(now, self.telemetry_sent) >= self.device.interval * 1000:
+            self.telemetry_sent = now
             self._report({"telemetry": self.device.telemetry()}, 0)
 
     def _parse(self, kind, payload):

@@ -300,3 +300,16 @@ def _next_classic_with(peer: ShadowPeer, key: str, *, timeout: float) -> dict[st
         if key in doc.get("state", {}).get("reported", {}):
             return doc
     raise AssertionError(f"no classic update reporting {key!r} within {timeout} s")
+
+
+def test_frequent_telemetry_does_not_starve_the_keepalive(start_firmware, device_config, peer) -> None:
+    # GIVEN a device with a short keepalive (4 s) that sends telemetry (QoS 0, unanswered) every second
+    fw = start_firmware({**device_config, "keepalive": 4})
+    peer.send_desired({"interval": 1})
+    peer.next_reported("interval")
+    # WHEN nothing else reaches it for well over 1.5 keepalive periods
+    time.sleep(10)
+    # THEN it kept its one connection: it pinged, heard the answers, and never took the broker for dead
+    assert fw.alive()
+    assert not [line for line in fw.lines if "disconnected" in line], fw.lines
+    assert sum("ready" in line for line in fw.lines) == 1, fw.lines
