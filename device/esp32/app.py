@@ -72,6 +72,8 @@ _C_DELTA = const(3)
 _C_GOT = const(4)
 _C_REJ = const(5)
 _T_REJ = const(6)
+_CU_REJ = const(7)  # our outcome update refused
+_TG_REJ = const(8)  # our classic get refused
 _RESTATE_MS = const(1000)  # after a throttled or failed state update
 
 
@@ -82,12 +84,16 @@ def _kind(topic):
         return _C_GOT
     if topic.endswith("/commands/get/rejected"):
         return _C_REJ
+    if topic.endswith("/commands/update/rejected"):
+        return _CU_REJ
     if topic.endswith("/shadow/update/delta"):
         return _T_DELTA
     if topic.endswith("/shadow/get/accepted"):
         return _T_GOT
     if topic.endswith("/shadow/update/rejected"):
         return _T_REJ
+    if topic.endswith("/shadow/get/rejected"):
+        return _TG_REJ
     return 0
 
 
@@ -153,6 +159,7 @@ class Firmware:
         self.svc_at = 0
         self.reboot_at = None
         self.restate_at = None  # a state update was throttled or failed: report the state again then
+        self.reread_at = None  # a get or an outcome update was: read the shadows again then
         self.cleared = ()  # the desired keys the last command's state update nulled
         self.telemetry_sent = None  # ticks_ms of the last telemetry (None: at the first tick)
         self.pinged = ticks_ms()
@@ -202,16 +209,24 @@ class Firmware:
             return
         if not kind:
             return
-        if kind == _T_REJ:
-            # A state update throttled (429) or failed (5xx): lost, the shadow would keep the old
-            # state and a desired value a command overrode. The loop reports it again.
+        if kind >= _C_REJ:
+            # A request of ours throttled (429) or failed (5xx) is lost unless sent again, a
+            # second later. A state update: report the state again (else the shadow keeps the
+            # old one, and a desired value a command overrode). An outcome update or a get:
+            # read the shadows again; the get lists what is still pending, and a command
+            # already run is answered from the ledger (a get is authoritative).
             try:
                 code = json.loads(payload).get("code")
             except (ValueError, AttributeError):
+                code = None
+            if isinstance(code, int) and (code == 429 or code >= 500):
+                if kind == _T_REJ:
+                    if self.restate_at is None:
+                        self.restate_at = ticks_ms() + _RESTATE_MS
+                elif self.reread_at is None:
+                    self.reread_at = ticks_ms() + _RESTATE_MS
+            if kind != _C_REJ:
                 return
-            if isinstance(code, int) and (code == 429 or code >= 500) and self.restate_at is None:
-                self.restate_at = ticks_ms() + _RESTATE_MS
-            return
         # Taken in now, so its buffer is free for the next one: the clock (a get/rejected
         # carries it too), and of the classic shadow the state to apply, which the loop
         # applies and reports (publishing is not for a callback).
@@ -268,10 +283,11 @@ class Firmware:
         c = self.client
         kept = c.connect(clean_session=False)
         t = self.cfg["thing"]
-        # get/rejected: a 404 before the first command still carries the service's clock.
+        # +/rejected: our gets and updates refused (a commands get's 404 before the first
+        # command still carries the service's clock). One filter per shadow, not three topics.
         c.subscribe([shadow_topic(t, "update/delta"), shadow_topic(t, "get/accepted"),
                      shadow_topic(t, "update/delta", COMMANDS), shadow_topic(t, "get/accepted", COMMANDS),
-                     shadow_topic(t, "get/rejected", COMMANDS), shadow_topic(t, "update/rejected")], qos=1)
+                     shadow_topic(t, "+/rejected", COMMANDS), shadow_topic(t, "+/rejected")], qos=1)
         self._report_all(())
         self._request_shadows()
         gc.collect()
@@ -356,6 +372,9 @@ class Firmware:
         if self.restate_at is not None and ticks_diff(now, self.restate_at) >= 0:
             self.restate_at = None
             self._report_all(self.cleared)
+        if self.reread_at is not None and ticks_diff(now, self.reread_at) >= 0:
+            self.reread_at = None
+            self.resync = True
         # Due by the interval as it is now: a new interval applies at once, not after the old one.
         if self.telemetry_sent is None or ticks_diff(now, self.telemetry_sent) >= self.device.interval * 1000:
             self.telemetry_sent = now

@@ -129,6 +129,7 @@ class ShadowPeer:
             ),
         }
         self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.refuse_gets: dict[str, int] = {}  # get topic -> the code its next get is refused with
         self.classic: queue.Queue[dict[str, Any]] = queue.Queue()
         self._subscribed = threading.Event()
         self.client = make_client(f"iotbridge.peer-{thing}", endpoint)
@@ -147,6 +148,10 @@ class ShadowPeer:
         return int(time.time()) if self.clock_s is None else self.clock_s
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if msg.topic in self.refuse_gets:
+            doc = {"code": self.refuse_gets.pop(msg.topic), "message": "test", "timestamp": self.now_s()}
+            client.publish(msg.topic + "/rejected", json.dumps(doc), qos=1)
+            return
         if msg.topic in self.gets:  # stamped with the service's time
             wanted = self.pending if msg.topic == self.commands_get else self.desired
             state = {"desired": wanted, "delta": wanted} if wanted else {}
@@ -175,6 +180,16 @@ class ShadowPeer:
         """Answer the device's last classic update with update/rejected, as AWS does when it throttles (429)."""
         doc = {"code": code, "message": "test", "timestamp": self.now_s()}
         self.client.publish(topics.shadow_topic(self.thing, "update", "rejected"), json.dumps(doc), qos=1).wait_for_publish(5)
+
+    def reject_outcome(self, code: int, still_pending: dict[str, dict[str, Any]]) -> None:
+        """Answer the device's last outcome update with update/rejected: those commands stay pending."""
+        self.pending.update(still_pending)
+        doc = {"code": code, "message": "test", "timestamp": self.now_s()}
+        topic = topics.shadow_topic(self.thing, "update", "rejected", shadow=COMMANDS_SHADOW)
+        self.client.publish(topic, json.dumps(doc), qos=1).wait_for_publish(5)
+
+    def refuse_next_get(self, code: int, *, commands: bool = True) -> None:
+        self.refuse_gets[topics.shadow_topic(self.thing, "get", shadow=COMMANDS_SHADOW if commands else None)] = code
 
     def next_outcome(self, timeout: float = 10.0) -> dict[str, Any]:
         try:

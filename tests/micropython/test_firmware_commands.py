@@ -313,3 +313,51 @@ def test_frequent_telemetry_does_not_starve_the_keepalive(start_firmware, device
     assert fw.alive()
     assert not [line for line in fw.lines if "disconnected" in line], fw.lines
     assert sum("ready" in line for line in fw.lines) == 1, fw.lines
+
+
+def test_a_throttled_outcome_update_is_sent_again_and_the_command_not_rerun(start_firmware, device_config, peer) -> None:
+    # GIVEN a connected device that ran a command
+    fw = start_firmware(device_config)
+    entry = command("led", {"state": "toggle"})
+    peer.send_commands({"t-1": entry})
+    first = outcome_of(peer.outcome_update("t-1"), "t-1")
+    _settle(peer)
+    # WHEN the shadow service throttles that outcome update (429): the command stays pending
+    peer.reject_outcome(429, {"t-1": entry})
+    # THEN about a second later the device reads its shadow again and reports the same outcome
+    again = outcome_of(peer.outcome_update("t-1", timeout=5.0), "t-1")
+    assert again == first
+    # AND it was answered from the ledger, not run again (a second toggle would flip the led back)
+    assert any("duplicate t-1" in line for line in fw.lines), fw.lines
+
+
+def test_an_outcome_update_refused_as_wrong_is_not_sent_again(start_firmware, device_config, peer) -> None:
+    # GIVEN a connected device that ran a command
+    start_firmware(device_config)
+    peer.send_commands({"w-1": command("ping")})
+    peer.outcome_update("w-1")
+    _settle(peer)
+    # WHEN the outcome update is refused as invalid (400): the same update would be refused again
+    peer.reject_outcome(400, {})
+    # THEN the device does not send it again (a 429 is answered within about a second)
+    with pytest.raises(AssertionError):
+        peer.outcome_update("w-1", timeout=3.0)
+
+
+def test_a_throttled_get_after_connect_is_asked_again_and_queued_commands_run(
+    start_firmware, device_config, peer
+) -> None:
+    # GIVEN a command queued while the device was away, and a shadow service that throttles its first get
+    peer.pending["q-1"] = command("ping")
+    peer.refuse_next_get(429)
+    # WHEN the device connects
+    start_firmware(device_config)
+    # THEN it asks again a second later, and runs the command
+    assert outcome_of(peer.outcome_update("q-1", timeout=6.0), "q-1")["result"] == {"pong": True}
+
+
+def _settle(peer: ShadowPeer) -> None:
+    """Let a connect's get and a delta that crossed it play out (the device may answer a command twice), then forget those."""
+    time.sleep(0.5)
+    while not peer.commands.empty():
+        peer.commands.get_nowait()
