@@ -49,6 +49,7 @@ UPDATE_BURST = 3.0
 STATE_ACK_WAIT_S = 3.0
 REBOOT_DOWNTIME_S = 1.0  # a simulated reboot stays off the network this long
 RESYNC_DELAY_S = 1.0  # after a throttled or failed shadow update
+STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the reconnect backoff
 MAX_STATES_UNANSWERED = 64  # state updates remembered until answered (a lost answer must not grow memory)
 # A get that is never answered (the shadow service was down, the reply was lost)
 # is asked again: until one is answered the device has no service clock and
@@ -95,6 +96,7 @@ class DeviceSession:
         self.client = self._make_client()
         self._ever_connected = False
         self._backoff = Backoff(base=0.5, cap=30.0)
+        self._connected_at = 0.0
         self._next_connect = time.monotonic() + self.options.first_connect_delay
         self.connections = 0  # successful CONNACKs so far (tests and the fleet's counters read it)
         self.commands_run = 0
@@ -258,6 +260,8 @@ class DeviceSession:
             self._clear_outbox()
             self.core.disconnected()
             if self._reboot_at is None:
+                if was and now - self._connected_at >= STABLE_CONNECTION_S:
+                    self._backoff.reset()  # it worked for a while: come back quickly
                 delay = self._backoff.next_delay()
                 self._next_connect = max(self._next_connect, now + delay)
                 if was:
@@ -273,7 +277,10 @@ class DeviceSession:
     def _on_connected(self, now: float) -> None:
         self.connected = True
         self.connections += 1
-        self._backoff.reset()
+        # The backoff is reset only once this connection has lasted: a broker that drops us
+        # right after CONNACK (another client with our id, a policy violation) must not see
+        # us back at once forever (AWS allows one connect per second per client id).
+        self._connected_at = now
         online = {"connected": True, "thing": self.thing, "at": wall_ms()}
         self.client.publish(status_topic(self.thing), json.dumps(online), qos=1, retain=True)
         subs = []
