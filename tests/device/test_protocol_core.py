@@ -348,3 +348,27 @@ def test_a_command_expiring_within_the_current_second_is_not_started(tmp_path: P
     plan = core.on_delta(delta({"c1": cmd("ping", ttl_ms=0)}))
     # THEN it is answered EXPIRED: a command is never started after it may have expired
     assert plan.run == [] and plan.report["c1"]["state"] == "EXPIRED"
+
+
+def test_a_command_that_cannot_be_logged_is_not_run_and_is_reported_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a device whose executed log can no longer be written (disk full, read-only SD card)
+    core = make_core(tmp_path)
+    plan = core.on_delta(delta({"c1": cmd("led", {"state": "on"})}))
+
+    def full(*_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(core.log, "started", full)
+    # WHEN the command is about to start
+    instead = core.begin(plan.run[0])
+    # THEN it is not run (unrecorded, a restart could run it twice) but answered FAILED, saying why
+    assert instead is not None and instead["state"] == "FAILED"
+    assert "cannot record" in instead["error"]
+    # AND once that answer is sent, a late delta that still lists c1 gets the same answer, never a run
+    core.queue_report({"c1": instead})
+    update = core.take_update()
+    assert update is not None and core.on_update_answered({"clientToken": update["clientToken"], "version": 9})
+    again = core.on_delta(delta({"c1": cmd("led", {"state": "on"})}))
+    assert again.run == [] and again.report["c1"]["state"] == "FAILED"

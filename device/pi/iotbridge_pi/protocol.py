@@ -8,6 +8,7 @@ The Pi agent and the fleet simulator both drive this one class.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from iotbridge_contract import names
 from iotbridge_contract.actions import ParamError, check_params, check_value
 from iotbridge_contract.commands import HISTORY, CommandState, is_expired, number_or_zero, outcome_entry, prune_history
 from iotbridge_pi.executed_log import ExecutedLog
+
+logger = logging.getLogger("iotbridge_pi.protocol")
 
 INTERRUPTED = "interrupted: the device restarted while it was running; not run again"
 # An outcome update not acknowledged (update/accepted with our clientToken) after
@@ -216,17 +219,27 @@ class CommandCore:
     # -- running -------------------------------------------------------------
 
     def begin(self, command: Command) -> dict[str, Any] | None:
-        """Call right before the handler starts. Returns an EXPIRED outcome instead
-        if the command ran out of time while it waited behind others."""
+        """Call right before the handler starts. Returns an outcome instead when it must not
+        run: EXPIRED if it ran out of time while it waited behind others, FAILED if it could
+        not be recorded as started (run unrecorded, a restart could run it again)."""
         now_ms = self.service_clock.now_ms()
         if command.expires_at is not None and now_ms is not None and now_ms > command.expires_at:
             return self.finish(command, CommandState.EXPIRED)
-        self.log.started(command.id, command.action)  # durable before anything happens
+        try:
+            self.log.started(command.id, command.action)  # durable before anything happens
+        except OSError as exc:  # disk full, read-only SD card: nothing ran, and the caller hears why
+            logger.error("command %s not run: the executed log cannot be written: %s", command.id, exc)
+            self._claimed.discard(command.id)
+            return outcome_entry(CommandState.FAILED, command.action, done_at=self.clock_ms(), params=command.params,
+                                 error=f"not run: the device cannot record commands ({exc.strerror or exc})")  # fmt: skip
         return None
 
     def finish(self, command: Command, state: CommandState, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
         outcome = outcome_entry(state, command.action, done_at=self.clock_ms(), result=result, error=error, params=command.params)
-        self.log.finished(command.id, command.action, outcome)
+        try:
+            self.log.finished(command.id, command.action, outcome)
+        except OSError as exc:  # it ran: report it anyway (after a restart the log says "started": INTERRUPTED)
+            logger.error("outcome of %s not logged: %s", command.id, exc)
         self._claimed.discard(command.id)
         return outcome
 

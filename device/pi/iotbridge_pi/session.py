@@ -470,9 +470,9 @@ class DeviceSession:
             if not self._queue or self._reboot_at is not None:
                 return
             command = self._queue.popleft()
-            expired = self.core.begin(command)
-            if expired is not None:
-                self._report_outcomes({command.id: expired})
+            instead = self.core.begin(command)  # EXPIRED, or FAILED when it cannot be logged: not run
+            if instead is not None:
+                self._report_outcomes({command.id: instead})
                 continue
             action = self.registry.get(command.action)
             assert action is not None  # the core rejected unknown actions already
