@@ -198,7 +198,8 @@ def list_commands(thing: str) -> CommandList:
 
 @app.post("/commands", summary="One command to many devices (a list, or all): a job", tags=["jobs"], body=BulkRequest,
           responses={202: (JobStarted, "Queued on the targets; follow GET /commands/jobs/{id}")},
-          errors=(errors.InvalidThingName, errors.InvalidParams, errors.PayloadTooLarge, *_COMMON))  # fmt: skip
+          errors=(errors.InvalidThingName, errors.InvalidParams, errors.PayloadTooLarge, errors.IdConflict,
+                  *_COMMON))  # fmt: skip
 def post_bulk(body: BulkRequest) -> Response:
     if (body.things is None) == (not body.all):
         problem = {"loc": ["body"], "msg": "give either things or all: true", "type": "value_error"}
@@ -206,7 +207,7 @@ def post_bulk(body: BulkRequest) -> Response:
     from iotbridge_api import bulk
 
     started = bulk.start(action=body.action, params=body.params, things=body.things, ttl_ms=body.ttlMs,
-                         deadline=_deadline(MAX_WAIT_MS))  # fmt: skip
+                         deadline=_deadline(MAX_WAIT_MS), job_id=body.id)  # fmt: skip
     logger.info("bulk command", extra={"jobId": started["jobId"], "targets": started["targets"]})
     return Response(202, JobStarted(**started), {"Location": f"/commands/jobs/{started['jobId']}"})
 

@@ -94,6 +94,17 @@ def _check(params: dict[str, Any], things: list[str] | None) -> None:
             raise errors.InvalidThingName(str(exc), details={"thing": str(thing)[:200]}) from None
 
 
+def _recorded(job_id: str, action: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The job `job_id` as recorded, if it is (the same action and params, else a conflict)."""
+    summary = record.reported(_shadow_call(record.patient, record.get, JOBS_THING, record.summary_shadow(job_id)))
+    if not summary:
+        return None
+    if summary.get("action") != action or summary.get("params") != params:
+        raise errors.IdConflict(f"job {job_id} exists with other action or params", details={"id": job_id})
+    fields = ("action", "params", "createdAt", "expiresAt", "targets", "pages")
+    return {"jobId": job_id, **{k: summary.get(k) for k in fields}, "queued": 0, "notQueued": []}
+
+
 def _shadow_call(call: Any, *args: Any) -> Any:
     try:
         return call(*args)
@@ -101,11 +112,20 @@ def _shadow_call(call: Any, *args: Any) -> Any:
         raise (errors.Throttled if exc.code == "THROTTLED" else errors.UpstreamError)(str(exc)) from exc
 
 
-def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_ms: int, deadline: float) -> dict[str, Any]:
-    """Record the job and start queueing it; returns the job summary with what is queued and failed so far."""
+def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_ms: int, deadline: float,
+          job_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Record the job and start queueing it; returns the job summary with what is queued and failed so far.
+
+    With a caller's `job_id` that is already recorded, nothing new starts: a retry (its first
+    answer was lost) gets the job as recorded, and follows its progress like the first caller.
+    """
     _check(params, things)
+    if job_id is not None:
+        known = _recorded(job_id, action, params)
+        if known is not None:
+            return known
     targets = list(dict.fromkeys(things)) if things is not None else _all_things(deadline)
-    job_id = uuid.uuid4().hex
+    job_id = job_id or uuid.uuid4().hex
     issued = record.now_ms()
     pages = record.split(targets)
     summary = {"action": action, "params": params, "createdAt": issued, "expiresAt": issued + ttl_ms,

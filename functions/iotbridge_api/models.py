@@ -99,6 +99,10 @@ class Health(Model):
 
 class BulkRequest(Model, strict=True):
     action: str = field(min_length=1, max_length=32, description="The action to run on every target")
+    id: str | None = field(
+        default=None, min_length=1, max_length=48, pattern=r"^[a-zA-Z0-9_-]+$",
+        description="Caller-chosen job id (the command id on every device); a retry with the same id starts nothing new",
+    )  # fmt: skip
     params: dict[str, Any] = field(default_factory=dict)
     things: list[str] | None = field(default=None, min_length=1, max_length=1000, description="Targets; or all=true")
     all: bool = field(default=False, description="Every registered device")

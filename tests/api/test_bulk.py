@@ -108,6 +108,29 @@ def test_small_job_is_queued_inside_the_request_and_progress_follows(api: ApiCli
     assert {d["thing"]: d["state"] for d in progress["devices"]}["d2"] == "SUCCEEDED"
 
 
+def test_a_retried_bulk_command_with_its_id_starts_nothing_new(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN a job with a caller-chosen id, queued on two devices of which one has already answered
+    for thing in ("r1", "r2"):
+        make_device(thing)
+    body = {"action": "ping", "things": ["r1", "r2"], "id": "nightly-2026-11-23"}
+    first = api.post("/commands", json=body)
+    assert (first.status, first.json["jobId"], first.json["queued"]) == (202, "nightly-2026-11-23", 2)
+    with FakeDeviceAnswers("r1", result={"pong": True}) as device:
+        while not device.executed:
+            pass
+    # WHEN the caller, whose first answer was lost, posts the same job again
+    retry = api.post("/commands", json=body)
+    # THEN it gets the same job, and nothing is queued again (r1 keeps its outcome, not a new pending copy)
+    assert (retry.status, retry.json["jobId"], retry.json["targets"]) == (202, "nightly-2026-11-23", 2)
+    assert retry.headers["Location"] == "/commands/jobs/nightly-2026-11-23"
+    assert "nightly-2026-11-23" not in _pending("r1")
+    assert shadow("r1")["state"]["reported"]["nightly-2026-11-23"]["state"] == "SUCCEEDED"
+    assert invocations.events == []
+    # AND the same id with another action is a conflict, not a second job
+    other = api.post("/commands", json={**body, "action": "led", "params": {"state": "on"}})
+    assert (other.status, other.json["code"]) == (409, "ID_CONFLICT")
+
+
 def test_bulk_needs_targets_and_checks_names(api: ApiClient, invocations: Invocations) -> None:
     assert api.post("/commands", json={"action": "ping"}).status == 422
     bad = api.post("/commands", json={"action": "ping", "things": ["ok", "bad/name"]})
