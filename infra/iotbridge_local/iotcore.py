@@ -141,6 +141,7 @@ class IotCore:
         self._subscribed = threading.Event()
         self._http: LocalHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
+        self._marked = False  # this run created the "running" marker (a clean stop removes it)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -168,7 +169,18 @@ class IotCore:
         self._http = server
         self._http_thread = threading.Thread(target=server.serve_forever, name="iotcore-http", daemon=True)
         self._http_thread.start()
+        if self._running_marker.exists():
+            # The last run did not stop (a kill, a crash): the messages of its last updates may
+            # never have gone out, and a device would not hear of a command queued then.
+            sent = self.service.republish_deltas()
+            log.warning("iotcore: the last run did not stop cleanly; published %d pending deltas again", sent)
+        self._running_marker.touch()
+        self._marked = True
         log.info("iotcore up: %s, mqtt %s:%s", self.url, self.endpoint.host, self.endpoint.port)
+
+    @property
+    def _running_marker(self) -> Path:
+        return self.data_dir / "running"
 
     def stop(self) -> None:
         if self._http is not None:
@@ -182,6 +194,8 @@ class IotCore:
         if self.store is not None:
             self.store.close()
             self.store = None
+            if self._marked:  # a clean stop: every message went out
+                self._running_marker.unlink(missing_ok=True)
 
     def __enter__(self) -> IotCore:
         self.start()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -228,6 +230,36 @@ def test_sigkill_loses_no_acknowledged_update_and_sigterm_stops_cleanly(iotcore_
         assert doc["version"] in (20, 21)
         # AND SIGTERM ends it with exit status 0
         assert iotcore_process.signal(signal.SIGTERM) == 0
+    finally:
+        w.close()
+
+
+def test_after_a_kill_every_pending_delta_goes_out_again_and_after_a_clean_stop_none(
+    iotcore_process: IotCoreProcess, broker: Broker
+) -> None:
+    # GIVEN a command pending in a device's commands shadow (its delta may have died with a crash:
+    #   an update is committed before its messages are published), and the device listening
+    data = boto("iot-data", iotcore_process.url)
+    data.update_thing_shadow(thingName="dev8", shadowName="commands", payload=b'{"state":{"desired":{"c1":{"action":"ping"}}}}')
+    data.update_thing_shadow(thingName="dev8", payload=b'{"state":{"desired":{"led":"on"},"reported":{"led":"on"}}}')
+    w = Watcher(broker.service_endpoint(), "redelivery-watcher")
+    try:
+        classic_delta = "$aws/things/dev8/shadow/update/delta"
+        commands_delta = "$aws/things/dev8/shadow/name/commands/update/delta"
+        w.watch(commands_delta, classic_delta)
+        # WHEN the service is killed and started again
+        iotcore_process.signal(signal.SIGKILL)
+        iotcore_process.start()
+        # THEN the pending command's delta is published again (a shadow in agreement gets none)
+        again = w.until(commands_delta)
+        assert set(again["state"]) == {"c1"} and again["state"]["c1"] == {"action": "ping"}
+        time.sleep(0.5)
+        assert [t for t, _ in w.drain() if t == classic_delta] == []
+        # AND after a clean stop and start nothing is published again: nothing was lost
+        assert iotcore_process.signal(signal.SIGTERM) == 0
+        iotcore_process.start()
+        with pytest.raises(queue.Empty):
+            w.next(timeout=2.0)
     finally:
         w.close()
 

@@ -360,18 +360,17 @@ def apply_update(shadow: Shadow | None, request: UpdateRequest, now: int) -> Upd
     # AWS publishes /update/delta for a request that sets desired state, when the
     # resulting delta is not empty; it holds the whole delta, not just this change.
     if request.state is not None and "desired" in request.state:
-        d = current_delta(new)
-        if d:
-            delta_doc = _with_token(
-                {
-                    "version": new.version,
-                    "timestamp": now,
-                    "state": d,
-                    "metadata": project(new.metadata.get("desired", {}), d),
-                },
-                request.client_token,
-            )
+        delta_doc = delta_document(new, now, request.client_token)
     return UpdateResult(new, accepted, documents, delta_doc)
+
+
+def delta_document(shadow: Shadow, now: int, client_token: str | None = None) -> dict[str, Any] | None:
+    """The `/update/delta` message for the shadow as it is; None when desired and reported agree."""
+    d = current_delta(shadow) if shadow.exists else {}
+    if not d:
+        return None
+    doc = {"version": shadow.version, "timestamp": now, "state": d, "metadata": project(shadow.metadata.get("desired", {}), d)}
+    return _with_token(doc, client_token)
 
 
 def get_document(shadow: Shadow | None, thing: str, name: str | None, client_token: str | None, now: int) -> dict[str, Any]:

@@ -13,7 +13,9 @@ What each request publishes (AWS "Device Shadow MQTT topics" / "Interacting with
 
 Changes commit to SQLite before anything is published or answered, and the
 commit and its publishes happen under one lock so subscribers see versions in
-order. More than `max_in_flight` requests in progress for one thing are
+order. A crash between the commit and the publishes loses those messages: the
+process that starts next publishes the delta of every shadow again
+(`republish_deltas`), so no device misses a pending command or desired value. More than `max_in_flight` requests in progress for one thing are
 rejected with 429 (AWS: 10 in-flight requests).
 """
 
@@ -167,6 +169,23 @@ class ShadowService:
         if parsed is None or parsed.reply is not None:
             return None
         return self.handle(parsed.thing, parsed.shadow, parsed.operation, payload, via_mqtt=True)
+
+    def republish_deltas(self) -> int:
+        """Publish `/update/delta` again for every shadow whose desired and reported differ.
+
+        After a crash: an update is committed before its messages go out, so the last ones
+        may never have been published, and a device would not hear of a command until it
+        reads its shadow again. Devices take a repeated delta as the same request.
+        """
+        sent = 0
+        for thing, name in self.store.shadow_keys():
+            with self.store.serial():  # read and sent between two updates: never an older delta after a newer
+                shadow = self.store.load(thing, name)
+                doc = None if shadow is None else engine.delta_document(shadow, self.now())
+                if doc is not None:
+                    self._publish(topics.shadow_topic(thing, "update", "delta", shadow=name), encode(doc))
+                    sent += 1
+        return sent
 
     def list_named_shadows(self, thing: str, page_size: int | None, next_token: str | None) -> dict[str, Any]:
         size = DEFAULT_PAGE_SIZE if page_size is None else page_size

@@ -124,6 +124,12 @@ class ShadowStore:
         with self._lock:
             yield
 
+    def shadow_keys(self) -> list[tuple[str, str | None]]:
+        """Every existing shadow: (thing, name, or None for the classic one)."""
+        with self._lock:
+            rows = self._db.execute("SELECT thing, name FROM shadows WHERE exists_ = 1").fetchall()
+        return [(thing, name or None) for thing, name in rows]
+
     def named_shadows(self, thing: str) -> list[str]:
         with self._lock:
             rows = self._db.execute(
