@@ -117,7 +117,8 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
         _check_acceptable(device, request, check_online=check_online)
         current = _enqueue(thing, cid, request, commands_doc)
     if current is None or current.state not in _TERMINAL:
-        current = wait_for_outcome(thing, cid, deadline=deadline, since=time.monotonic() if current is None else None)
+        since = time.monotonic() if current is None else None
+        current = wait_for_outcome(thing, cid, deadline=deadline, since=since, request=request)
     if current.state in _TERMINAL:
         current.latencyMs = round((time.monotonic() - started) * 1000, 3)
         after = iot.get_shadow(thing)
@@ -152,9 +153,7 @@ def _existing(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any]
     """The command `cid` if the shadow has it (done or pending) with this action and params; None if unknown."""
     outcome = _reported(doc).get(cid)
     if isinstance(outcome, dict):
-        digest = outcome.get("paramsDigest")  # devices that record it; others are checked by action only
-        if outcome.get("action") != request.action or (digest and digest != contract.params_digest(request.params)):
-            raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
+        _check_same(cid, request, outcome)
         return view(thing, cid, doc, connected=True)  # already done: the retry gets the same outcome
     pending = _desired(doc).get(cid)
     if isinstance(pending, dict):
@@ -167,6 +166,15 @@ def _existing(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any]
     return None
 
 
+def _check_same(cid: str, request: CommandRequest, outcome: Any) -> None:
+    """Raise IdConflict if `outcome` (of command `cid`) is of another action or params than `request`."""
+    if not isinstance(outcome, dict):
+        return
+    digest = outcome.get("paramsDigest")  # devices that record it; others are checked by action only
+    if outcome.get("action") != request.action or (digest and digest != contract.params_digest(request.params)):
+        raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
+
+
 def _abandoned(entry: Any, now: int) -> bool:
     """A pending entry that expired more than EXPIRY_GRACE_MS ago: no device started it, none will."""
     expires = entry.get("expiresAt") if isinstance(entry, dict) else None
@@ -177,7 +185,8 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
     """Add desired.{cid} once. Returns the command's view if it already existed (a retry), else None.
 
     Abandoned entries (expired long ago, e.g. queued for a device that never came back) are
-    recorded EXPIRED in the same write, so they neither block the queue nor read as QUEUED.
+    recorded EXPIRED in the same write, so they neither block the queue nor read as QUEUED;
+    entries that are no command object (written around the API) are removed.
     """
     for attempt in range(MAX_SUBMIT_ATTEMPTS):
         if attempt:
@@ -187,7 +196,8 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
             return existing
         desired, issued = _desired(doc), now_ms()
         abandoned = [k for k, entry in desired.items() if _abandoned(entry, issued)]
-        if len(desired) - len(abandoned) >= contract.MAX_PENDING:
+        junk = [k for k, entry in desired.items() if not isinstance(entry, dict)]  # no command: no device runs it
+        if len(desired) - len(abandoned) - len(junk) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
                 f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
             )
@@ -196,6 +206,7 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
                 request.action, request.params, issued_at=issued, expires_at=issued + request.ttlMs)}},
             "clientToken": cid,
         }  # fmt: skip
+        update["state"]["desired"].update(dict.fromkeys(junk))
         if abandoned:
             update["state"]["desired"].update(dict.fromkeys(abandoned))
             update["state"]["reported"] = {k: _expired_outcome(desired[k], issued) for k in abandoned}
@@ -211,11 +222,19 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
     raise errors.Throttled(f"too many concurrent commands for {thing}; retry")
 
 
-def wait_for_outcome(thing: str, cid: str, *, deadline: float, since: float | None = None) -> CommandView:
-    """The command's view once terminal, or the last one seen when `deadline` passes (state SENT if pending)."""
+def wait_for_outcome(
+    thing: str, cid: str, *, deadline: float, since: float | None = None, request: CommandRequest | None = None
+) -> CommandView:
+    """The command's view once terminal, or the last one seen when `deadline` passes (state SENT if pending).
+
+    With `request`, an outcome for this id with other action or params is a conflict: two first
+    commands to a device with one id can both write (no version to check before the shadow exists).
+    """
     last: list[CommandView | None] = [None]
 
     def done(doc: dict[str, Any] | None) -> bool:
+        if request is not None:
+            _check_same(cid, request, _reported(doc).get(cid))
         last[0] = view(thing, cid, doc, connected=True)
         return last[0] is not None and last[0].state in _TERMINAL
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import boto3
 import pytest
 from moto.iotdata.models import iotdata_backends
 
-from iotbridge_api import dispatch
-from iotbridge_contract.commands import PRESENCE_SHADOW
+from iotbridge_api import dispatch, errors
+from iotbridge_api.models import CommandRequest
+from iotbridge_contract.commands import COMMANDS_SHADOW, PRESENCE_SHADOW, CommandState, outcome_entry
 from iotbridge_local.testclient import ApiClient
 from tests.api.conftest import FakeDeviceAnswers, make_device, shadow
 
@@ -229,3 +233,31 @@ def test_a_device_advertising_a_malformed_spec_gets_a_clear_refusal(api: ApiClie
     # THEN it is refused with a stable code that says the device's spec is at fault
     assert (response.status, response.json["code"]) == (400, "INVALID_PARAMS"), response.json
     assert "the device advertises" in response.json["message"]
+
+
+def test_entries_that_are_no_command_do_not_block_the_queue(api: ApiClient) -> None:
+    # GIVEN a device whose commands shadow was filled around the API with entries that are no command
+    make_device("lamp-15")
+    junk = {f"junk{i}": "led on please" for i in range(10)}
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-15", shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"desired": junk}})
+    )
+    # WHEN a command is posted
+    response = api.post("/devices/lamp-15/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN it is queued, and the junk is gone (no device would ever run or answer it)
+    assert (response.status, response.json["state"]) == (202, "SENT"), response.json
+    assert set(shadow("lamp-15")["state"]["desired"]) == {response.json["id"]}
+
+
+def test_a_wait_that_meets_another_commands_outcome_under_its_id_is_a_conflict(api: ApiClient) -> None:
+    # GIVEN an outcome under id "x1" of `led off` (a second first-command with the same id won the race)
+    make_device("lamp-16")
+    outcome = outcome_entry(CommandState.SUCCEEDED, "led", done_at=1, params={"state": "off"})
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-16", shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"reported": {"x1": outcome}}})
+    )
+    # WHEN the caller of `led on` with that id waits for its outcome
+    request = CommandRequest(action="led", params={"state": "on"}, id="x1")
+    # THEN it is told the id belongs to another command, not handed that command's outcome
+    with pytest.raises(errors.IdConflict):
+        dispatch.wait_for_outcome("lamp-16", "x1", deadline=time.monotonic() + 1, request=request)

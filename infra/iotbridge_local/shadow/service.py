@@ -15,8 +15,9 @@ Changes commit to SQLite before anything is published or answered, and the
 commit and its publishes happen under one lock so subscribers see versions in
 order. A crash between the commit and the publishes loses those messages: the
 process that starts next publishes the delta of every shadow again
-(`republish_deltas`), so no device misses a pending command or desired value. More than `max_in_flight` requests in progress for one thing are
-rejected with 429 (AWS: 10 in-flight requests).
+(`republish_deltas`), so no device misses a pending command or desired value.
+More than `max_in_flight` requests in progress for one thing are rejected with
+429 (AWS: 10 in-flight requests).
 """
 
 from __future__ import annotations
