@@ -209,7 +209,9 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
         update["state"]["desired"].update(dict.fromkeys(junk))
         if abandoned:
             update["state"]["desired"].update(dict.fromkeys(abandoned))
-            update["state"]["reported"] = {k: _expired_outcome(desired[k], issued) for k in abandoned}
+            expired = {k: _expired_outcome(desired[k], issued) for k in abandoned}
+            # As a device does: the oldest outcomes go, so the shadow stays within 8 KB.
+            update["state"]["reported"] = {**contract.prune_history({**_reported(doc), **expired}), **expired}
         if doc is not None:
             update["version"] = doc["version"]  # optimistic lock: nobody else took this id meanwhile
         try:

@@ -11,7 +11,7 @@ from moto.iotdata.models import iotdata_backends
 
 from iotbridge_api import dispatch, errors
 from iotbridge_api.models import CommandRequest
-from iotbridge_contract.commands import COMMANDS_SHADOW, PRESENCE_SHADOW, CommandState, outcome_entry
+from iotbridge_contract.commands import COMMANDS_SHADOW, HISTORY, PRESENCE_SHADOW, CommandState, outcome_entry
 from iotbridge_local.testclient import ApiClient
 from tests.api.conftest import FakeDeviceAnswers, make_device, shadow
 
@@ -261,3 +261,21 @@ def test_a_wait_that_meets_another_commands_outcome_under_its_id_is_a_conflict(a
     # THEN it is told the id belongs to another command, not handed that command's outcome
     with pytest.raises(errors.IdConflict):
         dispatch.wait_for_outcome("lamp-16", "x1", deadline=time.monotonic() + 1, request=request)
+
+
+def test_expiring_abandoned_commands_keeps_the_history_at_its_size(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN an offline device with a full history of outcomes, and a queue full of one-second commands
+    make_device("lamp-17", connected=False)
+    history = {f"old{i:02d}": outcome_entry(CommandState.SUCCEEDED, "ping", done_at=1000 + i) for i in range(HISTORY)}
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-17", shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"reported": history}})
+    )
+    stale = [api.post("/devices/lamp-17/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+             for _ in range(10)]  # fmt: skip
+    # WHEN an hour later another command is posted, and the stale ones are recorded EXPIRED
+    real_now = dispatch.now_ms
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + 3_600_000)
+    assert api.post("/devices/lamp-17/commands", json={"action": "ping", "timeoutMs": 0}).status == 202
+    # THEN the history keeps its size: the ten EXPIRED and the six newest of the old outcomes
+    reported = shadow("lamp-17")["state"]["reported"]
+    assert set(reported) == set(stale) | {f"old{i:02d}" for i in range(10, HISTORY)}
