@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run_forever()
+    # Python's finalization puts SIG_DFL back where it had installed a handler, so the
+    # rest of a burst of signals would kill an agent that already stopped cleanly (exit
+    # -15, not 0). An ignored signal is left ignored.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
 import selectors
 import socket
 import threading
@@ -33,6 +34,17 @@ MAX_WAIT_S = 0.5  # the longest a stop request waits to be noticed
 # a bounded number per pass keeps established connections served meanwhile.
 CONNECTS_PER_PASS = 16
 CONNECT_RETRY_S = 0.005
+# paho closes its socket as soon as DISCONNECT is written. Closing with unread bytes
+# (a PUBACK, a delta) makes the kernel answer RST, and Mosquitto drops a connection that
+# reports an error without reading what is queued: the DISCONNECT (and the "shutdown"
+# status before it) is lost and the broker publishes the last will, "lost". On a clean
+# shutdown the connection therefore lingers: FIN sent, input read and dropped until the
+# broker closes its side, at most this long.
+LINGER_S = 1.0
+
+
+class _Lingering:
+    """Selector marker: a connection paho closed during shutdown, read until the broker's EOF."""
 
 
 class Pumped(Protocol):
@@ -69,6 +81,9 @@ class Pump:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._from_threads: collections.deque[Pumped | None] = collections.deque()
         self._connect_budget = CONNECTS_PER_PASS
+        self._stopping = False
+        self._lingering: dict[socket.socket, float] = {}  # connection -> give up at
+        self._linger_marker = _Lingering()
 
     # -- wiring, called by sessions ------------------------------------------
 
@@ -92,6 +107,8 @@ class Pump:
             self._clients.pop(fd, None)
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(sock)
+            if self._stopping:
+                self._linger(fd)
 
         def want_write(c: mqtt.Client, userdata: Any, sock: Any) -> None:
             self._modify(sock, c, selectors.EVENT_READ | selectors.EVENT_WRITE)
@@ -140,12 +157,46 @@ class Pump:
         self._due[session] = when
         heapq.heappush(self._timers, (when, next(self._seq), session))
 
+    def _linger(self, fd: int) -> None:
+        # A second descriptor keeps the connection open after paho closes its own.
+        try:
+            conn = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return
+        conn.setblocking(False)
+        try:
+            conn.shutdown(socket.SHUT_WR)  # FIN after the DISCONNECT already written
+        except OSError:
+            conn.close()
+            return
+        self._lingering[conn] = time.monotonic() + LINGER_S
+        self._sel.register(conn, selectors.EVENT_READ, self._linger_marker)
+
+    def _read_lingering(self, conn: socket.socket) -> None:
+        try:
+            if conn.recv(65536):
+                return  # dropped: a message after our DISCONNECT is the broker's to redeliver
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._end_lingering(conn)
+
+    def _end_lingering(self, conn: socket.socket) -> None:
+        self._lingering.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn)
+        conn.close()
+
     def _io(self, timeout: float) -> None:
         for key, mask in self._sel.select(timeout):
             client = key.data
             if client is None:
                 with contextlib.suppress(BlockingIOError):
                     self._wake_r.recv(4096)
+                continue
+            if client is self._linger_marker:
+                self._read_lingering(key.fileobj)  # type: ignore[arg-type]
                 continue
             if mask & selectors.EVENT_READ:
                 client.loop_read()
@@ -204,14 +255,19 @@ class Pump:
         while time.monotonic() < deadline and any(s.busy() for s in self._sessions):
             self._io(min(0.05, self._timeout()))
             self._step_ready()
+        self._stopping = True
         for session in self._sessions:
             try:
                 session.shutdown()
             except Exception:
                 log.exception("shutdown of a device session failed")
         flush_deadline = time.monotonic() + 2.0
-        while self._clients and time.monotonic() < flush_deadline:
+        while (self._clients or self._lingering) and time.monotonic() < flush_deadline:
             self._io(0.05)
+            now = time.monotonic()
+            for conn, give_up in list(self._lingering.items()):
+                if now >= give_up:
+                    self._end_lingering(conn)
         for client in list(self._clients.values()):
             sock = client.socket()
             if sock is not None:
@@ -219,6 +275,8 @@ class Pump:
                     self._sel.unregister(sock)
                 sock.close()
         self._clients.clear()
+        for conn in list(self._lingering):
+            self._end_lingering(conn)
 
     def close(self) -> None:
         self._sel.close()
