@@ -251,6 +251,8 @@ class Broker:
         try:
             for port in (self.config.mqtt_port, self.config.mqtts_port, self.config.ws_port):
                 wait_for_port(port)
+            if self._proc.poll() is not None:  # what answered on our ports was not our broker
+                raise BrokerError("mosquitto exited")
         except BrokerError:
             self.stop()
             raise BrokerError(f"mosquitto did not start; see {self.log_path}") from None

@@ -6,6 +6,7 @@ Defaults are documented in the README; every port can be overridden
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,8 +14,25 @@ from pathlib import Path
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out for `bind(0)` is
+# also handed to outgoing connections, and one of the thousands a test run opens could take
+# it between our pick and the server's bind.
+PICK_RANGE = (20000, 32000)
+
+
+def free_port(*, taken: frozenset[int] = frozenset()) -> int:
+    """A port nothing listens on now, outside the ephemeral range and not in `taken`."""
+    for _ in range(200):
+        port = random.randrange(*PICK_RANGE)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: let the kernel choose
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
 
@@ -37,10 +55,9 @@ class StackConfig:
 
     @classmethod
     def free(cls, data_dir: Path, **overrides: object) -> StackConfig:
-        ports = {
-            name: free_port()
-            for name in ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port", "lambda_port")
-        }
+        ports: dict[str, int] = {}
+        for name in ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port", "lambda_port"):
+            ports[name] = free_port(taken=frozenset(ports.values()))
         return replace(cls(data_dir=data_dir, **ports), **overrides)  # type: ignore[arg-type]
 
     @property

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from iotbridge_local.config import free_port
+from iotbridge_local.config import StackConfig
 
 pytestmark = pytest.mark.stack
 
@@ -21,7 +21,11 @@ def _processes_using(data_dir: Path) -> list[str]:
 
 
 def _start_up(data_dir: Path) -> subprocess.Popen[str]:
-    ports = [f"--{name}-port={free_port()}" for name in ("mqtt", "mqtts", "ws", "iot-http", "api", "dashboard")]
+    free = StackConfig.free(data_dir)
+    ports = [
+        f"--{name.replace('_', '-')}={getattr(free, name)}"
+        for name in ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port")
+    ]
     process = subprocess.Popen(
         [sys.executable, "-m", "iotbridge_local.cli", "up", "--devices", "1", "--data-dir", str(data_dir), *ports],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
