@@ -121,6 +121,29 @@ def test_desired_state_is_applied_when_the_device_comes_back(start_agent: Callab
     wait_for(lambda: shadows.reported("pi-1").get("led") == "on", "led reported on")
 
 
+def test_a_desired_value_the_device_refuses_does_not_start_an_update_storm(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a connected device
+    handle = start_agent("pi-1")
+    wait_for(lambda: shadows.reported("pi-1").get("actions"), "first report")
+
+    # WHEN desired gets a value it cannot apply and a key it does not have, next to a good one
+    shadows.update("pi-1", {"state": {"desired": {"led": "purple", "colour": "red", "relay": True}}})
+
+    # THEN it applies the good one, and the refused ones stay visible in the delta
+    wait_for(lambda: shadows.reported("pi-1").get("relay") is True, "relay reported on")
+    assert handle.agent.device.led == "off"
+    # AND it does not answer every delta with a report: AWS publishes a delta after every
+    # update that leaves one, reported-only updates included, so each report would bring
+    # the refused keys back and the device would update its shadow 8 times a second for good
+    time.sleep(0.5)
+    settled = shadows.get("pi-1")
+    assert settled["state"]["delta"] == {"led": "purple", "colour": "red"}
+    time.sleep(1.0)
+    assert shadows.get("pi-1")["version"] == settled["version"]
+
+
 def test_a_command_does_not_run_twice_across_an_agent_restart(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
     # GIVEN a device that toggled its LED for command t1, then stopped
     first = start_agent("pi-1")

@@ -123,14 +123,17 @@ def test_accepted_delta_and_documents_payloads_have_aws_shape() -> None:
     assert r.documents["clientToken"] == "c1" and r.documents["timestamp"] == 60
 
 
-def test_reported_only_update_publishes_no_delta_even_if_one_remains() -> None:
+def test_reported_only_update_that_leaves_a_delta_publishes_the_whole_delta() -> None:
     # GIVEN a pending desired change
     s = update(None, {"state": {"desired": {"a": 1, "b": 2}}}).shadow
     # WHEN the device reports only part of it
     r = update(s, {"state": {"reported": {"a": 1}}})
-    # THEN nothing goes to update/delta, but get still shows the remaining delta
-    assert r.delta is None
+    # THEN update/delta carries what still differs, as AWS publishes "when it accepts a shadow
+    # update and the resulting shadow contains different values for desired and reported"
+    assert r.delta is not None and r.delta["state"] == {"b": 2} and r.delta["version"] == 2
     assert engine.get_document(r.shadow, "t", None, None, 1)["state"]["delta"] == {"b": 2}
+    # AND a report that settles it publishes none
+    assert update(r.shadow, {"state": {"reported": {"b": 2}}}).delta is None
 
 
 def test_delete_keeps_the_version_and_a_recreated_shadow_continues_from_it() -> None:

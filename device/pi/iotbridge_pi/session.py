@@ -155,6 +155,7 @@ class DeviceSession:
         self._state_retry_at: float | None = None  # a throttled / failed state update is sent again then
         self._state_lost: set[str] = set()  # desired keys to clear again with that retry
         self._get_retry: dict[str | None, tuple[float, float]] = {}  # shadow -> (when, current wait)
+        self._refused_logged: dict[str, str] = {}  # desired keys last refused, with why
         self._clear_outbox()
         self._flush_tokens = UPDATE_BURST
         self._tokens_at = time.monotonic()
@@ -399,8 +400,7 @@ class DeviceSession:
                 self._report_full_state(now)
             elif what == ("get", "rejected"):
                 self._report_full_state(now)  # 404: a new device; its shadow starts here
-            elif what == ("update", "delta"):
-                self._apply_desired(doc.get("state") or {})
+            elif what == ("update", "delta") and self._apply_desired(doc.get("state") or {}):
                 self._report_state(self.device.state())
             if what[0] == "update" and what[1] in ("accepted", "rejected"):
                 token = doc.get("clientToken")
@@ -427,11 +427,18 @@ class DeviceSession:
             # The outcomes are in the executed log: a fresh read re-reports them.
             self._resync_at = now + RESYNC_DELAY_S
 
-    def _apply_desired(self, delta: dict[str, Any]) -> None:
+    def _apply_desired(self, delta: dict[str, Any]) -> bool:
+        """Apply what can be applied; True if anything was (and so needs reporting).
+
+        Refused keys are not reported on: AWS publishes a delta after every update that
+        leaves one, so a report for them would bring them back at once, forever.
+        """
         changes, refused = desired_changes(delta, DESIRED_SPECS)
-        if refused:
+        if refused and refused != self._refused_logged:
             log.warning("%s: desired state not applied: %s", self.thing, refused)
+        self._refused_logged = refused  # logged once, not on every delta that repeats it
         self.device.apply(changes)
+        return bool(changes)
 
     def _report_full_state(self, now: float, *, clear_desired: tuple[str, ...] = ()) -> None:
         reported = {

@@ -356,12 +356,10 @@ def apply_update(shadow: Shadow | None, request: UpdateRequest, now: int) -> Upd
     token = "" if request.client_token is None else f',"clientToken":{json.dumps(request.client_token)}'
     previous = old.public_json() if old.exists else "null"
     documents = f'{{"previous":{previous},"current":{new.public_json()},"timestamp":{now}{token}}}'
-    delta_doc = None
-    # AWS publishes /update/delta for a request that sets desired state, when the
-    # resulting delta is not empty; it holds the whole delta, not just this change.
-    if request.state is not None and "desired" in request.state:
-        delta_doc = delta_document(new, now, request.client_token)
-    return UpdateResult(new, accepted, documents, delta_doc)
+    # AWS publishes /update/delta "when it accepts a shadow update and the resulting shadow
+    # contains different values for desired and reported states" (device-shadow-data-flow):
+    # after a reported-only update too. It holds the whole delta, not just this change.
+    return UpdateResult(new, accepted, documents, delta_document(new, now, request.client_token))
 
 
 def delta_document(shadow: Shadow, now: int, client_token: str | None = None) -> dict[str, Any] | None:
