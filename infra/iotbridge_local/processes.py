@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+# Logs are appended to across runs (a crash's log survives the restart that follows);
+# past this size one is moved aside to `<name>.1` when the stack starts, so a stack
+# started every day for months keeps two files per log, not one that grows for good.
+LOG_KEEP_BYTES = 32 * 1024 * 1024
+
+
+def rotate_large_logs(paths: Iterable[Path], *, limit: int = LOG_KEEP_BYTES) -> list[Path]:
+    """Move each log larger than `limit` to `<name>.1` (replacing an older one); returns those moved."""
+    moved = []
+    for path in paths:
+        try:
+            if path.stat().st_size <= limit:
+                continue
+            path.replace(path.with_name(path.name + ".1"))
+        except FileNotFoundError:
+            continue
+        moved.append(path)
+    return moved
 
 
 def _die_with_parent() -> None:

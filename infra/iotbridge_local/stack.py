@@ -29,7 +29,7 @@ from iotbridge_local.broker import Broker, wait_for_port
 from iotbridge_local.config import StackConfig
 from iotbridge_local.dashboard_server import DashboardServer
 from iotbridge_local.lambdaapi import LambdaService
-from iotbridge_local.processes import die_with_parent
+from iotbridge_local.processes import die_with_parent, rotate_large_logs
 
 ROOT = Path(__file__).resolve().parents[2]
 API_HANDLER = "iotbridge_api.handler.lambda_handler"
@@ -70,6 +70,7 @@ class LocalStack:
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> LocalStack:
         self.logs.mkdir(parents=True, exist_ok=True)
+        rotate_large_logs([*self.logs.glob("*.log"), self.broker.log_path])
         try:
             self.broker.start()
             self._start_iotcore()
