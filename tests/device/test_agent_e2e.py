@@ -144,6 +144,25 @@ def test_a_desired_value_the_device_refuses_does_not_start_an_update_storm(
     assert shadows.get("pi-1")["version"] == settled["version"]
 
 
+def test_a_desired_telemetry_interval_applies_at_once(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
+    # GIVEN a connected device reporting telemetry every 60 s
+    start_agent("pi-1")
+    first = wait_for(lambda: shadows.reported("pi-1").get("telemetry"), "first telemetry")
+
+    # WHEN desired sets the interval to 1 s
+    shadows.update("pi-1", {"state": {"desired": {"interval": 1}}})
+
+    # THEN telemetry follows within seconds, not after the 60 s already scheduled
+    wait_for(lambda: shadows.reported("pi-1").get("interval") == 1, "interval reported")
+    samples: set[int] = set()
+
+    def two_new_samples() -> bool:
+        samples.add(shadows.reported("pi-1")["telemetry"]["at"])
+        return len(samples - {first["at"]}) >= 2
+
+    wait_for(two_new_samples, "two new telemetry samples", timeout=5)
+
+
 def test_a_command_does_not_run_twice_across_an_agent_restart(start_agent: Callable[..., RunningAgent], shadows: Shadows) -> None:
     # GIVEN a device that toggled its LED for command t1, then stopped
     first = start_agent("pi-1")

@@ -396,11 +396,11 @@ class DeviceSession:
                 state = doc.get("state") or {}
                 # All of desired, not the delta: the delta is against the reported state from
                 # before this (re)start, and a rebooted device's hardware may no longer match it.
-                self._apply_desired(state.get("desired") or {})
+                self._apply_desired(state.get("desired") or {}, now)
                 self._report_full_state(now)
             elif what == ("get", "rejected"):
                 self._report_full_state(now)  # 404: a new device; its shadow starts here
-            elif what == ("update", "delta") and self._apply_desired(doc.get("state") or {}):
+            elif what == ("update", "delta") and self._apply_desired(doc.get("state") or {}, now):
                 self._report_state(self.device.state())
             if what[0] == "update" and what[1] in ("accepted", "rejected"):
                 token = doc.get("clientToken")
@@ -427,7 +427,7 @@ class DeviceSession:
             # The outcomes are in the executed log: a fresh read re-reports them.
             self._resync_at = now + RESYNC_DELAY_S
 
-    def _apply_desired(self, delta: dict[str, Any]) -> bool:
+    def _apply_desired(self, delta: dict[str, Any], now: float) -> bool:
         """Apply what can be applied; True if anything was (and so needs reporting).
 
         Refused keys are not reported on: AWS publishes a delta after every update that
@@ -438,7 +438,13 @@ class DeviceSession:
             log.warning("%s: desired state not applied: %s", self.thing, refused)
         self._refused_logged = refused  # logged once, not on every delta that repeats it
         self.device.apply(changes)
+        if "interval" in changes:
+            self._interval_changed(now)
         return bool(changes)
+
+    def _interval_changed(self, now: float) -> None:
+        # The sample already scheduled may be up to an old interval away: a new one applies at once.
+        self._telemetry_due = min(self._telemetry_due or now, now + self.device.interval_s)
 
     def _report_full_state(self, now: float, *, clear_desired: tuple[str, ...] = ()) -> None:
         reported = {
@@ -496,7 +502,7 @@ class DeviceSession:
             # desired, it would show up as a delta and undo the command at once.
             self._report_state(changed, clear_desired=tuple(changed), by_command=True)
             if "interval" in changed:
-                self._telemetry_due = min(self._telemetry_due or now, now + self.device.interval_s)
+                self._interval_changed(now)
         if self.device.reboot is not None:
             self._reboot_at = now + self.device.reboot.delay_ms / 1000.0
             self.device.reboot = None

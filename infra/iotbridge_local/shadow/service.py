@@ -3,7 +3,7 @@
 What each request publishes (AWS "Device Shadow MQTT topics" / "Interacting with shadows"):
 
 - MQTT `update`: success publishes `update/accepted`, `update/documents`, and
-  `update/delta` when the request sets `desired` and the delta is not empty;
+  `update/delta` when the resulting shadow has desired != reported (any update);
   failure publishes `update/rejected`.
 - MQTT `get` / `delete`: `get|delete/accepted` or `get|delete/rejected`.
 - HTTP UpdateThingShadow: on success the same three messages as an MQTT update
