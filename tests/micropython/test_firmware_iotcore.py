@@ -87,6 +87,29 @@ def test_desired_state_set_while_offline_is_applied_on_connect(
     assert "delta" not in shadow["state"]
 
 
+def test_a_desired_value_the_esp32_refuses_does_not_start_an_update_storm(
+    start_firmware: StartFirmware, device_config, iot_data
+) -> None:
+    # GIVEN the firmware connected and reporting
+    import json
+    import time
+
+    start_firmware(device_config)
+    wait_until(lambda: read_shadow(iot_data, THING)["state"].get("reported", {}).get("actions"), "first report")
+    # WHEN desired gets a value it cannot apply and a key it does not have, next to a good one
+    desired = {"led": "purple", "colour": "red", "relay": True}
+    iot_data.update_thing_shadow(thingName=THING, payload=json.dumps({"state": {"desired": desired}}))
+    # THEN it applies the good one and leaves the refused ones in the delta
+    wait_until(lambda: read_shadow(iot_data, THING)["state"]["reported"].get("relay") is True, "relay reported on")
+    time.sleep(0.5)
+    settled = read_shadow(iot_data, THING)
+    assert settled["state"]["delta"] == {"led": "purple", "colour": "red"}
+    # AND the delta that follows each of its reports (AWS publishes one after any update that
+    # leaves one) is not answered with another report: the version stays where it is
+    time.sleep(1.5)
+    assert read_shadow(iot_data, THING)["version"] == settled["version"]
+
+
 def test_compiled_firmware_completes_100_commands_and_a_reconnect_to_a_full_commands_shadow_in_a_48k_heap(
     start_firmware: StartFirmware, device_config, iot_data
 ) -> None:
