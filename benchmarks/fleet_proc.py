@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
 from iotbridge_contract.mqtt import Endpoint
-from iotbridge_contract.stopflag import StopFlag
+from iotbridge_contract.stopflag import StopFlag, stopped_by_signals
 from iotbridge_pi.fleet import Fleet
 
 
@@ -60,20 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     stop = StopFlag()  # set by the signal handler: no lock (see StopFlag)
 
-    def on_signal(*_: object) -> None:
+    def on_signal() -> None:
         stop.set()
         fleet.wake()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    runner = threading.Thread(target=fleet.run, args=(stop,), name="fleet", daemon=True)
-    runner.start()
-    started = time.monotonic()
-    while runner.is_alive() and not stop.wait(0.5):
-        # The counters are read without the pump's lock: approximate, which is all a progress line needs.
-        print(json.dumps({"t": round(time.monotonic() - started, 2), "connected": fleet.connected,
-                          "commands_run": fleet.commands_run}), flush=True)  # fmt: skip
-    runner.join(30)
+    with stopped_by_signals(on_signal):
+        runner = threading.Thread(target=fleet.run, args=(stop,), name="fleet", daemon=True)
+        runner.start()
+        started = time.monotonic()
+        while runner.is_alive() and not stop.wait(0.5):
+            # The counters are read without the pump's lock: approximate, which is all a progress line needs.
+            print(json.dumps({"t": round(time.monotonic() - started, 2), "connected": fleet.connected,
+                              "commands_run": fleet.commands_run}), flush=True)  # fmt: skip
+        runner.join(30)
     per_device = {thing: s.commands_run for thing, s in fleet.sessions.items()}
     print(json.dumps({"final": True, "commands_run": sum(per_device.values()), "per_device": per_device}), flush=True)
     return 0

@@ -9,7 +9,10 @@ that way after its parent was killed. Setting a bool takes no lock.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Callable, Iterator
 
 
 class StopFlag:
@@ -31,3 +34,20 @@ class StopFlag:
                 return False
             time.sleep(min(poll_s, left))
         return True
+
+
+@contextlib.contextmanager
+def stopped_by_signals(on_signal: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT call `on_signal` while the body runs; after it they are ignored.
+
+    Python's finalization puts SIG_DFL back where it had installed a handler, so the rest
+    of a burst of signals would kill a process that already stopped cleanly (exit -15,
+    not 0). An ignored signal is left ignored.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: on_signal())
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)

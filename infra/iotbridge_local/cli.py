@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from iotbridge_contract.stopflag import StopFlag
+from iotbridge_contract.stopflag import StopFlag, stopped_by_signals
 from iotbridge_local import apicommands
 from iotbridge_local.config import StackConfig, free_port
 
@@ -59,21 +58,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = LocalStack(config, prewarm=2)
     stopping = StopFlag()  # set by the signal handlers: no lock (see StopFlag)
 
-    def _stop(signum: int, frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    print("starting the local stack …", flush=True)
-    stack.start()
-    first = stack.things[0] if stack.things else "THING"
-    try:
+    with stopped_by_signals(stopping.set):
+        print("starting the local stack …", flush=True)
+        stack.start()
+        first = stack.things[0] if stack.things else "THING"
         try:
-            stack.wait_devices_ready(timeout=30)
-        except TimeoutError as exc:
-            print(f"warning: {exc}", flush=True)
-        print(
-            f"""
+            try:
+                stack.wait_devices_ready(timeout=30)
+            except TimeoutError as exc:
+                print(f"warning: {exc}", flush=True)
+            print(
+                f"""
   iotbridge local stack is up
   dashboard   {config.dashboard_url}
   API         {config.api_url}      (header  x-api-key: {config.api_key})
@@ -86,14 +81,14 @@ def cmd_up(args: argparse.Namespace) -> int:
           -d '{{"action":"led","params":{{"state":"toggle"}}}}' {config.api_url}/devices/{first}/commands
 
   Ctrl-C stops everything.""",
-            flush=True,
-        )
-        while not stopping.wait(3600):
-            pass
-    finally:
-        print("\nstopping …", flush=True)
-        stack.stop()
-        print("stopped.", flush=True)
+                flush=True,
+            )
+            while not stopping.wait(3600):
+                pass
+        finally:
+            print("\nstopping …", flush=True)
+            stack.stop()
+            print("stopped.", flush=True)
     return 0
 
 
@@ -193,11 +188,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             registry.create_thing(thingName=thing)
     broker = Broker(config)
     stop = StopFlag()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"simulating {len(things)} devices ({things[0]} … {things[-1]}); Ctrl-C stops them", flush=True)
-    run_fleet(endpoint_factory=broker.device_endpoint, things=things, state_dir=config.data_dir / "fleet",
-              stop_event=stop, telemetry_interval=args.telemetry)  # fmt: skip
+    with stopped_by_signals(stop.set):
+        run_fleet(endpoint_factory=broker.device_endpoint, things=things, state_dir=config.data_dir / "fleet",
+                  stop_event=stop, telemetry_interval=args.telemetry)  # fmt: skip
     return 0
 
 

@@ -37,6 +37,7 @@ class ScriptedBroker:
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
+        self.got_disconnect = False
         self.after_disconnect: list[str] = []  # what each send after the DISCONNECT met
         self.final_read: bytes | str = ""
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -51,8 +52,9 @@ class ScriptedBroker:
             while not received.endswith(DISCONNECT):
                 chunk = conn.recv(4096)
                 if not chunk:
-                    break
+                    return  # closed without a goodbye
                 received += chunk
+            self.got_disconnect = True
             for _ in range(3):
                 time.sleep(0.05)  # after the client had every chance to close its socket
                 try:
@@ -112,7 +114,8 @@ def test_the_broker_sees_the_connection_closed_not_reset_after_a_clean_shutdown(
     thread.join(10)
     scripted_broker.thread.join(10)
 
-    # THEN what the broker sent late was read and dropped, not answered with a reset,
-    # and the connection ended with the agent's FIN
+    # THEN the broker got the DISCONNECT; what it sent after that was read and dropped, not
+    # answered with a reset; and the connection ended with the agent's FIN
+    assert scripted_broker.got_disconnect
     assert scripted_broker.after_disconnect == ["sent", "sent", "sent"]
     assert scripted_broker.final_read == b""

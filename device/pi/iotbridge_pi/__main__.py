@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from iotbridge_contract.stopflag import stopped_by_signals
 from iotbridge_pi import config as agent_config
 from iotbridge_pi.agent import Agent
 
@@ -26,14 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     agent = Agent(cfg)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: agent.stop())
-    agent.run_forever()
-    # Python's finalization puts SIG_DFL back where it had installed a handler, so the
-    # rest of a burst of signals would kill an agent that already stopped cleanly (exit
-    # -15, not 0). An ignored signal is left ignored.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+    with stopped_by_signals(agent.stop):
+        agent.run_forever()
     return 0
 
 

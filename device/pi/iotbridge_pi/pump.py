@@ -82,6 +82,7 @@ class Pump:
         self._from_threads: collections.deque[Pumped | None] = collections.deque()
         self._connect_budget = CONNECTS_PER_PASS
         self._stopping = False
+        self._closed = False
         self._lingering: dict[socket.socket, float] = {}  # connection -> give up at
         self._linger_marker = _Lingering()
 
@@ -158,19 +159,27 @@ class Pump:
         heapq.heappush(self._timers, (when, next(self._seq), session))
 
     def _linger(self, fd: int) -> None:
-        # A second descriptor keeps the connection open after paho closes its own.
+        # A second descriptor keeps the connection open after paho closes its own. Anything
+        # that fails here falls back to paho's plain close: never an exception into paho.
+        if self._closed:
+            return
         try:
-            conn = socket.socket(fileno=os.dup(fd))
+            dup = os.dup(fd)
         except OSError:
             return
-        conn.setblocking(False)
         try:
-            conn.shutdown(socket.SHUT_WR)  # FIN after the DISCONNECT already written
+            conn = socket.socket(fileno=dup)
         except OSError:
+            os.close(dup)
+            return
+        try:
+            conn.setblocking(False)
+            conn.shutdown(socket.SHUT_WR)  # FIN after the DISCONNECT already written
+            self._sel.register(conn, selectors.EVENT_READ, self._linger_marker)
+        except (OSError, ValueError):
             conn.close()
             return
         self._lingering[conn] = time.monotonic() + LINGER_S
-        self._sel.register(conn, selectors.EVENT_READ, self._linger_marker)
 
     def _read_lingering(self, conn: socket.socket) -> None:
         try:
@@ -279,6 +288,9 @@ class Pump:
             self._end_lingering(conn)
 
     def close(self) -> None:
+        for conn in list(self._lingering):
+            self._end_lingering(conn)
+        self._closed = True
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
