@@ -89,14 +89,21 @@ def _disconnected(client: TestClient) -> str:
         f"iotbridge/things/{B}/telemetry",
         topics.presence_topic("disconnected", B),
         "$SYS/broker/forged",
+        # its own, but not its to write: the presence shadow (a device could pin itself
+        # "connected"), the shadow service's replies, a delete
+        topics.shadow_topic(A, "update", shadow="presence"),
+        topics.shadow_topic(A, "update", "accepted", shadow="commands"),
+        topics.shadow_topic(A, "delete"),
     ],
 )
-def test_device_publishing_on_another_devices_topic_is_dropped_and_disconnected(broker: Broker, forbidden: str) -> None:
+def test_device_publishing_where_its_policy_does_not_allow_is_dropped_and_disconnected(
+    broker: Broker, forbidden: str
+) -> None:
     # GIVEN the service listening to every shadow, device topic and lifecycle event
     with TestClient("svc", broker.service_endpoint()) as svc:
         for flt in ("$aws/things/+/shadow/#", "iotbridge/things/#", f"{topics.PRESENCE_PREFIX}#", "$SYS/broker/forged"):
             svc.subscribe(flt)
-        # WHEN device A publishes on a topic that is not its own
+        # WHEN device A publishes on a topic that is not its own, or not its to write
         a = TestClient(A, broker.device_endpoint(A)).connect()
         a.mqtt.publish(forbidden, b'{"state":{"reported":{"led":"on"}}}', qos=0)
         # THEN the broker drops the connection (AWS IoT does the same on a policy violation)

@@ -74,9 +74,9 @@ def test_connect_requires_the_exact_thing_name_as_client_id(template: dict[str, 
     assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
 
 
-@pytest.mark.parametrize("shadow", [None, commands.COMMANDS_SHADOW, commands.PRESENCE_SHADOW])
+@pytest.mark.parametrize("shadow", [None, commands.COMMANDS_SHADOW])
 def test_a_device_speaks_the_shadow_protocol_for_itself(template: dict[str, Any], shadow: str | None) -> None:
-    # GIVEN device pi-01 and one of its shadows (classic, commands, presence)
+    # GIVEN device pi-01 and one of the shadows it works with (classic, commands)
     for operation in ("update", "get"):
         # WHEN it sends a shadow request
         # THEN it may publish it
@@ -107,6 +107,18 @@ def test_a_device_cannot_reach_another_things_topics(template: dict[str, Any]) -
     broad_filters = ("#", "$aws/things/#", "$aws/things/+/shadow/update/delta", "iotbridge/things/+/#")
     for broad in (*broad_filters, topics.PRESENCE_PREFIX + "#"):
         assert not _allowed(template, "pi-01", "iot:Subscribe", broad), broad
+
+
+def test_a_device_cannot_write_its_presence_shadow(template: dict[str, Any]) -> None:
+    # GIVEN device pi-01, whose presence the lifecycle rule records in its presence shadow
+    # WHEN it tries to write or read that shadow itself (e.g. connected: true with a far-future
+    # timestamp, which would make every later lifecycle event look older)
+    # THEN the policy refuses: only the rule writes it
+    for operation in ("update", "get", "delete"):
+        topic = topics.shadow_topic("pi-01", operation, shadow=commands.PRESENCE_SHADOW)
+        assert not _allowed(template, "pi-01", "iot:Publish", topic), topic
+    # AND the same holds for any other named shadow nobody listed for devices
+    assert not _allowed(template, "pi-01", "iot:Publish", topics.shadow_topic("pi-01", "update", shadow="anything"))
 
 
 def test_a_device_cannot_forge_the_shadow_services_replies(template: dict[str, Any]) -> None:
