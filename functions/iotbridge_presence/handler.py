@@ -3,8 +3,9 @@
 Invoked by the topic rule on `$aws/events/presence/+/+` (AWS), or by
 `iotbridge_local.rules` (local stack) with the same event. Lifecycle events
 may arrive late, twice or out of order (AWS says so), so an event is written
-only when it is newer than the one the shadow holds, ordered by
-(timestamp, versionNumber, connected < disconnected); the write carries the
+only when it is newer than the one the shadow holds (`_is_newer`: by versionNumber,
+then connected < disconnected, for events within a minute of each other; by
+timestamp for events farther apart); the write carries the
 shadow version it read, and a conflict means someone wrote meanwhile: read
 again and decide again.
 
@@ -30,8 +31,25 @@ MAX_ATTEMPTS = 5
 iot_data = boto3.client("iot-data")
 
 
-def _order(state: dict[str, Any]) -> tuple[int, int, int]:
-    return (int(state.get("at", 0)), int(state.get("versionNumber", 0)), 0 if state.get("connected") else 1)
+# Events closer in time than this are ordered by version number. AWS increments it with
+# every connection of a client id, so it orders a session's events against the next
+# session's even when the clocks say otherwise: a silently dead link's DUPLICATE_CLIENTID
+# disconnect is stamped a few ms *after* the new session's connect. Farther apart, the
+# timestamp decides, so a count that started over (a client id unused for long) cannot
+# pin a thing offline.
+SAME_TIME_MS = 60_000
+
+
+def _key(state: dict[str, Any]) -> tuple[int, int, int]:
+    # Within one version (session), disconnect follows connect, also in the same millisecond.
+    return (int(state.get("versionNumber", 0)), 0 if state.get("connected") else 1, int(state.get("at", 0)))
+
+
+def _is_newer(new: dict[str, Any], stored: dict[str, Any]) -> bool:
+    gap = int(new.get("at", 0)) - int(stored.get("at", 0))
+    if abs(gap) > SAME_TIME_MS:
+        return gap > 0
+    return _key(new) > _key(stored)
 
 
 def reported_state(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -73,7 +91,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     thing = new["clientId"]
     for _ in range(MAX_ATTEMPTS):
         current, version = _read(thing)
-        if current is not None and _order(current) >= _order(new):
+        if current is not None and not _is_newer(new, current):
             return {"written": False, "why": "an event as new or newer is stored", "thing": thing}
         update: dict[str, Any] = {"state": {"reported": new}}
         if version is not None:

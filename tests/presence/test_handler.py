@@ -84,6 +84,27 @@ def test_late_disconnect_of_an_old_session_does_not_hide_a_new_connect(handler: 
     assert p["at"] == 3_000
 
 
+def test_an_old_sessions_disconnect_stamped_after_the_new_connect_does_not_hide_it(handler: ModuleType) -> None:
+    # GIVEN a thing whose link died silently and which reconnected as session 2
+    handler.lambda_handler(_event("connected", 1_000, 1), None)
+    handler.lambda_handler(_event("connected", 50_000, 2), None)
+    # WHEN AWS closes session 1 for the duplicate client id, a few ms after session 2 connected
+    handler.lambda_handler(_event("disconnected", 50_004, 1, reason="DUPLICATE_CLIENTID"), None)
+    # THEN the thing stays online: the version number orders events of nearby times
+    p = _presence()
+    assert p["connected"] is True and p["versionNumber"] == 2
+
+
+def test_a_connect_long_after_the_stored_event_wins_even_with_a_smaller_version(handler: ModuleType) -> None:
+    # GIVEN a thing that went offline at version 37
+    handler.lambda_handler(_event("connected", 1_000, 37), None)
+    handler.lambda_handler(_event("disconnected", 2_000, 37), None)
+    # WHEN it connects again a day later and the broker's version count for it started over
+    handler.lambda_handler(_event("connected", 2_000 + 86_400_000, 1), None)
+    # THEN it is online: far apart in time, the timestamp decides
+    assert _presence()["connected"] is True
+
+
 def test_disconnect_in_the_same_millisecond_as_its_connect_wins(handler: ModuleType) -> None:
     # GIVEN a connect and a disconnect of one session stamped in the same millisecond
     handler.lambda_handler(_event("connected", 5_000, 3), None)
