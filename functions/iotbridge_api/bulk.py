@@ -35,6 +35,7 @@ from iotbridge_jobs import fanout, record
 from iotbridge_jobs.record import JOBS_THING
 
 MAX_EXPLICIT_TARGETS = 1_000
+MAX_JOB_ID = 48  # a caller's id (BulkRequest.id); generated ones are 32 hex digits
 INLINE_TARGETS = 50  # queued inside the POST: about as long as one page invocation's cold start
 THREADS = 16
 REFRESH_DEVICES = 500  # device shadows read per GET to refresh counts, beyond the window
@@ -175,7 +176,7 @@ class _Page:
     """One page's record as GET sees it, and what its devices' states mean."""
 
     def __init__(self, number: int, first: int, reported: dict[str, Any], now: int) -> None:
-        self.number, self.first = number, first
+        self.number, self.first, self.now = number, first, now
         self.things = record.page_things(reported)
         self.sent: dict[str, Any] = reported.get("sent") or {}
         self.failed = record.decode_failed(reported.get("failed"))
@@ -196,7 +197,10 @@ class _Page:
         outcome = record.reported(doc).get(job_id)
         if isinstance(outcome, dict):
             return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"), "error": outcome.get("error")}
-        if job_id in record.desired(doc):
+        pending = record.desired(doc)
+        if job_id in pending:
+            if contract.is_abandoned(pending[job_id], self.now):  # the device never came back for it
+                return {"thing": thing, "state": CommandState.EXPIRED.value}
             return {"thing": thing, "state": PENDING}
         if index in self.failed:
             return {"thing": thing, "state": NOT_SENT, "error": self.failed[index]}
@@ -209,7 +213,10 @@ class _Page:
         return {"thing": self.things[index], "state": NOT_SENT, "error": self.error}
 
     def done(self, counts: dict[str, int]) -> int:
-        return sum(n for state, n in counts.items() if state in TERMINAL or (state == NOT_SENT and self.settled))
+        # UNKNOWN (queued, and now neither pending nor answered: its outcome left the device's
+        # history) and NOT_SENT on a settled page never change again: they count as done.
+        final = (NOT_SENT, UNKNOWN)
+        return sum(n for state, n in counts.items() if state in TERMINAL or (state in final and self.settled))
 
     def assumed_counts(self) -> dict[str, int]:
         """Counts without reading a device: not yet taken, or as the fan-out left it."""
@@ -242,6 +249,8 @@ def _count(states: list[dict[str, Any]]) -> dict[str, int]:
 def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
     if not names.COMMAND_ID_RE.fullmatch(job_id):
         raise errors.InvalidCommandId(f"invalid job id {job_id!r}")
+    if len(job_id) > MAX_JOB_ID:  # no job has one (its record's shadow name would pass AWS's 64)
+        raise errors.JobNotFound(f"no job {job_id}", details={"jobId": job_id})
     summary = record.reported(_shadow_call(record.patient, record.get, JOBS_THING, record.summary_shadow(job_id)))
     if not summary:
         raise errors.JobNotFound(f"no job {job_id}", details={"jobId": job_id})

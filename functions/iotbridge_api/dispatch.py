@@ -18,7 +18,6 @@ from iotbridge_contract import actions as contract_actions
 from iotbridge_contract import commands as contract
 from iotbridge_contract.commands import COMMANDS_SHADOW, PRESENCE_SHADOW, CommandState
 
-EXPIRY_GRACE_MS = 30_000  # > the longest a handler may run: after this a pending, expired command never ran
 MAX_SUBMIT_ATTEMPTS = 8  # optimistic-lock retries when many callers race on one device
 
 
@@ -160,7 +159,7 @@ def _existing(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any]
         if pending.get("action") != request.action or pending.get("params") != request.params:
             raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
         current = view(thing, cid, doc, connected=True)
-        if current is not None and doc is not None and _abandoned(pending, now_ms()):
+        if current is not None and doc is not None and contract.is_abandoned(pending, now_ms()):
             return _expire_if_abandoned(thing, cid, doc, current)
         return current  # already queued: join the wait
     return None
@@ -173,12 +172,6 @@ def _check_same(cid: str, request: CommandRequest, outcome: Any) -> None:
     digest = outcome.get("paramsDigest")  # devices that record it; others are checked by action only
     if outcome.get("action") != request.action or (digest and digest != contract.params_digest(request.params)):
         raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
-
-
-def _abandoned(entry: Any, now: int) -> bool:
-    """A pending entry that expired more than EXPIRY_GRACE_MS ago: no device started it, none will."""
-    expires = entry.get("expiresAt") if isinstance(entry, dict) else None
-    return isinstance(expires, int) and now > expires + EXPIRY_GRACE_MS
 
 
 def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> CommandView | None:
@@ -195,7 +188,7 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
         if existing is not None:
             return existing
         desired, issued = _desired(doc), now_ms()
-        abandoned = [k for k, entry in desired.items() if _abandoned(entry, issued)]
+        abandoned = [k for k, entry in desired.items() if contract.is_abandoned(entry, issued)]
         junk = [k for k, entry in desired.items() if not isinstance(entry, dict)]  # no command: no device runs it
         if len(desired) - len(abandoned) - len(junk) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
@@ -263,7 +256,7 @@ def lookup(thing: str, cid: str) -> CommandView:
 
 def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: CommandView) -> CommandView:
     """A command still pending long after it expired never ran and never will: record EXPIRED."""
-    if current.expiresAt is None or now_ms() <= current.expiresAt + EXPIRY_GRACE_MS:
+    if current.expiresAt is None or now_ms() <= current.expiresAt + contract.EXPIRY_GRACE_MS:
         return current
     outcome = _expired_outcome({"action": current.action}, now_ms())
     update = {"state": {"desired": {cid: None}, "reported": {cid: outcome}}, "version": doc["version"]}
@@ -288,7 +281,7 @@ def history(thing: str) -> list[CommandView]:
     views = [v for cid in dict.fromkeys(ids) if (v := view(thing, cid, doc, connected=connected))]
     now = now_ms()
     for v in views:  # what a GET of the command would record
-        if v.state not in _TERMINAL and _abandoned({"expiresAt": v.expiresAt}, now):
+        if v.state not in _TERMINAL and contract.is_abandoned({"expiresAt": v.expiresAt}, now):
             v.state, v.error = CommandState.EXPIRED.value, "expired before the device took it"
     # newest first: pending by issue time, done by completion time
     views.sort(key=lambda v: -(v.doneAt or v.issuedAt or 0))

@@ -23,6 +23,7 @@ MAX_RESULT_BYTES = 256  # compact JSON of a result
 MAX_ERROR_CHARS = 160
 DEFAULT_TTL_MS = 60_000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
+EXPIRY_GRACE_MS = 30_000  # > the longest a handler may run: after this a pending, expired command never ran
 MAX_STATE_DEPTH = 6  # AWS IoT: levels of nesting in a shadow's desired or reported section
 
 
@@ -91,6 +92,12 @@ def outcome_entry(
 def is_expired(entry: dict[str, Any], now_ms: int) -> bool:
     expires_at = entry.get("expiresAt")
     return isinstance(expires_at, int) and now_ms > expires_at
+
+
+def is_abandoned(entry: Any, now_ms: int) -> bool:
+    """A pending entry that expired more than EXPIRY_GRACE_MS ago: no device started it, none will."""
+    expires_at = entry.get("expiresAt") if isinstance(entry, dict) else None
+    return isinstance(expires_at, int) and now_ms > expires_at + EXPIRY_GRACE_MS
 
 
 def number_or_zero(value: Any) -> float:

@@ -205,6 +205,39 @@ def test_progress_reads_the_window_and_a_bounded_refresh_then_keeps_finished_pag
     assert view["nextOffset"] == 1
 
 
+def test_a_job_completes_when_its_offline_devices_let_the_command_expire(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-second job on a device that answers and one that never comes back
+    for thing in ("exp-on", "exp-off"):
+        make_device(thing)
+    job = api.post("/commands", json={"action": "ping", "things": ["exp-on", "exp-off"], "ttlMs": 1_000}).json["jobId"]
+    _answer("exp-on", job)
+    # WHEN progress is read an hour later
+    later = record.now_ms() + 3_600_000
+    monkeypatch.setattr(record, "now_ms", lambda: later)
+    view = api.get(f"/commands/jobs/{job}").json
+    # THEN the silent device counts EXPIRED, as GET /devices/{thing}/commands/{id} says, and the job is complete
+    assert view["counts"] == {"SUCCEEDED": 1, "EXPIRED": 1}
+    assert view["complete"] is True and view["done"] == 2
+
+
+def test_a_job_whose_outcome_left_a_devices_history_still_completes(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN a job a device ran, whose outcome was then pruned from its 16-outcome history
+    make_device("pruned-1")
+    job = api.post("/commands", json={"action": "ping", "things": ["pruned-1"]}).json["jobId"]
+    _answer("pruned-1", job)
+    prune = {"state": {"reported": {job: None}}}
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="pruned-1", shadowName=COMMANDS_SHADOW, payload=json.dumps(prune)
+    )
+    # WHEN progress is read
+    view = api.get(f"/commands/jobs/{job}").json
+    # THEN the device is UNKNOWN, which will never change, so the job is complete
+    assert view["counts"] == {"UNKNOWN": 1}
+    assert view["complete"] is True
+
+
 def test_a_page_whose_invocation_fails_shows_not_sent_with_the_error(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from iotbridge_api import dispatch, iot
+from iotbridge_api import iot
+from iotbridge_contract import commands as contract
 from iotbridge_local.stack import LocalStack
 from iotbridge_local.testclient import ApiClient
 from tests.faults.harness import http, wait_terminal, wait_until
@@ -100,7 +101,7 @@ def test_a_command_abandoned_past_its_expiry_is_closed_by_the_api_and_never_run(
     #   and an API whose grace period after expiry is 0 (30 s in production: longer than any handler)
     thing = stack.things[1]
     _offline(stack, thing)
-    monkeypatch.setattr(dispatch, "EXPIRY_GRACE_MS", 0)
+    monkeypatch.setattr(contract, "EXPIRY_GRACE_MS", 0)
     client = ApiClient(api_key=None)
     body = {"action": "led", "params": {"state": "toggle"}, "id": "abandoned", "ttlMs": 1_000, "timeoutMs": 0}
     queued = client.post(f"/devices/{thing}/commands", json=body)

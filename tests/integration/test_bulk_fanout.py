@@ -57,3 +57,11 @@ def test_a_job_larger_than_a_page_reaches_every_target_through_asynchronous_invo
     assert view["counts"] == expected, view
     assert [d["state"] for d in view["devices"]] == ["SUCCEEDED", "SUCCEEDED"]
     assert view["complete"] is False and view["nextOffset"] == 2
+
+
+def test_a_job_id_longer_than_any_job_has_is_not_found(stack: LocalStack) -> None:
+    # GIVEN the local stack, whose shadow service refuses shadow names past AWS's 64 characters
+    # WHEN a 64-character job id is looked up (its record would be the shadow `job-` + id)
+    status, _, body = call(stack.config.api_url, "GET", "/commands/jobs/" + "j" * 64, key=stack.config.api_key)
+    # THEN 404 JOB_NOT_FOUND, not a 502 from the shadow name the data plane refused
+    assert (status, body["code"]) == (404, "JOB_NOT_FOUND")
