@@ -175,7 +175,7 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
 class _Page:
     """One page's record as GET sees it, and what its devices' states mean."""
 
-    def __init__(self, number: int, first: int, reported: dict[str, Any], now: int) -> None:
+    def __init__(self, number: int, first: int, reported: dict[str, Any], now: int, *, expires_at: int | None) -> None:
         self.number, self.first, self.now = number, first, now
         self.things = record.page_things(reported)
         self.sent: dict[str, Any] = reported.get("sent") or {}
@@ -186,10 +186,16 @@ class _Page:
         state = self.sent.get("state")
         lapsed = state == record.SENDING and int(self.sent.get("until") or 0) < now
         attempt = int(self.sent.get("attempt") or 0)
-        # Settled: no sender will touch the page again. A lapsed claim of the API, or of the
-        # last attempt, was cut off (timeout); an earlier attempt's is retried by Lambda.
-        self.settled = state in record.SETTLED or (lapsed and (self.sent.get("by") == "api" or attempt >= record.MAX_ATTEMPTS))
+        # Settled: no sender will touch the page again. The last attempt's lapsed claim was cut
+        # off (timeout); an earlier attempt's, or the API's, is followed by a fan-out (retry).
+        # Once the job is past its expiry nobody sends (the fan-out refuses an expired job): a
+        # page whose events Lambda dropped, or whose API claim lapsed, is settled then.
+        over = expires_at is not None and now > expires_at + contract.EXPIRY_GRACE_MS
+        live = state == record.SENDING and not lapsed
+        self.settled = state in record.SETTLED or (lapsed and attempt >= record.MAX_ATTEMPTS) or (over and not live)
         self.error = self.sent.get("error") or (f"attempt {attempt} was cut off" if lapsed else None)
+        if self.error is None and over and not state:
+            self.error = "EXPIRED: the job expired before this page was sent"
         self.taken = bool(state)  # some sender has worked on it: its devices may hold the command
 
     def state_of(self, index: int, doc: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
@@ -229,6 +235,10 @@ class _Page:
         return counts
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _counts_of(value: Any) -> dict[str, int] | None:
     if not isinstance(value, dict) or not isinstance(value.get("counts"), str):
         return None
@@ -260,7 +270,7 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
         pages: list[_Page] = []
         first = 0
         for n, doc in enumerate(docs):
-            pages.append(_Page(n, first, record.reported(doc), now))
+            pages.append(_Page(n, first, record.reported(doc), now, expires_at=_int_or_none(summary.get("expiresAt"))))
             first += len(pages[-1].things)
         total = first
 

@@ -64,6 +64,12 @@ def _claim(job_id: str, page: int, *, by: str, until: int) -> tuple[int, dict[st
         if sent.get("state") in record.SETTLED:
             return PageOutcome(job_id, page, "SKIPPED", attempt=int(sent.get("attempt") or 0), error="already done")
         if sent.get("state") == record.SENDING and int(sent.get("until") or 0) > record.now_ms():
+            if sent.get("by") == "api" and by != "api":
+                # The API hands a page over only when it gave up on it (its own claim write may have
+                # worked though its answer was lost): SKIPPED here would leave the page unsent for
+                # good. Lambda retries the event later, after the API's claim has lapsed.
+                raise record.ShadowError("CONFLICT", f"job {job_id} page {page}: the API's claim has not lapsed yet",
+                                         retryable=True)  # fmt: skip
             return PageOutcome(job_id, page, "SKIPPED", attempt=int(sent.get("attempt") or 0),
                                error="another invocation is sending this page")  # fmt: skip
         attempt = int(sent.get("attempt") or 0) + 1

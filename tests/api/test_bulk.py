@@ -368,6 +368,55 @@ def test_a_sender_cut_off_by_its_timeout_is_retried_then_shown_failed(api: ApiCl
     assert view["complete"] is True and view["counts"] == {"NOT_SENT": 60}
 
 
+def test_a_page_the_api_gave_up_on_is_sent_by_the_fan_out_once_the_apis_claim_lapsed(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a small job whose page the API claimed (its claim write worked, but its answer was
+    # lost), so the API handed the page to the fan-out function
+    make_device("gave-up")
+    real_update_page = record.update_page
+
+    def claim_then_lose_the_answer(job_id: str, page: int, reported: dict[str, Any], **kw: Any) -> None:
+        real_update_page(job_id, page, reported, **kw)
+        if (reported.get("sent") or {}).get("by") == "api" and reported["sent"]["state"] == record.SENDING:
+            raise record.ShadowError("UPSTREAM_ERROR", "the answer was lost", retryable=True)
+
+    monkeypatch.setattr(record, "update_page", claim_then_lose_the_answer)
+    started = api.post("/commands", json={"action": "ping", "things": ["gave-up"], "ttlMs": 600_000})
+    monkeypatch.setattr(record, "update_page", real_update_page)
+    job = started.json["jobId"]
+    assert started.json["queued"] == 0 and len(invocations.events) == 1
+    # WHEN the fan-out event arrives while the API's claim still runs
+    # THEN it fails, so that Lambda retries it, rather than leaving the page to a sender that gave up
+    with pytest.raises(record.ShadowError):
+        invocations.deliver(invocations.events[0])
+    assert api.get(f"/commands/jobs/{job}").json["complete"] is False
+    # AND the retry, after the API's claim lapsed, queues the command
+    later = record.now_ms() + 60_000
+    monkeypatch.setattr(record, "now_ms", lambda: later)
+    assert invocations.deliver(invocations.events[0])["state"] == "QUEUED"
+    assert job in _pending("gave-up")
+
+
+def test_a_page_whose_events_were_all_lost_is_settled_when_the_job_expires(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a two-page job whose fan-out events Lambda never delivered (throttled until they aged out)
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    things = _things("lost", 20)
+    job = api.post("/commands", json={"action": "ping", "things": things, "ttlMs": 1_000}).json["jobId"]
+    assert len(invocations.events) == 2
+    # WHEN progress is read before and after the job expired
+    before = api.get(f"/commands/jobs/{job}").json
+    later = record.now_ms() + 3_600_000
+    monkeypatch.setattr(record, "now_ms", lambda: later)
+    after = api.get(f"/commands/jobs/{job}?limit=1").json
+    # THEN it is pending before, and settled after: not sent, saying why, the job complete
+    assert (before["counts"], before["complete"]) == ({"NOT_SENT": 20}, False)
+    assert (after["counts"], after["complete"]) == ({"NOT_SENT": 20}, True)
+    assert "expired before this page was sent" in after["devices"][0]["error"]
+
+
 def test_pages_stay_within_the_shadow_size_limit() -> None:
     # GIVEN the longest thing names AWS allows, and the shortest, and the largest params a command may have
     command = json.dumps({"action": "a" * 32, "params": {"p": "x" * 500}, "issuedAt": 2**42, "expiresAt": 2**42})
