@@ -68,8 +68,19 @@ def _thing(value: str) -> str:
 
 
 def _deadline(wait_ms: int) -> float:
-    """min(caller's wait, Lambda's remaining time less a margin, API Gateway's 29 s less a margin), as monotonic time."""
+    """min(caller's wait, Lambda's remaining time less a margin, API Gateway's 29 s less a margin), as monotonic time.
+
+    The gateway's 29 s are counted from `requestContext.requestTimeEpoch`, the request's arrival:
+    a cold start, or a Lambda timeout set longer than 29 s, must not eat the margin. An epoch
+    more than 29 s old (a sample event, replayed) says nothing about this request and is ignored.
+    """
     budget = min(wait_ms, MAX_WAIT_MS - GATEWAY_MARGIN_MS)
+    event = app.current_event
+    arrived = ((event.raw.get("requestContext") or {}).get("requestTimeEpoch") if event is not None else None)
+    if isinstance(arrived, int) and not isinstance(arrived, bool):
+        waited = int(time.time() * 1000) - arrived
+        if 0 <= waited <= MAX_WAIT_MS:
+            budget = min(budget, MAX_WAIT_MS - waited - GATEWAY_MARGIN_MS)
     context = app.lambda_context
     if context is not None and hasattr(context, "get_remaining_time_in_millis"):
         budget = min(budget, context.get_remaining_time_in_millis() - DEADLINE_MARGIN_MS)

@@ -279,3 +279,22 @@ def test_expiring_abandoned_commands_keeps_the_history_at_its_size(api: ApiClien
     # THEN the history keeps its size: the ten EXPIRED and the six newest of the old outcomes
     reported = shadow("lamp-17")["state"]["reported"]
     assert set(reported) == set(stale) | {f"old{i:02d}" for i in range(10, HISTORY)}
+
+
+def test_the_wait_counts_api_gateways_29_s_from_the_requests_arrival(api: ApiClient) -> None:
+    # GIVEN a device that never answers, and a request that reached API Gateway 20 s ago
+    #   (a cold start, a throttled invoke): the function starts with 9 of the gateway's 29 s left
+    from iotbridge_api.handler import lambda_handler
+    from iotbridge_local.apigw.event import LambdaContext, build_event
+
+    make_device("lamp-late")
+    body = json.dumps({"action": "ping", "timeoutMs": 29_000}).encode()
+    event = build_event("POST", "/devices/lamp-late/commands", body=body, api_key="test",
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+    event["requestContext"]["requestTimeEpoch"] = int(time.time() * 1000) - 20_000
+    # WHEN the function runs with a Lambda timeout longer than the gateway's
+    started = time.monotonic()
+    result = lambda_handler(event, LambdaContext(timeout_s=60))
+    # THEN it answers 202 before the gateway gives up (~7 s: 29 - 20 - its 2 s margin), not after 27 s
+    assert result["statusCode"] == 202
+    assert time.monotonic() - started < 15
