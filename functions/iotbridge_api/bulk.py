@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from iotbridge_api import errors, iot
+from iotbridge_api.models import MAX_JOB_ID
 from iotbridge_contract import commands as contract
 from iotbridge_contract import names
 from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState
@@ -35,7 +36,6 @@ from iotbridge_jobs import fanout, record
 from iotbridge_jobs.record import JOBS_THING
 
 MAX_EXPLICIT_TARGETS = 1_000
-MAX_JOB_ID = 48  # a caller's id (BulkRequest.id); generated ones are 32 hex digits
 INLINE_TARGETS = 50  # queued inside the POST: about as long as one page invocation's cold start
 THREADS = 16
 REFRESH_DEVICES = 500  # device shadows read per GET to refresh counts, beyond the window

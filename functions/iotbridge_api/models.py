@@ -12,6 +12,7 @@ from iotbridge_api.schema import Model, field
 from iotbridge_contract import commands as contract
 
 MAX_WAIT_MS = 29_000  # API Gateway's integration timeout
+MAX_JOB_ID = 48  # a caller's job id; `job-{id}` names its record's shadow (AWS: at most 64 characters)
 
 
 class ErrorBody(Model):
@@ -100,7 +101,7 @@ class Health(Model):
 class BulkRequest(Model, strict=True):
     action: str = field(min_length=1, max_length=32, description="The action to run on every target")
     id: str | None = field(
-        default=None, min_length=1, max_length=48, pattern=r"^[a-zA-Z0-9_-]+$",
+        default=None, min_length=1, max_length=MAX_JOB_ID, pattern=r"^[a-zA-Z0-9_-]+$",
         description="Caller-chosen job id (the command id on every device); a retry with the same id starts nothing new",
     )  # fmt: skip
     params: dict[str, Any] = field(default_factory=dict)
