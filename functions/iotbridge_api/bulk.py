@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -41,6 +42,7 @@ THREADS = 16
 REFRESH_DEVICES = 500  # device shadows read per GET to refresh counts, beyond the window
 NOT_SENT, UNKNOWN, PENDING = "NOT_SENT", "UNKNOWN", "PENDING"
 TERMINAL = frozenset(s.value for s in CommandState if s.terminal)
+_STARTED = ("action", "params", "createdAt", "expiresAt", "targets", "pages")  # of the summary, in POST's answer
 
 _lock = threading.Lock()
 _lambda_client: list[Any] = []
@@ -95,15 +97,24 @@ def _check(params: dict[str, Any], things: list[str] | None) -> None:
             raise errors.InvalidThingName(str(exc), details={"thing": str(thing)[:200]}) from None
 
 
-def _recorded(job_id: str, action: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    """The job `job_id` as recorded, if it is (the same action and params, else a conflict)."""
+def _targets_digest(things: list[str] | None) -> str:
+    """What a retry must repeat to be the same job: the same targets in order, or `all`."""
+    if things is None:
+        return "all"  # the registry as listed by the first POST; a retry does not list it again
+    return hashlib.sha256("\n".join(dict.fromkeys(things)).encode()).hexdigest()[:24]
+
+
+def _recorded(job_id: str, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The job `job_id` as recorded, if it is (the same request, else a conflict)."""
     summary = record.reported(_shadow_call(record.patient, record.get, JOBS_THING, record.summary_shadow(job_id)))
     if not summary:
         return None
-    if summary.get("action") != action or summary.get("params") != params:
-        raise errors.IdConflict(f"job {job_id} exists with other action or params", details={"id": job_id})
-    fields = ("action", "params", "createdAt", "expiresAt", "targets", "pages")
-    return {"jobId": job_id, **{k: summary.get(k) for k in fields}, "queued": 0, "notQueued": []}
+    # Jobs recorded before targets and ttl were kept are checked on what they have.
+    differs = sorted(k for k, v in request.items() if (k in summary or k in ("action", "params")) and summary.get(k) != v)
+    if differs:
+        message = f"job {job_id} exists with other {', '.join(differs)}"
+        raise errors.IdConflict(message, details={"id": job_id, "differs": differs})
+    return {"jobId": job_id, **{k: summary.get(k) for k in _STARTED}, "queued": 0, "notQueued": []}
 
 
 def _shadow_call(call: Any, *args: Any) -> Any:
@@ -121,20 +132,22 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     answer was lost) gets the job as recorded, and follows its progress like the first caller.
     """
     _check(params, things)
+    request = {"action": action, "params": params, "targetsDigest": _targets_digest(things), "ttlMs": ttl_ms}
+    chosen = job_id is not None
     if job_id is not None:
-        known = _recorded(job_id, action, params)
+        known = _recorded(job_id, request)
         if known is not None:
             return known
     targets = list(dict.fromkeys(things)) if things is not None else _all_things(deadline)
     job_id = job_id or uuid.uuid4().hex
     issued = record.now_ms()
     pages = record.split(targets)
-    summary = {"action": action, "params": params, "createdAt": issued, "expiresAt": issued + ttl_ms,
-               "targets": len(targets), "pages": len(pages)}  # fmt: skip
+    summary = {**request, "createdAt": issued, "expiresAt": issued + ttl_ms, "targets": len(targets), "pages": len(pages)}
     command = contract.compact(contract.pending_entry(action, params, issued_at=issued, expires_at=issued + ttl_ms))
+    # A caller's id may be a command some target already has: the fan-out reads before it writes (fanout.py).
+    page_records = [{"things": ",".join(page), "command": command, "readFirst": chosen or None} for page in pages]
     with ThreadPoolExecutor(THREADS) as pool:  # the pages first: a summary means the whole record is there
-        list(pool.map(lambda n: _shadow_call(record.update_page, job_id, n, {"things": ",".join(pages[n]), "command": command}),
-                      range(len(pages))))  # fmt: skip
+        list(pool.map(lambda n: _shadow_call(record.update_page, job_id, n, page_records[n]), range(len(pages))))
     _shadow_call(record.patient, record.update, JOBS_THING, {"state": {"reported": summary}}, record.summary_shadow(job_id))
 
     queued, not_queued, to_invoke = 0, [], list(range(len(pages)))
@@ -166,7 +179,7 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
         for page, error in zip(to_invoke, pool.map(invoke, to_invoke), strict=True):
             if error:
                 not_queued += [{"thing": t, "code": NOT_SENT, "error": error} for t in pages[page]]
-    return {"jobId": job_id, **summary, "queued": queued, "notQueued": not_queued[:100]}
+    return {"jobId": job_id, **{k: summary[k] for k in _STARTED}, "queued": queued, "notQueued": not_queued[:100]}
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -178,6 +191,7 @@ class _Page:
     def __init__(self, number: int, first: int, reported: dict[str, Any], now: int, *, expires_at: int | None) -> None:
         self.number, self.first, self.now = number, first, now
         self.things = record.page_things(reported)
+        self.command = _command_of(reported.get("command"))
         self.sent: dict[str, Any] = reported.get("sent") or {}
         self.failed = record.decode_failed(reported.get("failed"))
         self.tally = _counts_of(reported.get("tally"))
@@ -201,10 +215,10 @@ class _Page:
     def state_of(self, index: int, doc: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
         thing = self.things[index]
         outcome = record.reported(doc).get(job_id)
-        if isinstance(outcome, dict):
+        if isinstance(outcome, dict) and self._is_ours(outcome):
             return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"), "error": outcome.get("error")}
         pending = record.desired(doc)
-        if job_id in pending:
+        if job_id in pending and self._is_ours(pending[job_id]):
             if contract.is_abandoned(pending[job_id], self.now):  # the device never came back for it
                 return {"thing": thing, "state": CommandState.EXPIRED.value}
             return {"thing": thing, "state": PENDING}
@@ -213,6 +227,10 @@ class _Page:
         if self.sent.get("state") == record.QUEUED:
             return {"thing": thing, "state": UNKNOWN}  # queued, then gone (a device keeps its last outcomes only)
         return {"thing": thing, "state": NOT_SENT, "error": self.error}
+
+    def _is_ours(self, entry: Any) -> bool:
+        """Whether the device's command under the job id is the job's, not another command a caller gave that id."""
+        return self.command is None or contract.is_same_command(entry, self.command["action"], self.command["params"])
 
     def unread(self, index: int) -> dict[str, Any]:
         """A device whose shadow needs no read: its page was never taken."""
@@ -233,6 +251,14 @@ class _Page:
         if rest:
             counts["QUEUED" if self.sent.get("state") == record.QUEUED else "SENDING"] = rest
         return counts
+
+
+def _command_of(text: Any) -> dict[str, Any] | None:
+    try:
+        command = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return command if isinstance(command, dict) and "action" in command and "params" in command else None
 
 
 def _int_or_none(value: Any) -> int | None:

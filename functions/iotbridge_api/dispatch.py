@@ -156,7 +156,7 @@ def _existing(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any]
         return view(thing, cid, doc, connected=True)  # already done: the retry gets the same outcome
     pending = _desired(doc).get(cid)
     if isinstance(pending, dict):
-        if pending.get("action") != request.action or pending.get("params") != request.params:
+        if not contract.is_same_command(pending, request.action, request.params):
             raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
         current = view(thing, cid, doc, connected=True)
         if current is not None and doc is not None and contract.is_abandoned(pending, now_ms()):
@@ -167,10 +167,7 @@ def _existing(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any]
 
 def _check_same(cid: str, request: CommandRequest, outcome: Any) -> None:
     """Raise IdConflict if `outcome` (of command `cid`) is of another action or params than `request`."""
-    if not isinstance(outcome, dict):
-        return
-    digest = outcome.get("paramsDigest")  # devices that record it; others are checked by action only
-    if outcome.get("action") != request.action or (digest and digest != contract.params_digest(request.params)):
+    if isinstance(outcome, dict) and not contract.is_same_command(outcome, request.action, request.params):
         raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
 
 

@@ -102,7 +102,9 @@ class BulkRequest(Model, strict=True):
     action: str = field(min_length=1, max_length=32, description="The action to run on every target")
     id: str | None = field(
         default=None, min_length=1, max_length=MAX_JOB_ID, pattern=r"^[a-zA-Z0-9_-]+$",
-        description="Caller-chosen job id (the command id on every device); a retry with the same id starts nothing new",
+        description=("Caller-chosen job id (the command id on every device). A retry with the same id, action, params, "
+                     "targets and ttlMs starts nothing new; with any of them different it is ID_CONFLICT. A target "
+                     "that already has another command under this id keeps it and is not sent the job (ID_CONFLICT)"),
     )  # fmt: skip
     params: dict[str, Any] = field(default_factory=dict)
     things: list[str] | None = field(default=None, min_length=1, max_length=1000, description="Targets; or all=true")

@@ -66,6 +66,19 @@ def params_digest(params: Any) -> str:
     return hashlib.sha256(compact(params if params is not None else {}).encode()).hexdigest()[:12]
 
 
+def is_same_command(entry: Any, action: str, params: dict[str, Any]) -> bool:
+    """Whether a pending entry or an outcome under some id is this command (the same action and params).
+
+    Outcomes keep only a digest of their params; one without it (older devices) is checked by action.
+    """
+    if not isinstance(entry, dict) or entry.get("action") != action:
+        return False
+    if "params" in entry:
+        return bool(entry["params"] == params)
+    digest = entry.get("paramsDigest")
+    return not digest or digest == params_digest(params)
+
+
 def outcome_entry(
     state: CommandState, action: str, *, done_at: int, result: Any = None, error: str | None = None,
     params: dict[str, Any] | None = None,

@@ -3,11 +3,14 @@
 At most one sender works on a page at a time: it takes the page by writing
 `sent: SENDING until <its deadline>` with the page shadow's version (a duplicate
 delivery of the same event loses that race, or sees the live claim, and leaves).
-The first attempt writes each device blindly: nobody else has this job id yet.
-A later attempt (Lambda's retry, or the fan-out after the API's inline try) may
-meet devices that already have the command, or have already run it, so it reads
-each device first and writes with its version (optimistic locking, as the single
-command path does): a device that reported reported.{jobId} never gets it again.
+The first attempt of a job whose id the API made up (a fresh uuid) writes each
+device blindly: nobody else has that id. A job id the caller chose may be the id
+of a command a device has pending or has run, and a later attempt (Lambda's
+retry, or the fan-out after the API's inline try) may meet devices that already
+have the job's command or have run it. Those read each device first and write
+with its version (optimistic locking, as the single command path does): a device
+that reported reported.{jobId} never gets it again, and another command under
+that id is neither replaced nor taken for the job's (the device shows ID_CONFLICT).
 """
 
 from __future__ import annotations
@@ -94,8 +97,10 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, careful: bool,
                 record.update(thing, {"state": {"desired": {job_id: entry}}, "clientToken": job_id}, COMMANDS_SHADOW)
                 return None
             doc = record.get(thing, COMMANDS_SHADOW)
-            if job_id in record.reported(doc) or job_id in record.desired(doc):
-                return None  # already ran it, or already has it: never twice
+            known = record.reported(doc).get(job_id) or record.desired(doc).get(job_id)
+            if known is not None:  # already ran it, or already has it: never twice
+                # ... unless the id is another command's (a caller's job id a single command used too)
+                return None if contract.is_same_command(known, entry["action"], entry["params"]) else "ID_CONFLICT"
             if len(record.desired(doc)) >= contract.MAX_PENDING:
                 return "TOO_MANY_PENDING"
             update: dict[str, Any] = {"state": {"desired": {job_id: entry}}, "clientToken": job_id}
@@ -147,7 +152,8 @@ def _send(job_id: str, page: int, attempt: int, page_state: dict[str, Any], *, b
     def out_of_time() -> bool:
         return remaining_ms() < MARGIN_MS
 
-    careful = attempt > 1
+    # A caller-chosen job id may be a command id some device already has: read first, never overwrite.
+    careful = attempt > 1 or bool(page_state.get("readFirst"))
     with ThreadPoolExecutor(THREADS) as pool:
         codes = list(pool.map(lambda t: _queue_one(t, job_id, entry, careful=careful, out_of_time=out_of_time), things))
     failed = {i: code for i, code in enumerate(codes) if code}

@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from iotbridge_api import bulk
-from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState, outcome_entry
+from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState, outcome_entry, pending_entry
 from iotbridge_jobs import fanout, record
 from iotbridge_jobs.handler import lambda_handler as fanout_handler
 from iotbridge_jobs.record import JOBS_THING
@@ -129,6 +129,51 @@ def test_a_retried_bulk_command_with_its_id_starts_nothing_new(api: ApiClient, i
     # AND the same id with another action is a conflict, not a second job
     other = api.post("/commands", json={**body, "action": "led", "params": {"state": "on"}})
     assert (other.status, other.json["code"]) == (409, "ID_CONFLICT")
+
+
+def test_a_retry_with_the_job_id_but_other_targets_or_ttl_is_a_conflict(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN a job with a caller-chosen id on two devices
+    for thing in ("t1", "t2", "t3"):
+        make_device(thing)
+    body = {"action": "ping", "things": ["t1", "t2"], "id": "rollout-5", "ttlMs": 120_000}
+    assert api.post("/commands", json=body).status == 202
+    # WHEN the id comes again with other targets, another ttl, or `all`
+    # THEN each is refused as a conflict naming what differs, and nothing is queued on t3
+    for change, differs in (({"things": ["t1", "t3"]}, ["targetsDigest"]), ({"ttlMs": 60_000}, ["ttlMs"]),
+                            ({"things": None, "all": True}, ["targetsDigest"])):  # fmt: skip
+        other = api.post("/commands", json={k: v for k, v in {**body, **change}.items() if v is not None})
+        assert (other.status, other.json["code"], other.json["details"]["differs"]) == (409, "ID_CONFLICT", differs)
+    assert "rollout-5" not in _pending("t3")
+    # AND the same request again is the same job (the targets repeated, duplicates and all)
+    again = api.post("/commands", json={**body, "things": ["t1", "t2", "t1"]})
+    assert (again.status, again.json["jobId"], again.json["targets"]) == (202, "rollout-5", 2)
+
+
+def test_a_job_id_a_device_already_has_for_another_command_replaces_nothing(
+    api: ApiClient, invocations: Invocations
+) -> None:
+    # GIVEN a device with a command pending under the id "maint-7", one that ran another command under
+    # that id, and one that never saw it
+    data = boto3.client("iot-data", region_name="us-east-1")
+    for thing in ("c1", "c2", "c3"):
+        make_device(thing)
+    led_on = pending_entry("led", {"state": "on"}, issued_at=record.now_ms(), expires_at=record.now_ms() + 600_000)
+    data.update_thing_shadow(thingName="c1", shadowName=COMMANDS_SHADOW,
+                             payload=json.dumps({"state": {"desired": {"maint-7": led_on}}}))  # fmt: skip
+    ran = outcome_entry(CommandState.SUCCEEDED, "led", done_at=1, params={"state": "off"})
+    data.update_thing_shadow(thingName="c2", shadowName=COMMANDS_SHADOW,
+                             payload=json.dumps({"state": {"reported": {"maint-7": ran}}}))  # fmt: skip
+    # WHEN a bulk command is sent to all three with the job id "maint-7"
+    started = api.post("/commands", json={"action": "ping", "things": ["c1", "c2", "c3"], "id": "maint-7"})
+    # THEN the pending command is still the one that was queued, and only c3 got the job's
+    assert started.status == 202, started.body
+    assert _pending("c1")["maint-7"] == led_on
+    assert _pending("c3")["maint-7"]["action"] == "ping"
+    assert sorted((f["thing"], f["code"]) for f in started.json["notQueued"]) == [("c1", "ID_CONFLICT"), ("c2", "ID_CONFLICT")]
+    # AND progress does not pass the other commands off as the job's: not sent, with the reason
+    devices = {d["thing"]: d for d in api.get("/commands/jobs/maint-7").json["devices"]}
+    assert {t: (d["state"], d.get("error")) for t, d in devices.items()} == {
+        "c1": ("NOT_SENT", "ID_CONFLICT"), "c2": ("NOT_SENT", "ID_CONFLICT"), "c3": ("PENDING", None)}  # fmt: skip
 
 
 def test_bulk_needs_targets_and_checks_names(api: ApiClient, invocations: Invocations) -> None:
