@@ -149,6 +149,29 @@ def test_api_role_reaches_classic_and_named_shadows_of_any_thing(template: dict[
     assert "iot:Publish" not in granted
 
 
+def _allows(template: dict[str, Any], role: str, action: str, arn: str) -> bool:
+    """IAM's rule for one role's own statements: some Allow matches and no Deny does."""
+    matches = {"Allow": False, "Deny": False}
+    for owner, st in _statements(template):
+        actions = [cfn.render(a) for a in cfn.as_list(st.get("Action", []))]
+        resources = [cfn.render(r) for r in cfn.as_list(st.get("Resource", []))]
+        if owner == role and action in actions and any(fnmatch.fnmatchcase(arn, r) for r in resources):
+            matches[st["Effect"]] = True
+    return matches["Allow"] and not matches["Deny"]
+
+
+def test_api_role_reads_presence_but_cannot_write_it(template: dict[str, Any]) -> None:
+    # GIVEN the API function's role and a device's shadows
+    thing = "arn:aws:iot:eu-west-1:123456789012:thing/sensor-1"
+    presence, commands_shadow = f"{thing}/{commands.PRESENCE_SHADOW}", f"{thing}/{commands.COMMANDS_SHADOW}"
+    # THEN it reads presence, but only the presence function may write it
+    assert _allows(template, "ApiFunctionRole", "iot:GetThingShadow", presence)
+    assert not _allows(template, "ApiFunctionRole", "iot:UpdateThingShadow", presence)
+    # AND it still writes the classic and commands shadows it queues commands and desired state in
+    assert _allows(template, "ApiFunctionRole", "iot:UpdateThingShadow", thing)
+    assert _allows(template, "ApiFunctionRole", "iot:UpdateThingShadow", commands_shadow)
+
+
 def test_presence_role_reaches_only_the_presence_shadow(template: dict[str, Any]) -> None:
     # GIVEN the presence function's role
     granted = _granted(template, "PresenceFunctionRole")
