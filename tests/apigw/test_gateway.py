@@ -120,3 +120,15 @@ def test_a_crashing_function_is_a_502_not_a_hang(gateway: tuple[int, str]) -> No
     port, _ = gateway
     status, _, data = _request(port, "GET", "/")
     assert status == 502 and json.loads(data) == {"code": "DEFAULT_5XX", "message": "Internal server error"}
+
+
+@pytest.mark.parametrize("gateway", [("runtime", 30.0, 29.0)], indirect=True)
+def test_functions_sign_aws_calls_as_on_lambda_without_awscrt(gateway: tuple[int, str]) -> None:
+    # GIVEN a venv where awscrt is installed (for the AWS IoT Device SDK tests), so botocore would sign with it
+    import botocore.auth
+
+    assert botocore.auth.AUTH_TYPE_MAPS["v4"].__module__ == "botocore.crt.auth"
+    # WHEN a function running in a local execution environment creates an AWS client
+    status, _, body = _request(gateway[0], "GET", "/anything")
+    # THEN botocore signs in Python there, as in Lambda's runtime, whose boto3 has no awscrt
+    assert (status, json.loads(body)) == (200, {"signer": "botocore.auth.SigV4Auth"})
