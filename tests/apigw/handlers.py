@@ -25,8 +25,8 @@ def crash(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def runtime(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Which SigV4 signer botocore picks in this environment (the CRT's, or its own Python one)."""
-    import botocore.auth
     import boto3
+    import botocore.auth
 
     client = boto3.client("iot-data", region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b")
     signer = botocore.auth.AUTH_TYPE_MAPS[client.meta.service_model.signature_version]

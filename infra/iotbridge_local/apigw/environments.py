@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-
 # What Lambda's Python runtime has that a developer's venv may not, or the reverse.
 # awscrt is in the venv for the AWS IoT Device SDK tests, and botocore signs with it
 # when it can import it; Lambda's runtime and the function package have no awscrt, so
