@@ -209,8 +209,8 @@ def list_commands(thing: str) -> CommandList:
 
 @app.post("/commands", summary="One command to many devices (a list, or all): a job", tags=["jobs"], body=BulkRequest,
           responses={202: (JobStarted, "Queued on the targets; follow GET /commands/jobs/{id}")},
-          errors=(errors.InvalidThingName, errors.InvalidParams, errors.PayloadTooLarge, errors.IdConflict,
-                  *_COMMON))  # fmt: skip
+          errors=(errors.InvalidThingName, errors.InvalidParams, errors.PayloadTooLarge, errors.TooManyTargets,
+                  errors.IdConflict, *_COMMON))  # fmt: skip
 def post_bulk(body: BulkRequest) -> Response:
     if (body.things is None) == (not body.all):
         problem = {"loc": ["body"], "msg": "give either things or all: true", "type": "value_error"}

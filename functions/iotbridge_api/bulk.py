@@ -37,6 +37,8 @@ from iotbridge_jobs import fanout, record
 from iotbridge_jobs.record import JOBS_THING
 
 MAX_EXPLICIT_TARGETS = 1_000
+LIST_PAGE = 250  # things per ListThings call (AWS's maximum)
+RECORD_MARGIN_S = 5.0  # of the request's time, kept after listing `all` for writing the job's record
 INLINE_TARGETS = 50  # queued inside the POST: about as long as one page invocation's cold start
 THREADS = 16
 REFRESH_DEVICES = 500  # device shadows read per GET to refresh counts, beyond the window
@@ -73,13 +75,22 @@ def _start_fanout(job_id: str, page: int) -> None:
 
 
 def _all_things(deadline: float) -> list[str]:
+    """Every registered device, or TooManyTargets when the registry cannot be listed in time.
+
+    A job to part of "all" would look like a job to all: refuse instead (past ~60,000 things
+    at AWS's ListThings rate), and leave room after the listing to write the job's record.
+    """
     things: list[str] = []
     token: str | None = None
     while True:
-        page, token = iot.list_things(250, token)
+        page, token = iot.list_things(LIST_PAGE, token)
         things.extend(t for t in page if t != JOBS_THING and t not in record.SHARD_THINGS)
-        if not token or time.monotonic() > deadline:
+        if not token:
             return things
+        if time.monotonic() > deadline - RECORD_MARGIN_S:
+            raise errors.TooManyTargets(
+                f"`all: true`: the registry could not be listed within one request ({len(things)} things so far); "
+                f"send the targets as `things` lists of at most {MAX_EXPLICIT_TARGETS}", details={"listed": len(things)})
 
 
 def _check(params: dict[str, Any], things: list[str] | None) -> None:

@@ -45,6 +45,7 @@ MethodNotAllowed = _error(405, "METHOD_NOT_ALLOWED")
 DeviceOffline = _error(409, "DEVICE_OFFLINE")
 IdConflict = _error(409, "ID_CONFLICT")
 PayloadTooLarge = _error(413, "PAYLOAD_TOO_LARGE")
+TooManyTargets = _error(413, "TOO_MANY_TARGETS")
 UnsupportedMediaType = _error(415, "UNSUPPORTED_MEDIA_TYPE")
 ValidationFailed = _error(422, "VALIDATION_ERROR")
 TooManyPending = _error(429, "TOO_MANY_PENDING")
@@ -55,5 +56,5 @@ ALL_ERRORS: tuple[type[ApiError], ...] = (
     InvalidThingName, InvalidCommandId, InvalidShadowName, UnknownAction, InvalidParams, InvalidJson,
     InvalidDocument, InvalidQuery,
     DeviceNotFound, CommandNotFound, JobNotFound, RouteNotFound, MethodNotAllowed, DeviceOffline, IdConflict,
-    PayloadTooLarge, UnsupportedMediaType, ValidationFailed, TooManyPending, Throttled, UpstreamError,
+    PayloadTooLarge, TooManyTargets, UnsupportedMediaType, ValidationFailed, TooManyPending, Throttled, UpstreamError,
 )  # fmt: skip

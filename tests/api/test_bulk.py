@@ -176,6 +176,29 @@ def test_a_job_id_a_device_already_has_for_another_command_replaces_nothing(
         "c1": ("NOT_SENT", "ID_CONFLICT"), "c2": ("NOT_SENT", "ID_CONFLICT"), "c3": ("PENDING", None)}  # fmt: skip
 
 
+def test_all_refuses_a_registry_it_cannot_list_in_time_and_sends_nothing(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a registry listed one thing per call, and a request whose time is spent after the first call
+    things = _things("big", 3)
+    for thing in things:
+        make_device(thing)
+    monkeypatch.setattr(bulk, "LIST_PAGE", 1)
+    monkeypatch.setattr(bulk, "RECORD_MARGIN_S", 1_000.0)
+    # WHEN a command goes to all
+    answer = api.post("/commands", json={"action": "ping", "all": True, "id": "all-at-once"})
+    # THEN it is refused with what to do instead, not started on the part that was listed
+    assert (answer.status, answer.json["code"]) == (413, "TOO_MANY_TARGETS")
+    assert answer.json["details"]["listed"] < len(things)
+    assert "`things` lists" in answer.json["message"]
+    assert [t for t in things if _pending(t)] == []
+    assert api.get("/commands/jobs/all-at-once").json["code"] == "JOB_NOT_FOUND"
+    # AND with time to list them all, the same request starts the job on every device
+    monkeypatch.setattr(bulk, "RECORD_MARGIN_S", 0.0)
+    started = api.post("/commands", json={"action": "ping", "all": True, "id": "all-at-once"})
+    assert (started.status, started.json["targets"]) == (202, 3)
+
+
 def test_bulk_needs_targets_and_checks_names(api: ApiClient, invocations: Invocations) -> None:
     assert api.post("/commands", json={"action": "ping"}).status == 422
     bad = api.post("/commands", json={"action": "ping", "things": ["ok", "bad/name"]})
