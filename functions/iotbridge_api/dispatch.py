@@ -219,14 +219,15 @@ def wait_for_outcome(
 ) -> CommandView:
     """The command's view once terminal, or the last one seen when `deadline` passes (state SENT if pending).
 
-    With `request`, an outcome for this id with other action or params is a conflict: two first
-    commands to a device with one id can both write (no version to check before the shadow exists).
+    With `request`, this id pending or done with other action or params is a conflict: two first
+    commands to a device with one id can both write (no version to check before the shadow exists),
+    and the later write replaces the earlier one's entry.
     """
     last: list[CommandView | None] = [None]
 
     def done(doc: dict[str, Any] | None) -> bool:
         if request is not None:
-            _check_same(cid, request, _reported(doc).get(cid))
+            _check_same(cid, request, _reported(doc).get(cid) or _desired(doc).get(cid))
         last[0] = view(thing, cid, doc, connected=True)
         return last[0] is not None and last[0].state in _TERMINAL
 

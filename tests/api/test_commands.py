@@ -11,6 +11,7 @@ from moto.iotdata.models import iotdata_backends
 
 from iotbridge_api import dispatch, errors
 from iotbridge_api.models import CommandRequest
+from iotbridge_contract import commands as contract
 from iotbridge_contract.commands import COMMANDS_SHADOW, HISTORY, PRESENCE_SHADOW, CommandState, outcome_entry
 from iotbridge_local.testclient import ApiClient
 from tests.api.conftest import FakeDeviceAnswers, make_device, shadow
@@ -261,6 +262,20 @@ def test_a_wait_that_meets_another_commands_outcome_under_its_id_is_a_conflict(a
     # THEN it is told the id belongs to another command, not handed that command's outcome
     with pytest.raises(errors.IdConflict):
         dispatch.wait_for_outcome("lamp-16", "x1", deadline=time.monotonic() + 1, request=request)
+
+
+def test_a_wait_whose_pending_entry_was_replaced_by_another_command_is_a_conflict(api: ApiClient) -> None:
+    # GIVEN `led off` pending under id "x2" (a second first-command with the same id wrote after ours)
+    make_device("lamp-16b")
+    entry = contract.pending_entry("led", {"state": "off"}, issued_at=dispatch.now_ms(), expires_at=dispatch.now_ms() + 60_000)
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-16b", shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"desired": {"x2": entry}}})
+    )
+    # WHEN the caller of `led on` with that id waits, and the device has not answered yet
+    request = CommandRequest(action="led", params={"state": "on"}, id="x2")
+    # THEN it is told the id belongs to another command, not that its own is on its way
+    with pytest.raises(errors.IdConflict):
+        dispatch.wait_for_outcome("lamp-16b", "x2", deadline=time.monotonic() + 0.5, request=request)
 
 
 def test_expiring_abandoned_commands_keeps_the_history_at_its_size(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
