@@ -187,7 +187,7 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
         desired, issued = _desired(doc), now_ms()
         abandoned = [k for k, entry in desired.items() if contract.is_abandoned(entry, issued)]
         junk = [k for k, entry in desired.items() if not isinstance(entry, dict)]  # no command: no device runs it
-        if len(desired) - len(abandoned) - len(junk) >= contract.MAX_PENDING:
+        if contract.live_pending(desired, issued) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
                 f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
             )

@@ -113,6 +113,11 @@ def is_abandoned(entry: Any, now_ms: int) -> bool:
     return isinstance(expires_at, int) and now_ms > expires_at + EXPIRY_GRACE_MS
 
 
+def live_pending(desired: dict[str, Any], now_ms: int) -> int:
+    """Entries that hold a place in the queue (MAX_PENDING): commands not abandoned; anything else is junk."""
+    return sum(1 for entry in desired.values() if isinstance(entry, dict) and not is_abandoned(entry, now_ms))
+
+
 def number_or_zero(value: Any) -> float:
     """A timestamp for ordering: what a shadow holds may be anything (a string, null, a bool)."""
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0

@@ -101,7 +101,7 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, careful: bool,
             if known is not None:  # already ran it, or already has it: never twice
                 # ... unless the id is another command's (a caller's job id a single command used too)
                 return None if contract.is_same_command(known, entry["action"], entry["params"]) else "ID_CONFLICT"
-            if len(record.desired(doc)) >= contract.MAX_PENDING:
+            if contract.live_pending(record.desired(doc), record.now_ms()) >= contract.MAX_PENDING:
                 return "TOO_MANY_PENDING"
             update: dict[str, Any] = {"state": {"desired": {job_id: entry}}, "clientToken": job_id}
             if doc is not None:

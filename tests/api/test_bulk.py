@@ -176,6 +176,27 @@ def test_a_job_id_a_device_already_has_for_another_command_replaces_nothing(
         "c1": ("NOT_SENT", "ID_CONFLICT"), "c2": ("NOT_SENT", "ID_CONFLICT"), "c3": ("PENDING", None)}  # fmt: skip
 
 
+def test_a_job_with_a_chosen_id_counts_only_live_commands_against_a_devices_queue(
+    api: ApiClient, invocations: Invocations
+) -> None:
+    # GIVEN a device whose queue holds 10 commands that expired an hour ago (it never came back for them),
+    # and one whose queue holds 10 live commands
+    data = boto3.client("iot-data", region_name="us-east-1")
+    for thing in ("q-stale", "q-full"):
+        make_device(thing)
+    now = record.now_ms()
+    for thing, expires_at in (("q-stale", now - 3_600_000), ("q-full", now + 600_000)):
+        queue = {f"c{i}": pending_entry("ping", {}, issued_at=expires_at - 60_000, expires_at=expires_at) for i in range(10)}
+        data.update_thing_shadow(thingName=thing, shadowName=COMMANDS_SHADOW,
+                                 payload=json.dumps({"state": {"desired": queue}}))  # fmt: skip
+    # WHEN a bulk command with a chosen job id (the fan-out reads each device first) goes to both
+    started = api.post("/commands", json={"action": "ping", "things": ["q-stale", "q-full"], "id": "sweep-1"})
+    # THEN the device with only dead entries gets it, as a single command would; the full one is refused
+    assert started.status == 202, started.body
+    assert _pending("q-stale")["sweep-1"]["action"] == "ping"
+    assert [(f["thing"], f["code"]) for f in started.json["notQueued"]] == [("q-full", "TOO_MANY_PENDING")]
+
+
 def test_all_refuses_a_registry_it_cannot_list_in_time_and_sends_nothing(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
