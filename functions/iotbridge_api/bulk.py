@@ -141,6 +141,8 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
 
     With a caller's `job_id` that is already recorded, nothing new starts: a retry (its first
     answer was lost) gets the job as recorded, and follows its progress like the first caller.
+    If the first request ended before it handed every page to the fan-out (a timeout, a crash),
+    the retry hands over the pages nobody is working on.
     """
     _check(params, things)
     request = {"action": action, "params": params, "targetsDigest": _targets_digest(things), "ttlMs": ttl_ms}
@@ -148,6 +150,7 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     if job_id is not None:
         known = _recorded(job_id, request)
         if known is not None:
+            known["notQueued"] = _resume(job_id, int(known.get("pages") or 0))
             return known
     targets = list(dict.fromkeys(things)) if things is not None else _all_things(deadline)
     job_id = job_id or uuid.uuid4().hex
@@ -176,21 +179,60 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
             queued = outcome.queued
             not_queued = [f for f in outcome.failed if f["code"] not in fanout.RETRYABLE_CODES]
 
+    not_queued += _hand_over(job_id, {page: pages[page] for page in to_invoke})
+    return {"jobId": job_id, **{k: summary[k] for k in _STARTED}, "queued": queued, "notQueued": not_queued[:100]}
+
+
+def _hand_over(job_id: str, pages: dict[int, list[str]]) -> list[dict[str, Any]]:
+    """Invoke the fan-out for each page; the devices of a page it could not be started for, NOT_SENT.
+
+    The job is recorded by now: nothing here may fail the request, or the caller would retry
+    (with a new id, if it chose none) and its devices could get the command twice.
+    """
+
     def invoke(page: int) -> str | None:
         try:
             _start_fanout(job_id, page)
         except Exception as exc:  # recorded on the page: progress shows its devices NOT_SENT with this error
             error = f"the fan-out could not be started: {type(exc).__name__}: {str(exc)[:200]}"
             sent = record.sent_record(record.FAILED, attempt=0, by="api", error=error, queued=0)
-            _shadow_call(record.update_page, job_id, page, {"sent": sent})
+            with contextlib.suppress(record.ShadowError):  # else the page settles at the job's expiry
+                record.update_page(job_id, page, {"sent": sent})
             return error
         return None
 
-    with ThreadPoolExecutor(min(THREADS, max(1, len(to_invoke)))) as pool:
-        for page, error in zip(to_invoke, pool.map(invoke, to_invoke), strict=True):
+    not_queued: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(min(THREADS, max(1, len(pages)))) as pool:
+        for page, error in zip(pages, pool.map(invoke, pages), strict=True):
             if error:
                 not_queued += [{"thing": t, "code": NOT_SENT, "error": error} for t in pages[page]]
-    return {"jobId": job_id, **{k: summary[k] for k in _STARTED}, "queued": queued, "notQueued": not_queued[:100]}
+    return not_queued[:100]
+
+
+def _resume(job_id: str, page_count: int) -> list[dict[str, Any]]:
+    """Hand the fan-out the pages of a recorded job that no sender has, or will, come back to.
+
+    Those are pages never taken (the first request ended before invoking their fan-out) and
+    pages the API took inline whose claim lapsed or that it left RETRYING (it may have ended
+    before invoking the fan-out for them). A page the fan-out already has is left alone; an
+    extra invocation would be harmless anyway (the claim lets one sender work on a page).
+    """
+    now = record.now_ms()
+    docs = _read_pages(job_id, page_count)
+    orphans: dict[int, list[str]] = {}
+    for page, doc in enumerate(docs):
+        reported = record.reported(doc)
+        sent = reported.get("sent") or {}
+        state, by = sent.get("state"), sent.get("by")
+        live = state == record.SENDING and int(sent.get("until") or 0) > now
+        if not state or (by == "api" and state not in record.SETTLED and not live):
+            orphans[page] = record.page_things(reported)
+    return _hand_over(job_id, orphans) if orphans else []
+
+
+def _read_pages(job_id: str, page_count: int) -> list[dict[str, Any] | None]:
+    with ThreadPoolExecutor(min(THREADS, max(1, page_count))) as pool:
+        return list(pool.map(lambda n: _shadow_call(record.get_page, job_id, n), range(page_count)))
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -208,6 +250,7 @@ class _Page:
         self.tally = _counts_of(reported.get("tally"))
         self.final = _counts_of(reported.get("final"))
         self.tally_at = int((reported.get("tally") or {}).get("at") or 0)
+        self.sent_at = int(self.sent.get("at") or 0)
         state = self.sent.get("state")
         lapsed = state == record.SENDING and int(self.sent.get("until") or 0) < now
         attempt = int(self.sent.get("attempt") or 0)
@@ -235,8 +278,10 @@ class _Page:
             return {"thing": thing, "state": PENDING}
         if index in self.failed:
             return {"thing": thing, "state": NOT_SENT, "error": self.failed[index]}
-        if self.sent.get("state") == record.QUEUED:
-            return {"thing": thing, "state": UNKNOWN}  # queued, then gone (a device keeps its last outcomes only)
+        if self.sent.get("state") == record.QUEUED or int(self.sent.get("queued") or 0) > 0:
+            # Queued (the attempt that wrote `failed` did not list it), then gone: a device keeps
+            # its last outcomes only.
+            return {"thing": thing, "state": UNKNOWN}
         return {"thing": thing, "state": NOT_SENT, "error": self.error}
 
     def _is_ours(self, entry: Any) -> bool:
@@ -247,11 +292,16 @@ class _Page:
         """A device whose shadow needs no read: its page was never taken."""
         return {"thing": self.things[index], "state": NOT_SENT, "error": self.error}
 
-    def done(self, counts: dict[str, int]) -> int:
-        # UNKNOWN (queued, and now neither pending nor answered: its outcome left the device's
-        # history) and NOT_SENT on a settled page never change again: they count as done.
-        final = (NOT_SENT, UNKNOWN)
-        return sum(n for state, n in counts.items() if state in TERMINAL or (state in final and self.settled))
+    def done(self, counts: dict[str, int], *, taken_at: int | None = None) -> int:
+        """How many of `counts` are done for good.
+
+        UNKNOWN (queued, and now neither pending nor answered: its outcome left the device's
+        history) and NOT_SENT never change again once the page settled, if they were counted
+        after that (`taken_at`, when the counts are not fresh): counted while the page was
+        still retrying, a NOT_SENT device may have the command by now.
+        """
+        final = (NOT_SENT, UNKNOWN) if self.settled and (taken_at is None or taken_at >= self.sent_at) else ()
+        return sum(n for state, n in counts.items() if state in TERMINAL or state in final)
 
     def assumed_counts(self) -> dict[str, int]:
         """Counts without reading a device: not yet taken, or as the fan-out left it."""
@@ -302,8 +352,8 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
     if not summary:
         raise errors.JobNotFound(f"no job {job_id}", details={"jobId": job_id})
     now = record.now_ms()
+    docs = _read_pages(job_id, int(summary.get("pages", 0)))
     with ThreadPoolExecutor(THREADS) as pool:
-        docs = list(pool.map(lambda n: _shadow_call(record.get_page, job_id, n), range(int(summary.get("pages", 0)))))
         pages: list[_Page] = []
         first = 0
         for n, doc in enumerate(docs):
@@ -333,14 +383,17 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
         counts: dict[str, int] = {}
         done = 0
         for page in pages:
+            taken_at = None  # the counts are as of now
             if page.final is not None:
                 page_counts = page.final
             elif page in refresh:
                 page_counts = _count([states[(page.number, i)] for i in range(len(page.things))])
                 _save_tally(job_id, page, page_counts, now)
+            elif page.tally is not None:
+                page_counts, taken_at = page.tally, page.tally_at
             else:
-                page_counts = page.tally if page.tally is not None else page.assumed_counts()
-            done += page.done(page_counts)
+                page_counts = page.assumed_counts()
+            done += page.done(page_counts, taken_at=taken_at)
             for state, n in page_counts.items():
                 counts[state] = counts.get(state, 0) + n
     devices = []

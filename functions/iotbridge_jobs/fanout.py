@@ -66,6 +66,11 @@ def _claim(job_id: str, page: int, *, by: str, until: int) -> tuple[int, dict[st
         sent = record.reported(doc).get("sent") or {}
         if sent.get("state") in record.SETTLED:
             return PageOutcome(job_id, page, "SKIPPED", attempt=int(sent.get("attempt") or 0), error="already done")
+        if int(sent.get("attempt") or 0) >= record.MAX_ATTEMPTS and int(sent.get("until") or 0) <= record.now_ms():
+            # The last attempt was cut off (a timeout): GET shows the page settled from then on,
+            # with its unreached devices NOT_SENT, so nobody may send it after all.
+            return PageOutcome(job_id, page, "SKIPPED", attempt=int(sent.get("attempt") or 0),
+                               error="the last attempt was cut off")  # fmt: skip
         if sent.get("state") == record.SENDING and int(sent.get("until") or 0) > record.now_ms():
             if sent.get("by") == "api" and by != "api":
                 # The API hands a page over only when it gave up on it (its own claim write may have
@@ -144,10 +149,19 @@ def _send(job_id: str, page: int, attempt: int, page_state: dict[str, Any], *, b
     things = record.page_things(page_state)
     entry = json.loads(page_state["command"])
     if record.now_ms() >= int(entry["expiresAt"]):
+        # What earlier attempts found stands (an ID_CONFLICT stays one); devices they could
+        # not reach (throttled, out of time) now failed for good because the job expired.
+        before = page_state.get("sent") or {}
         error = "EXPIRED: the job expired before this page was sent"
-        sent = record.sent_record(record.FAILED, attempt=attempt, by=by, error=error, queued=0)
-        record.update_page(job_id, page, {"sent": sent, "failed": None})
-        return PageOutcome(job_id, page, record.FAILED, attempt=attempt, error=error)
+        if before.get("state"):
+            error = f"EXPIRED: the job expired before attempt {attempt} could reach every device"
+        failed = {i: "EXPIRED" if code in RETRYABLE_CODES else code
+                  for i, code in record.decode_failed(page_state.get("failed")).items()}  # fmt: skip
+        queued = int(before.get("queued") or 0)
+        sent = record.sent_record(record.FAILED, attempt=attempt, by=by, error=error, queued=queued)
+        record.update_page(job_id, page, {"sent": sent, "failed": record.encode_failed(failed)})
+        return PageOutcome(job_id, page, record.FAILED, attempt=attempt, queued=queued, error=error,
+                           failed=[{"thing": things[i], "code": code} for i, code in failed.items()])  # fmt: skip
 
     def out_of_time() -> bool:
         return remaining_ms() < MARGIN_MS

@@ -457,6 +457,144 @@ def test_a_sender_cut_off_by_its_timeout_is_retried_then_shown_failed(api: ApiCl
     assert view["complete"] is True and view["counts"] == {"NOT_SENT": 60}
 
 
+def test_a_page_whose_last_attempt_was_cut_off_is_never_sent_after_progress_called_it_settled(
+    api: ApiClient, invocations: Invocations
+) -> None:
+    # GIVEN a page whose last attempt Lambda stopped at its timeout, and progress that saved it as final
+    things = _things("late", 60)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    claim = record.sent_record(record.SENDING, attempt=record.MAX_ATTEMPTS, by="fanout", until=record.now_ms() - 1)
+    record.update_page(job, 0, {"sent": claim})
+    assert api.get(f"/commands/jobs/{job}?limit=1").json["complete"] is True
+    # WHEN the event is delivered once more (Lambda may deliver an event twice)
+    result = invocations.deliver(invocations.events[0])
+    # THEN that delivery sends nothing: the devices the job reports NOT_SENT do not get the command
+    assert result["state"] == "SKIPPED"
+    assert [t for t in things if job in _pending(t)] == []
+
+
+def test_progress_is_not_complete_while_a_retried_page_still_has_pending_devices(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job of 2 pages of 10, GETs that refresh one page each, and one throttled device per page
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    monkeypatch.setattr(bulk, "REFRESH_DEVICES", 10)
+    things = _things("stale", 20)
+    throttled = {things[0], things[10]}
+    _throttle(monkeypatch, throttled)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    for event in invocations.events:
+        with pytest.raises(fanout.Incomplete):
+            invocations.deliver(event)
+    for thing in set(things) - throttled:
+        _answer(thing, job)
+    clock = [record.now_ms()]
+    monkeypatch.setattr(record, "now_ms", lambda: clock[0])
+    for _ in range(2):  # each GET counts one page, with its throttled device NOT_SENT
+        api.get(f"/commands/jobs/{job}?limit=1")
+        clock[0] += 1000
+    # WHEN Lambda's retries queue the two devices, and one of them answers
+    throttled.clear()
+    for event in invocations.events:
+        invocations.deliver(event)
+    _answer(things[0], job)
+    clock[0] += 1000
+    view = api.get(f"/commands/jobs/{job}?limit=1").json
+    # THEN the job is not complete: the other device has the command and has not answered
+    assert job in _pending(things[10])
+    assert view["complete"] is False, view
+    # AND once it answers, the job completes with every device counted
+    _answer(things[10], job)
+    for _ in range(3):
+        clock[0] += 1000
+        view = api.get(f"/commands/jobs/{job}?limit=1").json
+    assert (view["complete"], view["counts"]) == (True, {"SUCCEEDED": 20})
+
+
+def test_a_retry_after_the_job_expired_keeps_what_earlier_attempts_found(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a chosen-id job where one device has another command under that id and one is throttled
+    things = _things("exp", 60)
+    data = boto3.client("iot-data", region_name="us-east-1")
+    led_on = pending_entry("led", {"state": "on"}, issued_at=record.now_ms(), expires_at=record.now_ms() + 600_000)
+    data.update_thing_shadow(thingName=things[0], shadowName=COMMANDS_SHADOW,
+                             payload=json.dumps({"state": {"desired": {"maint-9": led_on}}}))  # fmt: skip
+    _throttle(monkeypatch, {things[5]})
+    assert api.post("/commands", json={"action": "ping", "things": things, "id": "maint-9"}).status == 202
+    (event,) = invocations.events
+    with pytest.raises(fanout.Incomplete):
+        invocations.deliver(event)
+    # WHEN Lambda's retry comes after the job's 60 s expiry, and a device's outcome left its history
+    later = record.now_ms() + 61_000
+    monkeypatch.setattr(record, "now_ms", lambda: later)
+    result = invocations.deliver(event)
+    data.update_thing_shadow(thingName=things[9], shadowName=COMMANDS_SHADOW,
+                             payload=json.dumps({"state": {"desired": {"maint-9": None}}}))  # fmt: skip
+    # THEN the page is over with what the first attempt found: the conflict stays a conflict,
+    # the unreached device failed because the job expired, a queued one is not called unsent
+    assert (result["state"], result["queued"]) == ("FAILED", 58)
+    devices = {d["thing"]: d for d in api.get("/commands/jobs/maint-9?limit=10").json["devices"]}
+    assert (devices[things[0]]["state"], devices[things[0]]["error"]) == ("NOT_SENT", "ID_CONFLICT")
+    assert (devices[things[5]]["state"], devices[things[5]]["error"]) == ("NOT_SENT", "EXPIRED")
+    assert devices[things[9]]["state"] == "UNKNOWN"
+
+
+class _Killed(BaseException):
+    """The API's invocation ending abruptly (its timeout), past any except Exception."""
+
+
+def test_a_retry_of_a_post_that_died_before_starting_the_fan_out_starts_it(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a POST with a job id that recorded the job and then died before invoking the fan-out
+    monkeypatch.setattr(record, "PAGE_THINGS", 40)
+    things = _things("died", 60)
+    body = {"action": "ping", "things": things, "id": "nightly-1", "ttlMs": 600_000}
+
+    def die(job_id: str, page: int) -> None:
+        raise _Killed()
+
+    monkeypatch.setattr(bulk, "_start_fanout", die)
+    with pytest.raises(_Killed):
+        api.post("/commands", json=body)
+    monkeypatch.setattr(bulk, "_start_fanout", invocations.start)
+    # WHEN the caller retries the same request
+    retry = api.post("/commands", json=body)
+    # THEN the fan-out is started for the pages nobody took, and every device gets the command once
+    assert retry.status == 202
+    assert sorted(e["page"] for e in invocations.events) == [0, 1]
+    invocations.deliver_all()
+    assert [t for t in things if "nightly-1" not in _pending(t)] == []
+    # AND a further retry starts nothing more
+    assert api.post("/commands", json=body).status == 202
+    assert len(invocations.events) == 2
+
+
+def test_a_job_whose_fan_out_and_its_failure_record_both_fail_still_answers_202(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN Lambda refusing the invoke of one page, and AWS IoT throttling the write that records it
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    things = _things("twice", 30)
+    invocations.refuse = {1}
+    real_update_page = record.update_page
+
+    def update_page(job_id: str, page: int, reported: dict[str, Any], **kw: Any) -> None:
+        if (reported.get("sent") or {}).get("by") == "api" and reported["sent"]["state"] == record.FAILED:
+            raise record.ShadowError("THROTTLED", "AWS IoT throttled the request", retryable=True)
+        real_update_page(job_id, page, reported, **kw)
+
+    monkeypatch.setattr(record, "update_page", update_page)
+    # WHEN the bulk command is posted
+    started = api.post("/commands", json={"action": "ping", "things": things})
+    # THEN it is accepted (the other pages are on their way: a retry would send them twice),
+    # and the page that could not be started is reported not queued
+    assert started.status == 202, started.body
+    assert [n["thing"] for n in started.json["notQueued"]] == things[10:20]
+    assert sorted(e["page"] for e in invocations.events) == [0, 2]
+
+
 def test_a_page_the_api_gave_up_on_is_sent_by_the_fan_out_once_the_apis_claim_lapsed(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
