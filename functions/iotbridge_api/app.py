@@ -146,13 +146,12 @@ def patch_desired(thing: str, body: DesiredRequest) -> DesiredResult:
 
     def converged(doc: dict[str, Any] | None) -> dict[str, Any] | None:
         delta = ((doc or {}).get("state") or {}).get("delta") or {}
-        return doc if doc is not None and not any(k in delta for k in keys) else None
+        return doc if doc and not any(k in delta for k in keys) else None
 
     doc = waiting.poll_until(name, None, converged, deadline) if body.waitMs else None
-    done = doc is not None
-    doc = doc or iot.get_shadow(name) or {}
+    doc = doc or iot.get_shadow(name) or {}  # read after the update: it may show convergence (already reported)
     state = doc.get("state") or {}
-    return DesiredResult(thing=name, converged=done or not keys, version=doc.get("version"),
+    return DesiredResult(thing=name, converged=converged(doc) is not None, version=doc.get("version"),
                          desired=state.get("desired") or {}, reported=state.get("reported") or {},
                          delta=state.get("delta") or {})  # fmt: skip
 

@@ -6,6 +6,7 @@ docs/protocol.md): desired.{id} is pending, reported.{id} is the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -81,20 +82,29 @@ def load_device(thing: str, *also: str, presence: bool = True) -> tuple[Device, 
     return Device(thing, shadow, presence_doc), rest
 
 
+def _ms(value: Any) -> int | None:
+    """A timestamp as the API documents it (integer ms), whatever a device or tool wrote into the shadow."""
+    number = contract.number_or_zero(value)
+    return int(number) if number else None
+
+
 def view(thing: str, cid: str, doc: dict[str, Any] | None, *, connected: bool) -> CommandView | None:
     """The command's current view from the commands shadow, or None if unknown."""
     outcome = _reported(doc).get(cid)
     if isinstance(outcome, dict):
+        error = outcome.get("error")
         return CommandView(
             id=cid, thing=thing, action=str(outcome.get("action", "")), state=str(outcome.get("state")),
-            result=outcome.get("result"), error=outcome.get("error"), doneAt=outcome.get("doneAt"),
+            result=outcome.get("result"), error=None if error is None else str(error), doneAt=_ms(outcome.get("doneAt")),
         )  # fmt: skip
     pending = _desired(doc).get(cid)
     if isinstance(pending, dict):
+        params = pending.get("params")
         return CommandView(
             id=cid, thing=thing, action=str(pending.get("action", "")),
             state=(CommandState.SENT if connected else CommandState.QUEUED).value,
-            params=pending.get("params"), issuedAt=pending.get("issuedAt"), expiresAt=pending.get("expiresAt"),
+            params=params if isinstance(params, dict) else None,
+            issuedAt=_ms(pending.get("issuedAt")), expiresAt=_ms(pending.get("expiresAt")),
         )  # fmt: skip
     return None
 
@@ -112,19 +122,25 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
     # A retry of a known id gets that command, whatever changed since (the device went offline,
     # stopped advertising the action): it was accepted once, and a 4xx now would say it was not.
     current = _existing(thing, cid, request, commands_doc) if request.id else None
+    since = None
     if current is None:
         _check_acceptable(device, request, check_online=check_online)
         current = _enqueue(thing, cid, request, commands_doc)
-    if current is None or current.state not in _TERMINAL:
-        since = time.monotonic() if current is None else None
-        current = wait_for_outcome(thing, cid, deadline=deadline, since=since, request=request)
+        since = time.monotonic()
+    # From here on the command is in the device's queue: a read that fails (throttled, AWS IoT
+    # unreachable) ends the wait with what is known, never with an error that hides the id.
+    if current.state not in _TERMINAL:
+        with contextlib.suppress(errors.Throttled, errors.UpstreamError):
+            current = wait_for_outcome(thing, cid, deadline=deadline, since=since, request=request, last=current)
     if current.state in _TERMINAL:
         current.latencyMs = round((time.monotonic() - started) * 1000, 3)
-        after = iot.get_shadow(thing)
-        current.reported = {k: v for k, v in _reported(after).items() if k != "actions"}
+        with contextlib.suppress(errors.Throttled, errors.UpstreamError):  # the outcome stands without it
+            after = iot.get_shadow(thing)
+            current.reported = {k: v for k, v in _reported(after).items() if k != "actions"}
     elif not check_online:  # still pending: whether it was delivered depends on the device being connected
-        presence = iot.get_shadow(thing, PRESENCE_SHADOW)
-        current.state = (CommandState.SENT if _reported(presence).get("connected") else CommandState.QUEUED).value
+        with contextlib.suppress(errors.Throttled, errors.UpstreamError):  # else SENT: it is in the queue
+            presence = iot.get_shadow(thing, PRESENCE_SHADOW)
+            current.state = (CommandState.SENT if _reported(presence).get("connected") else CommandState.QUEUED).value
     return current, current.state in _TERMINAL
 
 
@@ -171,8 +187,8 @@ def _check_same(cid: str, request: CommandRequest, outcome: Any) -> None:
         raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
 
 
-def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> CommandView | None:
-    """Add desired.{cid} once. Returns the command's view if it already existed (a retry), else None.
+def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> CommandView:
+    """Add desired.{cid} once. Returns the command's view: as it already was (a retry), or as written.
 
     Abandoned entries (expired long ago, e.g. queued for a device that never came back) are
     recorded EXPIRED in the same write, so they neither block the queue nor read as QUEUED;
@@ -186,17 +202,14 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
             return existing
         desired, issued = _desired(doc), now_ms()
         abandoned = [k for k, entry in desired.items() if contract.is_abandoned(entry, issued)]
-        junk = [k for k, entry in desired.items() if not isinstance(entry, dict)]  # no command: no device runs it
+        # No command: no device runs it. Under our id it is simply replaced.
+        junk = [k for k, entry in desired.items() if not isinstance(entry, dict) and k != cid]
         if contract.live_pending(desired, issued) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
                 f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
             )
-        update: dict[str, Any] = {
-            "state": {"desired": {cid: contract.pending_entry(
-                request.action, request.params, issued_at=issued, expires_at=issued + request.ttlMs)}},
-            "clientToken": cid,
-        }  # fmt: skip
-        update["state"]["desired"].update(dict.fromkeys(junk))
+        entry = contract.pending_entry(request.action, request.params, issued_at=issued, expires_at=issued + request.ttlMs)
+        update: dict[str, Any] = {"state": {"desired": {cid: entry, **dict.fromkeys(junk)}}, "clientToken": cid}
         if abandoned:
             update["state"]["desired"].update(dict.fromkeys(abandoned))
             expired = {k: _expired_outcome(desired[k], issued) for k in abandoned}
@@ -210,33 +223,37 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
             continue
         finally:
             waiting.note_request(thing, COMMANDS_SHADOW)
-        return None
+        written = view(thing, cid, {"state": {"desired": {cid: entry}}}, connected=True)
+        assert written is not None  # a pending entry always has a view
+        return written
     raise errors.Throttled(f"too many concurrent commands for {thing}; retry")
 
 
 def wait_for_outcome(
-    thing: str, cid: str, *, deadline: float, since: float | None = None, request: CommandRequest | None = None
+    thing: str, cid: str, *, deadline: float, since: float | None = None, request: CommandRequest | None = None,
+    last: CommandView | None = None,
 ) -> CommandView:
-    """The command's view once terminal, or the last one seen when `deadline` passes (state SENT if pending).
+    """The command's view once terminal, or the last one seen (else `last`) when `deadline` passes (SENT if pending).
 
     With `request`, this id pending or done with other action or params is a conflict: two first
     commands to a device with one id can both write (no version to check before the shadow exists),
     and the later write replaces the earlier one's entry.
     """
-    last: list[CommandView | None] = [None]
+    seen: list[CommandView | None] = [None]
 
     def done(doc: dict[str, Any] | None) -> bool:
         if request is not None:
             _check_same(cid, request, _reported(doc).get(cid) or _desired(doc).get(cid))
-        last[0] = view(thing, cid, doc, connected=True)
-        return last[0] is not None and last[0].state in _TERMINAL
+        seen[0] = view(thing, cid, doc, connected=True)
+        return seen[0] is not None and seen[0].state in _TERMINAL
 
     waiting.poll_until(thing, COMMANDS_SHADOW, done, deadline, since=since)
-    if last[0] is None:  # deadline hit before the first read
-        last[0] = view(thing, cid, iot.get_shadow(thing, COMMANDS_SHADOW), connected=True)
-    if last[0] is None:
+    if seen[0] is None and last is None:  # deadline hit before the first read
+        seen[0] = view(thing, cid, iot.get_shadow(thing, COMMANDS_SHADOW), connected=True)
+    result = seen[0] or last
+    if result is None:
         raise errors.UpstreamError(f"command {cid} vanished from {thing}'s shadow")
-    return last[0]
+    return result
 
 
 def lookup(thing: str, cid: str) -> CommandView:

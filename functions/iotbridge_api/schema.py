@@ -133,6 +133,7 @@ class _Str(_Type):
 
 # What a query string may hold for an integer: ASCII digits, `_` between them, a zero fraction.
 _INT_TEXT = r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?"
+_MAX_INT_TEXT = 40  # digits and all: past Python's 4,300-digit int() limit a query value would raise, not be refused
 
 
 class _Int(_Type):
@@ -148,7 +149,7 @@ class _Int(_Type):
             return value
         if coerce and isinstance(value, str):  # query strings are text: "5" is 5 there
             text = value.strip()
-            if re.fullmatch(_INT_TEXT, text, re.ASCII):
+            if re.fullmatch(_INT_TEXT, text, re.ASCII) and len(text) <= _MAX_INT_TEXT:
                 return int(text.split(".")[0])
             problems.append(_problem(loc, "Input should be a valid integer, unable to parse string as an integer", "int_parsing"))
             return None

@@ -70,6 +70,8 @@ def check_params(specs: dict[str, str], params: dict[str, Any]) -> None:
         raise ParamError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(specs)) or 'none'}")
     for name, spec in specs.items():
         if name not in params:
+            if not isinstance(spec, str):
+                raise ParamError(f"{name}: the device advertises an unknown spec {spec!r}")
             if not spec.endswith("?"):
                 raise ParamError(f"{name}: required")
             continue

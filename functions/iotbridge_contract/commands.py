@@ -73,8 +73,8 @@ def is_same_command(entry: Any, action: str, params: dict[str, Any]) -> bool:
     """
     if not isinstance(entry, dict) or entry.get("action") != action:
         return False
-    if "params" in entry:
-        return bool(entry["params"] == params)
+    if "params" in entry:  # as JSON, like the digest: true is not 1, 5.0 is not 5
+        return compact(entry["params"]) == compact(params)
     digest = entry.get("paramsDigest")
     return not digest or digest == params_digest(params)
 

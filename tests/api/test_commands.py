@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import boto3
 import pytest
 from moto.iotdata.models import iotdata_backends
 
-from iotbridge_api import dispatch, errors
+from iotbridge_api import dispatch, errors, iot
 from iotbridge_api.models import CommandRequest
 from iotbridge_contract import commands as contract
 from iotbridge_contract.commands import COMMANDS_SHADOW, HISTORY, PRESENCE_SHADOW, CommandState, outcome_entry
@@ -236,6 +237,12 @@ def test_a_device_advertising_a_malformed_spec_gets_a_clear_refusal(api: ApiClie
     assert "the device advertises" in response.json["message"]
 
 
+def test_a_malformed_spec_for_a_parameter_the_caller_left_out_is_refused_too(api: ApiClient) -> None:
+    make_device("lamp-14b", actions={"reboot": {"delayMs": 5}})
+    response = api.post("/devices/lamp-14b/commands", json={"action": "reboot", "timeoutMs": 0})
+    assert (response.status, response.json["code"]) == (400, "INVALID_PARAMS"), response.json
+
+
 def test_entries_that_are_no_command_do_not_block_the_queue(api: ApiClient) -> None:
     # GIVEN a device whose commands shadow was filled around the API with entries that are no command
     make_device("lamp-15")
@@ -276,6 +283,70 @@ def test_a_wait_whose_pending_entry_was_replaced_by_another_command_is_a_conflic
     # THEN it is told the id belongs to another command, not that its own is on its way
     with pytest.raises(errors.IdConflict):
         dispatch.wait_for_outcome("lamp-16b", "x2", deadline=time.monotonic() + 0.5, request=request)
+
+
+def test_a_command_queued_before_its_wait_is_throttled_is_answered_202_with_its_id(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN AWS IoT throttling every read of the commands shadow once the command is written
+    make_device("lamp-thr")
+    real_get, reads = iot.get_shadow, [0]
+
+    def throttled_after_the_first(thing: str, shadow_name: str | None = None) -> Any:
+        if shadow_name == COMMANDS_SHADOW:
+            reads[0] += 1
+            if reads[0] > 1:
+                raise errors.Throttled("AWS IoT is throttling requests for this device; retry later")
+        return real_get(thing, shadow_name)
+
+    monkeypatch.setattr(iot, "get_shadow", throttled_after_the_first)
+    # WHEN a command is posted
+    response = api.post("/devices/lamp-thr/commands", json={"action": "ping", "timeoutMs": 500})
+    # THEN it is answered 202 with its id and where to follow it, not 429: it is queued and will run,
+    # and a caller told to retry without an id would run it twice
+    pending = shadow("lamp-thr")["state"]["desired"]
+    assert (response.status, response.json["state"], list(pending)) == (202, "SENT", [response.json["id"]])
+    assert response.headers["Location"].endswith(f"/commands/{response.json['id']}")
+    assert response.json["expiresAt"] == pending[response.json["id"]]["expiresAt"]
+
+
+def test_a_chosen_id_over_an_entry_that_is_no_command_is_queued(api: ApiClient) -> None:
+    # GIVEN a commands shadow whose desired.c1 was written around the API and is no command
+    make_device("lamp-junk")
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-junk", shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"desired": {"c1": "garbage"}}})
+    )
+    # WHEN a command is posted with the id c1
+    response = api.post("/devices/lamp-junk/commands", json={"action": "ping", "id": "c1", "timeoutMs": 0})
+    # THEN the command takes its place (it was not written and removed in one update)
+    assert (response.status, response.json["state"]) == (202, "SENT"), response.body
+    assert shadow("lamp-junk")["state"]["desired"]["c1"]["action"] == "ping"
+
+
+def test_a_retry_whose_params_differ_only_as_json_is_a_conflict_while_pending(api: ApiClient) -> None:
+    # GIVEN a command pending with {"on": true}
+    make_device("lamp-eq", actions={"relay": {"on": "bool"}, "dim": {"level": "int"}})
+    first = api.post("/devices/lamp-eq/commands", json={"action": "relay", "params": {"on": True}, "id": "r1", "timeoutMs": 0})
+    assert first.status == 202
+    # WHEN it is retried with {"on": 1}, which Python calls equal
+    retry = api.post("/devices/lamp-eq/commands", json={"action": "relay", "params": {"on": 1}, "id": "r1", "timeoutMs": 0})
+    # THEN it is a conflict, as it is once the command is done (outcomes compare params as JSON)
+    assert (retry.status, retry.json["code"]) == (409, "ID_CONFLICT")
+
+
+def test_timestamps_a_device_wrote_wrong_do_not_break_reads(api: ApiClient) -> None:
+    # GIVEN a commands shadow with a pending expiresAt and an outcome doneAt that are no numbers
+    make_device("lamp-ts")
+    doc = {"desired": {"p1": {"action": "ping", "params": {}, "issuedAt": 1, "expiresAt": "soon"}},
+           "reported": {"d1": {"state": "SUCCEEDED", "action": "ping", "doneAt": "yesterday"}}}  # fmt: skip
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-ts", shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": doc})
+    )
+    # WHEN the command and the list are read THEN they are answered, the bad timestamps left out
+    one = api.get("/devices/lamp-ts/commands/p1")
+    assert (one.status, one.json["state"], one.json.get("expiresAt")) == (200, "SENT", None)
+    listed = api.get("/devices/lamp-ts/commands")
+    assert listed.status == 200 and {c["id"] for c in listed.json["commands"]} == {"p1", "d1"}
 
 
 def test_expiring_abandoned_commands_keeps_the_history_at_its_size(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,6 +75,19 @@ def test_patch_desired_sets_desired_and_reports_no_convergence_without_a_device(
     assert body["converged"] is False
 
 
+def test_patch_desired_says_converged_when_the_device_already_reports_the_value(api: ApiClient) -> None:
+    # GIVEN a device that reports led: off
+    make_device("dev-1")
+    # WHEN led: off is asked for, without waiting
+    body = api.patch("/devices/dev-1/desired", json={"state": {"led": "off"}}).json
+    # THEN the answer says it is converged, as its empty delta shows (the dashboard shows nothing pending)
+    assert (body["delta"], body["converged"]) == ({}, True)
+
+
+def test_a_huge_query_integer_on_any_route_is_a_validation_error(api: ApiClient) -> None:
+    assert api.get("/commands/jobs/j1?offset=" + "1" * 5000).json["code"] == "VALIDATION_ERROR"
+
+
 def test_unknown_query_parameters_are_refused_like_unknown_body_fields(api: ApiClient) -> None:
     make_device("dev-1")
     response = api.get("/devices?limt=5")
@@ -94,6 +107,7 @@ def test_unknown_query_parameters_are_refused_like_unknown_body_fields(api: ApiC
         ("limit=101", 422, "less_than_equal"),
         ("limit=5&limit=6", 422, "int_type"),  # one value, not a list
         ("nextToken=" + "x" * 2049, 422, "string_too_long"),
+        ("limit=" + "1" * 5000, 422, "int_parsing"),  # past Python's int() digit limit: refused, not a crash
     ],
 )
 def test_query_values_are_checked_against_the_documented_limits(
