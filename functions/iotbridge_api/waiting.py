@@ -11,6 +11,7 @@ thing answered before, so a device that answers in 15 ms is read at ~12 ms and
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -137,14 +138,18 @@ def poll_until(
         return iot.get_shadow(thing, shadow)
 
     previous_read = requested
+    seen = float("-inf")  # when the newest read this waiter looked at started
     for n in range(1_000_000):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
         time.sleep(min(pause(n, time.monotonic() - requested), remaining))
-        doc, read_at = reads.read_after(time.monotonic(), deadline, fetch)
-        if read_at < requested:
-            continue  # no token left for a read: the cached document predates the request and proves nothing
+        # Any read newer than the last one looked at will do, if it started after the request:
+        # one another waiter made while this one slept (or waited for the lock) is as good as ours.
+        doc, read_at = reads.read_after(max(requested, math.nextafter(seen, math.inf)), deadline, fetch)
+        if read_at < requested or read_at <= seen:
+            continue  # no token left for a new read: the cached document proves nothing new
+        seen = read_at
         outcome = done(doc)
         if outcome:
             # it happened between the previous read and this one: learn the middle of that interval

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time as _time
 from collections import Counter
 from typing import Any
@@ -173,3 +174,30 @@ def test_the_longest_wait_leaves_api_gateway_time_to_deliver_the_202(api: ApiCli
     # THEN the 202 comes after at most 27 s, leaving time for a cold start's init and the final reads
     assert response.status == 202, response.body
     assert 26.0 <= clock.now - started <= 27.0
+
+
+def test_waiters_for_one_device_share_its_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a device that never answers, and a shadow read that takes 30 ms
+    reads = Counter[str]()
+
+    def slow_get(thing: str, shadow: str | None = None) -> dict[str, Any]:
+        reads[thing] += 1
+        _time.sleep(0.03)
+        return {}
+
+    monkeypatch.setattr(iot, "get_shadow", slow_get)
+    waiting._reads.clear()
+
+    def wait(thing: str) -> None:
+        since = _time.monotonic()
+        waiting.poll_until(thing, "commands", lambda doc: False, since + 1.0, since=since)
+
+    # WHEN one caller waits a second for one device, and two callers at once for another
+    wait("alone")
+    both = [threading.Thread(target=wait, args=("shared",)) for _ in range(2)]
+    for t in both:
+        t.start()
+    for t in both:
+        t.join()
+    # THEN the two callers cost about what one does: a read made for one answers the other too
+    assert reads["shared"] <= 1.5 * reads["alone"], reads
