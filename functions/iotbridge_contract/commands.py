@@ -94,7 +94,8 @@ def outcome_entry(
     if params is not None:
         entry["paramsDigest"] = params_digest(params)
     if result is not None:
-        if len(compact(result)) > MAX_RESULT_BYTES:
+        # reported.{id}.result: two levels under reported, so AWS's depth limit leaves the rest to it.
+        if len(compact(result)) > MAX_RESULT_BYTES or nesting_depth(result) > MAX_STATE_DEPTH - 2:
             result = {"truncated": True}
         entry["result"] = result
     if error:

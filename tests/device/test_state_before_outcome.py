@@ -71,10 +71,11 @@ class HeldShadowService:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         kind = self._topic[msg.topic]
         doc = json.loads(msg.payload)
-        if kind == "classic get":
-            self._reply(None, "get", "accepted", {"state": {}})
+        if kind == "classic get":  # as AWS does, the answer carries the request's clientToken
+            self._reply(None, "get", "accepted", {"state": {}, "clientToken": doc.get("clientToken")})
         elif kind == "commands get":
-            self._reply(COMMANDS_SHADOW, "get", "accepted", {"state": {"desired": self.pending}})
+            answer = {"state": {"desired": self.pending}, "clientToken": doc.get("clientToken")}
+            self._reply(COMMANDS_SHADOW, "get", "accepted", answer)
         elif kind == "classic update":
             self.states.put(doc)
         else:

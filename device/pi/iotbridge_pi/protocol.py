@@ -166,7 +166,7 @@ class CommandCore:
                 plan.run.append(verdict)
             else:
                 action = entry.get("action") if isinstance(entry, dict) else None
-                self.log.finished(command_id, str(action), verdict)
+                self._log_finished(command_id, str(action), verdict)
                 plan.report[command_id] = verdict
         return plan
 
@@ -179,7 +179,7 @@ class CommandCore:
                 # (reported, then the power went); otherwise it is answered, never run again.
                 known = self._reported.get(command_id)
                 outcome = known or outcome_entry(CommandState.FAILED, logged.action, done_at=self.clock_ms(), error=INTERRUPTED)
-                self.log.finished(command_id, logged.action, outcome)
+                self._log_finished(command_id, logged.action, outcome)
                 return outcome
             return logged.outcome
         # Not in our log (it was lost, or rotated out) but the shadow holds its outcome.
@@ -235,13 +235,21 @@ class CommandCore:
         return None
 
     def finish(self, command: Command, state: CommandState, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
-        outcome = outcome_entry(state, command.action, done_at=self.clock_ms(), result=result, error=error, params=command.params)
+        done_at = self.clock_ms()
         try:
-            self.log.finished(command.id, command.action, outcome)
-        except OSError as exc:  # it ran: report it anyway (after a restart the log says "started": INTERRUPTED)
-            logger.error("outcome of %s not logged: %s", command.id, exc)
+            outcome = outcome_entry(state, command.action, done_at=done_at, result=result, error=error, params=command.params)
+        except (TypeError, ValueError) as exc:  # a handler's result that JSON cannot carry (a datetime, bytes, a set)
+            outcome = outcome_entry(CommandState.FAILED, command.action, done_at=done_at, params=command.params,
+                                    error=f"the handler's result is not JSON: {exc}")  # fmt: skip
+        self._log_finished(command.id, command.action, outcome)
         self._claimed.discard(command.id)
         return outcome
+
+    def _log_finished(self, command_id: str, action: str, outcome: dict[str, Any]) -> None:
+        try:
+            self.log.finished(command_id, action, outcome)
+        except OSError as exc:  # report it anyway: a restart answers a logged start INTERRUPTED, never re-runs it
+            logger.error("outcome of %s not logged: %s", command_id, exc)
 
     # -- writing -------------------------------------------------------------
 
@@ -274,7 +282,7 @@ class CommandCore:
         for command_id in batch:
             del self._unsent[command_id]
         self._tokens += 1
-        token = f"out-{self._tokens}"  # unique per device; the shadow echoes it back
+        token = f"out.{self._tokens}"  # the shadow echoes it back; the "." keeps it apart from any command id (the API's token)
         self._in_flight[token] = (self._monotonic(), set(batch))
         return {**self.report_update(batch), "clientToken": token}
 

@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,10 @@ MAX_STATES_UNANSWERED = 64  # state updates remembered until answered (a lost an
 # is asked again: until one is answered the device has no service clock and
 # ignores command deltas, so it must not wait forever.
 GET_RETRY_S = (2.0, 60.0)  # first retry after, cap
+# After a connect, the classic shadow's desired is applied before any command runs (a command
+# must win over an older desired value, not be undone by it); AWS orders nothing across topics,
+# so the commands shadow's messages wait for the classic get's answer, at most this long.
+CLASSIC_FIRST_S = 5.0
 
 Starter = Callable[[Action, DeviceModel, dict[str, Any]], Job]
 
@@ -155,6 +160,15 @@ class DeviceSession:
         self._state_retry_at: float | None = None  # a throttled / failed state update is sent again then
         self._state_lost: set[str] = set()  # desired keys to clear again with that retry
         self._get_retry: dict[str | None, tuple[float, float]] = {}  # shadow -> (when, current wait)
+        # Gets carry a token unique to this process and connection: the broker's persistent session
+        # may hold answers to an earlier connection's gets, stale (an old clock, commands since done).
+        self._get_nonce = uuid.uuid4().hex[:8]
+        self._gets_sent = 0
+        self._get_tokens: dict[str | None, set[str]] = {}
+        self._classic_synced = False  # this connection's classic get was answered
+        self._held: list[tuple[str, dict[str, Any]]] = []  # commands-shadow messages waiting for it
+        self._held_since: float | None = None
+        self._clear_after_connect: set[str] = set()  # desired keys a command overrode, not yet cleared
         self._refused_logged: dict[str, str] = {}  # desired keys last refused, with why
         self._clear_outbox()
         self._flush_tokens = UPDATE_BURST
@@ -193,6 +207,9 @@ class DeviceSession:
         if self._reboot_at is not None and now >= self._reboot_at and not self.core.has_unsent:
             self._reboot()
             return self._next_wake(time.monotonic())
+        if self._held_since is not None and now >= self._held_since + CLASSIC_FIRST_S:
+            log.warning("%s: no answer to the classic shadow's get; running commands without it", self.thing)
+            self._release_held()
         self._advance_job(now)
         if self._resync_at is not None and now >= self._resync_at:
             self._resync_at = None
@@ -226,6 +243,8 @@ class DeviceSession:
         for t in (self._telemetry_due, self._reboot_at, self._resync_at, self._state_retry_at):
             if t is not None:
                 times.append(t)
+        if self._held_since is not None:
+            times.append(self._held_since + CLASSIC_FIRST_S)
         times.extend(when for when, _ in self._get_retry.values())
         if self._state_gate is not None:
             times.append(self._state_gate[1])
@@ -258,6 +277,13 @@ class DeviceSession:
             self.connected = False
             self._sub_mid = None
             self._get_retry.clear()  # every connect asks afresh
+            self._get_tokens.clear()  # and answers to this connection's gets are stale after it
+            self._classic_synced, self._held, self._held_since = False, [], None
+            # A desired key a command overrode must not come back with the next get (the clear
+            # may not have been sent, or been lost with the connection).
+            self._clear_after_connect |= self._classic_clear | self._state_lost
+            for keys in self._state_sent.values():
+                self._clear_after_connect.update(keys)
             self._clear_outbox()
             self.core.disconnected()
             if self._reboot_at is None:
@@ -295,7 +321,11 @@ class DeviceSession:
 
     def _get(self, shadow: str | None, *, wait: float = GET_RETRY_S[0]) -> None:
         self._get_retry[shadow] = (time.monotonic() + wait, wait)
-        self.client.publish(topics.shadow_topic(self.thing, "get", shadow=shadow), b"{}", qos=1)
+        self._gets_sent += 1
+        token = f"get.{self._get_nonce}.{self._gets_sent}"  # the shadow service echoes it in its answer
+        self._get_tokens.setdefault(shadow, set()).add(token)
+        payload = json.dumps({"clientToken": token}, separators=(",", ":"))
+        self.client.publish(topics.shadow_topic(self.thing, "get", shadow=shadow), payload, qos=1)
 
     def _report_outcomes(self, outcomes: dict[str, dict[str, Any]]) -> None:
         self.core.queue_report(outcomes)
@@ -336,7 +366,7 @@ class DeviceSession:
                 state["desired"] = dict.fromkeys(self._classic_clear)
             # Every state update carries a token, so a rejection names what it lost.
             self._state_tokens += 1
-            token = f"state-{self._state_tokens}"
+            token = f"state.{self._state_tokens}"
             document: dict[str, Any] = {"state": state, "clientToken": token}
             if len(self._state_sent) < MAX_STATES_UNANSWERED:
                 self._state_sent[token] = tuple(self._classic_clear)
@@ -377,15 +407,20 @@ class DeviceSession:
             return
         what = (parsed.operation, parsed.reply)
         log.debug("%s: %s %s %s", self.thing, parsed.shadow or "classic", what, doc)
+        if what[0] == "get" and doc.get("clientToken") not in self._get_tokens.get(parsed.shadow, ()):
+            log.info("%s: ignoring an answer to a get of an earlier connection", self.thing)
+            return
         if what == ("get", "accepted") or (what == ("get", "rejected") and doc.get("code") == 404):
             self._get_retry.pop(parsed.shadow, None)  # answered; other rejections (429, 500) are asked again
         if parsed.shadow == COMMANDS_SHADOW:
-            if what == ("get", "accepted"):
-                self._act_on(self.core.on_get_accepted(doc))
+            if what == ("get", "accepted") or what == ("update", "delta"):
+                if not self._classic_synced:
+                    self._held.append((what[1], doc))
+                    self._held_since = now if self._held_since is None else self._held_since
+                else:
+                    self._commands_message(what[1], doc)
             elif what == ("get", "rejected"):
                 self._act_on(self.core.on_get_rejected(doc))
-            elif what == ("update", "delta"):
-                self._act_on(self.core.on_delta(doc))
             elif what == ("update", "accepted"):
                 self.core.on_update_answered(doc)
             elif what == ("update", "rejected"):
@@ -393,13 +428,19 @@ class DeviceSession:
                 self._update_rejected(doc, now)
         elif parsed.shadow is None:
             if what == ("get", "accepted"):
-                state = doc.get("state") or {}
+                desired = (doc.get("state") or {}).get("desired") or {}
+                # A value a command overrode is cleared, not applied again: the command came later.
+                overridden = tuple(k for k in self._clear_after_connect if k in desired)
+                self._clear_after_connect = set()
                 # All of desired, not the delta: the delta is against the reported state from
                 # before this (re)start, and a rebooted device's hardware may no longer match it.
-                self._apply_desired(state.get("desired") or {}, now)
-                self._report_full_state(now)
+                self._apply_desired({k: v for k, v in desired.items() if k not in overridden}, now)
+                self._report_full_state(now, clear_desired=overridden)
+                self._release_held()
             elif what == ("get", "rejected"):
-                self._report_full_state(now)  # 404: a new device; its shadow starts here
+                self._report_full_state(now)  # 404: a new device, its shadow starts here; else asked again
+                if doc.get("code") == 404:
+                    self._release_held()
             elif what == ("update", "delta") and self._apply_desired(doc.get("state") or {}, now):
                 self._report_state(self.device.state())
             if what[0] == "update" and what[1] in ("accepted", "rejected"):
@@ -409,6 +450,16 @@ class DeviceSession:
                     self._state_rejected(doc, cleared, now)
                 if self._state_gate is not None and token == self._state_gate[0]:
                     self._open_state_gate()
+
+    def _commands_message(self, kind: str, doc: dict[str, Any]) -> None:
+        self._act_on(self.core.on_get_accepted(doc) if kind == "accepted" else self.core.on_delta(doc))
+
+    def _release_held(self) -> None:
+        """The classic desired is applied (or given up on): the commands shadow's messages go through, in order."""
+        self._classic_synced = True
+        held, self._held, self._held_since = self._held, [], None
+        for kind, doc in held:
+            self._commands_message(kind, doc)
 
     def _state_rejected(self, doc: dict[str, Any], cleared: tuple[str, ...] | None, now: float) -> None:
         log.warning("%s: classic shadow update rejected: %s", self.thing, doc)

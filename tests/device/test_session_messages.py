@@ -1,0 +1,198 @@
+"""The agent's session against shadow messages in orders a broker may deliver them, without a broker.
+
+publish/subscribe are captured; messages are put in the session's inbox as paho's
+callbacks would, and the session steps as the pump would step it. Each scenario is
+one AWS IoT allows: answers queued in a persistent session from an earlier
+connection, no order across topics, a connection lost with updates unsent.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from iotbridge_contract import topics
+from iotbridge_contract.commands import COMMANDS_SHADOW, MAX_STATE_DEPTH, nesting_depth, pending_entry
+from iotbridge_contract.mqtt import Endpoint
+from iotbridge_pi.executed_log import ExecutedLog
+from iotbridge_pi.handlers import Action, Registry, default_registry
+from iotbridge_pi.hardware import Sensors, simulated_hardware
+from iotbridge_pi.model import DeviceModel
+from iotbridge_pi.protocol import CommandCore, ServiceClock
+from iotbridge_pi.runner import start_inline
+from iotbridge_pi.session import CLASSIC_FIRST_S, DeviceSession
+
+THING = "lamp-s1"
+NOW_S = int(time.time())
+NOW_MS = NOW_S * 1000
+
+
+class Wire:
+    """A session whose MQTT client publishes into a list; `answer` replies as the shadow service would."""
+
+    def __init__(self, state_dir: Path, registry: Registry | None = None) -> None:
+        self.device = DeviceModel(simulated_hardware(sensors=Sensors(thermal_zone=None, rng=random.Random(1))),
+                                  interval_s=60)  # fmt: skip
+        self.session = DeviceSession(
+            THING, Endpoint(host="127.0.0.1", port=1), state_dir_log=lambda: ExecutedLog(state_dir),
+            device=self.device, registry=registry or default_registry(), start_job=start_inline,
+        )  # fmt: skip
+        self.sent: list[tuple[str, Any]] = []
+        self.now = time.monotonic()
+        client: Any = self.session.client
+        client.publish = lambda topic, payload=None, qos=0, retain=False: self.sent.append((topic, json.loads(payload or "null")))
+        client.subscribe = lambda subscriptions: (0, 1)
+
+    def step(self, after_s: float = 0.0) -> None:
+        self.now += after_s
+        self.session.step(self.now)
+
+    def connect(self) -> None:
+        self.session.inbox.extend([("connack", True), ("suback", 1)])
+        self.step()
+
+    def drop(self) -> None:
+        self.session.inbox.append(("disconnected", "lost"))
+        self.step()
+
+    def message(self, shadow: str | None, operation: str, reply: str, doc: dict[str, Any]) -> None:
+        topic = topics.shadow_topic(THING, operation, reply, shadow=shadow)
+        self.session.inbox.append(("message", (topic, json.dumps({"timestamp": NOW_S, "version": 1, **doc}).encode())))
+        self.step()
+
+    def last_get_token(self, shadow: str | None) -> str:
+        topic = topics.shadow_topic(THING, "get", shadow=shadow)
+        return next(doc["clientToken"] for t, doc in reversed(self.sent) if t == topic)
+
+    def answer_get(self, shadow: str | None, state: dict[str, Any], **extra: Any) -> None:
+        self.message(shadow, "get", "accepted", {"state": state, "clientToken": self.last_get_token(shadow), **extra})
+
+    def accept_last_state(self) -> None:
+        """The classic shadow accepts the device's last state update (an outcome waits for that)."""
+        update = self.updates(None)[-1]
+        self.message(None, "update", "accepted", {"state": update["state"], "clientToken": update["clientToken"]})
+
+    def updates(self, shadow: str | None) -> list[dict[str, Any]]:
+        topic = topics.shadow_topic(THING, "update", shadow=shadow)
+        return [doc for t, doc in self.sent if t == topic]
+
+    def outcomes(self) -> dict[str, Any]:
+        return {k: v for u in self.updates(COMMANDS_SHADOW) for k, v in u["state"].get("reported", {}).items() if v}
+
+
+def command(action: str, params: dict[str, Any], *, issued_ms: int = NOW_MS, ttl_ms: int = 60_000) -> dict[str, Any]:
+    return pending_entry(action, params, issued_at=issued_ms, expires_at=issued_ms + ttl_ms)
+
+
+def test_an_answer_to_an_earlier_connections_get_runs_nothing(tmp_path: Path) -> None:
+    # GIVEN an agent that has just started and connected (no service clock yet)
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(None, {})
+    # WHEN the broker first delivers an answer queued in the persistent session an hour ago, to a
+    # get of the previous connection, listing a one-minute command that expired long since
+    hour_ago = NOW_S - 3600
+    stale = {"c1": command("relay", {"on": True}, issued_ms=hour_ago * 1000)}
+    wire.message(COMMANDS_SHADOW, "get", "accepted", {"state": {"desired": stale}, "timestamp": hour_ago,
+                                                      "clientToken": "get.0ld0ld00.1"})  # fmt: skip
+    # THEN the command does not run on that answer's clock
+    assert (wire.device.relay, wire.session.commands_run) == (False, 0)
+    # AND the answer to this connection's own get decides: EXPIRED, by the service's clock of now
+    wire.answer_get(COMMANDS_SHADOW, {"desired": stale}, timestamp=NOW_S)
+    wire.step(1.0)
+    assert wire.device.relay is False and wire.outcomes()["c1"]["state"] == "EXPIRED"
+
+
+def test_the_classic_desired_is_applied_before_a_command_whatever_order_the_answers_come_in(tmp_path: Path) -> None:
+    # GIVEN a device reconnecting after `led: on` was set as desired, and then `led off` queued
+    wire = Wire(tmp_path)
+    wire.connect()
+    # WHEN the commands shadow's answer arrives before the classic one (AWS orders nothing across topics)
+    wire.answer_get(COMMANDS_SHADOW, {"desired": {"l1": command("led", {"state": "off"})}})
+    assert wire.session.commands_run == 0  # it waits for the classic shadow
+    wire.answer_get(None, {"desired": {"led": "on"}, "reported": {"led": "off"}})
+    wire.step(1.0)
+    wire.accept_last_state()
+    wire.step(1.0)
+    # THEN the command, which came later, wins: the LED is off, and desired.led is cleared
+    assert (wire.device.led, wire.outcomes()["l1"]["state"]) == ("off", "SUCCEEDED")
+    assert any((u["state"].get("desired") or {}).get("led", "absent") is None for u in wire.updates(None))
+
+
+def test_commands_run_even_if_the_classic_shadow_never_answers(tmp_path: Path) -> None:
+    # GIVEN a connected device whose classic get is never answered
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(COMMANDS_SHADOW, {"desired": {"p1": command("ping", {})}})
+    # WHEN the wait for it runs out THEN the commands run anyway
+    wire.step(CLASSIC_FIRST_S + 0.1)
+    wire.step(1.0)
+    assert wire.outcomes()["p1"]["state"] == "SUCCEEDED"
+
+
+def test_a_command_that_overrode_desired_is_not_undone_by_a_reconnect(tmp_path: Path) -> None:
+    # GIVEN a device that applied desired led "on", and then ran "led off", whose state update
+    # (with desired.led = null) had not gone out when the connection was lost
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(None, {"desired": {"led": "on"}})
+    wire.answer_get(COMMANDS_SHADOW, {})
+    assert wire.device.led == "on"
+    wire.session._flush_tokens = 0.0  # the update budget is spent: the next state update waits
+    wire.message(COMMANDS_SHADOW, "update", "delta", {"state": {"l1": command("led", {"state": "off"})}})
+    assert wire.device.led == "off"
+    wire.drop()
+    # WHEN it reconnects and the classic shadow still says desired led "on"
+    wire.connect()
+    wire.answer_get(None, {"desired": {"led": "on"}})
+    wire.step(1.0)
+    # THEN the LED stays off, and the stale desired value is cleared
+    assert wire.device.led == "off"
+    assert (wire.updates(None)[-1]["state"].get("desired") or {}).get("led", "absent") is None
+
+
+def _probe_device(tmp_path: Path, result: Any) -> Wire:
+    registry = default_registry()
+    registry.add(Action("probe", {}, lambda device, params: result, deadline_s=1.0))
+    wire = Wire(tmp_path, registry)
+    wire.connect()
+    wire.answer_get(None, {})
+    wire.answer_get(COMMANDS_SHADOW, {"desired": {"p1": command("probe", {})}})
+    wire.step(1.0)
+    return wire
+
+
+def test_a_handler_result_that_is_no_json_is_answered_failed(tmp_path: Path) -> None:
+    # GIVEN a custom action that returns a datetime WHEN it runs THEN the command gets an outcome that says why
+    outcome = _probe_device(tmp_path, {"at": datetime.datetime.now()}).outcomes()["p1"]
+    assert outcome["state"] == "FAILED" and "not JSON" in outcome["error"]
+
+
+def test_a_result_nested_too_deep_for_aws_is_truncated_not_rejected(tmp_path: Path) -> None:
+    # GIVEN a custom action whose result nests 5 levels WHEN it runs
+    wire = _probe_device(tmp_path, {"sensors": {"bme280": {"temp": {"v": {"raw": 1}}}}})
+    # THEN the outcome update stays within AWS's depth limit (a 400 would lose every outcome in it)
+    update = wire.updates(COMMANDS_SHADOW)[-1]
+    assert nesting_depth(update["state"]["reported"]) <= MAX_STATE_DEPTH
+    assert wire.outcomes()["p1"] == {**wire.outcomes()["p1"], "state": "SUCCEEDED", "result": {"truncated": True}}
+
+
+def test_a_log_that_cannot_be_written_strands_no_command_of_a_get(tmp_path: Path) -> None:
+    # GIVEN a device whose SD card went read-only
+    clock = ServiceClock()
+    core = CommandCore(ExecutedLog(tmp_path), default_registry().advertisement(), service_clock=clock)
+
+    def read_only(*args: Any, **kwargs: Any) -> None:
+        raise OSError(30, "Read-only file system")
+
+    core.log._append = read_only  # type: ignore[method-assign]
+    # WHEN a get lists a valid command and one to reject
+    pending = {"good": command("ping", {}), "bad": command("no_such_action", {}, issued_ms=NOW_MS + 1)}
+    plan = core.on_get_accepted({"state": {"desired": pending}, "timestamp": NOW_S})
+    # THEN the bad one is answered REJECTED and the good one goes on to run (where its start, unloggable, is answered)
+    assert plan.report["bad"]["state"] == "REJECTED"
+    assert [c.id for c in plan.run] == ["good"]
