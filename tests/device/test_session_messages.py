@@ -23,8 +23,8 @@ from iotbridge_pi.handlers import Action, Registry, default_registry
 from iotbridge_pi.hardware import Sensors, simulated_hardware
 from iotbridge_pi.model import DeviceModel
 from iotbridge_pi.protocol import CommandCore, ServiceClock
-from iotbridge_pi.runner import start_inline
-from iotbridge_pi.session import CLASSIC_FIRST_S, DeviceSession
+from iotbridge_pi.runner import start_inline, threaded_starter
+from iotbridge_pi.session import CLASSIC_FIRST_S, DeviceSession, Starter
 
 THING = "lamp-s1"
 NOW_S = int(time.time())
@@ -34,12 +34,12 @@ NOW_MS = NOW_S * 1000
 class Wire:
     """A session whose MQTT client publishes into a list; `answer` replies as the shadow service would."""
 
-    def __init__(self, state_dir: Path, registry: Registry | None = None) -> None:
+    def __init__(self, state_dir: Path, registry: Registry | None = None, start_job: Starter = start_inline) -> None:
         self.device = DeviceModel(simulated_hardware(sensors=Sensors(thermal_zone=None, rng=random.Random(1))),
                                   interval_s=60)  # fmt: skip
         self.session = DeviceSession(
             THING, Endpoint(host="127.0.0.1", port=1), state_dir_log=lambda: ExecutedLog(state_dir),
-            device=self.device, registry=registry or default_registry(), start_job=start_inline,
+            device=self.device, registry=registry or default_registry(), start_job=start_job,
         )  # fmt: skip
         self.sent: list[tuple[str, Any]] = []
         self.now = time.monotonic()
@@ -196,3 +196,37 @@ def test_a_log_that_cannot_be_written_strands_no_command_of_a_get(tmp_path: Path
     # THEN the bad one is answered REJECTED and the good one goes on to run (where its start, unloggable, is answered)
     assert plan.report["bad"]["state"] == "REJECTED"
     assert [c.id for c in plan.run] == ["good"]
+
+
+def test_a_handler_past_its_deadline_is_waited_for_and_what_it_did_late_is_reported(tmp_path: Path) -> None:
+    # GIVEN a custom action that turns the LED on 0.3 s into a 0.1 s deadline, and a relay command behind it
+    overlapped: list[bool] = []
+
+    def slow_led(device: DeviceModel, params: dict[str, Any]) -> None:
+        time.sleep(0.3)
+        device.apply({"led": "on"})
+
+    def relay(device: DeviceModel, params: dict[str, Any]) -> None:
+        overlapped.append(device.led != "on")  # the slow handler has not finished its work
+        device.apply({"relay": True})
+
+    registry = default_registry()
+    registry.add(Action("slow_led", {}, slow_led, deadline_s=0.1))
+    registry.add(Action("switch", {}, relay, deadline_s=1.0))
+    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
+    wire.connect()
+    wire.answer_get(None, {})
+    pending = {"s1": command("slow_led", {}), "r1": command("switch", {}, issued_ms=NOW_MS + 1)}
+    # WHEN both run
+    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
+    deadline = time.monotonic() + 5
+    while "r1" not in wire.outcomes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+        wire.step(0.02)
+        if wire.updates(None) and wire.updates(None)[-1].get("clientToken"):
+            wire.accept_last_state()
+    # THEN the first is TIMED_OUT, the second started only once the first had returned,
+    # and the LED it turned on late is reported, not left for the next full report
+    assert wire.outcomes()["s1"]["state"] == "TIMED_OUT"
+    assert wire.outcomes()["r1"]["state"] == "SUCCEEDED" and overlapped == [False]
+    assert any(u["state"]["reported"].get("led") == "on" for u in wire.updates(None))

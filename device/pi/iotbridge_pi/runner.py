@@ -46,6 +46,7 @@ class Job:
         self.deadline = deadline  # time.monotonic()
         self._result: JobResult | None = None
         self._lock = threading.Lock()
+        self.returned = threading.Event()  # the handler itself returned (after TIMED_OUT it may still run)
 
     def _set(self, result: JobResult) -> None:
         with self._lock:
@@ -64,6 +65,7 @@ def start_inline(action: Action, device: DeviceModel, params: dict[str, Any]) ->
     job = Job(action, started + action.deadline_s)
     result = _call(action, device, params)
     job._set(_timed_out(action) if time.monotonic() > job.deadline else result)
+    job.returned.set()
     return job
 
 
@@ -75,6 +77,7 @@ def threaded_starter(wake: Callable[[], None]) -> Callable[[Action, DeviceModel,
 
         def work() -> None:
             job._set(_call(action, device, params))
+            job.returned.set()
             wake()
 
         threading.Thread(target=work, name=f"handler-{action.name}", daemon=True).start()

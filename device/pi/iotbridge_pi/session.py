@@ -60,6 +60,9 @@ GET_RETRY_S = (2.0, 60.0)  # first retry after, cap
 # must win over an older desired value, not be undone by it); AWS orders nothing across topics,
 # so the commands shadow's messages wait for the classic get's answer, at most this long.
 CLASSIC_FIRST_S = 5.0
+# A handler past its deadline is answered TIMED_OUT but its thread cannot be stopped: the next
+# command waits for it to return (two handlers never drive the hardware at once), this long at most.
+STRAGGLER_WAIT_S = 30.0
 
 Starter = Callable[[Action, DeviceModel, dict[str, Any]], Job]
 
@@ -153,6 +156,7 @@ class DeviceSession:
         self._sub_mid: int | None = None
         self._queue: collections.deque[Command] = collections.deque()
         self._job: tuple[Command, Job] | None = None
+        self._straggler: tuple[Job, float] | None = None  # a timed-out handler still running, and until when to wait
         self._telemetry_due: float | None = None
         self._last_telemetry = 0.0
         self._reboot_at: float | None = None
@@ -240,6 +244,8 @@ class DeviceSession:
             return min(times) if times else None
         if self._job is not None:
             times.append(self._job[1].deadline)  # the worker wakes the pump sooner when it is done
+        if self._straggler is not None:
+            times.append(self._straggler[1])  # its thread wakes the pump when it returns
         for t in (self._telemetry_due, self._reboot_at, self._resync_at, self._state_retry_at):
             if t is not None:
                 times.append(t)
@@ -531,6 +537,20 @@ class DeviceSession:
                 self._job = None
                 outcome = self.core.finish(command, result.state, result=result.result, error=result.error)
                 self._after_command(command, result.state, outcome, now)
+                if not job.returned.is_set():
+                    self._straggler = (job, now + STRAGGLER_WAIT_S)
+            if self._straggler is not None:
+                straggler, until = self._straggler
+                if straggler.returned.is_set():
+                    # What it did after its deadline is the hardware's state now: report it.
+                    self._straggler = None
+                    self._report_state(self.device.state())
+                elif now < until:
+                    return
+                else:
+                    log.warning("%s: a timed-out %s handler is still running; going on without it",
+                                self.thing, straggler.action.name)  # fmt: skip
+                    self._straggler = None
             if not self._queue or self._reboot_at is not None:
                 return
             command = self._queue.popleft()
