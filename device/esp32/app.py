@@ -281,7 +281,10 @@ class Firmware:
     def _connect(self):
         gc.collect()  # what the last connection left, before the largest messages of a connect
         c = self.client
-        kept = c.connect(clean_session=False)
+        # Without the service's clock yet (a boot), start clean: an answer to a get from before
+        # it, still held in the session, would set an old clock by which long-expired commands
+        # look current. Once it has a clock, the session is kept: the clock never goes back.
+        kept = c.connect(clean_session=not self.svc_ms)
         t = self.cfg["thing"]
         # +/rejected: our gets and updates refused (a commands get's 404 before the first
         # command still carries the service's clock). One filter per shadow, not three topics.

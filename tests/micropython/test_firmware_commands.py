@@ -6,12 +6,14 @@ one update, never twice, never expired, history kept to 16, state reported.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import pytest
 
-from iotbridge_contract.commands import HISTORY
+from iotbridge_contract import topics
+from iotbridge_contract.commands import COMMANDS_SHADOW, HISTORY
 from iotbridge_pi.handlers import default_registry
 from tests.micropython.conftest import StartFirmware
 from tests.micropython.harness import ShadowPeer, command
@@ -137,6 +139,26 @@ def test_a_delta_that_waited_in_the_broker_does_not_set_the_clock_back(
     peer.send_commands({"late-1": stale}, timestamp=now_s - 3600)
     # THEN it is EXPIRED: the old timestamp did not turn the device's clock back
     assert outcome_of(peer.outcome_update("late-1"), "late-1")["state"] == "EXPIRED"
+
+
+def test_an_answer_to_a_get_from_before_a_power_cut_does_not_run_an_expired_command(
+    start_firmware, device_config, peer
+) -> None:
+    # GIVEN a device that was connected, and lost power
+    fw = start_firmware(device_config)
+    fw.stop(kill=True)
+    # AND while it was off, an answer to a get of its last boot was left for it in the broker,
+    # stamped an hour ago, listing a one-minute command that has long expired since
+    hour_ago = int(time.time()) - 3600
+    entry = {"action": "led", "params": {"state": "on"}, "issuedAt": hour_ago * 1000, "expiresAt": (hour_ago + 60) * 1000}
+    peer.pending["stale-1"] = entry
+    stale = {"state": {"desired": peer.pending, "delta": peer.pending}, "version": 1, "timestamp": hour_ago}
+    topic = topics.shadow_topic(peer.thing, "get", "accepted", shadow=COMMANDS_SHADOW)
+    peer.client.publish(topic, json.dumps(stale), qos=1).wait_for_publish(5)
+    # WHEN it boots again
+    start_firmware(device_config, name="esp32")
+    # THEN the command is judged by the service's clock of now: EXPIRED, and the led stays off
+    assert outcome_of(peer.outcome_update("stale-1"), "stale-1")["state"] == "EXPIRED"
 
 
 @pytest.mark.parametrize(
