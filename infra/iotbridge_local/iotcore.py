@@ -142,6 +142,8 @@ class IotCore:
         self._http: LocalHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
         self._marked = False  # this run created the "running" marker (a clean stop removes it)
+        self._stopping = False  # requests that arrive now are left unacknowledged, for the next run
+        self._last_publish: paho.MQTTMessageInfo | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -149,6 +151,7 @@ class IotCore:
         self.store = ShadowStore(self.data_dir / "shadows.db", fsync=self.fsync)
         self.service = ShadowService(self.store, self._publish)
         client = make_client(self.client_id, self.endpoint, clean_session=False)
+        client.manual_ack_set(True)  # PUBACK once the change committed and its messages are queued
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -183,11 +186,19 @@ class IotCore:
         return self.data_dir / "running"
 
     def stop(self) -> None:
+        # A clean stop loses nothing: no new requests, the ones in progress finish (their changes
+        # and messages), the broker has every message, and only then the connection goes.
+        self._stopping = True
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self.service is not None:
+            self.service.wait_idle(timeout=5.0)
         if self._client is not None:
+            if self._last_publish is not None:
+                with contextlib.suppress(RuntimeError, ValueError):
+                    self._last_publish.wait_for_publish(timeout=2.0)
             self._client.disconnect()
             self._client.loop_stop()
             self._client = None
@@ -220,16 +231,22 @@ class IotCore:
         self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        # Runs on paho's thread; paho sends PUBACK after this returns, i.e. after COMMIT.
+        # Runs on paho's thread; the PUBACK goes after the change committed and its messages are queued.
         assert self.service is not None
-        try:
-            self.service.handle_mqtt(msg.topic, bytes(msg.payload))
-        except Exception:  # one bad request must never stop the service
-            log.exception("shadow request on %s failed", msg.topic)
+        if self._stopping:
+            return  # not acknowledged: the broker delivers it again to the next run
+        if not msg.retain:
+            # (A retained request replayed because we (re)subscribed was handled when it was
+            # published: MQTT 3.1.1 sets the flag only on such replays. AWS handles a request once.)
+            try:
+                self.service.handle_mqtt(msg.topic, bytes(msg.payload))
+            except Exception:  # one bad request must never stop the service
+                log.exception("shadow request on %s failed", msg.topic)
+        client.ack(msg.mid, msg.qos)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         if self._client is not None:
-            self._client.publish(topic, payload, qos=1)
+            self._last_publish = self._client.publish(topic, payload, qos=1)
 
     def publish_raw(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """iot-data Publish to a non-shadow topic; returns once the broker has it (QoS 1)."""
@@ -378,7 +395,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         core: IotCore = self.server.iotcore  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            self._reply(400, _json({"message": "Invalid Content-Length"}),
+                        {"Content-Type": "application/json", "x-amzn-ErrorType": "InvalidRequestException"})  # fmt: skip
+            return
         if length > MAX_BODY_BYTES:  # refuse before reading: nothing that large is a valid request
             self.close_connection = True
             self._reply(

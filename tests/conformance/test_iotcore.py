@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import queue
 import signal
+import socket
 import threading
 import time
 import urllib.request
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from iotbridge_local.broker import Broker
+from iotbridge_local.config import StackConfig
 from iotbridge_local.iotcore import IotCore
 from tests.conformance.conftest import WAIT, IotCoreProcess, Watcher, boto
 
@@ -323,3 +326,94 @@ def test_broker_restart_is_survived(iotcore: IotCore, broker: Broker) -> None:
         assert w.until("$aws/things/dev3/shadow/update/accepted", timeout=WAIT)["version"] == 1
     finally:
         w.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"state":{"desired":{"a":"\\ud800"}}}',  # an escaped lone surrogate: JSON text, but no UTF-8 document
+        b'{"clientToken":"\\udc00","state":{"desired":{"a":1}}}',
+        b'{"state":{"desired":{"a":' + b"[" * 400 + b"]" * 400 + b"}}}",  # parses; deeper than a recursive walk goes
+        b'{"state":{"desired":{"a":1e400}}}',  # parses to infinity, which would be written back as Infinity
+    ],
+)
+def test_every_update_request_is_answered_and_bad_json_is_a_400(iotcore: IotCore, watcher: Watcher, payload: bytes) -> None:
+    # GIVEN a client waiting for the answer to its shadow request
+    base = "$aws/things/dev1/shadow"
+    watcher.watch(f"{base}/update/accepted", f"{base}/update/rejected")
+    # WHEN it sends a document that parses as JSON yet is none AWS would store
+    watcher.publish(f"{base}/update", payload)
+    # THEN it is answered (not left waiting), with AWS's 400, and so is the same request over HTTP
+    topic, doc = watcher.next(timeout=WAIT)
+    assert (topic, doc["code"]) == (f"{base}/update/rejected", 400)
+    with pytest.raises(ClientError) as err:
+        boto("iot-data", iotcore.url).update_thing_shadow(thingName="dev1", payload=payload)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_a_retained_request_is_handled_once_not_again_at_every_restart(broker: Broker, stack_config: StackConfig) -> None:
+    # GIVEN a device that published its report with the retain flag, and a newer report after it
+    def iotcore() -> IotCore:
+        return IotCore(data_dir=stack_config.data_dir / "iotcore", mqtt=broker.service_endpoint(),
+                       http_port=stack_config.iot_http_port)  # fmt: skip
+
+    base = "$aws/things/dev1/shadow"
+    core = iotcore()
+    core.start()
+    watcher = Watcher(broker.service_endpoint(), "retain-watcher")
+    try:
+        watcher.watch(f"{base}/update/accepted")
+        watcher.client.publish(f"{base}/update", b'{"state":{"reported":{"led":"off"}}}', qos=1, retain=True).wait_for_publish(10)
+        assert watcher.until(f"{base}/update/accepted")["version"] == 1
+        boto("iot-data", core.url).update_thing_shadow(thingName="dev1", payload=b'{"state":{"reported":{"led":"on"}}}')
+        # WHEN the shadow service restarts (and subscribes again, which replays retained messages)
+        core.stop()
+        core = iotcore()
+        core.start()
+        # THEN the old report is not applied again over the newer one
+        doc = json.loads(boto("iot-data", core.url).get_thing_shadow(thingName="dev1")["payload"].read())
+        assert (doc["version"], doc["state"]["reported"]["led"]) == (2, "on")
+    finally:
+        watcher.close()
+        core.stop()
+
+
+def test_a_clean_stop_lets_an_update_in_progress_publish_its_delta(broker: Broker, stack_config: StackConfig) -> None:
+    # GIVEN a device listening for deltas, and an app's update that has committed but not yet published
+    base = "$aws/things/dev1/shadow"
+    core = IotCore(data_dir=stack_config.data_dir / "iotcore", mqtt=broker.service_endpoint(),
+                   http_port=stack_config.iot_http_port)  # fmt: skip
+    core.start()
+    watcher = Watcher(broker.service_endpoint(), "stop-watcher")
+    try:
+        watcher.watch(f"{base}/update/delta")
+        assert core.store is not None
+        real_change, committed = core.store.change, threading.Event()
+
+        def slow_change(*args: Any, **kwargs: Any) -> Any:
+            result = real_change(*args, **kwargs)
+            committed.set()
+            time.sleep(0.5)  # widens the window between the commit and its messages
+            return result
+
+        core.store.change = slow_change  # type: ignore[method-assign]
+        update = threading.Thread(target=lambda: boto("iot-data", core.url).update_thing_shadow(
+            thingName="dev1", payload=b'{"state":{"desired":{"led":"on"}}}'), daemon=True)  # fmt: skip
+        update.start()
+        assert committed.wait(WAIT)
+        # WHEN the service is stopped cleanly (SIGTERM) at that moment
+        core.stop()
+        update.join(WAIT)
+        # THEN the device still gets the delta (a clean stop republishes nothing after a restart)
+        assert watcher.until(f"{base}/update/delta", timeout=WAIT)["state"] == {"led": "on"}
+    finally:
+        watcher.close()
+        core.stop()
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-1"])
+def test_a_malformed_content_length_is_a_400_not_a_hang(iotcore: IotCore, length: bytes) -> None:
+    request = b"POST /things/dev1/shadow HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n{}"
+    with socket.create_connection(("127.0.0.1", iotcore.http_port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400")

@@ -29,8 +29,11 @@ marked "(choice)" and kept in one place here.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from iotbridge_contract.commands import nesting_depth
 
 SECTIONS = ("desired", "reported")
 MAX_STATE_BYTES = 8192
@@ -149,12 +152,8 @@ def json_equal(a: Json, b: Json) -> bool:
 
 
 def depth(value: Json) -> int:
-    """Nesting levels of objects and arrays; a scalar is 0, `{}` is 1."""
-    if isinstance(value, dict):
-        return 1 + max((depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((depth(v) for v in value), default=0)
-    return 0
+    """Nesting levels of objects and arrays; a scalar is 0, `{}` is 1 (no recursion: JSON may nest ~1000 deep)."""
+    return nesting_depth(value)
 
 
 def _has_null_in_array(value: Json, in_array: bool = False) -> bool:
@@ -171,6 +170,13 @@ def _reject_constant(name: str) -> None:
     raise ValueError(name)  # NaN / Infinity are not JSON
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # 1e400: valid JSON text, but stored it would be written back as Infinity
+        raise ValueError(text)
+    return number
+
+
 def parse_json(payload: bytes | str) -> Json:
     if isinstance(payload, bytes):
         try:
@@ -178,8 +184,11 @@ def parse_json(payload: bytes | str) -> Json:
         except UnicodeDecodeError:
             raise ShadowError(415, "Unsupported documented encoding; supported encoding is UTF-8") from None
     try:
-        return json.loads(payload, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        document = json.loads(payload, parse_constant=_reject_constant, parse_float=_finite)
+        if "\\u" in payload:  # an escaped lone surrogate (\ud800) parses, but no UTF-8 document can hold it
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        return document
+    except (ValueError, RecursionError, UnicodeEncodeError):
         raise invalid_json() from None
 
 

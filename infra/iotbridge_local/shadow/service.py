@@ -23,6 +23,7 @@ More than `max_in_flight` requests in progress for one thing are rejected with
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -35,6 +36,8 @@ from iotbridge_contract import topics
 from iotbridge_local.shadow import engine
 from iotbridge_local.shadow.engine import Shadow, ShadowError
 from iotbridge_local.shadow.store import ShadowStore
+
+log = logging.getLogger("iotbridge.shadow")
 
 Publish = Callable[[str, bytes], None]
 Message = tuple[str, "dict[str, Any] | str"]  # topic, document (a str is already JSON)
@@ -75,6 +78,16 @@ class ShadowService:
     def now(self) -> int:
         return int(self._clock())
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in progress (a stop lets them finish); False if some still were."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._in_flight_lock:
+                if not self._in_flight:
+                    return True
+            time.sleep(0.01)
+        return False
+
     @contextmanager
     def _slot(self, thing: str) -> Any:
         with self._in_flight_lock:
@@ -94,16 +107,22 @@ class ShadowService:
     def _run(self, thing: str, shadow: str | None, operation: str, payload: bytes, *, via_mqtt: bool) -> Outcome:
         token: str | None = None
         try:
-            with self._slot(thing):
-                if operation == "update":
-                    return self._update(thing, shadow, payload, via_mqtt=via_mqtt)
-                token = engine.parse_token_only(payload)
-                if operation == "get":
-                    doc = engine.get_document(self.store.load(thing, shadow), thing, shadow, token, self.now())
-                    return self._accepted(thing, shadow, "get", doc, via_mqtt=via_mqtt, http_publishes=False)
-                if operation == "delete":
-                    return self._delete(thing, shadow, token, via_mqtt=via_mqtt)
-                raise ValueError(f"unknown shadow operation {operation!r}")
+            try:
+                with self._slot(thing):
+                    if operation == "update":
+                        return self._update(thing, shadow, payload, via_mqtt=via_mqtt)
+                    token = engine.parse_token_only(payload)
+                    if operation == "get":
+                        doc = engine.get_document(self.store.load(thing, shadow), thing, shadow, token, self.now())
+                        return self._accepted(thing, shadow, "get", doc, via_mqtt=via_mqtt, http_publishes=False)
+                    if operation == "delete":
+                        return self._delete(thing, shadow, token, via_mqtt=via_mqtt)
+                    raise ValueError(f"unknown shadow operation {operation!r}")
+            except ShadowError:
+                raise
+            except Exception as exc:  # a bug here must still answer: an MQTT caller would wait forever
+                log.exception("shadow %s of %s failed", operation, thing)
+                raise ShadowError(500, "Internal service failure") from exc
         except ShadowError as err:
             if err.client_token is None and token is not None:
                 err.client_token = token
