@@ -46,6 +46,8 @@ def _key(state: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def _is_newer(new: dict[str, Any], stored: dict[str, Any]) -> bool:
+    if "at" not in stored:
+        return True  # no event stored yet (the shadow was just created)
     gap = int(new.get("at", 0)) - int(stored.get("at", 0))
     if abs(gap) > SAME_TIME_MS:
         return gap > 0
@@ -84,21 +86,31 @@ def _read(thing: str) -> tuple[dict[str, Any] | None, int | None]:
     return doc.get("state", {}).get("reported"), doc.get("version")
 
 
+def _write(thing: str, update: dict[str, Any]) -> None:
+    answer = iot_data.update_thing_shadow(thingName=thing, shadowName=SHADOW, payload=json.dumps(update).encode())
+    answer["payload"].read()  # unread, it keeps the connection from being reused: a new one per event
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     new = reported_state(event)
     if new is None:
         return {"written": False, "why": "not a lifecycle event of a thing"}
     thing = new["clientId"]
     for _ in range(MAX_ATTEMPTS):
-        current, version = _read(thing)
-        if current is not None and not _is_newer(new, current):
-            return {"written": False, "why": "an event as new or newer is stored", "thing": thing}
-        update: dict[str, Any] = {"state": {"reported": new}}
-        if version is not None:
-            update["version"] = version
         try:
-            answer = iot_data.update_thing_shadow(thingName=thing, shadowName=SHADOW, payload=json.dumps(update).encode())
-            answer["payload"].read()  # unread, it keeps the connection from being reused: a new one per event
+            current, version = _read(thing)
+            if version is None:
+                # No shadow yet: a write without a version could replace a newer event another
+                # invocation stores meanwhile. Create it with a key no event has (updates merge,
+                # so this overwrites nothing), then decide against what is there, version-checked.
+                _write(thing, {"state": {"reported": {"tracked": True}}})
+                current, version = _read(thing)
+            if current is not None and not _is_newer(new, current):
+                return {"written": False, "why": "an event as new or newer is stored", "thing": thing}
+            update: dict[str, Any] = {"state": {"reported": new}}
+            if version is not None:
+                update["version"] = version
+            _write(thing, update)
         except ClientError as e:
             code = e.response["Error"]["Code"]
             if code == "ConflictException":

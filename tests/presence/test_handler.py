@@ -157,3 +157,26 @@ def test_concurrent_write_is_detected_by_the_shadow_version(handler: ModuleType,
     p = _presence()
     assert p["connected"] is True
     assert p["at"] == 9_000
+
+
+def test_a_first_event_does_not_replace_a_newer_one_stored_meanwhile(
+    handler: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a thing with no presence shadow yet, and a concurrent invocation that stores the
+    # session's disconnect right after this one found no shadow
+    real_read, reads = handler._read, [0]
+
+    def read_then_race(thing: str) -> Any:
+        found = real_read(thing)
+        reads[0] += 1
+        if reads[0] == 1:
+            newer = {"state": {"reported": {"connected": False, "at": 1_050, "clientId": THING,
+                                            "reason": "AUTH_ERROR", "versionNumber": 1}}}  # fmt: skip
+            handler.iot_data.update_thing_shadow(thingName=thing, shadowName="presence", payload=json.dumps(newer))
+        return found
+
+    monkeypatch.setattr(handler, "_read", read_then_race)
+    # WHEN the older connect of the same session is handled
+    handler.lambda_handler(_event("connected", 1_000, 1), None)
+    # THEN the device still shows offline: its disconnect is the newest event
+    assert _presence()["connected"] is False
