@@ -88,10 +88,21 @@ def resolve_target(api_url: str | None, api_key: str | None, data_dir: Path, env
             f"no API configured: pass --api-url (and --api-key), set {ENV_URL} and {ENV_KEY}, "
             f"or start the local stack (`iotbridge up --data-dir {data_dir}`)"
         )
-    scheme = urlsplit(url).scheme
-    if scheme not in ("http", "https"):
+    return ApiTarget(url=_checked_url(url), key=key, source=source)
+
+
+def _checked_url(url: str) -> str:
+    """The API's base URL, or NoApiConfigured (a usage error) saying what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
         raise NoApiConfigured(f"API URL must start with http:// or https://, got {url!r}")
-    return ApiTarget(url=url.rstrip("/"), key=key, source=source)
+    try:
+        parts.port  # noqa: B018  (raises for a port that is no number or out of range)
+    except ValueError as exc:
+        raise NoApiConfigured(f"API URL {url!r}: {exc}") from None
+    if not parts.hostname or any(c.isspace() for c in url):
+        raise NoApiConfigured(f"API URL {url!r} has no valid host")
+    return url.rstrip("/")
 
 
 def stack_target(stack_name: str, region: str | None, api_key: str | None) -> ApiTarget:
@@ -111,7 +122,7 @@ def stack_target(stack_name: str, region: str | None, api_key: str | None) -> Ap
         raise ApiUnreachable(f"cannot reach AWS: {exc}") from exc
     except (ClientError, BotoCoreError) as exc:
         raise NoApiConfigured(f"cannot read stack {stack_name!r}: {exc}") from exc
-    return ApiTarget(url=str(outputs["ApiUrl"]).rstrip("/"), key=api_key, source=f"stack {stack_name}")
+    return ApiTarget(url=_checked_url(str(outputs["ApiUrl"])), key=api_key, source=f"stack {stack_name}")
 
 
 class _NoDelayHTTPConnection(http.client.HTTPConnection):

@@ -10,7 +10,6 @@ import argparse
 import enum
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -33,7 +32,8 @@ from iotbridge_local.apiclient import (
 )
 
 API_MAX_WAIT_MS = 29_000  # API Gateway's integration timeout; longer waits poll GET …/commands/{id}
-POLL_S = 0.2
+POLL_S = 0.2  # the first pause between polls; it grows to MAX_POLL_S (a usage plan counts every GET)
+MAX_POLL_S = 2.0
 TERMINAL = {s.value for s in CommandState if s.terminal}
 
 
@@ -286,7 +286,8 @@ def _when(ms: Any) -> str:
 
 def _client(args: argparse.Namespace) -> ApiClient:
     if args.stack and not args.api_url:
-        return ApiClient(stack_target(args.stack, args.region, args.api_key or os.environ.get(ENV_KEY) or None))
+        # The stack's own key, unless one is passed: an exported local key must not replace it.
+        return ApiClient(stack_target(args.stack, args.region, args.api_key or None))
     return ApiClient(resolve_target(args.api_url, args.api_key, Path(args.data_dir)))
 
 
@@ -302,14 +303,35 @@ def run(args: argparse.Namespace) -> int:
         return ExitCode.UNREACHABLE
 
 
+def _transient(answer: ApiResponse | None) -> bool:
+    """Throttled (429), failed (5xx) or unreachable: worth asking again; the command is queued regardless."""
+    return answer is None or answer.status == 429 or answer.status >= 500
+
+
+def _get_or_none(fetch: Any) -> ApiResponse | None:
+    try:
+        answer: ApiResponse = fetch()
+    except ApiUnreachable:
+        return None
+    return answer
+
+
 def _poll_command(client: ApiClient, thing: str, view: dict[str, Any], deadline: float) -> ApiResponse | None:
-    """GET the command until it is terminal or the deadline passes; None when nothing newer was learned."""
-    last = None
-    while view.get("state") not in TERMINAL and sleep_until(deadline, POLL_S):
-        last = client.get_command(thing, str(view["id"]))
-        if last.status != 200 or not isinstance(last.body, dict):
-            return last
-        view = last.body
+    """GET the command until it is terminal or the deadline passes; None when nothing newer was learned.
+
+    A throttled or failed poll is asked again (less often): one bad answer must not end the
+    wait of a command that is queued, and the id is printed when the wait runs out.
+    """
+    last, pause, cid = None, POLL_S, str(view["id"])
+    while view.get("state") not in TERMINAL and sleep_until(deadline, pause):
+        pause = min(pause * 1.5, MAX_POLL_S)
+        answer = _get_or_none(lambda: client.get_command(thing, cid))
+        if _transient(answer):
+            continue
+        assert answer is not None
+        if answer.status != 200 or not isinstance(answer.body, dict):
+            return answer
+        last, view = answer, answer.body
     return last
 
 
@@ -457,10 +479,15 @@ def _job_status(args: argparse.Namespace) -> int:
 def _follow_job(client: ApiClient, job_id: str, deadline: float, not_queued: list[Any], args: argparse.Namespace) -> int:
     """Poll the job until every target is done or the deadline passes; exit 0 only if all SUCCEEDED."""
     progress = client.job_progress(job_id)
+    pause = POLL_S
     while progress.status == 200 and isinstance(progress.body, dict) and not progress.body.get("complete"):
-        if not sleep_until(deadline, POLL_S):
+        if not sleep_until(deadline, pause):
             break
-        progress = client.job_progress(job_id)
+        pause = min(pause * 1.5, MAX_POLL_S)
+        answer = _get_or_none(lambda: client.job_progress(job_id))
+        if not _transient(answer):  # a throttled or failed read keeps the last progress and asks again
+            assert answer is not None
+            progress = answer
     if progress.status != 200 or not isinstance(progress.body, dict):
         return _error_exit(progress, args)
     body = progress.body | ({"notQueued": not_queued} if not_queued else {})

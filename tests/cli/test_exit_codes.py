@@ -144,6 +144,33 @@ def test_a_wait_beyond_29s_asks_for_29s_then_follows_the_command(api: tuple[str,
     assert json.loads(done.stdout)["result"] == {"pong": True}
 
 
+def test_a_throttled_or_failed_poll_does_not_end_the_wait(api: tuple[str, Script]) -> None:
+    url, script = api
+    # GIVEN a queued command (202) whose first poll is throttled and whose second has the outcome
+    script.on("POST", "/devices/t1/commands", (202, _view("SENT")))
+    script.on("GET", "/devices/t1/commands/c1", (429, {"message": "Too Many Requests"}),
+              (200, _view("SUCCEEDED", result={"pong": True})))  # fmt: skip
+    # WHEN a script sends and waits 3 s THEN it reports the outcome, not "API error"
+    done = _send(url, "--wait", "3s")
+    assert (done.returncode, "SUCCEEDED" in done.stdout) == (0, True), (done.stdout, done.stderr)
+
+
+def test_a_wait_whose_polls_all_fail_ends_pending_with_the_id(api: tuple[str, Script]) -> None:
+    url, script = api
+    # GIVEN a queued command whose every poll fails (the API's upstream is down)
+    script.on("POST", "/devices/t1/commands", (202, _view("SENT")))
+    script.on("GET", "/devices/t1/commands/c1", (502, {"code": "UPSTREAM_ERROR", "message": "IoT failed"}))
+    # WHEN a script waits 1 s THEN it exits 3 (still pending) and prints the id to follow it by
+    done = _send(url, "--wait", "1s")
+    assert done.returncode == 3 and "c1" in done.stdout, (done.returncode, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("bad", ["http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://exa mple.com"])
+def test_a_malformed_api_url_is_a_usage_error(bad: str) -> None:
+    done = _send(bad)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-300:]
+
+
 def test_devices_reads_every_page(api: tuple[str, Script]) -> None:
     url, script = api
     # GIVEN more devices than one page
@@ -182,8 +209,9 @@ def test_a_deployed_stack_gives_the_url_and_key(
     api: tuple[str, Script], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, script = api
-    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "IOTBRIDGE_API_URL", "IOTBRIDGE_API_KEY"):
+    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "IOTBRIDGE_API_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("IOTBRIDGE_API_KEY", "local-dev-key")  # still exported from the local stack
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     script.on("GET", "/devices", (200, {"devices": [], "nextToken": None}))
@@ -199,7 +227,7 @@ def test_a_deployed_stack_gives_the_url_and_key(
         )
         # WHEN a script names the stack instead of a URL and key
         code = main(["devices", "--stack", "iotbridge", "--region", "eu-west-1", "--json"])
-        # THEN the API is called at that URL with the key's value
+        # THEN the API is called at that URL with the stack's key, not the one in the environment
         assert code == 0, capsys.readouterr().err
         assert script.requests[0]["path"] == f"{STAGE}/devices" and script.requests[0]["key"] == KEY
         # AND a stack that does not exist is a usage error naming it

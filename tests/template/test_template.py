@@ -97,6 +97,7 @@ def test_functions_reach_the_accounts_iot_data_endpoint_over_https(template: dic
     [
         ("a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com", True),
         ("a1b2c3d4e5f6g7-ats.iot.cn-north-1.amazonaws.com.cn", True),
+        ("a1b2c3d4e5.ats.iot.cn-north-1.amazonaws.com.cn", True),  # how China regions' ATS endpoints are spelt
         ("https://a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com", False),  # the scheme is added by the template
         ("a1b2c3d4e5f6g7.iot.eu-west-1.amazonaws.com", False),  # legacy VeriSign endpoint, not ATS
         ("iot.eu-west-1.amazonaws.com", False),  # the control plane, not the data plane
@@ -115,8 +116,9 @@ def test_iot_data_endpoint_parameter_accepts_only_an_ats_data_endpoint(
 def test_presence_rule_feeds_lifecycle_events_to_the_presence_function(template: dict[str, Any]) -> None:
     # GIVEN the topic rule
     payload = template["Resources"]["PresenceRule"]["Properties"]["TopicRulePayload"]
-    # THEN it selects whole events on both lifecycle topics of every client
-    assert payload["Sql"] == f"SELECT * FROM '{topics.PRESENCE_PREFIX}+/+'"
+    # THEN it selects whole connect and disconnect events of every client (not connect_failed: no presence change)
+    assert payload["Sql"] == (f"SELECT * FROM '{topics.PRESENCE_PREFIX}+/+'"
+                              " WHERE eventType = 'connected' OR eventType = 'disconnected'")  # fmt: skip
     assert payload["Actions"] == [{"Lambda": {"FunctionArn": {"Fn::GetAtt": ["PresenceFunction", "Arn"]}}}]
     # AND IoT may invoke that function, for this rule only
     permission = template["Resources"]["PresenceRulePermission"]["Properties"]
