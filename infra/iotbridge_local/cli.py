@@ -22,12 +22,17 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iotbridge_contract.stopflag import StopFlag, stopped_by_signals
 from iotbridge_local import apicommands
 from iotbridge_local.config import StackConfig, free_port
+
+if TYPE_CHECKING:
+    from iotbridge_local.stack import LocalStack
 
 _PORTS = ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port", "lambda_port")
 
@@ -47,26 +52,52 @@ def _config(args: argparse.Namespace) -> StackConfig:
         port = asked if asked is not None else getattr(defaults, name)
         if asked is None and _port_in_use(port):
             port = free_port()  # a default port is taken (e.g. a system mosquitto on 1883): pick another
+            flag = "--" + name.replace("_", "-")
+            print(f"note: port {getattr(defaults, name)} is in use; {flag} {port} instead", flush=True)
+        elif asked is not None and _port_in_use(port):
+            raise SystemExit(f"iotbridge: port {port} ({'--' + name.replace('_', '-')}) is in use; choose another")
         values[name] = port
     return StackConfig(**values)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _only_stack_in(data_dir: Path) -> Iterator[None]:
+    """One stack per data dir: two would share a broker database, shadow store and device state."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            running = data_dir / "stack.json"
+            where = json.loads(running.read_text()).get("dashboard", "") if running.exists() else ""
+            raise SystemExit(f"iotbridge: a local stack is already running from {data_dir} {where}".rstrip()) from None
+        yield
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from iotbridge_local.stack import LocalStack
 
-    config = _config(args)
-    stack = LocalStack(config, prewarm=2)
-    stopping = StopFlag()  # set by the signal handlers: no lock (see StopFlag)
+    with _only_stack_in(Path(args.data_dir)):
+        config = _config(args)
+        stack = LocalStack(config, prewarm=2)
+        stopping = StopFlag()  # set by the signal handlers: no lock (see StopFlag)
+        with stopped_by_signals(stopping.set):
+            return _run_stack(stack, config, stopping)
 
-    with stopped_by_signals(stopping.set):
-        print("starting the local stack …", flush=True)
+
+def _run_stack(stack: LocalStack, config: StackConfig, stopping: StopFlag) -> int:
+    print("starting the local stack …", flush=True)
+    try:
         stack.start()
         first = stack.things[0] if stack.things else "THING"
-        try:
+        if not stopping.is_set():
             try:
                 stack.wait_devices_ready(timeout=30)
             except TimeoutError as exc:
                 print(f"warning: {exc}", flush=True)
+        if not stopping.is_set():  # Ctrl-C while starting: stop, without announcing a stack that is going
             print(
                 f"""
   iotbridge local stack is up
@@ -83,12 +114,15 @@ def cmd_up(args: argparse.Namespace) -> int:
   Ctrl-C stops everything.""",
                 flush=True,
             )
-            while not stopping.wait(3600):
-                pass
-        finally:
-            print("\nstopping …", flush=True)
-            stack.stop()
-            print("stopped.", flush=True)
+        while not stopping.wait(3600):
+            pass
+    except OSError as exc:  # a port taken between the check and the bind, a data dir not writable
+        print(f"iotbridge: the local stack could not start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("\nstopping …", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
     return 0
 
 

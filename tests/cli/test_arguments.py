@@ -10,7 +10,7 @@ import pytest
 
 from iotbridge_local.apiclient import NoApiConfigured, resolve_target
 from iotbridge_local.apicommands import duration_ms, parse_param
-from iotbridge_local.cli import build_parser
+from iotbridge_local.cli import _only_stack_in, build_parser
 
 
 @pytest.mark.parametrize(
@@ -90,3 +90,16 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     text = capsys.readouterr().out
     for line in ("0  SUCCEEDED", "3  still pending", "4  the device is offline", "6  the API is unreachable"):
         assert line in text
+
+
+def test_a_second_stack_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    # GIVEN a stack running from a data dir (it holds the dir's lock and wrote stack.json)
+    (tmp_path / "stack.json").write_text('{"dashboard": "http://127.0.0.1:8080"}')
+    # WHEN another `iotbridge up` starts on it
+    with _only_stack_in(tmp_path), pytest.raises(SystemExit) as refused, _only_stack_in(tmp_path):
+        pass
+    # THEN it is refused, saying where the running one is, instead of sharing its broker and shadows
+    assert "already running" in str(refused.value) and "127.0.0.1:8080" in str(refused.value)
+    # AND once that stack stopped, the dir is free again
+    with _only_stack_in(tmp_path):
+        pass
