@@ -74,8 +74,18 @@ export class ApiClient {
     });
   }
 
-  listDevices() {
-    return this.request("GET", "/devices").then((r) => r.data);
+  // Every page of the list (50 devices each), up to `maxPages`: a fleet past one page is shown whole.
+  async listDevices({ maxPages = 20 } = {}) {
+    const devices = [];
+    let token = null;
+    for (let page = 0; page < maxPages; page += 1) {
+      const query = token ? `?nextToken=${encodeURIComponent(token)}` : "";
+      const { data } = await this.request("GET", `/devices${query}`);
+      if (Array.isArray(data.devices)) devices.push(...data.devices);
+      token = data.nextToken;
+      if (!token) break;
+    }
+    return { devices, more: Boolean(token) };
   }
 
   getDevice(thing) {
@@ -93,12 +103,31 @@ export class ApiClient {
   }
 
   // Resolves to {status, data}: 200 carries the outcome, 202 a pending state.
+  // The command carries an id of ours, so an answer lost on the way (a dropped
+  // connection, a gateway error) is asked again with the same id: the API then
+  // answers for the same command, and the device never runs it twice.
   sendCommand(thing, body) {
-    return this.request("POST", `/devices/${encodeURIComponent(thing)}/commands`, body);
+    return this.postOnce(`/devices/${encodeURIComponent(thing)}/commands`, { id: newId(), ...body });
   }
 
   sendBulk(body) {
-    return this.request("POST", "/commands", body).then((r) => r.data);
+    return this.postOnce("/commands", { id: newId(), ...body }).then((r) => r.data);
+  }
+
+  async postOnce(path, body, { tries = 3, pauseMs = 1000 } = {}) {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await this.request("POST", path, body);
+      } catch (err) {
+        const lost = err instanceof ApiError && (err.status === 0 || err.status >= 500 || err.code === "THROTTLED");
+        if (!lost || err.code === FORBIDDEN) throw err;
+        if (attempt >= tries) {
+          err.maybeSent = body.id; // the views say so: it may run, and a retry with this id would not run it twice
+          throw err;
+        }
+        await new Promise((resolve) => setTimeout(resolve, pauseMs * attempt));
+      }
+    }
   }
 
   getJob(jobId) {
@@ -108,6 +137,13 @@ export class ApiClient {
   patchDesired(thing, state) {
     return this.request("PATCH", `/devices/${encodeURIComponent(thing)}/desired`, { state }).then((r) => r.data);
   }
+}
+
+// A command id the API accepts ([a-zA-Z0-9_-], at most 48): 32 random hex digits.
+export function newId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function toApiError(status, data) {
@@ -134,6 +170,13 @@ const VALIDATION_CODES = new Set(["VALIDATION_ERROR", "INVALID_PARAMS", "UNKNOWN
 export function explain(err, thing) {
   if (!(err instanceof ApiError)) {
     return { title: "Something went wrong", text: String(err && err.message ? err.message : err), kind: "error" };
+  }
+  if (err.maybeSent) {
+    return {
+      title: "No answer",
+      text: `The command may have been queued (id ${err.maybeSent}), but its answer never arrived. Check the device's command history before sending it again.`,
+      kind: "warning",
+    };
   }
   const who = thing || (err.details && err.details.thing) || "The device";
   switch (err.code) {
@@ -170,8 +213,13 @@ export function explain(err, thing) {
         kind: "warning",
       };
     case "QUOTA_EXCEEDED":
+      return {
+        title: "API quota used up",
+        text: "This API key has made all the requests its usage plan allows for the period (QuotaLimit). It works again when the period starts over, or raise the quota.",
+        kind: "error",
+      };
     case "THROTTLED":
-      return { title: "Slow down", text: "AWS IoT throttled the request. Try again in a moment.", kind: "warning" };
+      return { title: "Slow down", text: "The request was throttled. Try again in a moment.", kind: "warning" };
     default:
       if (VALIDATION_CODES.has(err.code)) {
         return { title: "Invalid command", text: validationText(err), kind: "invalid" };

@@ -60,12 +60,13 @@ function markFailed(err) {
 
 async function refreshList() {
   const data = await app.client.listDevices();
-  const devices = Array.isArray(data.devices) ? data.devices : [];
+  const devices = data.devices;
   devices.sort((a, b) => String(a.thing).localeCompare(String(b.thing), undefined, { numeric: true }));
   app.devices = new Map(devices.map((d) => [d.thing, d]));
   app.list.update(devices);
   const online = devices.filter((d) => d.connected).length;
-  setText($("#devices-summary"), devices.length ? `${online} online · ${devices.length - online} offline` : "");
+  const shown = data.more ? ` · the first ${devices.length} shown` : "";
+  setText($("#devices-summary"), devices.length ? `${online} online · ${devices.length - online} offline${shown}` : "");
   $("#devices-empty").hidden = devices.length > 0;
   app.bulk.refreshActions();
   if (app.detail && !app.detailLoaded && app.devices.has(app.detail.thing)) {
@@ -238,7 +239,9 @@ async function main() {
     },
     onSelectionChange: (things) => app.bulk.setSelection(things),
   });
-  app.poller = new Poller(tick, { interval: 1000, hiddenInterval: 15000, maxBackoff: 30000 });
+  // Every 2 s while visible (a command's own answer comes with its POST, not from polling):
+  // one open tab makes ~43,000 requests a day, within the usage plan's default quota.
+  app.poller = new Poller(tick, { interval: 2000, hiddenInterval: 15000, maxBackoff: 30000 });
   app.poller.onSchedule = (ms, failures) => {
     setText($(".banner-retry"), failures > 0 ? `Retrying in ${Math.round(ms / 1000)} s.` : "");
   };

@@ -252,7 +252,7 @@ export class DetailView {
           "button",
           { type: "button", class: "btn seg", dataset: { action: "led", choice } },
           h("span", { class: "spinner", "aria-hidden": "true" }),
-          h("span", {}, `${choice[0].toUpperCase()}${choice.slice(1)}`),
+          h("span", {}, `${choice.slice(0, 1).toUpperCase()}${choice.slice(1)}`),
         );
         button.setAttribute("aria-label", `LED ${choice}`);
         button.addEventListener("click", () => this.run("led", { [led.param]: choice }, button));

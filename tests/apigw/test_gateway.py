@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +134,30 @@ def test_functions_sign_aws_calls_as_on_lambda_without_awscrt(gateway: tuple[int
     status, _, body = _request(gateway[0], "GET", "/anything")
     # THEN botocore signs in Python there, as in Lambda's runtime, whose boto3 has no awscrt
     assert (status, json.loads(body)) == (200, {"signer": "botocore.auth.SigV4Auth"})
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        out = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                out += chunk
+    return out
+
+
+def test_a_head_answer_has_no_body_so_the_next_answer_on_the_connection_is_intact(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    # WHEN a HEAD and a GET go one after the other on one keep-alive connection
+    head = f"HEAD /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\n\r\n"
+    get = f"GET /y HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nConnection: close\r\n\r\n"
+    out = _raw(port, (head + get).encode())
+    # THEN the GET's answer starts right after the HEAD's headers
+    assert out[out.index(b"\r\n\r\n") + 4:].startswith(b"HTTP/1.1 "), out[:400]
+
+
+@pytest.mark.parametrize("length", ["-1", "abc"])
+def test_a_malformed_content_length_is_answered_400(gateway: tuple[int, str], length: str) -> None:
+    port, _ = gateway
+    out = _raw(port, f"POST /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nContent-Length: {length}\r\n\r\n{{}}".encode())
+    assert out.startswith(b"HTTP/1.1 400"), out[:200]

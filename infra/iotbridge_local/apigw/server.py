@@ -56,7 +56,14 @@ class _RequestHandler(LocalRequestHandler):
         self._send(status, body, headers)
 
     def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:  # unreadable: the body's end is unknown, so the connection cannot go on
+            self.close_connection = True
+            self._gateway_error(400, "Invalid Content-Length", "BadRequestException", "BAD_REQUEST_BODY")
+            return
         if length > MAX_PAYLOAD:
             self._gateway_error(413, "Request Too Long", "RequestEntityTooLargeException", "REQUEST_TOO_LARGE")
             self.close_connection = True
@@ -80,6 +87,10 @@ class _RequestHandler(LocalRequestHandler):
             headers[name] = ", ".join(values)
         raw = result.get("body") or ""
         payload = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
+        if self.command == "HEAD":  # the headers a GET would have, no body (else the next answer starts with it)
+            headers["Content-Length"] = str(len(payload))
+            self._send(int(result["statusCode"]), b"", headers)
+            return
         self._send(int(result["statusCode"]), payload, headers)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle

@@ -1,0 +1,146 @@
+"""The dashboard against a stubbed API (Playwright routes on the page's own origin, no CORS), no local stack:
+answers the real API gives rarely (a lost answer, a second page of devices, an odd action spec) on demand."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+from playwright.sync_api import Browser, Page, Route
+
+from iotbridge_local.config import free_port
+from iotbridge_local.dashboard_server import DashboardServer
+
+pytestmark = pytest.mark.browser
+
+LED = {"led": {"state": "enum:on|off|toggle"}, "ping": {}}
+
+
+def device(thing: str, actions: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"thing": thing, "connected": True, "lastSeen": int(time.time() * 1000), "reported": {"led": "off"},
+            "actions": actions if actions is not None else LED}
+
+
+class Stub:
+    def __init__(self) -> None:
+        self.devices = [device("sim-1")]
+        self.page_size = 50
+        self.posts: list[dict[str, Any]] = []
+        self.abort_posts = 0
+        self.errors: list[str] = []
+
+    def handle(self, route: Route) -> None:
+        req = route.request
+        url = urlsplit(req.url)
+        path = url.path[len("/api"):]
+        query = parse_qs(url.query)
+        if path == "/devices":
+            start = int(query.get("nextToken", ["0"])[0])
+            page = self.devices[start:start + self.page_size]
+            token = str(start + self.page_size) if start + self.page_size < len(self.devices) else None
+            return self.json(route, 200, {"devices": page, "nextToken": token})
+        parts = path.strip("/").split("/")
+        if parts[0] == "devices" and len(parts) == 2:
+            d = next((d for d in self.devices if d["thing"] == parts[1]), None)
+            if d is None:
+                return self.json(route, 404, {"code": "DEVICE_NOT_FOUND", "message": "no"})
+            shadow = {"version": 3, "state": {"reported": {**d["reported"], "actions": d["actions"]}}}
+            return self.json(route, 200, {**d, "shadow": shadow})
+        if parts[0] == "devices" and parts[2:] == ["commands"] and req.method == "GET":
+            return self.json(route, 200, {"thing": parts[1], "commands": []})
+        if parts[0] == "devices" and parts[2:] == ["commands"] and req.method == "POST":
+            self.posts.append(json.loads(req.post_data or "{}"))
+            if self.abort_posts:
+                self.abort_posts -= 1
+                return route.abort("connectionreset")  # request reached the API, the answer got lost
+            return self.json(route, 200, {"id": "c1", "thing": parts[1], "action": "led", "state": "SUCCEEDED"})
+        return self.json(route, 404, {"code": "NOT_FOUND", "message": path})
+
+    @staticmethod
+    def json(route: Route, status: int, body: Any) -> None:
+        route.fulfill(status=status, content_type="application/json", body=json.dumps(body))
+
+
+@pytest.fixture
+def site(browser: Browser) -> Iterator[tuple[Page, Stub]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = DashboardServer(port=port, site_config={"apiUrl": f"{base}/api", "apiKey": "k"})
+    server.start()
+    stub = Stub()
+    context = browser.new_context()
+    page = context.new_page()
+    page.on("pageerror", lambda exc: stub.errors.append(str(exc)))
+    page.route(f"{base}/api/**", stub.handle)
+    page.base = base  # type: ignore[attr-defined]
+    try:
+        yield page, stub
+    finally:
+        context.close()
+        server.stop()
+
+
+def test_every_page_of_devices_is_listed(site: tuple[Page, Stub]) -> None:
+    # GIVEN a fleet of 60 devices, listed 50 per page
+    page, stub = site
+    stub.devices = [device(f"sim-{i:02d}") for i in range(60)]
+    # WHEN the dashboard opens THEN it shows all 60
+    page.goto(page.base + "/")  # type: ignore[attr-defined]
+    page.wait_for_function("document.querySelectorAll('.device-card').length >= 60", timeout=10_000)
+
+
+def test_a_command_whose_answer_was_lost_is_asked_again_with_its_id(site: tuple[Page, Stub]) -> None:
+    # GIVEN an API whose answer to the first POST is lost on the way (the request itself arrived)
+    page, stub = site
+    stub.abort_posts = 1
+    page.goto(page.base + "/#/devices/sim-1")  # type: ignore[attr-defined]
+    toggle = page.locator("button[data-action=led][data-choice=toggle]")
+    toggle.wait_for()
+    # WHEN the user toggles the LED once
+    toggle.click()
+    # THEN the dashboard asks again by itself, with the same command id: the API answers for the
+    # same command, and the device toggles once, not twice
+    page.wait_for_selector(".outcome[data-state=SUCCEEDED]", timeout=10_000)
+    ids = [p.get("id") for p in stub.posts]
+    assert len(ids) == 2 and ids[0] and ids[0] == ids[1], stub.posts
+
+
+def test_an_empty_choice_in_a_devices_led_spec_does_not_break_its_view(site: tuple[Page, Stub]) -> None:
+    # GIVEN a device advertising `led: {state: "enum:on|off|"}` (an empty choice)
+    page, stub = site
+    stub.devices = [device("sim-1", {"led": {"state": "enum:on|off|"}, "ping": {}})]
+    # WHEN its view opens THEN its actions are shown and no error is raised
+    page.goto(page.base + "/#/devices/sim-1")  # type: ignore[attr-defined]
+    page.wait_for_selector("[data-action=ping]", timeout=10_000)
+    assert stub.errors == []
+
+
+def test_one_open_dashboard_stays_well_within_the_api_keys_daily_quota(site: tuple[Page, Stub]) -> None:
+    # GIVEN the usage plan's default quota, which the CLI and scripts share with the dashboard
+    template = yaml.load((Path(__file__).parents[2] / "template.yaml").read_text(), Loader=_CfnLoader)
+    quota_per_day = int(template["Parameters"]["QuotaLimit"]["Default"])
+    page, _ = site
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url) if "/api/" in r.url else None)
+    # WHEN a device's view is left open for 10 s
+    page.goto(page.base + "/#/devices/sim-1")  # type: ignore[attr-defined]
+    page.wait_for_selector("[data-action=led]")
+    page.wait_for_timeout(1000)
+    seen.clear()
+    page.wait_for_timeout(10_000)
+    # THEN at that pace a day of it uses at most half the quota
+    per_day = len(seen) / 10 * 86_400
+    assert per_day <= quota_per_day / 2, f"{len(seen)} requests in 10 s = {per_day:.0f} a day"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """template.yaml's intrinsic functions (!Ref, !Sub …) read as plain values."""
+
+
+_CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
