@@ -21,6 +21,7 @@ import base64
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from iotbridge_api import errors, guard
 from iotbridge_api.schema import Invalid, Model, Problem
@@ -69,7 +70,7 @@ class Route:
         params: dict[str, str] = {}
         for want, got in zip(self._segments, segments, strict=True):
             if want.startswith("<"):
-                if not got:
+                if not got or "/" in got:  # a parameter is one whole segment
                     return None
                 params[want[1:-1]] = got
             elif want != got:
@@ -174,7 +175,10 @@ class Router:
 
     def _find(self, request: _Event) -> tuple[Route, dict[str, str]]:
         path_matches = False
-        segments = request.path[1:].split("/")  # API Gateway's paths start with /
+        # API Gateway's paths start with /. A REST API passes the path percent-encoded, as sent
+        # (an HTTP API would decode it): split first, then decode each segment, so a thing named
+        # `room:1` sent as `room%3A1` is found, and an encoded `/` (%2F) stays inside its segment.
+        segments = [unquote(s) for s in request.path[1:].split("/")]
         for route in self.routes:
             matched = route.match(segments)
             if matched is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from iotbridge_local.testclient import ApiClient
@@ -157,3 +159,18 @@ def test_deeply_nested_documents_are_client_errors(api: ApiClient, method: str, 
     # THEN it is a client error with a stable code, never a 5xx
     assert 400 <= response.status < 500, response.json
     assert response.json["code"] and response.json["message"]
+
+
+def test_a_thing_name_with_an_encoded_character_is_found_as_a_rest_api_passes_it(api: ApiClient) -> None:
+    # GIVEN a device named `room:1` (`:` is allowed in thing names)
+    from iotbridge_api.handler import lambda_handler
+    from iotbridge_local.apigw.event import LambdaContext, build_event
+
+    make_device("room:1")
+    # WHEN it is addressed as clients encode it, `/devices/room%3A1`, and the event's path is
+    # percent-encoded, as a REST API passes it (an HTTP API would decode it)
+    event = build_event("GET", "/devices/room%3A1", api_key="k")
+    event["path"] = "/devices/room%3A1"
+    answer = lambda_handler(event, LambdaContext(timeout_s=10))
+    # THEN it is that device, not a refused name
+    assert (answer["statusCode"], json.loads(answer["body"])["thing"]) == (200, "room:1"), answer["body"]

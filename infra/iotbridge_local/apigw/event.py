@@ -25,7 +25,7 @@ def build_event(
 ) -> dict[str, Any]:
     """A REST API proxy event (`/{proxy+}` resource) for one HTTP request."""
     parts = urlsplit(raw_path)
-    path = unquote(parts.path) or "/"
+    path = parts.path or "/"  # as a REST API passes it: percent-encoded as sent
     pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
@@ -56,7 +56,7 @@ def build_event(
         "multiValueHeaders": multi or None,
         "queryStringParameters": query or None,
         "multiValueQueryStringParameters": query_multi or None,
-        "pathParameters": {"proxy": path.lstrip("/")} if path != "/" else None,
+        "pathParameters": {"proxy": unquote(path.lstrip("/"))} if path != "/" else None,  # decoded, as on AWS
         "stageVariables": None,
         "requestContext": {
             "resourceId": "local",
