@@ -94,7 +94,7 @@ def _run_stack(stack: LocalStack, config: StackConfig, stopping: StopFlag) -> in
         first = stack.things[0] if stack.things else "THING"
         if not stopping.is_set():
             try:
-                stack.wait_devices_ready(timeout=30)
+                stack.wait_devices_ready(timeout=30, give_up=stopping.is_set)
             except TimeoutError as exc:
                 print(f"warning: {exc}", flush=True)
         if not stopping.is_set():  # Ctrl-C while starting: stop, without announcing a stack that is going

@@ -28,6 +28,16 @@ class _Handler(SimpleHTTPRequestHandler):
         super().end_headers()
 
     def do_GET(self) -> None:
+        host = self.headers.get("Host", "")
+        if host.split(":")[0] == "localhost":
+            # The API lets one origin call it (CORS): http://127.0.0.1:<port>. Opened as
+            # localhost, every call would be refused; send the browser to the allowed origin.
+            self.send_response(308)
+            port = self.connection.getsockname()[1]  # the port this request came in on
+            self.send_header("Location", f"http://127.0.0.1:{port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.split("?")[0] == "/config.json":
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -263,12 +264,12 @@ class LocalStack:
         entry = self._children.get(name)
         return entry is not None and entry[0].poll() is None
 
-    def wait_devices_ready(self, timeout: float = 20.0) -> None:
-        """Until every simulated device has reported its actions and is present."""
+    def wait_devices_ready(self, timeout: float = 20.0, *, give_up: Callable[[], bool] = lambda: False) -> None:
+        """Until every simulated device has reported its actions and is present (or `give_up()`: a Ctrl-C)."""
         data = self.boto3_client("iot-data")
         deadline = time.monotonic() + timeout
         pending = set(self.things)
-        while pending:
+        while pending and not give_up():
             for thing in list(pending):
                 try:
                     doc = json.loads(data.get_thing_shadow(thingName=thing)["payload"].read())

@@ -3,6 +3,7 @@ answers the real API gives rarely (a lost answer, a second page of devices, an o
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -144,3 +145,19 @@ class _CfnLoader(yaml.SafeLoader):
 
 
 _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def test_the_dashboard_opened_as_localhost_moves_to_the_origin_the_api_allows() -> None:
+    # GIVEN the local dashboard server (the API allows http://127.0.0.1:<port> only, by CORS)
+    port = free_port()
+    server = DashboardServer(port=port, site_config={})
+    server.start()
+    try:
+        # WHEN it is opened as localhost
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/index.html?x=1", headers={"Host": f"localhost:{port}"})
+        answer = conn.getresponse()
+        # THEN the browser is sent to the same page on 127.0.0.1, where the API's answers are readable
+        assert (answer.status, answer.getheader("Location")) == (308, f"http://127.0.0.1:{port}/index.html?x=1")
+    finally:
+        server.stop()

@@ -20,7 +20,7 @@ def _processes_using(data_dir: Path) -> list[str]:
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 
-def _start_up(data_dir: Path) -> subprocess.Popen[str]:
+def _start_up(data_dir: Path, until: str = "Ctrl-C stops everything") -> subprocess.Popen[str]:
     free = StackConfig.free(data_dir)
     ports = [
         f"--{name.replace('_', '-')}={getattr(free, name)}"
@@ -33,7 +33,7 @@ def _start_up(data_dir: Path) -> subprocess.Popen[str]:
     assert process.stdout is not None
     deadline = time.monotonic() + 90
     for line in process.stdout:
-        if "Ctrl-C stops everything" in line:
+        if until in line:
             return process
         assert time.monotonic() < deadline, "iotbridge up did not come up"
     raise AssertionError(f"iotbridge up exited with {process.wait()}")
@@ -67,4 +67,16 @@ def test_a_killed_stack_leaves_no_orphans(tmp_path: Path) -> None:
     process.kill()
     process.wait(10)
     # THEN its children go with it
+    assert _gone(data_dir) == []
+
+
+def test_ctrl_c_while_starting_stops_without_announcing_the_stack(tmp_path: Path) -> None:
+    # GIVEN `iotbridge up` that has only begun starting
+    data_dir = tmp_path / "up"
+    process = _start_up(data_dir, until="starting the local stack")
+    # WHEN the user presses Ctrl-C at once
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    # THEN it stops cleanly, never says the stack is up, and leaves nothing running
+    assert process.returncode == 0 and "stopped." in output and "stack is up" not in output, output
     assert _gone(data_dir) == []
