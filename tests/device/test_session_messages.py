@@ -99,7 +99,8 @@ def test_an_answer_to_an_earlier_connections_get_runs_nothing(tmp_path: Path) ->
     stale = {"c1": command("relay", {"on": True}, issued_ms=hour_ago * 1000)}
     wire.message(COMMANDS_SHADOW, "get", "accepted", {"state": {"desired": stale}, "timestamp": hour_ago,
                                                       "clientToken": "get.0ld0ld00.1"})  # fmt: skip
-    # THEN the command does not run on that answer's clock
+    # THEN the command does not run on that answer's clock (nor on one whose token is no string)
+    wire.message(COMMANDS_SHADOW, "get", "accepted", {"state": {"desired": stale}, "clientToken": ["get"]})
     assert (wire.device.relay, wire.session.commands_run) == (False, 0)
     # AND the answer to this connection's own get decides: EXPIRED, by the service's clock of now
     wire.answer_get(COMMANDS_SHADOW, {"desired": stale}, timestamp=NOW_S)

@@ -413,7 +413,8 @@ class DeviceSession:
             return
         what = (parsed.operation, parsed.reply)
         log.debug("%s: %s %s %s", self.thing, parsed.shadow or "classic", what, doc)
-        if what[0] == "get" and doc.get("clientToken") not in self._get_tokens.get(parsed.shadow, ()):
+        token = doc.get("clientToken")
+        if what[0] == "get" and not (isinstance(token, str) and token in self._get_tokens.get(parsed.shadow, ())):
             log.info("%s: ignoring an answer to a get of an earlier connection", self.thing)
             return
         if what == ("get", "accepted") or (what == ("get", "rejected") and doc.get("code") == 404):
