@@ -20,6 +20,8 @@ from iotbridge_contract import commands as contract
 from iotbridge_contract.commands import COMMANDS_SHADOW, PRESENCE_SHADOW, CommandState
 
 MAX_SUBMIT_ATTEMPTS = 8  # optimistic-lock retries when many callers race on one device
+# A shadow read that failed (throttled, AWS IoT unreachable): after the command is queued, it ends the wait.
+_READ_FAILED = (errors.Throttled, errors.UpstreamError)
 
 
 def now_ms() -> int:
@@ -130,15 +132,15 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
     # From here on the command is in the device's queue: a read that fails (throttled, AWS IoT
     # unreachable) ends the wait with what is known, never with an error that hides the id.
     if current.state not in _TERMINAL:
-        with contextlib.suppress(errors.Throttled, errors.UpstreamError):
+        with contextlib.suppress(*_READ_FAILED):
             current = wait_for_outcome(thing, cid, deadline=deadline, since=since, request=request, last=current)
     if current.state in _TERMINAL:
         current.latencyMs = round((time.monotonic() - started) * 1000, 3)
-        with contextlib.suppress(errors.Throttled, errors.UpstreamError):  # the outcome stands without it
+        with contextlib.suppress(*_READ_FAILED):  # the outcome stands without it
             after = iot.get_shadow(thing)
             current.reported = {k: v for k, v in _reported(after).items() if k != "actions"}
     elif not check_online:  # still pending: whether it was delivered depends on the device being connected
-        with contextlib.suppress(errors.Throttled, errors.UpstreamError):  # else SENT: it is in the queue
+        with contextlib.suppress(*_READ_FAILED):  # else SENT: it is in the queue
             presence = iot.get_shadow(thing, PRESENCE_SHADOW)
             current.state = (CommandState.SENT if _reported(presence).get("connected") else CommandState.QUEUED).value
     return current, current.state in _TERMINAL
