@@ -53,6 +53,7 @@ from protocol import (  # noqa: E402
 )
 
 VERSION = "0.1.0"
+FATAL_PAUSE_MS = 2000  # before the reset that follows an unexpected error
 _INBOX_MAX = const(4)  # recorded messages awaiting the loop; beyond this we re-read the shadows
 _BACKOFF_MS = const(500)
 _BACKOFF_CAP_MS = const(30000)
@@ -547,8 +548,27 @@ def main(config_path="config.json"):
     sys.modules.pop("config", None)
     gc.collect()
     while True:
+        fw = None
         try:
-            Firmware(cfg).run()
+            fw = Firmware(cfg)
+            fw.run()
         except hw.Reboot:
             log("reboot (simulated): starting again")
+        except Exception as e:
+            # Out of memory, or a bug. Left in the REPL, a board stays offline until someone
+            # power-cycles it; a reset gets a fresh heap. The command log keeps "never twice":
+            # a command cut short is reported FAILED, not run again.
+            if fw is not None:
+                fw.client.close()
+            fw = None
             gc.collect()
+            log("fatal:", repr(e))
+            sys.print_exception(e)
+            # Paused, jittered: a fault that recurs at every boot does not hammer the broker.
+            sleep_ms(FATAL_PAUSE_MS + os.urandom(1)[0] * 8)
+            try:
+                hw.reset()
+            except hw.Reboot:
+                log("reboot (simulated): starting again")
+        fw = None
+        gc.collect()

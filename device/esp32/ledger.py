@@ -37,6 +37,7 @@ class Ledger:
     def _load(self):
         open_id = action = None
         total = 0
+        line = "\n"
         try:
             with open(self.path) as f:
                 for line in f:
@@ -51,6 +52,8 @@ class Ledger:
                         open_id, _, action = line[2:].strip().partition(" ")
         except OSError:
             return  # no log yet: a new device
+        if not line.endswith("\n"):
+            self._append("\n")  # the power failed mid-line: the next line starts on its own
         self.count = min(total, len(self.hashes))
         if total >= len(self.hashes):  # a compaction was cut short: finish it
             self._compact(total)
@@ -84,13 +87,25 @@ class Ledger:
                         found = line[len(prefix):]
         except OSError:
             return None
-        return json.loads(found) if found else None
+        if not found:
+            return None
+        try:
+            return json.loads(found)
+        except ValueError:  # cut off by a power failure while it was written: it did run
+            return {"state": "FAILED", "doneAt": 0, "error": INTERRUPTED}
 
     def start(self, cid, action):
         self._append("S " + cid + " " + action + "\n")
 
     def done(self, cid, entry):
-        self._append("D " + cid + " " + json.dumps(entry, separators=(",", ":")) + "\n")
+        # Written in pieces, the outcome streamed: no string of the line's size, so this
+        # needs no contiguous free block of the heap (it comes after the command ran).
+        with open(self.path, "a") as f:
+            f.write("D ")
+            f.write(cid)
+            f.write(" ")
+            json.dump(entry, f, separators=(",", ":"))
+            f.write("\n")
         self._add(_h(cid))
         if self.count >= len(self.hashes):
             self._compact(self.count)

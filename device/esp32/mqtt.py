@@ -18,10 +18,13 @@ Limits, stated plainly:
     the last few acknowledged ones is acknowledged and dropped. Packet ids are
     reused by the broker, so this only catches the common case; the
     application must be idempotent anyway (the firmware keeps a command log).
-  * Incoming packets larger than `max_packet` bytes are read, acknowledged and
-    dropped (counted in `oversize`), so a huge message cannot exhaust the heap.
   * A payload is read whole into one bytearray unless a `reader` is set, which
-    reads it in pieces (the firmware trims shadow documents that way).
+    reads it in pieces (the firmware trims shadow documents that way). Read
+    whole, a payload over `max_packet` bytes is read past, acknowledged and
+    dropped, so it cannot exhaust the heap. A reader
+    sees every payload: the size that matters is what it keeps (a commands
+    get answer lists its pending commands twice, in desired and in delta,
+    plus metadata: the reader leaves out all but the delta).
   * The callback runs inside check_msg()/publish()/subscribe(); it must only
     record the message and return.
   * Blocking sockets with a timeout; readiness is polled with select.poll.
@@ -52,6 +55,13 @@ _DISCONNECT = const(0xE0)
 
 _DUP_RING = const(8)  # incoming packet ids remembered for redelivery dedup
 
+# Scratch for header bytes and packet ids: no allocation per packet. Module-level, as a
+# device has one client: every attribute of an instance is a slot in its dict, whose
+# table must find one contiguous block of the heap each time it grows.
+_B2 = bytearray(2)
+_V1 = memoryview(_B2)[:1]
+_V2 = memoryview(_B2)
+
 
 class MQTTError(Exception):
     pass
@@ -76,14 +86,9 @@ def _str(s):
 class MQTTClient:
     def __init__(self, client_id, host, port=1883, keepalive=60, user=None, password=None,
                  ssl_context=None, server_hostname=None, timeout_s=10, max_packet=16384):
-        self.client_id = client_id
-        self.host = host
-        self.port = port
-        self.keepalive = keepalive
-        self.user = user
-        self.password = password
-        self.ssl_context = ssl_context
-        self.server_hostname = server_hostname or host
+        # What connect() dials and says, read once per connection: two slots, not eight.
+        self.dial = (host, port, ssl_context, server_hostname or host)
+        self.login = (client_id, user, password, keepalive)
         self.timeout_s = timeout_s
         self.max_packet = max_packet
         self.sock = None
@@ -93,13 +98,9 @@ class MQTTClient:
         self.last_io = 0  # ticks_ms of the last packet we sent (when to PINGREQ)
         self.last_rx = 0  # ticks_ms of the last packet we received (is the broker alive?)
         self.recent = []  # packet ids of acknowledged incoming QoS 1 publishes
-        self.oversize = 0
         # Optional reader(topic, n, fill) -> payload: reads the n payload bytes itself
         # through fill(view), e.g. to leave out parts it will never use (see app.py).
         self.reader = None
-        self._b2 = bytearray(2)  # scratch for header bytes and packet ids: no allocation per packet
-        self._v1 = memoryview(self._b2)[:1]
-        self._v2 = memoryview(self._b2)
 
     def set_callback(self, cb):
         """cb(topic: str, payload) for every incoming PUBLISH (a bytearray, or what `reader` returns)."""
@@ -107,7 +108,8 @@ class MQTTClient:
 
     # -- transport ---------------------------------------------------------
     def _open(self):
-        addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        host, port, ssl_context, server_hostname = self.dial
+        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
         sock = socket.socket()
         try:
             sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
@@ -115,8 +117,8 @@ class MQTTClient:
             pass  # not every port exposes it; correctness does not depend on it
         sock.settimeout(self.timeout_s)
         sock.connect(addr)
-        if self.ssl_context is not None:
-            sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname)
         self.sock = sock
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
@@ -153,12 +155,12 @@ class MQTTClient:
         return buf
 
     def _byte(self):
-        self._fill(self._v1)
-        return self._b2[0]
+        self._fill(_V1)
+        return _B2[0]
 
     def _u16(self):
-        self._fill(self._v2)
-        return self._b2[0] << 8 | self._b2[1]
+        self._fill(_V2)
+        return _B2[0] << 8 | _B2[1]
 
     def _skip(self, n):
         buf = memoryview(bytearray(min(n, 128)))
@@ -183,15 +185,16 @@ class MQTTClient:
     def connect(self, clean_session=False):
         """Open the connection; returns True when the broker kept our session."""
         self._open()
+        client_id, user, password, keepalive = self.login
         flags = 0x02 if clean_session else 0
-        payload = _str(self.client_id)
-        if self.user is not None:
+        payload = _str(client_id)
+        if user is not None:
             flags |= 0x80
-            payload += _str(self.user)
-            if self.password is not None:
+            payload += _str(user)
+            if password is not None:
                 flags |= 0x40
-                payload += _str(self.password)
-        body = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", self.keepalive) + payload
+                payload += _str(password)
+        body = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", keepalive) + payload
         self._packet(_CONNECT, body)
         if self._byte() != _CONNACK or self._read_len() != 2:
             raise MQTTError("expected CONNACK")
@@ -324,10 +327,7 @@ class MQTTClient:
             pid = self._u16()
             n -= 2
         duplicate = qos and (first & 0x08) and pid in self.recent
-        if n > self.max_packet:
-            self._skip(n)
-            self.oversize += 1
-        elif duplicate:
+        if duplicate or (n > self.max_packet and not self.reader):
             self._skip(n)
         else:
             payload = self.reader(topic, n, self._fill) if self.reader else self._read(n)

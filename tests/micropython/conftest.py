@@ -49,6 +49,10 @@ def start_firmware(tmp_path: Path, firmware_image: Path) -> Iterator[StartFirmwa
     for fw in started:
         fw.stop()
         print(f"--- firmware log ({fw.workdir.name}, heap {fw.heap}) ---", *fw.lines[-40:], sep="\n")
+    # The firmware restarts itself after an unexpected error (as a board must); a test that
+    # passed anyway still fails here, so a crash is never hidden by the restart.
+    fatal = [ln for fw in started if not fw.fatal_expected for ln in fw.lines if ln.startswith("iotbridge: fatal")]
+    assert not fatal, f"the firmware hit an unexpected error: {fatal}"
 
 
 @pytest.fixture

@@ -262,6 +262,42 @@ def test_reboot_command_reports_first_then_restarts(start_firmware, device_confi
     assert outcome_of(peer.outcome_update("t"), "t")["result"] == {"led": "on"}
 
 
+def test_running_out_of_memory_restarts_the_firmware_instead_of_leaving_it_dead(
+    start_firmware, device_config, peer
+) -> None:
+    # GIVEN the firmware in a 64 KB heap
+    fw = start_firmware(device_config)
+    fw.fatal_expected = True
+    # WHEN a commands document arrives that cannot fit in it: 10 commands with ~1.4 KB of params
+    # each (the API allows 512 bytes; only a broken or hostile writer sends this)
+    peer.send_commands({f"big-{i}": command("led", {"state": "x" * 1400}) for i in range(10)})
+    # THEN it logs the error and restarts, where a board would otherwise stop in its REPL
+    fw.wait_for("iotbridge: fatal: MemoryError")
+    peer.pending.clear()  # the document is deleted before the restart's get
+    fw.wait_for("reboot (simulated)")
+    fw.wait_for("ready")
+    assert fw.alive()
+    # AND after the restart it runs commands again
+    peer.send_commands({"after": command("led", {"state": "on"})})
+    assert outcome_of(peer.outcome_update("after"), "after")["state"] == "SUCCEEDED"
+
+
+def test_a_get_answer_larger_than_16_kb_is_read_and_its_commands_answered(start_firmware, device_config, peer) -> None:
+    # GIVEN 10 commands with ~1 KB of params each, queued while the device is offline: its get
+    # answer lists them twice (desired and delta), ~21 KB, past the client's 16 KB for a whole read
+    big = {f"big-{i}": command("led", {"state": "x" * 1000}) for i in range(10)}
+    peer.pending.update(big)
+    # WHEN it connects (a heap that holds the kept half, the delta: this is about size on the wire)
+    start_firmware(device_config, heap="256k")
+    # THEN it reads them and answers every one (REJECTED: no such led state), none left hanging
+    answered: dict[str, Any] = {}
+    while len(answered) < len(big):
+        update = peer.next_outcome()
+        answered[update["clientToken"]] = outcome_of(update, update["clientToken"])
+    assert answered.keys() == big.keys()
+    assert all(o["state"] == "REJECTED" and "state" in o["error"] for o in answered.values())
+
+
 def test_device_reconnects_after_broker_restart_and_gets_queued_commands(
     start_firmware, device_config, broker, peer
 ) -> None:

@@ -110,12 +110,15 @@ def test_a_desired_value_the_esp32_refuses_does_not_start_an_update_storm(
     assert read_shadow(iot_data, THING)["version"] == settled["version"]
 
 
-def test_compiled_firmware_completes_100_commands_and_a_reconnect_to_a_full_commands_shadow_in_a_48k_heap(
+def test_compiled_firmware_completes_100_commands_and_a_reconnect_to_a_full_commands_shadow_in_a_small_heap(
     start_firmware: StartFirmware, device_config, iot_data
 ) -> None:
-    # GIVEN the firmware compiled with mpy-cross, as deployed, in a 48 KB Python heap (the
-    # target of docs/benchmarks.md; device/esp32/tools/heap_probe.py measures the smallest)
-    fw = start_firmware(device_config, heap="48k")
+    # GIVEN the firmware compiled with mpy-cross, as deployed, in a 52 KB Python heap. The
+    # smallest that works is a benchmark figure (docs/benchmarks.md, `make bench`: 48 KB,
+    # device/esp32/tools/heap_probe.py): at it, whether the heap's holes line up with an
+    # allocation depends on message timing, so a test pinned there flakes. 52 KB leaves 4 KB
+    # and still fails a firmware that needs ~10% more heap, or leaks across 100 commands.
+    fw = start_firmware(device_config, heap="52k")
     # WHEN 100 commands with API-style ids (32 hex characters) are queued, up to 10 pending at a time
     done: dict[str, dict[str, Any]] = {}
     for batch in range(10):

@@ -56,3 +56,26 @@ def test_a_command_cut_short_by_a_restart_is_logged_failed_and_never_started_aga
     assert entry["state"] == "FAILED"
     assert entry["action"] == "relay"
     assert "restart" in entry["error"]
+
+
+def test_an_outcome_cut_off_by_a_power_failure_reads_as_failed_and_the_log_goes_on(tmp_path: Path) -> None:
+    # GIVEN a log whose last outcome line was cut off mid-write (power lost), no newline at its end
+    run_mpy('from ledger import Ledger\nLedger("x.log").start("c-1", "relay")', tmp_path)
+    with (tmp_path / "x.log").open("a") as f:
+        f.write('D c-1 {"state":"SUCC')
+    # WHEN the device boots, and logs another command after it
+    script = """
+import json
+from ledger import Ledger
+log = Ledger("x.log")
+log.start("c-2", "led")
+log.done("c-2", {"state": "SUCCEEDED"})
+print(json.dumps([log.get("c-1"), log.get("c-2")]))
+"""
+    (answers,) = run_mpy(script, tmp_path)
+    assert isinstance(answers, list)
+    cut, after = answers
+    # THEN the cut-off command reads as FAILED (it ran; its outcome is lost), not as an error
+    assert cut["state"] == "FAILED" and "restart" in cut["error"]
+    # AND the next command's lines start on their own, so its outcome reads back whole
+    assert after == {"state": "SUCCEEDED"}

@@ -46,6 +46,12 @@ def api_id(name: str) -> str:
     return hashlib.md5(name.encode()).hexdigest()
 
 
+def _survived(fw: FirmwareProcess) -> tuple[bool, str]:
+    """Alive, and never restarted by an error: the firmware restarts itself after one (out of memory)."""
+    fatal = [ln for ln in fw.lines if ln.startswith("iotbridge: fatal")]
+    return (fw.alive() and not fatal), "; ".join(fatal)
+
+
 def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bool = True) -> tuple[bool, str]:
     cfg = StackConfig.free(work / "stack", tls=False)
     with Broker(cfg) as broker:
@@ -69,7 +75,7 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bo
                         return False, f"{cid}: {out}"
                 sent += len(ids)
             if not reconnect:
-                return fw.alive(), ""
+                return _survived(fw)
             # The largest get/accepted: 16 outcomes + 10 pending, read on (re)connect.
             fw.stop()
             ids = [api_id(f"r{i}") for i in range(10)]
@@ -77,11 +83,13 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bo
                 queue_command(iot, THING, cid, command("ping"))
             fw.start()
             for cid in ids:
-                wait_until(lambda c=cid: fw.alive() and outcome_in_shadow(iot, THING, c), cid, timeout=20)
-            return fw.alive(), ""
+                out = wait_until(lambda c=cid: fw.alive() and outcome_in_shadow(iot, THING, c), cid, timeout=20)
+                if out["state"] != "SUCCEEDED":
+                    return False, f"{cid}: {out}"
+            return _survived(fw)
         except AssertionError as e:
             errors = [ln for ln in fw.lines if "Error" in ln]
-            state = "firmware died: " + errors[-1] if errors and not fw.alive() else "firmware alive (slow?)"
+            state = "firmware failed: " + errors[-1] if errors else "firmware alive (slow?)"
             return False, f"{e}; {state}"
         finally:
             fw.stop()
