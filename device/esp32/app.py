@@ -28,6 +28,8 @@ _DOC = bytearray(_DOC_BYTES)  # commands documents as read
 _PIECE = bytearray(256)  # socket reads of a payload
 _SMALL = bytearray(256)  # classic shadow documents and get/rejected as read (taken in at once)
 _IDS = bytearray(65 * _IDS_SLOTS)  # the history's ids (protocol.Ids)
+_AT = array("q", bytes(8 * _IDS_SLOTS))  # and their doneAt, as a get listed them
+_SPAN = array("I", (0, 0))  # where a get's outcomes lie in _DOC (protocol.read_trimmed)
 _HASHES = array("H", range(2 * _LEDGER_KEEP))  # the ledger's id hashes (ledger.Ledger)
 
 import hw  # noqa: E402
@@ -50,6 +52,7 @@ from protocol import (  # noqa: E402
     params_digest,
     read_trimmed,
     shadow_topic,
+    take_outcomes,
 )
 
 VERSION = "0.1.0"
@@ -151,7 +154,8 @@ class Firmware:
         # share the heap. Run one at a time, oldest issuedAt first.
         self.raw = None  # (kind, view) a commands get or delta read, not yet taken in
         self.pending = {}
-        self.history = Ids(HISTORY, _IDS)  # ids of the outcomes in the commands shadow, oldest first
+        self.history = Ids(HISTORY, _IDS, _AT)  # ids of the outcomes in the commands shadow, oldest first
+        self.prune = None  # {id: None}: outcomes past HISTORY found in a get, to delete
         self.fresh = 0  # the newest this many of history were reported on this connection
         self.resync = False  # the inbox overflowed or the clock is unknown: read the shadows again
         # The shadow service's clock: last document `timestamp` (ms) and our ticks then.
@@ -190,7 +194,7 @@ class Firmware:
         if kind == _C_GOT or kind == _C_DELTA:
             self.pending = {}  # superseded by the document being read
             if kind == _C_GOT:
-                return read_trimmed(n, fill, _TRIM_GET, _DOC, _PIECE, _REPORTED)
+                return read_trimmed(n, fill, _TRIM_GET, _DOC, _PIECE, _REPORTED, _SPAN)
             return read_trimmed(n, fill, _TRIM, _DOC, _PIECE)
         return read_trimmed(n, fill, _TRIM_CLASSIC_GET if kind == _T_GOT else _TRIM, _SMALL, _PIECE)
 
@@ -409,6 +413,14 @@ class Firmware:
         """Take in the commands get or delta waiting in the buffer."""
         kind, payload = self.raw
         self.raw = None
+        if kind == _C_GOT:
+            # The outcomes become the history straight from the buffer (and are blanked out
+            # there) before the rest is parsed: they are never objects on the heap.
+            self.history.clear()
+            self.prune = None
+            if _SPAN[1] and _SPAN[1] <= len(payload):
+                take_outcomes(payload, _SPAN[0], _SPAN[1], self._outcome_listed)
+            self.fresh = min(self.fresh, len(self.history))
         state = self._parse(kind, payload)
         del payload
         if state is None:
@@ -421,30 +433,20 @@ class Firmware:
                 self.resync = True  # no trusted clock yet: the get lists these too
             return
         delta = state.get("delta")
-        prune = self._load_history(state.get("reported"))
         del state
         self._take(delta if isinstance(delta, dict) else {}, True)
         del delta
+        prune, self.prune = self.prune, None
         if prune:  # more outcomes than HISTORY: the oldest go now, in one update
             self._publish(self.c_update, {"state": {"reported": prune}})
 
-    def _load_history(self, reported):
-        """The get's outcomes ({id: doneAt}) become the history; returns {id: None} for those past HISTORY."""
-        hist = self.history
-        hist.clear()
-        if not isinstance(reported, dict):
-            return None
-        items = [(v, k) for k, v in reported.items() if isinstance(v, int) and not isinstance(v, bool) and len(k) <= 64]
-        items.sort()
-        prune = None
-        for _, cid in items:
-            if len(hist) == HISTORY:
-                if prune is None:
-                    prune = {}
-                prune[hist.pop(0)] = None
-            hist.append(cid)
-        self.fresh = min(self.fresh, len(hist))
-        return prune
+    def _outcome_listed(self, cid, done_at):
+        """One outcome a get lists (take_outcomes): into the history, in doneAt order; past HISTORY the oldest is pruned."""
+        out = self.history.insert(cid, done_at)
+        if out is not None:
+            if self.prune is None:
+                self.prune = {}
+            self.prune[out] = None
 
     def _apply(self, delta):
         applied = self.device.apply_desired(delta)

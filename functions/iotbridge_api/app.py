@@ -67,6 +67,11 @@ def _thing(value: str) -> str:
         raise errors.InvalidThingName(str(exc), details={"thing": value[:200]}) from None
 
 
+def _url_path(route_path: str) -> str:
+    event = app.current_event
+    return event.url_path(route_path) if event is not None else route_path
+
+
 def _deadline(wait_ms: int) -> float:
     """min(caller's wait, Lambda's remaining time less a margin, API Gateway's 29 s less a margin), as monotonic time.
 
@@ -179,7 +184,7 @@ def post_command(thing: str, body: CommandRequest) -> Response:
     metrics.add_metric(name="CommandWaitMs", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
     metrics.add_metric(name=f"Command{current.state.title().replace('_', '')}", unit=MetricUnit.Count, value=1)
     logger.info("command", extra={"thing": name, "action": body.action, "state": current.state})
-    headers = {} if terminal else {"Location": f"/devices/{name}/commands/{current.id}"}
+    headers = {} if terminal else {"Location": _url_path(f"/devices/{name}/commands/{current.id}")}
     return Response(200 if terminal else 202, current, headers)
 
 
@@ -219,7 +224,7 @@ def post_bulk(body: BulkRequest) -> Response:
     started = bulk.start(action=body.action, params=body.params, things=body.things, ttl_ms=body.ttlMs,
                          deadline=_deadline(MAX_WAIT_MS), job_id=body.id)  # fmt: skip
     logger.info("bulk command", extra={"jobId": started["jobId"], "targets": started["targets"]})
-    return Response(202, JobStarted(**started), {"Location": f"/commands/jobs/{started['jobId']}"})
+    return Response(202, JobStarted(**started), {"Location": _url_path(f"/commands/jobs/{started['jobId']}")})
 
 
 @app.get("/commands/jobs/<job_id>", summary="Per-device progress of a bulk command", tags=["jobs"], path=JobPath,

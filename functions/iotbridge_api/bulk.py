@@ -121,7 +121,9 @@ def _recorded(job_id: str, request: dict[str, Any]) -> dict[str, Any] | None:
     if not summary:
         return None
     # Jobs recorded before targets and ttl were kept are checked on what they have.
-    differs = sorted(k for k, v in request.items() if (k in summary or k in ("action", "params")) and summary.get(k) != v)
+    # Compared as JSON, as a single command's retry is: `true`, `1` and `1.0` are three params.
+    differs = sorted(k for k, v in request.items()
+                     if (k in summary or k in ("action", "params")) and contract.compact(summary.get(k)) != contract.compact(v))
     if differs:
         message = f"job {job_id} exists with other {', '.join(differs)}"
         raise errors.IdConflict(message, details={"id": job_id, "differs": differs})

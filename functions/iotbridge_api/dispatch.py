@@ -15,6 +15,7 @@ from typing import Any
 
 from iotbridge_api import errors, iot, waiting
 from iotbridge_api.models import CommandRequest, CommandView
+from iotbridge_api.observability import logger
 from iotbridge_contract import actions as contract_actions
 from iotbridge_contract import commands as contract
 from iotbridge_contract.commands import COMMANDS_SHADOW, PRESENCE_SHADOW, CommandState
@@ -276,11 +277,17 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
     if current.expiresAt is None or now_ms() <= current.expiresAt + contract.EXPIRY_GRACE_MS:
         return current
     outcome = _expired_outcome({"action": current.action}, now_ms())
-    update = {"state": {"desired": {cid: None}, "reported": {cid: outcome}}, "version": doc["version"]}
+    # The oldest outcomes go, as in every write of an outcome: the shadow stays within 8 KB.
+    reported = {**contract.prune_history({**_reported(doc), cid: outcome}), cid: outcome}
+    update = {"state": {"desired": {cid: None}, "reported": reported}, "version": doc["version"]}
     try:
         iot.update_shadow(thing, update, COMMANDS_SHADOW)
     except iot.VersionConflict:
         return lookup(thing, cid)  # the device moved first: its word stands
+    except errors.ApiError as exc:
+        # Recording it is housekeeping; the answer is true either way (it expired, it never ran).
+        # A read must not fail on it, nor answer a write's error codes; the next read tries again.
+        logger.warning("expired command not recorded", extra={"thing": thing, "id": cid, "code": exc.code})
     return CommandView(id=cid, thing=thing, action=current.action, state=CommandState.EXPIRED.value,
                        error=outcome.get("error"), doneAt=outcome["doneAt"])  # fmt: skip
 

@@ -99,7 +99,8 @@ class Health(Model):
 
 
 class BulkRequest(Model, strict=True):
-    action: str = field(min_length=1, max_length=32, description="The action to run on every target")
+    action: str = field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]{0,31}$",
+                        description="The action to run on every target (a lowercase identifier, as devices name them)")
     id: str | None = field(
         default=None, min_length=1, max_length=MAX_JOB_ID, pattern=r"^[a-zA-Z0-9_-]+$",
         description=("Caller-chosen job id (the command id on every device). A retry with the same id, action, params, "

@@ -92,6 +92,14 @@ class _Event:
         self.path = path[:-1] if len(path) > 1 and path.endswith("/") else path  # /devices/ is /devices
         self.headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
 
+    def url_path(self, route_path: str) -> str:
+        """route_path as the caller reaches it, for a Location: on an execute-api URL the API
+        lives under /{stage}, which API Gateway strips from `path` but keeps in requestContext."""
+        called = str((self.raw.get("requestContext") or {}).get("path") or "")
+        own = str(self.raw.get("path") or "")
+        prefix = called[: len(called) - len(own)] if own and called.endswith(own) else ""
+        return prefix + route_path
+
     def query(self) -> dict[str, Any]:
         """Query parameters; one given several times keeps all its values (a list), which no field accepts."""
         multi = self.raw.get("multiValueQueryStringParameters")
@@ -106,11 +114,57 @@ class _Event:
         if self.raw.get("isBase64Encoded"):
             body = base64.b64decode(body).decode("utf-8")  # the guard made sure it is UTF-8
         try:
-            return json.loads(body)
-        except ValueError:
-            raise errors.InvalidJson("the body is not valid JSON") from None
+            value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        except ValueError as e:
+            raise errors.InvalidJson(str(e) if isinstance(e, _NotJson) else "the body is not valid JSON") from None
         except RecursionError:  # e.g. 5,000 '[': not a ValueError, and it must not become a 502
             raise errors.InvalidJson("the body nests too deeply to be read") from None
+        _check_json(value)
+        return value
+
+
+# What json.loads takes but JSON (RFC 8259) and AWS IoT do not: NaN/Infinity, numbers past a
+# double, unpaired surrogates. Let through, AWS refuses the shadow document later, after part of
+# a job is recorded; deep nesting overflows the stack of whatever serialises it next.
+MAX_BODY_DEPTH = 32
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotJson(f"the number {text[:20]} is too large")
+    return value
+
+
+def _check_json(value: Any) -> None:
+    """Raise InvalidJson for nesting past MAX_BODY_DEPTH or a string (or key) that is not valid Unicode."""
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise errors.InvalidJson("the body has a string with an unpaired surrogate (\\ud800-\\udfff)") from None
+            continue
+        children: Any = None
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        if children is None:
+            continue
+        if depth > MAX_BODY_DEPTH:
+            raise errors.InvalidJson(f"the body nests deeper than {MAX_BODY_DEPTH} levels")
+        todo.extend((child, depth + 1) for child in children)
 
 
 class Router:

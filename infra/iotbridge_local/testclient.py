@@ -37,7 +37,8 @@ def response_headers(result: dict[str, Any]) -> dict[str, str]:
 
 
 class ApiClient:
-    def __init__(self, *, handler: Handler | None = None, timeout_s: float = 30.0, api_key: str | None = "test") -> None:
+    def __init__(self, *, handler: Handler | None = None, timeout_s: float = 30.0, api_key: str | None = "test",
+                 stage_in_url: bool = False) -> None:
         if handler is None:
             from iotbridge_api.handler import lambda_handler
 
@@ -45,6 +46,7 @@ class ApiClient:
         self.handler = handler
         self.timeout_s = timeout_s
         self.api_key = api_key
+        self.stage_in_url = stage_in_url  # called as on an execute-api URL: https://…/Prod/devices
 
     def request(
         self, method: str, path: str, *, json: Any = None, body: bytes | None = None, headers: dict[str, str] | None = None
@@ -54,7 +56,8 @@ class ApiClient:
             body = jsonlib.dumps(json).encode()
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
-        event = build_event(method, path, headers=all_headers, body=body, api_key=self.api_key)
+        event = build_event(method, path, headers=all_headers, body=body, api_key=self.api_key,
+                            stage_in_url=self.stage_in_url)
         result = self.handler(event, LambdaContext(timeout_s=self.timeout_s))
         return ApiResponse(result["statusCode"], response_headers(result), result.get("body") or "")
 

@@ -131,6 +131,36 @@ def test_a_retried_bulk_command_with_its_id_starts_nothing_new(api: ApiClient, i
     assert (other.status, other.json["code"]) == (409, "ID_CONFLICT")
 
 
+def test_a_retry_with_params_equal_in_python_but_not_as_json_is_a_conflict(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN a job whose params hold the number 1
+    make_device("n1")
+    body = {"action": "dim", "things": ["n1"], "id": "dim-1", "params": {"level": 1}}
+    assert api.post("/commands", json=body).status == 202
+    # WHEN the id comes again with `true` or `1.0` (equal to 1 in Python, other values to a device)
+    # THEN each is a conflict on params, as for a single command, not the old job returned as if the same
+    for other in (True, 1.0):
+        again = api.post("/commands", json={**body, "params": {"level": other}})
+        assert (again.status, again.json["code"], again.json["details"]["differs"]) == (409, "ID_CONFLICT", ["params"])
+
+
+def test_a_jobs_location_keeps_the_stage_of_an_execute_api_url(invocations: Invocations) -> None:
+    # GIVEN the API called as deployed, under https://…/Prod
+    make_device("s1")
+    api = ApiClient(stage_in_url=True)
+    # WHEN a job starts / THEN its Location is under the stage too
+    job = api.post("/commands", json={"action": "ping", "things": ["s1"], "id": "job-s"})
+    assert (job.status, job.headers["Location"]) == (202, "/Prod/commands/jobs/job-s")
+
+
+def test_a_bulk_action_must_be_named_like_an_action(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN a device / WHEN a job names an action no device can have (not a lowercase identifier)
+    make_device("a1")
+    response = api.post("/commands", json={"action": "p/+#", "things": ["a1"]})
+    # THEN it is refused before anything is queued
+    assert (response.status, response.json["code"]) == (422, "VALIDATION_ERROR")
+    assert invocations.events == []
+
+
 def test_a_retry_with_the_job_id_but_other_targets_or_ttl_is_a_conflict(api: ApiClient, invocations: Invocations) -> None:
     # GIVEN a job with a caller-chosen id on two devices
     for thing in ("t1", "t2", "t3"):

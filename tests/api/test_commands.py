@@ -23,6 +23,18 @@ def _published_and_shadows() -> tuple[list[object], list[object]]:
     return list(backend.published_payloads), [t for t in backend.iot_backend.things.values() if t.thing_shadows]
 
 
+def test_location_keeps_the_stage_of_an_execute_api_url(aws: None) -> None:
+    # GIVEN the API called as it is deployed, under https://…/Prod (API Gateway strips the stage from
+    # the path the function routes on; the caller's URL keeps it)
+    make_device("lamp-s")
+    api = ApiClient(stage_in_url=True)
+    # WHEN a command's wait runs out
+    command = api.post("/devices/lamp-s/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN Location is where the caller can poll: under the stage, not at the host's root (a 403)
+    assert command.headers["Location"] == f"/Prod/devices/lamp-s/commands/{command.json['id']}"
+    assert api.get(command.headers["Location"].removeprefix("/Prod")).status == 200
+
+
 def test_command_is_queued_in_the_devices_commands_shadow(api: ApiClient) -> None:
     # GIVEN a connected device that advertises `led`
     make_device("lamp-1")
@@ -365,6 +377,35 @@ def test_expiring_abandoned_commands_keeps_the_history_at_its_size(api: ApiClien
     # THEN the history keeps its size: the ten EXPIRED and the six newest of the old outcomes
     reported = shadow("lamp-17")["state"]["reported"]
     assert set(reported) == set(stale) | {f"old{i:02d}" for i in range(10, HISTORY)}
+
+
+def test_reading_an_abandoned_command_records_it_expired_within_the_history_and_a_failed_write_still_answers(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an offline device with a full history, and two one-second commands queued for it
+    make_device("lamp-18", connected=False)
+    history = {f"old{i:02d}": outcome_entry(CommandState.SUCCEEDED, "ping", done_at=1000 + i) for i in range(HISTORY)}
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-18", shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"reported": history}})
+    )
+    first, second = (api.post("/devices/lamp-18/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+                     for _ in range(2))  # fmt: skip
+    real_now = dispatch.now_ms
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + 3_600_000)
+    # WHEN an hour later the first is read
+    read = api.get(f"/devices/lamp-18/commands/{first}")
+    # THEN it is EXPIRED, and recorded so within the history's size (the oldest outcome went)
+    assert (read.status, read.json["state"]) == (200, "EXPIRED")
+    reported = shadow("lamp-18")["state"]["reported"]
+    assert len(reported) == HISTORY and first in reported and "old00" not in reported
+    # WHEN the second is read while AWS IoT throttles the write that would record it
+    def throttled(*args: Any, **kwargs: Any) -> None:
+        raise errors.Throttled("slow down")
+
+    monkeypatch.setattr(iot, "update_shadow", throttled)
+    later = api.get(f"/devices/lamp-18/commands/{second}")
+    # THEN the read still answers what is true (EXPIRED), not the write's 429
+    assert (later.status, later.json["state"]) == (200, "EXPIRED")
 
 
 def test_the_wait_counts_api_gateways_29_s_from_the_requests_arrival(api: ApiClient) -> None:

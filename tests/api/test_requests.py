@@ -33,6 +33,34 @@ def test_bad_bodies_are_client_errors(api: ApiClient, body: bytes, content_type:
     assert response.json["message"]
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        b'{"x": NaN}',
+        b'{"x": -Infinity}',
+        b'{"x": 1e400}',  # past a double: Python reads it as inf
+        b'{"x": "\\udc00"}',  # an unpaired surrogate: not Unicode, and AWS IoT refuses it
+        b'{"a": ' + b"[" * 984 + b"]" * 984 + b"}",  # parses, then overflows the stack of json.dumps
+    ],
+    ids=["nan", "infinity", "1e400", "lone-surrogate", "984-deep"],
+)
+@pytest.mark.parametrize("path", ["/devices/dev-1/commands", "/commands"], ids=["single", "bulk"])
+def test_what_json_loads_takes_but_json_is_not_is_refused_before_anything_is_written(
+    api: ApiClient, path: str, params: bytes
+) -> None:
+    # GIVEN a device, and a body with params that Python's json module reads but JSON (and AWS) does not
+    make_device("dev-1")
+    body = b'{"action": "ping", "id": "odd-1", "things": ["dev-1"], "params": ' + params + b"}"
+    if path != "/commands":
+        body = b'{"action": "ping", "id": "odd-1", "params": ' + params + b"}"
+    # WHEN it is posted, as one command or as a bulk job
+    response = api.post(path, body=body, headers={"Content-Type": "application/json"})
+    # THEN it is a client error naming the body, not a 502 after a half-written job
+    assert (response.status, response.json["code"]) == (400, "INVALID_JSON")
+    # AND nothing was recorded under the id: the job does not exist
+    assert api.get("/commands/jobs/odd-1").status == 404
+
+
 def test_validation_errors_list_the_problems(api: ApiClient) -> None:
     make_device("dev-1")
     response = api.post("/devices/dev-1/commands", json={"action": 5, "timeoutMs": -1})

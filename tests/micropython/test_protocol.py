@@ -87,3 +87,46 @@ def test_param_specs_match_the_contract(tmp_path: Path, specs: dict[str, str], p
     except ParamError:
         contract_ok = False
     assert (error is None) == ok == contract_ok
+
+
+def test_a_gets_outcomes_are_taken_from_the_buffer_in_done_order_and_blanked_out(tmp_path: Path) -> None:
+    # GIVEN a commands get whose outcomes include junk a broken writer could leave: a string, a float,
+    # an array, an object-free number, a key with an escape, a key too long to be an id
+    reported: dict[str, Any] = {f"c{i}": {"state": "SUCCEEDED", "doneAt": 100 - i} for i in range(18)}
+    reported.update({
+        "text": 'a,}\\"b', "float": 1.5, "list": [1, {"doneAt": 2}], "neg": -7, 'q"uote': {"doneAt": 50},
+        "x" * 65: {"doneAt": 1},
+    })
+    doc = json.dumps({"state": {"desired": {}, "reported": reported, "delta": {"p": {"action": "ping"}}}, "version": 3})
+    script = f"""
+import json
+from array import array
+from protocol import Ids, read_trimmed, take_outcomes
+doc = {doc.encode()!r}
+pos = [0]
+def fill(view):
+    view[:] = memoryview(doc)[pos[0]:pos[0] + len(view)]
+    pos[0] += len(view)
+span = array("I", (0, 0))
+got = read_trimmed(len(doc), fill, {{2: (b"desired",)}}, bytearray(64), 16, (2, b"reported"), span)
+hist = Ids(16)
+pruned = []
+def visit(key, t):
+    out = hist.insert(key, t)
+    if out is not None:
+        pruned.append(out)
+take_outcomes(got, span[0], span[1], visit)
+print(json.dumps([[hist.get(i) for i in range(len(hist))], pruned, json.loads(bytes(got))]))
+"""
+    # WHEN the firmware takes the outcomes from its buffer into a history of 16
+    ((kept, pruned, rest),) = run_mpy(script, tmp_path)
+    # THEN the 16 newest integer-stamped outcomes are kept, oldest first, and the older ones pruned
+    listed = sorted([(100 - i, f"c{i}") for i in range(18)] + [(-7, "neg"), (50, 'q"uote')])
+    assert kept == [cid for _, cid in listed[-16:]]
+    assert sorted(pruned) == sorted(cid for _, cid in listed[:-16])
+    # AND what is not an integer (a string, a float, an array) or not an id (65 bytes) is left alone
+    assert not {"text", "float", "list", "x" * 65} & set(kept + pruned)
+    # AND the document still parses, without the outcomes, and with the rest intact
+    assert rest["state"]["reported"] == 0
+    assert rest["state"]["delta"] == {"p": {"action": "ping"}}
+    assert rest["version"] == 3

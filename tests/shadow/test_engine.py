@@ -221,12 +221,16 @@ def test_desired_plus_reported_over_8_kb_is_413_and_nothing_changes() -> None:
     assert update(s, {"state": {"desired": {"blob": "d" * 3000}}}).shadow.version == 2
 
 
-def test_get_and_delete_take_an_optional_client_token() -> None:
-    # GIVEN / WHEN get/delete payloads / THEN tokens parsed, bad ones rejected
+def test_get_and_delete_take_an_optional_client_token_and_ignore_other_content() -> None:
+    # GIVEN / WHEN get/delete payloads / THEN a token is read from a JSON object
     assert engine.parse_token_only(b"") is None
     assert engine.parse_token_only(b'{"clientToken": "g1"}') == "g1"
+    # AND other content is ignored, as AWS documents for these topics, not refused
+    assert engine.parse_token_only(b"please") is None
+    assert engine.parse_token_only(b"[1, 2]") is None
+    # AND a token that AWS would refuse anywhere (not a string, over 64 bytes) is still a 400
     with pytest.raises(ShadowError) as info:
-        engine.parse_token_only(b"nope")
+        engine.parse_token_only(b'{"clientToken": 5}')
     assert info.value.code == 400
 
 

@@ -20,10 +20,16 @@ def build_event(
     headers: list[tuple[str, str]] | dict[str, str] | None = None,
     body: bytes | None = None,
     stage: str = "Prod",
+    stage_in_url: bool = False,
     api_key: str | None = None,
     source_ip: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """A REST API proxy event (`/{proxy+}` resource) for one HTTP request."""
+    """A REST API proxy event (`/{proxy+}` resource) for one HTTP request.
+
+    `path` is the route; `requestContext.path` is the path as the caller reached it. On an
+    execute-api URL (stage_in_url) that starts with /{stage}; the local gateway serves the
+    stage at its root, as a custom domain does, so by default the two are the same.
+    """
     parts = urlsplit(raw_path)
     path = parts.path or "/"  # as a REST API passes it: percent-encoded as sent
     pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
@@ -64,7 +70,7 @@ def build_event(
             "httpMethod": method.upper(),
             "extendedRequestId": request_id,
             "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "path": f"/{stage}{path}",
+            "path": f"/{stage}{path}" if stage_in_url else path,
             "accountId": "123456789012",
             "protocol": "HTTP/1.1",
             "stage": stage,

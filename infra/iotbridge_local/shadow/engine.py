@@ -239,13 +239,18 @@ def parse_update(payload: bytes | str) -> UpdateRequest:
 
 
 def parse_token_only(payload: bytes | str) -> str | None:
-    """`get` and `delete` take an empty payload or a JSON object with an optional clientToken."""
+    """The clientToken of a `get` or `delete`, if its payload is a JSON object with one.
+
+    AWS reads nothing else of these ("The content of the message is ignored"): a payload
+    that is not JSON, or not an object, is a request without a token, not an error.
+    """
     if not payload or not payload.strip():
         return None
-    doc = parse_json(payload)
-    if not isinstance(doc, dict):
-        raise invalid_json()
-    return _client_token(doc)
+    try:
+        doc = parse_json(payload)
+    except ShadowError:
+        return None
+    return _client_token(doc) if isinstance(doc, dict) else None
 
 
 # ---------------------------------------------------------------- tree operations
