@@ -261,19 +261,21 @@ class MQTTClient:
         if isinstance(topics, str):
             topics = [topics]
         pid = self._next_pid()
-        # The body in one allocation of its exact size.
-        body = bytearray(2 + sum(3 + len(t) for t in topics))
-        body[0] = pid >> 8
-        body[1] = pid & 0xFF
-        i = 2
+        # Written to the socket piece by piece (one packet): no block of the body's size, which a
+        # reconnect would need, contiguous, on a heap a long run has left in small holes.
+        head = bytearray([_SUBSCRIBE])
+        head += _encode_len(2 + sum(3 + len(t) for t in topics))
+        head.append(pid >> 8)
+        head.append(pid & 0xFF)
+        self._send(head)
         for t in topics:
             n = len(t)
-            body[i] = n >> 8
-            body[i + 1] = n & 0xFF
-            body[i + 2:i + 2 + n] = t.encode() if isinstance(t, str) else t
-            body[i + 2 + n] = qos
-            i += 3 + n
-        self._packet(_SUBSCRIBE, body)
+            _B2[0] = n >> 8
+            _B2[1] = n & 0xFF
+            self._send(_B2)
+            self._send(memoryview(t) if isinstance(t, str) else t)
+            _B2[0] = qos
+            self._send(_V1)
         codes = self._wait_for(_SUBACK, pid)
         for code in codes:
             if code == 0x80:

@@ -97,3 +97,20 @@ print(json.dumps(list(c.sock.sent)))
     payload = '{"a":"é"}'.encode()
     body = b"\x00\x03t/x" + b"\x00\x01" + payload
     assert bytes(sent) == bytes([0x32, len(body)]) + body
+
+
+def test_subscribe_writes_one_well_formed_packet_for_several_filters(tmp_path: Path) -> None:
+    # GIVEN a connected client
+    script = FAKE + r'''
+c, _ = client(b"")
+c.sock.data = memoryview(bytes([0x90, 4, 0, 1, 1, 1]))  # the broker's SUBACK for packet id 1: QoS 1 granted twice
+c.subscribe(["a/b", "$aws/things/t/shadow/+/rejected"], qos=1)
+print(json.dumps(list(c.sock.sent)))
+'''
+    # WHEN it subscribes to two filters at once
+    (sent,) = run_mpy(script, tmp_path)
+    assert isinstance(sent, list)
+    # THEN the bytes are one SUBSCRIBE: type 0x82, remaining length, packet id 1, then each filter
+    # as length + UTF-8 + requested QoS
+    body = b"\x00\x01" + b"\x00\x03a/b\x01" + b"\x00\x1f$aws/things/t/shadow/+/rejected\x01"
+    assert bytes(sent) == bytes([0x82, len(body)]) + body
