@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from array import array
-from time import sleep_ms, ticks_diff, ticks_ms
+from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
@@ -28,8 +28,6 @@ _DOC = bytearray(_DOC_BYTES)  # commands documents as read
 _PIECE = bytearray(256)  # socket reads of a payload
 _SMALL = bytearray(256)  # classic shadow documents and get/rejected as read (taken in at once)
 _IDS = bytearray(65 * _IDS_SLOTS)  # the history's ids (protocol.Ids)
-_AT = array("q", bytes(8 * _IDS_SLOTS))  # and their doneAt, as a get listed them
-_SPAN = array("I", (0, 0))  # where a get's outcomes lie in _DOC (protocol.read_trimmed)
 _HASHES = array("H", range(2 * _LEDGER_KEEP))  # the ledger's id hashes (ledger.Ledger)
 
 import hw  # noqa: E402
@@ -52,7 +50,6 @@ from protocol import (  # noqa: E402
     params_digest,
     read_trimmed,
     shadow_topic,
-    take_outcomes,
 )
 
 VERSION = "0.1.0"
@@ -79,6 +76,11 @@ _T_REJ = const(6)
 _CU_REJ = const(7)  # our outcome update refused
 _TG_REJ = const(8)  # our classic get refused
 _RESTATE_MS = const(1000)  # after a throttled or failed state update
+# After a connect, commands wait (at most this long) for the classic shadow's get: a command
+# run first would be undone by the older desired value that get then applies.
+_CLASSIC_FIRST_MS = const(5000)
+_STABLE_MS = const(10000)  # a connection that lasted this long resets the reconnect backoff
+_CLR = "clr:"  # clientToken of a state update that nulls desired keys: "clr:led,relay"
 
 
 def _kind(topic):
@@ -154,8 +156,7 @@ class Firmware:
         # share the heap. Run one at a time, oldest issuedAt first.
         self.raw = None  # (kind, view) a commands get or delta read, not yet taken in
         self.pending = {}
-        self.history = Ids(HISTORY, _IDS, _AT)  # ids of the outcomes in the commands shadow, oldest first
-        self.prune = None  # {id: None}: outcomes past HISTORY found in a get, to delete
+        self.history = Ids(HISTORY, _IDS)  # ids of the outcomes in the commands shadow, oldest first
         self.fresh = 0  # the newest this many of history were reported on this connection
         self.resync = False  # the inbox overflowed or the clock is unknown: read the shadows again
         # The shadow service's clock: last document `timestamp` (ms) and our ticks then.
@@ -165,7 +166,13 @@ class Firmware:
         self.reboot_at = None
         self.restate_at = None  # a state update was throttled or failed: report the state again then
         self.reread_at = None  # a get or an outcome update was: read the shadows again then
-        self.cleared = ()  # the desired keys the last command's state update nulled
+        # Desired keys a command nulled, not yet seen gone: its update may be throttled (the
+        # rejection can come after a PUBACK, and after a get's answer) or lost with the
+        # connection. A get's values for them are stale (nulled again, not applied); the
+        # next get settles them. A delta for one is newer (a user's PATCH): it drops out.
+        self.unsure = ()
+        self.hold = None  # ticks until which commands wait for this connection's classic get
+        self.pver = 0  # version of the commands document the pending set came from
         self.telemetry_sent = None  # ticks_ms of the last telemetry (None: at the first tick)
         self.pinged = ticks_ms()
         self.kind = 0  # of the message being read (see _kind)
@@ -194,7 +201,7 @@ class Firmware:
         if kind == _C_GOT or kind == _C_DELTA:
             self.pending = {}  # superseded by the document being read
             if kind == _C_GOT:
-                return read_trimmed(n, fill, _TRIM_GET, _DOC, _PIECE, _REPORTED, _SPAN)
+                return read_trimmed(n, fill, _TRIM_GET, _DOC, _PIECE, _REPORTED)
             return read_trimmed(n, fill, _TRIM, _DOC, _PIECE)
         return read_trimmed(n, fill, _TRIM_CLASSIC_GET if kind == _T_GOT else _TRIM, _SMALL, _PIECE)
 
@@ -221,15 +228,21 @@ class Firmware:
             # read the shadows again; the get lists what is still pending, and a command
             # already run is answered from the ledger (a get is authoritative).
             try:
-                code = json.loads(payload).get("code")
+                doc = json.loads(payload)
+                code, token = doc.get("code"), doc.get("clientToken")
             except (ValueError, AttributeError):
-                code = None
+                code = token = None
+            if kind == _TG_REJ and code == 404:
+                self.hold = None  # no classic shadow yet: nothing older to apply
             if isinstance(code, int) and (code == 429 or code >= 500):
                 if kind == _T_REJ:
+                    # The keys this update nulled travel in its token (AWS echoes it): only those.
+                    if isinstance(token, str) and token.startswith(_CLR):
+                        self._unsure(token[len(_CLR):].split(","))
                     if self.restate_at is None:
-                        self.restate_at = ticks_ms() + _RESTATE_MS
+                        self.restate_at = ticks_add(ticks_ms(), _RESTATE_MS)
                 elif self.reread_at is None:
-                    self.reread_at = ticks_ms() + _RESTATE_MS
+                    self.reread_at = ticks_add(ticks_ms(), _RESTATE_MS)
             if kind != _C_REJ:
                 return
         # Taken in now, so its buffer is free for the next one: the clock (a get/rejected
@@ -241,6 +254,9 @@ class Firmware:
             # All of desired, not the delta: the delta is against what we reported before
             # this boot, and the pins came up in their reset state.
             state = state.get("desired") if state is not None else None
+            self.hold = None
+            if state is None:
+                state = {}  # applied all the same: it clears what `unsure` holds
         if not isinstance(state, dict) or kind == _C_REJ:
             return
         # A delta holds the whole current delta (AWS; iotbridge_local.shadow.engine)
@@ -265,18 +281,24 @@ class Firmware:
     def run(self):
         attempt = 0
         while True:
+            up = None
             try:
                 net.connect_wifi(self.cfg)
                 self._connect()
-                attempt = 0
+                up = ticks_ms()
                 self._serve()
             except (OSError, MQTTError) as e:
                 log("disconnected:", repr(e))
+            # Reset only after a while: a connection that keeps failing at once (another board
+            # with our thing name takes it over) must back off, not come back twice a second.
+            if up is not None and ticks_diff(ticks_ms(), up) >= _STABLE_MS:
+                attempt = 0
             self.client.close()
             self.inbox = []
             self.fresh = 0
             self.raw = None
             self.pending = {}  # the get after the reconnect lists them again
+            self.pver = 0  # versions are compared within a connection (a local stack may start afresh)
             ceiling = min(_BACKOFF_CAP_MS, _BACKOFF_MS << min(attempt, 6))
             attempt += 1
             # Half fixed, half random: a fleet that lost its broker does not return in lockstep.
@@ -296,7 +318,8 @@ class Firmware:
         c.subscribe([shadow_topic(t, "update/delta"), shadow_topic(t, "get/accepted"),
                      shadow_topic(t, "update/delta", COMMANDS), shadow_topic(t, "get/accepted", COMMANDS),
                      shadow_topic(t, "+/rejected", COMMANDS), shadow_topic(t, "+/rejected")], qos=1)
-        self._report_all(())
+        self._report_all(self.unsure)
+        self.hold = ticks_add(ticks_ms(), _CLASSIC_FIRST_MS)
         self._request_shadows()
         gc.collect()
         log("ready", "session-kept" if kept else "new-session", "free", gc.mem_free())
@@ -331,10 +354,20 @@ class Firmware:
         rep["actions"] = ACTIONS
         rep["agent"] = {"kind": "esp32", "firmware": VERSION, "platform": sys.platform, "id": hw.unique_id(),
                         "micropython": "%d.%d.%d" % sys.implementation.version[:3]}
-        doc = {"reported": rep}
+        self._state(rep, clear)
+
+    def _state(self, reported, clear):
+        """Report state, nulling the desired keys in `clear` (a command overrode them; they are
+        `unsure` from now on). The token names them, so a rejection says which (AWS echoes it)."""
+        doc = {"state": {"reported": reported}}
         if clear:
-            doc["desired"] = dict.fromkeys(clear)
-        self._publish(self.t_update, {"state": doc})
+            doc["state"]["desired"] = dict.fromkeys(clear)
+            doc["clientToken"] = _CLR + ",".join(clear)
+            self._unsure(clear)
+        self._publish(self.t_update, doc)
+
+    def _unsure(self, keys):
+        self.unsure = self.unsure + tuple(k for k in keys if k and k not in self.unsure)
 
     def _report(self, reported, qos=1):
         self._publish(self.t_update, {"state": {"reported": reported}}, qos)
@@ -343,7 +376,10 @@ class Firmware:
     def _serve(self):
         c = self.client
         while True:
-            c.check_msg(0 if (self.pending or self.inbox or self.raw is not None) else 200)
+            if self.hold is not None and ticks_diff(ticks_ms(), self.hold) >= 0:
+                self.hold = None  # the classic get is late: commands wait no longer
+            run = self.pending and self.hold is None
+            c.check_msg(0 if (run or self.inbox or self.raw is not None) else 200)
             # A commands document waiting in the buffer is taken in before more is read.
             while len(self.inbox) < _INBOX_MAX and self.raw is None and c.check_msg(0):
                 pass
@@ -352,11 +388,25 @@ class Firmware:
                 self._take_in()
                 gc.collect()
             while self.inbox:
-                self._apply(self.inbox.pop(0)[1])
+                kind, desired = self.inbox.pop(0)
+                if kind == _T_GOT and self.unsure:
+                    # A value a command overrode is cleared, not applied again: the command came later.
+                    over = tuple(k for k in self.unsure if k in desired)
+                    for k in over:
+                        del desired[k]
+                    self._apply(desired)
+                    if over:
+                        self._report_all(over)
+                    self.unsure = ()
+                else:
+                    self._apply(desired)
+                    if self.unsure:
+                        self.unsure = tuple(k for k in self.unsure if k not in desired)
+                del desired
                 gc.collect()
             if self.resync and not self.pending and self.raw is None:
                 self._request_shadows()
-            if self.pending:
+            if self.pending and self.hold is None:
                 self._run_next()
                 gc.collect()
             self._tick()
@@ -379,7 +429,7 @@ class Firmware:
             self.pinged = now
         if self.restate_at is not None and ticks_diff(now, self.restate_at) >= 0:
             self.restate_at = None
-            self._report_all(self.cleared)
+            self._report_all(self.unsure)
         if self.reread_at is not None and ticks_diff(now, self.reread_at) >= 0:
             self.reread_at = None
             self.resync = True
@@ -399,6 +449,13 @@ class Firmware:
         if not isinstance(doc, dict):
             return None
         ts = doc.get("timestamp")
+        v = doc.get("version")
+        if (kind == _C_GOT or kind == _C_DELTA) and isinstance(v, int):
+            if v < self.pver:
+                # Older than the pending set it replaced (AWS orders nothing across topics: a
+                # get's answer can come after a newer delta). That set is gone: None, ask again.
+                return None
+            self.pver = v
         # A delta may have waited in the broker for our persistent session: only the
         # answer to our own get sets the clock first, and it never goes back.
         fresh = kind == _C_GOT or kind == _C_REJ  # answers to our own get
@@ -413,18 +470,10 @@ class Firmware:
         """Take in the commands get or delta waiting in the buffer."""
         kind, payload = self.raw
         self.raw = None
-        if kind == _C_GOT:
-            # The outcomes become the history straight from the buffer (and are blanked out
-            # there) before the rest is parsed: they are never objects on the heap.
-            self.history.clear()
-            self.prune = None
-            if _SPAN[1] and _SPAN[1] <= len(payload):
-                take_outcomes(payload, _SPAN[0], _SPAN[1], self._outcome_listed)
-            self.fresh = min(self.fresh, len(self.history))
         state = self._parse(kind, payload)
         del payload
         if state is None:
-            self.resync = True  # the pending set it carried is gone from the buffer
+            self.resync = True  # the pending set it carried is gone from the buffer (or was newer)
             return
         if kind == _C_DELTA:
             if self.svc_ms:
@@ -433,20 +482,31 @@ class Firmware:
                 self.resync = True  # no trusted clock yet: the get lists these too
             return
         delta = state.get("delta")
+        prune = self._load_history(state.get("reported"))
         del state
         self._take(delta if isinstance(delta, dict) else {}, True)
         del delta
-        prune, self.prune = self.prune, None
         if prune:  # more outcomes than HISTORY: the oldest go now, in one update
             self._publish(self.c_update, {"state": {"reported": prune}})
 
-    def _outcome_listed(self, cid, done_at):
-        """One outcome a get lists (take_outcomes): into the history, in doneAt order; past HISTORY the oldest is pruned."""
-        out = self.history.insert(cid, done_at)
-        if out is not None:
-            if self.prune is None:
-                self.prune = {}
-            self.prune[out] = None
+    def _load_history(self, reported):
+        """The get's outcomes ({id: doneAt}) become the history; returns {id: None} for those past HISTORY."""
+        hist = self.history
+        hist.clear()
+        if not isinstance(reported, dict):
+            self.fresh = 0  # `fresh` counts the newest of history: with none, none
+            return None
+        items = [(v, k) for k, v in reported.items() if isinstance(v, int) and not isinstance(v, bool) and len(k) <= 64]
+        items.sort()
+        prune = None
+        for _, cid in items:
+            if len(hist) == HISTORY:
+                if prune is None:
+                    prune = {}
+                prune[hist.pop(0)] = None
+            hist.append(cid)
+        self.fresh = min(self.fresh, len(hist))
+        return prune
 
     def _apply(self, delta):
         applied = self.device.apply_desired(delta)
@@ -464,7 +524,8 @@ class Firmware:
             # id, our update was lost, and the logged outcome is sent again.
             hist = self.history
             for cid in list(pending):
-                if hist.find(cid) >= len(hist) - self.fresh:
+                i = hist.find(cid)
+                if i >= 0 and i >= len(hist) - self.fresh:
                     del pending[cid]
         self.pending = pending
 
@@ -475,22 +536,26 @@ class Firmware:
             return
         cid, entry = nxt
         del self.pending[cid], nxt
-        out = self.ledger.get(cid)
+        out = None if isinstance(entry, dict) else outcome(REJECTED, "", self.now_ms(), None, "not a command object")
         if out is None:
-            before = self.device.state()
-            out = self._execute(cid, entry)
-            self.ledger.done(cid, out)
-            now = self.device.state()
-            changed = {k: now[k] for k in now if now[k] != before[k]}
-            if changed:
-                # The new state, and the same keys nulled in desired: a stale desired
-                # value would otherwise come back as a delta and undo the command.
-                # Published before the outcome, so whoever sees SUCCEEDED and then
-                # reads the device finds the state the command produced.
-                self._publish(self.t_update, {"state": {"reported": changed, "desired": dict.fromkeys(changed)}})
-                self.cleared = tuple(changed)
-        else:
-            log("duplicate", cid)
+            out = self.ledger.get(cid)
+            if out is None:
+                before = self.device.state()
+                out = self._execute(cid, entry)
+                try:
+                    self.ledger.done(cid, out)
+                except OSError as e:  # flash full or failing: the outcome is still reported
+                    log("log write failed:", repr(e))
+                now = self.device.state()
+                changed = {k: now[k] for k in now if now[k] != before[k]}
+                if changed:
+                    # The new state, and the same keys nulled in desired: a stale desired
+                    # value would otherwise come back as a delta and undo the command.
+                    # Published before the outcome, so whoever sees SUCCEEDED and then
+                    # reads the device finds the state the command produced.
+                    self._state(changed, tuple(changed))
+            else:
+                log("duplicate", cid)
         # Outcome, desired=null and history pruning travel in ONE update, so a
         # command is pending or done, never both, and the shadow keeps HISTORY outcomes.
         hist = self.history
@@ -509,7 +574,7 @@ class Firmware:
         gc.collect()
         log("done", cid, out["state"], "free", gc.mem_free())
         if self.device.reboot_in is not None:
-            self.reboot_at = ticks_ms() + self.device.reboot_in
+            self.reboot_at = ticks_add(ticks_ms(), self.device.reboot_in)
             self.device.reboot_in = None
 
     def _execute(self, cid, entry):
@@ -529,7 +594,10 @@ class Firmware:
         err = check_params(specs, params)
         if err:
             return outcome(REJECTED, action, now, None, err, digest)
-        self.ledger.start(cid, action)  # from here on a restart must not start it again
+        try:
+            self.ledger.start(cid, action)  # from here on a restart must not start it again
+        except OSError as e:
+            return outcome(FAILED, action, now, None, "not run: the device cannot record commands (%r)" % e, digest)
         t0 = ticks_ms()
         result = error = None
         try:

@@ -79,16 +79,21 @@ class Ledger:
         if not self._maybe(_h(cid)):
             return None
         prefix = "D " + cid + " "
+        started = "S " + cid + " "
         found = None
+        ran = False
         try:
             with open(self.path) as f:
                 for line in f:
                     if line.startswith(prefix):
                         found = line[len(prefix):]
+                    elif line.startswith(started):
+                        ran = True
         except OSError:
             return None
         if not found:
-            return None
+            # Started, outcome never written (the write failed): it ran, so it does not run again.
+            return {"state": "FAILED", "doneAt": 0, "error": INTERRUPTED} if ran else None
         try:
             return json.loads(found)
         except ValueError:  # cut off by a power failure while it was written: it did run
@@ -98,15 +103,16 @@ class Ledger:
         self._append("S " + cid + " " + action + "\n")
 
     def done(self, cid, entry):
-        # Written in pieces, the outcome streamed: no string of the line's size, so this
-        # needs no contiguous free block of the heap (it comes after the command ran).
+        # Counted first: if the write fails, get() still scans, finds the start, and the command
+        # is not run again. Written in pieces, the outcome streamed: no string of the line's
+        # size, so this needs no contiguous free block of the heap (it comes after the command ran).
+        self._add(_h(cid))
         with open(self.path, "a") as f:
             f.write("D ")
             f.write(cid)
             f.write(" ")
             json.dump(entry, f, separators=(",", ":"))
             f.write("\n")
-        self._add(_h(cid))
         if self.count >= len(self.hashes):
             self._compact(self.count)
 

@@ -6,7 +6,6 @@ for a small heap instead (no re, no typing, no classes).
 """
 
 import json
-from array import array
 
 COMMANDS = "commands"
 HISTORY = 16  # outcomes kept in the commands shadow's reported section
@@ -116,14 +115,20 @@ def outcome(state, action, done_at, result=None, error=None, digest=None):
 
 
 def next_command(pending):
-    """The pending command issued first, as (id, entry), or None; drops malformed entries."""
+    """The pending command issued first, as (id, entry), or None.
+
+    An entry that is no command object comes first (it is answered REJECTED at once); one
+    under a key that is no command id is dropped (the API makes none: nothing to answer under).
+    """
     best = None
     first = 0
     for cid in list(pending):
         entry = pending[cid]
-        if not (valid_command_id(cid) and isinstance(entry, dict)):
+        if not valid_command_id(cid):
             del pending[cid]
             continue
+        if not isinstance(entry, dict):
+            return cid, entry
         t = entry.get("issuedAt")
         t = t if isinstance(t, int) else 0
         if best is None or t < first:
@@ -139,12 +144,10 @@ class Ids:
     fragment a small heap.
     """
 
-    def __init__(self, slots, buf=None, at=None):
+    def __init__(self, slots, buf=None):
         self.ids = bytearray(65 * slots) if buf is None else buf  # per slot: length byte + id
         self.order = bytearray(range(slots))  # slot numbers, [:n] in use, oldest first
         self.n = 0
-        # Per slot, the doneAt an id was loaded with (see insert); appends are newest anyway.
-        self.at = array("q", bytes(8 * slots)) if at is None else at
 
     def __len__(self):
         return self.n
@@ -178,34 +181,10 @@ class Ids:
         """Add cid as the newest; the oldest goes when full."""
         if self.n == len(self.order):
             self.pop(0)
-        self._put(self.n, cid.encode()[:64], 0)
-
-    def insert(self, key, t):
-        """Add key (bytes, <= 64) in order of t, after those with the same t; when full, the
-        oldest of them all is pushed out and returned (a str), else None."""
-        order, at = self.order, self.at
-        if self.n == len(order):
-            if t < at[order[0]]:
-                return str(key, "utf-8")  # older than every id kept
-            out = self.pop(0)
-        else:
-            out = None
-        i = self.n
-        while i and at[order[i - 1]] > t:
-            i -= 1
-        self._put(i, key, t)
-        return out
-
-    def _put(self, i, b, t):
-        order = self.order
-        s = order[self.n]  # a free slot
-        for j in range(self.n, i, -1):
-            order[j] = order[j - 1]
-        order[i] = s
-        o = s * 65
+        b = cid.encode()[:64]
+        o = self.order[self.n] * 65
         self.ids[o] = len(b)
         self.ids[o + 1:o + 1 + len(b)] = b
-        self.at[s] = t
         self.n += 1
 
     def clear(self):
@@ -218,7 +197,7 @@ def _grow(out, p):
     return big
 
 
-def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None, span=None):
+def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
     """Read an n-byte JSON document in small pieces, leaving out the members we never read.
 
     fill(view) reads exactly len(view) bytes into view (the MQTT client's socket).
@@ -233,12 +212,8 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None, span=None
     out: a bytearray to write the result into (allocated once by the caller, so
     a document needs no new block of the heap); a larger one is allocated only
     if the result does not fit. piece: the read buffer, or its size.
-    span: a 2-slot array set to where the collapsed object lies in the result,
-    [start, end) ([0, 0] if the document has none), for take_outcomes.
     Returns a memoryview of the result.
     """
-    if span is not None:
-        span[0] = span[1] = 0
     buf = memoryview(bytearray(piece) if isinstance(piece, int) else piece)
     if out is None:
         out = bytearray(min(n, 256))
@@ -321,8 +296,6 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None, span=None
                     if want == 2 and c == 0x7B:
                         cin = depth + 1
                         want = 0
-                        if span is not None:
-                            span[0] = p
                     elif c == 0x7B or c == 0x5B:
                         skip = depth
                         depth += 1
@@ -351,83 +324,12 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None, span=None
                     depth -= 1
                     if depth < cin:
                         cin = -1
-                        if span is not None:
-                            span[1] = p + 1
                     last = -1
             if p == len(out):
                 out = _grow(out, p)
             out[p] = c
             p += 1
     return memoryview(out)[:p]
-
-
-def take_outcomes(doc, start, end, visit):
-    """Each member of the collapsed outcomes object at doc[start:end] (read_trimmed's
-    {"id": doneAt, ...}) as visit(key bytes, doneAt), if its value is an integer and its
-    key 1..64 bytes; then the object is overwritten with 0 and spaces.
-
-    So json.loads of the document builds none of it: 16 outcomes as a dict would take a
-    272-byte table (64-bit) and 16 strings, all at once, on a heap that is mostly holes.
-    """
-    i = start + 1
-    last = end - 1  # the closing "}"
-    while i < last:
-        if doc[i] != 0x22:  # the "," between members
-            i += 1
-            continue
-        j = i + 1
-        plain = True
-        while doc[j] != 0x22:
-            if doc[j] == 0x5C:
-                plain = False
-                j += 1
-            j += 1
-        k = j + 2  # the value: read_trimmed leaves no space around the ":"
-        d = k + 1 if doc[k] == 0x2D else k
-        v = 0
-        while 0x30 <= doc[d] <= 0x39:
-            v = v * 10 + doc[d] - 0x30
-            d += 1
-        nxt = _value_end(doc, k, last)
-        if d == nxt and d > k and doc[d - 1] != 0x2D:
-            key = memoryview(doc)[i + 1:j]
-            if not plain:  # rare: a key with escapes, decoded the long way
-                key = json.loads(bytes(doc[i:j + 1])).encode()
-            if 0 < len(key) <= 64:
-                visit(key, -v if doc[k] == 0x2D else v)
-        i = nxt
-    doc[start] = 0x30  # "0"
-    for x in range(start + 1, end):
-        doc[x] = 0x20
-
-
-def _value_end(doc, i, last):
-    """The index just past the JSON value at doc[i], a member's value inside an object that ends at last."""
-    depth = 0
-    in_str = esc = False
-    while i < last:
-        c = doc[i]
-        if in_str:
-            if esc:
-                esc = False
-            elif c == 0x5C:
-                esc = True
-            elif c == 0x22:
-                in_str = False
-                if not depth:
-                    return i + 1
-        elif c == 0x22:
-            in_str = True
-        elif c == 0x7B or c == 0x5B:
-            depth += 1
-        elif c == 0x7D or c == 0x5D:
-            depth -= 1
-            if not depth:
-                return i + 1
-        elif c == 0x2C and not depth:
-            return i
-        i += 1
-    return i
 
 
 def _is_target(kb, n, keys):

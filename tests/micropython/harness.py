@@ -140,6 +140,9 @@ class ShadowPeer:
         self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
         self.refuse_gets: dict[str, int] = {}  # get topic -> the code its next get is refused with
         self.classic: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._nulled: dict[str | None, dict[str, Any]] = {}  # per classic update's token: desired it removed
+        self.version = 1  # of the commands shadow: one more per update, as a shadow counts
+        self.classic_get_delay = 0.0  # s before the classic get is answered (a slow service)
         self._subscribed = threading.Event()
         self.client = make_client(f"iotbridge.peer-{thing}", endpoint)
         self.client.on_message = self._on_message
@@ -162,13 +165,24 @@ class ShadowPeer:
             client.publish(msg.topic + "/rejected", json.dumps(doc), qos=1)
             return
         if msg.topic in self.gets:  # stamped with the service's time
-            wanted = self.pending if msg.topic == self.commands_get else self.desired
+            commands = msg.topic == self.commands_get
+            wanted = dict(self.pending if commands else self.desired)  # as of the request
             state = {"desired": wanted, "delta": wanted} if wanted else {}
-            reply = {"state": state, "metadata": {}, "version": 1, "timestamp": self.now_s()}
-            client.publish(self.gets[msg.topic], json.dumps(reply), qos=1)
+            reply = json.dumps({"state": state, "metadata": {}, "version": self.version, "timestamp": self.now_s()})
+            delay = 0.0 if commands else self.classic_get_delay
+            if delay:
+                threading.Timer(delay, client.publish, (self.gets[msg.topic], reply), {"qos": 1}).start()
+            else:
+                client.publish(self.gets[msg.topic], reply, qos=1)
             return
         doc = json.loads(msg.payload)
+        if msg.topic == self.classic_update:
+            # Desired keys the update nulls are gone, as in a shadow (kept aside: a rejection restores them).
+            nulled = {k: self.desired.pop(k) for k, v in ((doc.get("state") or {}).get("desired") or {}).items()
+                      if v is None and k in self.desired}  # fmt: skip
+            self._nulled[doc.get("clientToken")] = nulled
         if msg.topic == self.commands_update:
+            self.version += 1
             for cid in doc.get("state", {}).get("desired") or {}:
                 self.pending.pop(cid, None)
         (self.commands if msg.topic == self.commands_update else self.classic).put(doc)
@@ -176,7 +190,8 @@ class ShadowPeer:
     def send_commands(self, entries: dict[str, dict[str, Any]], *, timestamp: int | None = None) -> None:
         """Publish a commands-shadow delta, as the shadow service does when desired changes."""
         self.pending.update(entries)
-        doc = {"version": 1, "timestamp": self.now_s() if timestamp is None else timestamp, "state": self.pending}
+        self.version += 1
+        doc = {"version": self.version, "timestamp": self.now_s() if timestamp is None else timestamp, "state": self.pending}
         topic = topics.shadow_topic(self.thing, "update", "delta", shadow=COMMANDS_SHADOW)
         self.client.publish(topic, json.dumps(doc), qos=1).wait_for_publish(5)
 
@@ -185,9 +200,12 @@ class ShadowPeer:
         doc = {"version": 1, "timestamp": self.now_s(), "state": self.desired}
         self.client.publish(topics.shadow_topic(self.thing, "update", "delta"), json.dumps(doc), qos=1)
 
-    def reject_state(self, code: int) -> None:
-        """Answer the device's last classic update with update/rejected, as AWS does when it throttles (429)."""
+    def reject_state(self, code: int, update: dict[str, Any]) -> None:
+        """Answer a classic update with update/rejected, as AWS does when it throttles (429), echoing its clientToken."""
         doc = {"code": code, "message": "test", "timestamp": self.now_s()}
+        if "clientToken" in update:
+            doc["clientToken"] = update["clientToken"]
+        self.desired.update(self._nulled.pop(update.get("clientToken"), {}))  # refused: nothing of it applied
         self.client.publish(topics.shadow_topic(self.thing, "update", "rejected"), json.dumps(doc), qos=1).wait_for_publish(5)
 
     def reject_outcome(self, code: int, still_pending: dict[str, dict[str, Any]]) -> None:

@@ -86,6 +86,7 @@ def test_after_reconnect_a_still_listed_command_gets_its_logged_outcome_again(
     broker.start()
     fw.wait_for("ready", timeout=30)
     # WHEN the shadow still lists the command (its outcome update was lost)
+    peer.client.loop_stop()  # the first peer's client would reconnect under the same client id
     peer2 = ShadowPeer(broker.service_endpoint(), "esp32-test")
     try:
         peer2.send_commands({"t-1": toggle})
@@ -309,6 +310,7 @@ def test_device_reconnects_after_broker_restart_and_gets_queued_commands(
     broker.start()
     # THEN the device reconnects on its own (backoff) and keeps working
     fw.wait_for("ready", timeout=30)
+    peer.client.loop_stop()  # the first peer's client would reconnect under the same client id
     peer2 = ShadowPeer(broker.service_endpoint(), "esp32-test")
     try:
         peer2.send_commands({"after": command("ping")})
@@ -319,14 +321,17 @@ def test_device_reconnects_after_broker_restart_and_gets_queued_commands(
 
 def test_a_throttled_state_update_is_reported_again_with_the_desired_value_cleared(start_firmware, device_config, peer) -> None:
     # GIVEN a connected device whose classic shadow wants the relay off
+    peer.desired["relay"] = False
     start_firmware(device_config)
     peer.next_reported("actions")
     # WHEN a command turns the relay on, and the shadow service throttles that state update (429)
     peer.send_commands({"relay-1": command("relay", {"on": True})})
     assert outcome_of(peer.outcome_update("relay-1"), "relay-1")["state"] == "SUCCEEDED"
-    lost = peer.next_reported("relay")
-    assert lost["relay"] is True
-    peer.reject_state(429)
+    lost = _next_classic_with(peer, "relay", timeout=5.0)
+    while lost["state"]["reported"]["relay"] is not True:  # the get's desired, applied at connect
+        lost = _next_classic_with(peer, "relay", timeout=5.0)
+    assert lost["state"]["desired"] == {"relay": None}
+    peer.reject_state(429, lost)
     # THEN about a second later the whole state goes again, relay on, with desired relay nulled
     again = _next_classic_with(peer, "relay", timeout=5.0)
     assert again["state"]["reported"]["relay"] is True
@@ -340,9 +345,9 @@ def test_a_state_update_refused_as_wrong_is_not_sent_again(start_firmware, devic
     peer.next_reported("actions")
     peer.send_commands({"relay-1": command("relay", {"on": True})})
     peer.outcome_update("relay-1")
-    peer.next_reported("relay")
+    update = _next_classic_with(peer, "relay", timeout=5.0)
     # WHEN its state update is refused as invalid (400): the same update would be refused again
-    peer.reject_state(400)
+    peer.reject_state(400, update)
     # THEN nothing more is reported about the relay (a 429 is answered within about a second)
     with pytest.raises(AssertionError):
         _next_classic_with(peer, "relay", timeout=3.0)

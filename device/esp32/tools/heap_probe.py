@@ -90,6 +90,9 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bo
         except AssertionError as e:
             errors = [ln for ln in fw.lines if "Error" in ln]
             state = "firmware failed: " + errors[-1] if errors else "firmware alive (slow?)"
+            if errors:  # where: the first traceback's frames
+                at = fw.lines.index(errors[0])
+                state += " at " + " < ".join(ln.strip() for ln in reversed(fw.lines[max(0, at - 6):at]) if "File" in ln)
             return False, f"{e}; {state}"
         finally:
             fw.stop()
