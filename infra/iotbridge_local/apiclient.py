@@ -42,6 +42,7 @@ class ApiTarget:
     url: str  # base URL, no trailing slash
     key: str | None
     source: str  # where the URL came from, for messages
+    unreachable_hint: str = ""  # what to do when nothing answers there (the local stack: start it)
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,23 @@ def resolve_target(api_url: str | None, api_key: str | None, data_dir: Path, env
     if not url and env.get(ENV_URL):
         url, source = env[ENV_URL], ENV_URL
     key = api_key or env.get(ENV_KEY) or None
+    hint = ""
     if not url:
         stack = read_stack_json(data_dir)
         if stack and stack.get("api"):
             url, source = str(stack["api"]), f"{Path(data_dir) / 'stack.json'}"
             key = key or stack.get("apiKey")
+            # A stack killed without a clean stop (SIGHUP, kill -9) leaves its stack.json behind.
+            hint = f"the local stack may not be running: start it with `iotbridge up --data-dir {data_dir}`"
     if not url:
         raise NoApiConfigured(
             f"no API configured: pass --api-url (and --api-key), set {ENV_URL} and {ENV_KEY}, "
             f"or start the local stack (`iotbridge up --data-dir {data_dir}`)"
         )
-    return ApiTarget(url=_checked_url(url), key=key, source=source)
+    url = _checked_url(url)
+    if not hint and urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
+        hint = "if it is the local stack, it may not be running: start it with `iotbridge up`"
+    return ApiTarget(url=url, key=key, source=source, unreachable_hint=hint)
 
 
 def _checked_url(url: str) -> str:
@@ -168,7 +175,8 @@ class ApiClient:
             raw = response.read()
             status, got = response.status, {k.lower(): v for k, v in response.getheaders()}
         except (OSError, http.client.HTTPException) as exc:
-            raise ApiUnreachable(f"cannot reach the API at {self.target.url} (from {self.target.source}): {exc}") from exc
+            hint = f"; {self.target.unreachable_hint}" if self.target.unreachable_hint else ""
+            raise ApiUnreachable(f"cannot reach the API at {self.target.url} (from {self.target.source}): {exc}{hint}") from exc
         finally:
             conn.close()
         try:

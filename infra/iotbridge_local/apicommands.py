@@ -13,6 +13,7 @@ import math
 import re
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class ExitCode(enum.IntEnum):
     OFFLINE = 4  # 409 DEVICE_OFFLINE (--if-offline fail)
     API_ERROR = 5  # any other 4xx: unknown action, bad params, no such device, wrong key (403) …
     UNREACHABLE = 6  # no connection, or a 5xx
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it); what may still run is printed
 
 
 EXIT_CODES_HELP = """exit codes (send, command, desired, job, job-status, devices, shadow):
@@ -54,7 +56,8 @@ EXIT_CODES_HELP = """exit codes (send, command, desired, job, job-status, device
   3  still pending when the wait ran out (HTTP 202; desired: not yet reported); the command id is printed
   4  the device is offline (409 DEVICE_OFFLINE, with --if-offline fail)
   5  any other API error (4xx: unknown action, bad params, no such device, wrong API key)
-  6  the API is unreachable, or answered 5xx"""
+  6  the API is unreachable, or answered 5xx
+  130  interrupted (Ctrl-C); the command or job id that may still run is printed"""
 
 API_HELP = f"""where the API is (first match wins): --api-url/--api-key; --stack NAME (its ApiUrl output and
 API key, with your AWS credentials); {ENV_URL}/{ENV_KEY}; the running local stack's
@@ -234,15 +237,32 @@ def _error_exit(response: ApiResponse, args: argparse.Namespace) -> int:
         _emit_json(response.body)
     code = f"HTTP {response.status} {response.code}" if response.code else f"HTTP {response.status}"
     print(f"iotbridge: {code}: {response.message}", file=sys.stderr)
-    if response.code == "UNKNOWN_ACTION" and isinstance(response.body, dict):
-        known = (response.body.get("details") or {}).get("known")
+    details = response.body.get("details") if isinstance(response.body, dict) else None
+    if response.code == "UNKNOWN_ACTION" and isinstance(details, dict):
+        known = details.get("known")
         if known:
             print(f"  known actions: {', '.join(map(str, known))}", file=sys.stderr)
+    elif isinstance(details, list):  # VALIDATION_ERROR: "does not match the schema" alone says not what to fix
+        for problem in details[:10]:
+            print(f"  {_problem(problem)}", file=sys.stderr)
+        if len(details) > 10:
+            print(f"  … and {len(details) - 10} more", file=sys.stderr)
     if response.status == 409 and response.code == "DEVICE_OFFLINE":
         return ExitCode.OFFLINE
     if 400 <= response.status < 500:
         return ExitCode.API_ERROR
     return ExitCode.UNREACHABLE
+
+
+def _problem(problem: Any) -> str:
+    """One validation problem as `where: what`, e.g. `ttlMs: Input should be greater than or equal to 1000`."""
+    if not isinstance(problem, dict):
+        return str(problem)
+    loc = [str(part) for part in problem.get("loc") or []]
+    if len(loc) > 1 and loc[0] == "body":
+        loc = loc[1:]  # the request's JSON body: its field names are what a person typed
+    what = problem.get("msg") or problem.get("message") or _compact(problem)
+    return f"{'.'.join(loc)}: {what}" if loc else str(what)
 
 
 def _compact(value: Any) -> str:
@@ -301,6 +321,19 @@ def run(args: argparse.Namespace) -> int:
     except ApiUnreachable as exc:
         print(f"iotbridge: {exc}", file=sys.stderr)
         return ExitCode.UNREACHABLE
+    except KeyboardInterrupt:
+        # Ctrl-C ends only the wait: the API may have queued the command, so say which one and how to follow it.
+        still = getattr(args, "still_running", None)
+        print(f"\niotbridge: interrupted{'; ' + still if still else ''}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+
+def _command_may_run(args: argparse.Namespace, thing: str, cid: str) -> None:
+    args.still_running = f"command {cid} on {thing} may still run: follow it with `iotbridge command {thing} {cid} --wait 30s`"
+
+
+def _job_may_run(args: argparse.Namespace, job_id: str) -> None:
+    args.still_running = f"job {job_id} may still run: follow it with `iotbridge job-status {job_id} --wait 30s`"
 
 
 def _transient(answer: ApiResponse | None) -> bool:
@@ -339,14 +372,15 @@ def _send(args: argparse.Namespace) -> int:
     client = _client(args)
     started = time.monotonic()
     deadline = started + args.wait / 1000
+    # Our own id, not the API's: known before the POST, so a Ctrl-C during its wait can still name the command.
+    cid = args.id if args.id is not None else uuid.uuid4().hex
     request: dict[str, Any] = {
-        "action": args.action, "params": _params(args.params),
+        "action": args.action, "params": _params(args.params), "id": cid,
         "timeoutMs": min(args.wait, API_MAX_WAIT_MS), "ifOffline": args.if_offline,
     }  # fmt: skip
-    if args.id is not None:
-        request["id"] = args.id
     if args.ttl is not None:
         request["ttlMs"] = args.ttl
+    _command_may_run(args, args.thing, cid)
     response = client.send_command(args.thing, request)
     if response.status not in (200, 202) or not isinstance(response.body, dict):
         return _error_exit(response, args)
@@ -362,6 +396,7 @@ def _send(args: argparse.Namespace) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     client = _client(args)
+    _command_may_run(args, args.thing, args.id)
     deadline = time.monotonic() + args.wait / 1000
     response = client.get_command(args.thing, args.id)
     if response.status != 200 or not isinstance(response.body, dict):
@@ -378,6 +413,7 @@ def _command(args: argparse.Namespace) -> int:
 def _desired(args: argparse.Namespace) -> int:
     """Exit 0 when reported converged within the wait, 3 when the device has not applied it yet (offline: it will)."""
     state = _params(args.state)
+    args.still_running = f"{args.thing} may still apply the desired state: see `iotbridge shadow {args.thing}`"
     response = _client(args).patch_desired(args.thing, state, wait_ms=min(args.wait, API_MAX_WAIT_MS))
     if response.status != 200 or not isinstance(response.body, dict):
         return _error_exit(response, args)
@@ -447,13 +483,15 @@ def _job_line(progress: dict[str, Any]) -> str:
 def _job(args: argparse.Namespace) -> int:
     client = _client(args)
     deadline = time.monotonic() + args.wait / 1000
-    request: dict[str, Any] = {"action": args.action, "params": _params(args.params)}
+    job_id = uuid.uuid4().hex  # ours, as for send: known before the POST, for a Ctrl-C during the wait
+    request: dict[str, Any] = {"action": args.action, "params": _params(args.params), "id": job_id}
     if args.all:
         request["all"] = True
     else:
         request["things"] = args.things
     if args.ttl is not None:
         request["ttlMs"] = args.ttl
+    _job_may_run(args, job_id)
     response = client.start_job(request)
     if response.status not in (200, 202) or not isinstance(response.body, dict):
         return _error_exit(response, args)
@@ -473,6 +511,7 @@ def _job(args: argparse.Namespace) -> int:
 
 
 def _job_status(args: argparse.Namespace) -> int:
+    _job_may_run(args, args.job_id)
     return _follow_job(_client(args), args.job_id, time.monotonic() + args.wait / 1000, [], args)
 
 

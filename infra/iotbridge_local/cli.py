@@ -2,7 +2,7 @@
 
     iotbridge up [--devices N] [--data-dir DIR] [--api-port N] … [--no-tls]
     iotbridge status [--data-dir DIR]
-    iotbridge simulate --devices N [--prefix fleet-] [--data-dir DIR]   (against a running `iotbridge up`)
+    iotbridge simulate --devices N [--prefix fleet-] [--keep] [--data-dir DIR]   (against a running `iotbridge up`)
     iotbridge send THING ACTION [--param K=V …] [--wait 5s] [--id ID] [--ttl 60s] [--if-offline fail|queue] [--json]
     iotbridge command THING ID [--wait 30s] [--json]
     iotbridge desired THING K=V … [--wait 10s] [--json]
@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iotbridge_contract.stopflag import StopFlag, stopped_by_signals
 from iotbridge_local import apicommands
@@ -35,6 +36,32 @@ if TYPE_CHECKING:
     from iotbridge_local.stack import LocalStack
 
 _PORTS = ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port", "lambda_port")
+
+
+def _port(text: str) -> int:
+    """A TCP port for a flag: 1-65535 (a socket raised OverflowError deep in the start for 70000)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 1 and 65535")
+    return port
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` (simulate --devices 0 raised IndexError)."""
+
+    def count(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {n}")
+        return n
+
+    return count
 
 
 def _port_in_use(port: int) -> bool:
@@ -66,14 +93,63 @@ def _only_stack_in(data_dir: Path) -> Iterator[None]:
     import fcntl
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / ".lock", "w") as lock:
+    with open(data_dir / ".lock", "a+") as lock:  # not "w": that would erase the running stack's pid
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             running = data_dir / "stack.json"
             where = json.loads(running.read_text()).get("dashboard", "") if running.exists() else ""
             raise SystemExit(f"iotbridge: a local stack is already running from {data_dir} {where}".rstrip()) from None
+        # Whose lock it is: `status` tells a stack that holds it from one that died and left stack.json.
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
         yield
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process: alive
+    return False
+
+
+def _lock_released(data_dir: Path, pid: int) -> bool:
+    """True when `up` (process `pid`) locked the data dir and the lock is free: the kernel frees it when that
+    process dies, however it died, so this holds even after its pid was given to another process."""
+    import fcntl
+
+    try:
+        with open(data_dir / ".lock") as lock:
+            if lock.read().strip() != str(pid):
+                return False  # not locked by this stack (a LocalStack started by a test or benchmark)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True  # closing the file releases the shared lock at once
+    except OSError:
+        return False
+
+
+def stack_not_running(data_dir: Path, state: dict[str, Any]) -> str | None:
+    """Why the stack that wrote stack.json is not running, or None when it is.
+
+    A stack stopped cleanly removes stack.json; one killed (SIGHUP, kill -9) leaves it behind.
+    """
+    pid = state.get("pid")
+    if not isinstance(pid, int):
+        return None  # written by something that records no process: cannot tell
+    if _process_gone(pid) or _lock_released(data_dir, pid):
+        return f"its process {pid} is gone; it was not stopped cleanly"
+    return None
+
+
+def _not_running_message(data_dir: Path, why: str) -> str:
+    return f"the local stack in {data_dir} is not running ({why}): start it with `iotbridge up --data-dir {data_dir}`"
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -88,6 +164,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _run_stack(stack: LocalStack, config: StackConfig, stopping: StopFlag) -> int:
+    from botocore.exceptions import BotoCoreError
+
+    from iotbridge_local.apigw.environments import InvocationError
+
     print("starting the local stack …", flush=True)
     try:
         stack.start()
@@ -116,8 +196,10 @@ def _run_stack(stack: LocalStack, config: StackConfig, stopping: StopFlag) -> in
             )
         while not stopping.wait(3600):
             pass
-    except OSError as exc:  # a port taken between the check and the bind, a data dir not writable
-        print(f"iotbridge: the local stack could not start: {exc}", file=sys.stderr, flush=True)
+    # A port taken between the check and the bind, a data dir not writable (OSError); Mosquitto or a
+    # service that exits at start (BrokerError, RuntimeError); the API function failing to load.
+    except (OSError, RuntimeError, InvocationError, BotoCoreError) as exc:
+        print(f"iotbridge: the local stack could not start: {exc} (logs: {stack.logs})", file=sys.stderr, flush=True)
         return 1
     finally:
         print("\nstopping …", flush=True)
@@ -127,11 +209,18 @@ def _run_stack(stack: LocalStack, config: StackConfig, stopping: StopFlag) -> in
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = Path(args.data_dir) / "stack.json"
-    if not path.exists():
+    from iotbridge_local.apiclient import read_stack_json
+
+    data_dir = Path(args.data_dir)
+    state = read_stack_json(data_dir)
+    if state is None:
         print("no local stack is running from", args.data_dir)
         return 1
-    print(json.dumps(json.loads(path.read_text()), indent=2))
+    why = stack_not_running(data_dir, state)
+    if why:
+        print(_not_running_message(data_dir, why))
+        return 1
+    print(json.dumps(state, indent=2))
     return 0
 
 
@@ -197,36 +286,92 @@ def _add_provision(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """N virtual devices in this process, each a real (mutual TLS) MQTT connection to the running stack."""
-    import boto3
+    """N virtual devices in this process, each a real (mutual TLS) MQTT connection to the running stack.
 
-    from iotbridge_local.broker import Broker
+    Exit 0 stopped (Ctrl-C), 2 no running stack or a bad --prefix, 6 the stack could not be reached.
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from iotbridge_contract.names import InvalidName, thing_name
+    from iotbridge_local.apiclient import read_stack_json
+    from iotbridge_local.broker import Broker, BrokerError
     from iotbridge_pi.fleet import run_fleet
 
-    path = Path(args.data_dir) / "stack.json"
-    if not path.exists():
+    data_dir = Path(args.data_dir)
+    state = read_stack_json(data_dir)
+    if state is None:
         print(f"no running local stack in {args.data_dir}: start one with `iotbridge up`", file=sys.stderr)
-        return 2
-    state = json.loads(path.read_text())
+        return apicommands.ExitCode.USAGE
+    why = stack_not_running(data_dir, state)
+    if why:
+        print(f"iotbridge: {_not_running_message(data_dir, why)}", file=sys.stderr)
+        return apicommands.ExitCode.USAGE
     config = StackConfig(
         data_dir=Path(state["dataDir"]), mqtt_port=int(state["mqtt"]), mqtts_port=int(state["mqtts"]),
         iot_http_port=int(str(state["iot"]).rsplit(":", 1)[1]), tls=bool(state.get("tls", True)),
     )  # fmt: skip
     things = [f"{args.prefix}{n:05d}" for n in range(1, args.devices + 1)]
+    try:
+        thing_name(things[-1])  # the longest: a prefix that makes it too long or invalid fails here, not mid-way
+    except InvalidName as exc:
+        print(f"iotbridge: --prefix {args.prefix!r}: {exc}", file=sys.stderr)
+        return apicommands.ExitCode.USAGE
     registry = boto3.client(
         "iot", endpoint_url=config.iot_endpoint, region_name=config.region,
         aws_access_key_id="local", aws_secret_access_key="local",
     )  # fmt: skip
-    for thing in things:  # registered, so they show in GET /devices and in bulk commands to all
+    stop = StopFlag()
+    created: list[str] = []  # registered by this run: removed when it stops, unless --keep
+    code = apicommands.ExitCode.SUCCEEDED
+    with stopped_by_signals(stop.set):  # from here on a Ctrl-C while registering also removes what was registered
+        try:
+            _register_fleet(registry, things, created, stop)
+            if not stop.is_set():
+                broker = Broker(config)
+                print(f"simulating {len(things)} devices ({things[0]} … {things[-1]}); Ctrl-C stops them", flush=True)
+                run_fleet(endpoint_factory=broker.device_endpoint, things=things, state_dir=config.data_dir / "fleet",
+                          stop_event=stop, telemetry_interval=args.telemetry)  # fmt: skip
+        except (BotoCoreError, ClientError, BrokerError) as exc:  # the stack stopped, or never listened there
+            print(f"iotbridge: cannot reach the local stack at {config.iot_endpoint}: {exc} "
+                  f"(is it running? `iotbridge status --data-dir {args.data_dir}`)", file=sys.stderr)  # fmt: skip
+            code = apicommands.ExitCode.UNREACHABLE
+        finally:
+            if created and not args.keep and not _unregister_fleet(registry, created, args.data_dir):
+                code = code or apicommands.ExitCode.UNREACHABLE
+    return code
+
+
+def _register_fleet(registry: Any, things: list[str], created: list[str], stop: StopFlag) -> None:
+    """Register the things, so they show in GET /devices and in bulk commands to all; `created` gets
+    those that were not registered before (a provisioned device or a --keep fleet stays when this one stops)."""
+    before: set[str] = set()
+    for page in registry.get_paginator("list_things").paginate(PaginationConfig={"PageSize": 250}):
+        before.update(t["thingName"] for t in page.get("things") or [])
+    for thing in things:
+        if stop.is_set():
+            return
+        if thing in before:
+            continue
         with contextlib.suppress(registry.exceptions.ResourceAlreadyExistsException):
             registry.create_thing(thingName=thing)
-    broker = Broker(config)
-    stop = StopFlag()
-    print(f"simulating {len(things)} devices ({things[0]} … {things[-1]}); Ctrl-C stops them", flush=True)
-    with stopped_by_signals(stop.set):
-        run_fleet(endpoint_factory=broker.device_endpoint, things=things, state_dir=config.data_dir / "fleet",
-                  stop_event=stop, telemetry_interval=args.telemetry)  # fmt: skip
-    return 0
+        created.append(thing)
+
+
+def _unregister_fleet(registry: Any, things: list[str], data_dir: str) -> bool:
+    """Delete the things this run registered: left behind, a 1000-device fleet filled the dashboard's list
+    (the stack's own devices fell off it) and made every later `job --all` target 1000 offline devices."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    print(f"removing {len(things)} simulated thing(s) from the registry (--keep keeps them) …", flush=True)
+    try:
+        for thing in things:
+            registry.delete_thing(thingName=thing)
+    except (BotoCoreError, ClientError) as exc:
+        print(f"iotbridge: could not remove the simulated things: {exc}; they stay until the local stack's data is "
+              f"reset (see the README: stop the stack, delete {data_dir})", file=sys.stderr)  # fmt: skip
+        return False
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,21 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local stack with simulated devices and the dashboard")
     up.add_argument("--data-dir", default=".iotbridge", help="where shadows, broker data, certs and logs live")
-    up.add_argument("--devices", type=int, default=2, help="simulated devices to start (default 2)")
+    up.add_argument("--devices", type=_at_least(0), default=2, help="simulated devices to start (default 2)")
     up.add_argument("--no-tls", action="store_true", help="devices connect without mutual TLS (no device auth)")
     defaults = StackConfig()
     for f in fields(StackConfig):
         if f.name in _PORTS:
             flag = "--" + f.name.replace("_", "-")
-            up.add_argument(flag, type=int, default=None, help=f"default {getattr(defaults, f.name)}")
+            up.add_argument(flag, type=_port, default=None, help=f"default {getattr(defaults, f.name)}")
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="show the running local stack's endpoints")
     status.add_argument("--data-dir", default=".iotbridge")
     status.set_defaults(func=cmd_status)
     sim = sub.add_parser("simulate", help="run N simulated devices in one process against the running local stack")
-    sim.add_argument("--devices", type=int, default=100, help="how many (default 100; thousands fit on 2 cores)")
+    sim.add_argument("--devices", type=_at_least(1), default=100, help="how many (default 100; thousands fit on 2 cores)")
     sim.add_argument("--prefix", default="fleet-", help="thing names are PREFIX00001 … (default fleet-)")
-    sim.add_argument("--telemetry", type=int, default=60, help="seconds between telemetry reports (default 60)")
+    sim.add_argument("--telemetry", type=_at_least(1), default=60, help="seconds between telemetry reports (default 60)")
+    sim.add_argument("--keep", action="store_true",
+                     help="leave the things registered when it stops (default: remove those it registered)")  # fmt: skip
     sim.add_argument("--data-dir", default=".iotbridge")
     sim.set_defaults(func=cmd_simulate)
     apicommands.add_subcommands(sub)
@@ -259,7 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:  # the API commands say what may still run (apicommands.run); the rest stop here
+        print("\niotbridge: interrupted", file=sys.stderr)
+        return apicommands.ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar, cast
+
+log = logging.getLogger(__name__)
+
+# A client that went away before its answer was written: curl -m 1 during a long wait, a reloaded dashboard.
+CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
 class LocalHTTPServer(ThreadingHTTPServer):
@@ -11,6 +18,14 @@ class LocalHTTPServer(ThreadingHTTPServer):
     # connection resets in the benchmarks. API Gateway and IoT Core never refuse a burst like that.
     request_queue_size = 128
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback for any error; a client hanging up is no error of ours
+        # (it filled the `iotbridge up` terminal). Anything else is still reported.
+        if isinstance(sys.exc_info()[1], CLIENT_GONE):
+            log.debug("client %s disconnected before its answer was written", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class LocalRequestHandler(BaseHTTPRequestHandler):

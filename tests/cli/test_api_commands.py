@@ -89,6 +89,15 @@ def test_bad_params_and_unknown_device_exit_5(stack: LocalStack) -> None:
     assert missing.returncode == 5 and "DEVICE_NOT_FOUND" in missing.stderr
 
 
+def test_a_request_the_schema_refuses_names_the_field(stack: LocalStack) -> None:
+    # WHEN a script sends a TTL below the API's minimum (the CLI takes any duration; the API checks the range)
+    done = run_cli("send", "sim-1", "ping", "--ttl", "500ms", *_dir(stack))
+    # THEN exit 5, and stderr says which field is wrong and why, not only "does not match the schema"
+    assert done.returncode == 5, done.stderr
+    assert "VALIDATION_ERROR" in done.stderr
+    assert "  ttlMs: Input should be greater than or equal to 1000" in done.stderr.splitlines()
+
+
 def test_wrong_api_key_exits_5(stack: LocalStack) -> None:
     # GIVEN the right URL and a wrong key (flags win over stack.json)
     done = run_cli("devices", "--api-url", stack.config.api_url, "--api-key", "not-the-key")

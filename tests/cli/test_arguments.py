@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from iotbridge_contract.stopflag import StopFlag
 from iotbridge_local.apiclient import NoApiConfigured, resolve_target
 from iotbridge_local.apicommands import duration_ms, parse_param
-from iotbridge_local.cli import _only_stack_in, build_parser
+from iotbridge_local.apigw.environments import InvocationError
+from iotbridge_local.broker import BrokerError
+from iotbridge_local.cli import _PORTS, _only_stack_in, _run_stack, build_parser
+from iotbridge_local.config import StackConfig
 
 
 @pytest.mark.parametrize(
@@ -103,3 +107,62 @@ def test_a_second_stack_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     # AND once that stack stopped, the dir is free again
     with _only_stack_in(tmp_path):
         pass
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "many"])
+def test_simulating_no_devices_is_a_usage_error(count: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # WHEN a fleet of no (or a negative number of) devices is asked for
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["simulate", "--devices", count])
+    # THEN argparse refuses it (exit 2) naming the flag, instead of an IndexError once running
+    assert refused.value.code == 2
+    assert "--devices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "port"),
+    [*(("--" + name.replace("_", "-"), "70000") for name in _PORTS), *(("--api-port", p) for p in ("65536", "0", "-1", "x"))],
+)
+def test_a_port_outside_1_to_65535_is_a_usage_error(flag: str, port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # WHEN `up` is given a port no socket can bind (70000 raised OverflowError while starting)
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["up", flag, port])
+    # THEN argparse refuses it (exit 2), naming the flag
+    assert refused.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["1", "65535"])
+def test_ports_at_the_ends_of_the_range_are_accepted(port: str) -> None:
+    assert build_parser().parse_args(["up", "--api-port", port]).api_port == int(port)
+
+
+class _FailingStack:
+    """A stack whose start fails as Mosquitto or a service can, before anything runs."""
+
+    def __init__(self, error: Exception, logs: Path) -> None:
+        self.error, self.logs, self.things, self.stopped = error, logs, ["sim-1"], False
+
+    def start(self) -> None:
+        raise self.error
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+@pytest.mark.parametrize(
+    "error",
+    [BrokerError("mosquitto did not start"), RuntimeError("the rules process exited at start"),
+     InvocationError("the function failed to initialise"), OSError("Address already in use")],
+)  # fmt: skip
+def test_a_stack_that_cannot_start_says_why_in_one_line(
+    error: Exception, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN `up` whose stack fails to start
+    stack = _FailingStack(error, tmp_path / "logs")
+    # WHEN it runs
+    code = _run_stack(stack, StackConfig(data_dir=tmp_path), StopFlag())  # type: ignore[arg-type]
+    # THEN it exits 1 with one line naming the error and the logs, not a traceback, and everything is stopped
+    assert code == 1 and stack.stopped
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == f"iotbridge: the local stack could not start: {error} (logs: {tmp_path / 'logs'})"

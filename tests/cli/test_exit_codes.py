@@ -5,7 +5,11 @@ against a scripted HTTP server standing in for a deployed API behind a stage pat
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +21,7 @@ import pytest
 from moto import mock_aws
 
 from iotbridge_local.cli import main
-from tests.cli.conftest import run_cli
+from tests.cli.conftest import CLI, cli_env, run_cli, wait_until
 
 STAGE = "/prod"
 KEY = "secret-key-of-20-chars-or-more"  # API Gateway wants at least 20
@@ -29,9 +33,14 @@ class Script:
 
     answers: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    hung: set[str] = field(default_factory=set)  # methods answered only at teardown: a wait a caller interrupts
+    release: threading.Event = field(default_factory=threading.Event)
 
     def on(self, method: str, path: str, *answers: tuple[int, Any]) -> None:
         self.answers[(method, STAGE + path)] = list(answers)
+
+    def hang(self, method: str) -> None:
+        self.hung.add(method)
 
     def answer(self, method: str, path: str) -> tuple[int, Any]:
         queue = self.answers.get((method, path))
@@ -50,6 +59,8 @@ def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(length)) if length else None
             script.requests.append({"method": self.command, "path": split.path, "query": parse_qs(split.query),
                                     "key": self.headers.get("x-api-key"), "body": body})  # fmt: skip
+            if self.command in script.hung:
+                script.release.wait(60)
             status, answer = script.answer(self.command, split.path)
             payload = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
             self.send_response(status)
@@ -58,7 +69,7 @@ def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = _serve
+        do_GET = do_POST = do_PATCH = _serve
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -75,6 +86,7 @@ def api() -> Iterator[tuple[str, Script]]:
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}{STAGE}", script
     finally:
+        script.release.set()
         server.shutdown()
         server.server_close()
         thread.join(5)
@@ -198,7 +210,9 @@ def test_a_job_with_a_failed_target_exits_1_and_an_unfinished_one_exits_3(api: t
     # THEN exit 1, and the failed device is named with its error
     assert done.returncode == 1, done.stdout + done.stderr
     assert "b: FAILED (boom)" in done.stdout
-    assert script.requests[0]["body"] == {"action": "ping", "params": {}, "things": ["a", "b"]}
+    body = script.requests[0]["body"]
+    assert re.fullmatch(r"[0-9a-f]{32}", body.pop("id"))  # the CLI's own job id: known before the POST
+    assert body == {"action": "ping", "params": {}, "things": ["a", "b"]}
     # WHEN a job is still running when the wait ends THEN exit 3
     script.on("GET", "/commands/jobs/j1", (200, failed | {"done": 1, "complete": False, "counts": {"PENDING": 1}}))
     pending = run_cli("job-status", "j1", "--wait", "300ms", "--api-url", url, "--api-key", KEY)
@@ -233,3 +247,75 @@ def test_a_deployed_stack_gives_the_url_and_key(
         # AND a stack that does not exist is a usage error naming it
         assert main(["devices", "--stack", "not-deployed", "--region", "eu-west-1"]) == 2
         assert "not-deployed" in capsys.readouterr().err
+
+
+def test_a_validation_error_names_the_field_and_what_is_wrong(api: tuple[str, Script]) -> None:
+    url, script = api
+    # GIVEN the API refuses a request that does not match its schema (the router's 422 body)
+    problem = {"loc": ["body", "ttlMs"], "msg": "Input should be greater than or equal to 1000", "type": "greater_than_equal"}
+    script.on("POST", "/devices/t1/commands", (422, {"code": "VALIDATION_ERROR", "message": "the request does not match "
+                                                     "the schema", "details": [problem]}))  # fmt: skip
+    # WHEN a script sends a command with a TTL below the minimum
+    done = _send(url, "--ttl", "500ms")
+    # THEN exit 5, and stderr says which field is wrong and why, not only that the schema was not matched
+    assert done.returncode == 5, done.stderr
+    assert "ttlMs: Input should be greater than or equal to 1000" in done.stderr
+
+
+def _interrupted(url: str, script: Script, args: list[str], requests: int) -> subprocess.CompletedProcess[str]:
+    """The CLI as a subprocess, sent SIGINT (Ctrl-C) once the API has seen `requests` requests from it."""
+    process = subprocess.Popen([*CLI, *args, "--api-url", url, "--api-key", KEY], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=cli_env())  # fmt: skip
+    try:
+        wait_until(lambda: len(script.requests) >= requests, 30, f"{requests} request(s) from {args}")
+        time.sleep(0.2)  # inside the wait (a hung answer, or the pause between polls)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def _sent_id(script: Script) -> str:
+    return str(script.requests[0]["body"]["id"])
+
+
+@pytest.mark.parametrize(
+    ("args", "hang", "routes", "requests", "says"),
+    [
+        # send to an offline device: the POST waits (up to 29 s) for an answer that does not come
+        (["send", "t1", "ping", "--wait", "20s"], "POST", [], 1,
+         lambda s: f"command {_sent_id(s)} on t1 may still run: follow it with `iotbridge command t1 {_sent_id(s)} --wait 30s`"),
+        # command --wait: polling a command that stays SENT
+        (["command", "t1", "c1", "--wait", "20s"], None, [("GET", "/devices/t1/commands/c1", (200, _view("SENT")))], 2,
+         lambda s: "command c1 on t1 may still run: follow it with `iotbridge command t1 c1 --wait 30s`"),
+        # desired: the PATCH waits for the device to report
+        (["desired", "t1", "relay=true", "--wait", "20s"], "PATCH", [], 1,
+         lambda s: "t1 may still apply the desired state: see `iotbridge shadow t1`"),
+        # job --wait: the POST of a job to many devices
+        (["job", "ping", "--all", "--wait", "20s"], "POST", [], 1,
+         lambda s: f"job {_sent_id(s)} may still run: follow it with `iotbridge job-status {_sent_id(s)} --wait 30s`"),
+        # job-status --wait: polling a job that is not complete
+        (["job-status", "j1", "--wait", "20s"], None, [("GET", "/commands/jobs/j1", (200, {
+            "jobId": "j1", "action": "ping", "targets": 2, "done": 1, "complete": False, "counts": {"PENDING": 1},
+            "nextOffset": None, "devices": []}))], 2,
+         lambda s: "job j1 may still run: follow it with `iotbridge job-status j1 --wait 30s`"),
+    ],
+    ids=["send", "command", "desired", "job", "job-status"],
+)  # fmt: skip
+def test_ctrl_c_during_a_wait_names_what_may_still_run(
+    api: tuple[str, Script], args: list[str], hang: str | None, routes: list[Any], requests: int, says: Any
+) -> None:
+    url, script = api
+    # GIVEN an API that keeps the CLI waiting
+    if hang:
+        script.hang(hang)
+    for method, path, answer in routes:
+        script.on(method, path, answer)
+    # WHEN the person presses Ctrl-C during the wait
+    done = _interrupted(url, script, args, requests)
+    # THEN one line, no traceback, says it was interrupted and which command or job may still run; exit 130
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == [f"iotbridge: interrupted; {says(script)}"], done.stderr
