@@ -299,6 +299,10 @@ class IotCore:
         if qos not in (0, 1):
             raise ApiError(400, "qos must be 0 or 1")
         retain = query.get("retain", ["false"])[0].lower() == "true"
+        if retain and topic.startswith("$"):
+            # AWS: "You can't publish to a reserved topic with the RETAIN flag set". Kept by a
+            # persistent broker, a retained fake delta would reach every device that subscribes.
+            raise ApiError(400, f"retain is not allowed on the reserved topic {topic!r}")
         if topic.startswith(topics.SHADOW_PREFIX):
             parsed = topics.parse_shadow_topic(topic)
             if parsed is None:

@@ -76,6 +76,23 @@ def test_publishing_to_a_shadow_topic_over_http_is_a_shadow_request(iotcore: Iot
     assert watcher.until("plain/topic") == {"hello": 1}
 
 
+def test_a_retained_publish_to_a_reserved_topic_is_refused_and_reaches_no_one(iotcore: IotCore, watcher: Watcher) -> None:
+    # GIVEN the data plane
+    data = boto("iot-data", iotcore.url)
+    fake = b'{"state":{"x":1},"version":99}'
+    # WHEN a caller publishes a retained message to a $aws topic (a fake delta a persistent broker would
+    # replay to every device that subscribes later)
+    with pytest.raises(data.exceptions.InvalidRequestException):
+        data.publish(topic="$aws/things/t1/shadow/update/delta", qos=1, retain=True, payload=fake)
+    # THEN it is refused, as AWS refuses retain on reserved topics: a client subscribing afterwards gets nothing
+    watcher.watch("$aws/things/t1/shadow/update/delta", "plain/after")
+    data.publish(topic="plain/after", qos=1, payload=b'{"marker":1}')
+    topic, _ = watcher.next()
+    assert topic == "plain/after"
+    # AND retain stays allowed on an ordinary topic
+    data.publish(topic="plain/kept", qos=1, retain=True, payload=b'{"kept":1}')
+
+
 def test_bad_names_are_400_and_touch_no_topic(iotcore: IotCore, watcher: Watcher) -> None:
     # GIVEN a watcher on every shadow topic
     watcher.watch("$aws/things/+/shadow/#", "$aws/things/+/shadow/name/+/#")
