@@ -114,9 +114,9 @@ def test_compiled_firmware_completes_100_commands_and_a_reconnect_to_a_full_comm
     start_firmware: StartFirmware, device_config, iot_data
 ) -> None:
     # GIVEN the firmware compiled with mpy-cross, as deployed, in a 52 KB Python heap. The
-    # smallest that works is a benchmark figure (docs/benchmarks.md, `make bench`: 48 KB,
+    # smallest that works is a benchmark figure (docs/benchmarks.md, `make bench`: 49 KB,
     # device/esp32/tools/heap_probe.py): at it, whether the heap's holes line up with an
-    # allocation depends on message timing, so a test pinned there flakes. 52 KB leaves 4 KB
+    # allocation depends on message timing, so a test pinned there flakes. 52 KB leaves 3 KB
     # and still fails a firmware that needs ~10% more heap, or leaks across 100 commands.
     fw = start_firmware(device_config, heap="52k")
     # WHEN 100 commands with API-style ids (32 hex characters) are queued, up to 10 pending at a time
