@@ -81,6 +81,8 @@ _RESTATE_MS = const(1000)  # after a throttled or failed state update
 _CLASSIC_FIRST_MS = const(5000)
 _STABLE_MS = const(10000)  # a connection that lasted this long resets the reconnect backoff
 _CLR = "clr:"  # clientToken of a state update that nulls desired keys: "clr:led,relay"
+_SETTLE_MS = const(10000)  # no rejection for this long after a clear (or its retry): it landed
+_UNSURE_AT = array("q", (0,))  # ticks of the last clear sent or refused (module-level: one per boot)
 
 
 def _kind(topic):
@@ -266,6 +268,8 @@ class Firmware:
         while i < len(inbox):
             k = inbox[i][0]
             if k == _T_DELTA or k == kind:
+                if k == _T_DELTA and self.unsure:  # a delta's keys are newer than our clears (see unsure)
+                    self.unsure = tuple(x for x in self.unsure if x not in inbox[i][1])
                 inbox.pop(i)
             else:
                 i += 1
@@ -368,6 +372,7 @@ class Firmware:
 
     def _unsure(self, keys):
         self.unsure = self.unsure + tuple(k for k in keys if k and k not in self.unsure)
+        _UNSURE_AT[0] = ticks_ms()
 
     def _report(self, reported, qos=1):
         self._publish(self.t_update, {"state": {"reported": reported}}, qos)
@@ -427,6 +432,10 @@ class Firmware:
                 ticks_diff(now, c.last_io) > ka * 500 or ticks_diff(now, c.last_rx) > ka * 500):
             c.ping()
             self.pinged = now
+        if self.unsure and self.restate_at is None and ticks_diff(now, _UNSURE_AT[0]) >= _SETTLE_MS:
+            # Clears that drew no rejection landed: a later reconnect must not null those keys
+            # again (a user may set them while the device is away).
+            self.unsure = ()
         if self.restate_at is not None and ticks_diff(now, self.restate_at) >= 0:
             self.restate_at = None
             self._report_all(self.unsure)
@@ -453,7 +462,9 @@ class Firmware:
         if (kind == _C_GOT or kind == _C_DELTA) and isinstance(v, int):
             if v < self.pver:
                 # Older than the pending set it replaced (AWS orders nothing across topics: a
-                # get's answer can come after a newer delta). That set is gone: None, ask again.
+                # get's answer can come after a newer delta). That set is gone: None, ask again,
+                # taking the answer whatever its version (a shadow deleted and made anew restarts them).
+                self.pver = 0
                 return None
             self.pver = v
         # A delta may have waited in the broker for our persistent session: only the

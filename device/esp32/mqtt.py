@@ -263,6 +263,7 @@ class MQTTClient:
         pid = self._next_pid()
         # Written to the socket piece by piece (one packet): no block of the body's size, which a
         # reconnect would need, contiguous, on a heap a long run has left in small holes.
+        topics = [memoryview(t) if isinstance(t, str) else t for t in topics]  # lengths in bytes, not characters
         head = bytearray([_SUBSCRIBE])
         head += _encode_len(2 + sum(3 + len(t) for t in topics))
         head.append(pid >> 8)
@@ -273,7 +274,7 @@ class MQTTClient:
             _B2[0] = n >> 8
             _B2[1] = n & 0xFF
             self._send(_B2)
-            self._send(memoryview(t) if isinstance(t, str) else t)
+            self._send(t)
             _B2[0] = qos
             self._send(_V1)
         codes = self._wait_for(_SUBACK, pid)

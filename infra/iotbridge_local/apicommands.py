@@ -251,6 +251,9 @@ def _error_exit(response: ApiResponse, args: argparse.Namespace) -> int:
         return ExitCode.OFFLINE
     if 400 <= response.status < 500:
         return ExitCode.API_ERROR
+    still = getattr(args, "still_running", None)
+    if still:  # a 5xx (a gateway timeout) may come after the command was queued
+        print(f"  {still}", file=sys.stderr)
     return ExitCode.UNREACHABLE
 
 
@@ -319,7 +322,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"iotbridge: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except ApiUnreachable as exc:
-        print(f"iotbridge: {exc}", file=sys.stderr)
+        # The request may have arrived before the connection failed: say what may run, so a re-run
+        # of the same command line (a new id) is not the only way to find out.
+        still = getattr(args, "still_running", None)
+        print(f"iotbridge: {exc}{'; ' + still if still else ''}", file=sys.stderr)
         return ExitCode.UNREACHABLE
     except KeyboardInterrupt:
         # Ctrl-C ends only the wait: the API may have queued the command, so say which one and how to follow it.
@@ -483,19 +489,21 @@ def _job_line(progress: dict[str, Any]) -> str:
 def _job(args: argparse.Namespace) -> int:
     client = _client(args)
     deadline = time.monotonic() + args.wait / 1000
-    job_id = uuid.uuid4().hex  # ours, as for send: known before the POST, for a Ctrl-C during the wait
-    request: dict[str, Any] = {"action": args.action, "params": _params(args.params), "id": job_id}
+    # No id of ours: a job with a caller-chosen id reads every device's shadow before writing it
+    # (docs/protocol.md), twice the calls for nothing when the id is fresh. It is known from the 202.
+    request: dict[str, Any] = {"action": args.action, "params": _params(args.params)}
     if args.all:
         request["all"] = True
     else:
         request["things"] = args.things
     if args.ttl is not None:
         request["ttlMs"] = args.ttl
-    _job_may_run(args, job_id)
+    args.still_running = "a job may have started: see `iotbridge devices` or the dashboard"
     response = client.start_job(request)
     if response.status not in (200, 202) or not isinstance(response.body, dict):
         return _error_exit(response, args)
     started = response.body
+    _job_may_run(args, str(started.get("jobId")))
     not_queued = started.get("notQueued") or []
     if args.wait <= 0:
         if args.json:

@@ -165,3 +165,21 @@ def test_a_get_without_outcomes_does_not_make_the_next_delta_look_already_answer
     # THEN a command queued afterwards runs (it is not mistaken for one reported on this connection)
     peer.send_commands({"c2": command("ping")})
     assert outcome_of(peer.outcome_update("c2"), "c2")["result"] == {"pong": True}
+
+
+def test_a_desired_value_set_while_the_device_was_away_is_applied_after_a_command_long_before(
+    start_firmware: StartFirmware, device_config, broker: Broker, peer: ShadowPeer
+) -> None:
+    # GIVEN a device that ran `led on` a while ago (its clear of desired.led landed: no rejection came)
+    start_firmware(device_config)
+    peer.send_commands({"on": command("led", {"state": "on"})})
+    assert outcome_of(peer.outcome_update("on"), "on")["state"] == "SUCCEEDED"
+    time.sleep(11)
+    # WHEN it is away and a user sets desired.led = off (no delta reaches it: as after a session expired)
+    _classic_updates(peer, 0)
+    peer.desired["led"] = "off"
+    _take_over_session(broker, "esp32-test")
+    # THEN on reconnect it applies the user's value, rather than nulling it as a stale one
+    leds = [u["reported"]["led"] for u in _classic_updates(peer, 3.0) if "led" in u.get("reported", {})]
+    assert leds and leds[-1] == "off"
+    assert peer.desired.get("led") == "off"
