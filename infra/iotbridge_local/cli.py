@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -35,6 +36,7 @@ from iotbridge_local.config import StackConfig, free_port
 if TYPE_CHECKING:
     from iotbridge_local.stack import LocalStack
 
+_LOCK_TRIES = 6  # x 50 ms
 _PORTS = ("mqtt_port", "mqtts_port", "ws_port", "iot_http_port", "api_port", "dashboard_port", "lambda_port")
 
 
@@ -94,12 +96,20 @@ def _only_stack_in(data_dir: Path) -> Iterator[None]:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / ".lock", "a+") as lock:  # not "w": that would erase the running stack's pid
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            running = data_dir / "stack.json"
-            where = json.loads(running.read_text()).get("dashboard", "") if running.exists() else ""
-            raise SystemExit(f"iotbridge: a local stack is already running from {data_dir} {where}".rstrip()) from None
+        # A few tries: `status` holds a shared lock for a moment while it checks a stack that died.
+        for attempt in range(_LOCK_TRIES):
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 < _LOCK_TRIES:
+                    time.sleep(0.05)
+        else:
+            from iotbridge_local.apiclient import read_stack_json
+
+            state = read_stack_json(data_dir) or {}
+            where = str(state.get("dashboard", ""))
+            raise SystemExit(f"iotbridge: a local stack is already running from {data_dir} {where}".rstrip())
         # Whose lock it is: `status` tells a stack that holds it from one that died and left stack.json.
         lock.truncate(0)
         lock.write(str(os.getpid()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,20 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     text = capsys.readouterr().out
     for line in ("0  SUCCEEDED", "3  still pending", "4  the device is offline", "6  the API is unreachable"):
         assert line in text
+
+
+def test_a_status_check_holding_the_lock_for_a_moment_does_not_stop_up_from_starting(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    # GIVEN a data dir whose lock a `status` check holds (shared) for a moment, as it does for a dead stack
+    (tmp_path / ".lock").write_text("12345")
+    checking = open(tmp_path / ".lock")  # noqa: SIM115 - released by the timer below
+    fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.1, checking.close).start()
+    # WHEN `iotbridge up` starts on it meanwhile / THEN it waits that moment out and starts
+    with _only_stack_in(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
 def test_a_second_stack_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
