@@ -82,7 +82,9 @@ _CLASSIC_FIRST_MS = const(5000)
 _STABLE_MS = const(10000)  # a connection that lasted this long resets the reconnect backoff
 _CLR = "clr:"  # clientToken of a state update that nulls desired keys: "clr:led,relay"
 _SETTLE_MS = const(10000)  # no rejection for this long after a clear (or its retry): it landed
-_UNSURE_AT = array("q", (0,))  # ticks of the last clear sent or refused (module-level: one per boot)
+# Ticks of the last clear sent or refused (module-level: one per boot). A list, not an array:
+# ticks_diff reads its arguments as small ints, and an array("q") hands back a long int object.
+_UNSURE_AT = [0]
 
 
 def _kind(topic):

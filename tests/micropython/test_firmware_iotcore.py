@@ -114,9 +114,9 @@ def test_compiled_firmware_completes_100_commands_and_a_reconnect_to_a_full_comm
     start_firmware: StartFirmware, device_config, iot_data
 ) -> None:
     # GIVEN the firmware compiled with mpy-cross, as deployed, in a 56 KB Python heap. The
-    # smallest that works is a benchmark figure (docs/benchmarks.md, `make bench`: 50 KB,
+    # smallest that works is a benchmark figure (docs/benchmarks.md, `make bench`: 49 KB,
     # device/esp32/tools/heap_probe.py): near it, whether the heap's holes line up with an
-    # allocation depends on message timing, so a test pinned there flakes. 56 KB leaves 6 KB
+    # allocation depends on message timing, so a test pinned there flakes. 56 KB leaves 7 KB
     # and still fails a firmware that needs ~12% more heap, or leaks across 100 commands.
     fw = start_firmware(device_config, heap="56k")
     # WHEN 100 commands with API-style ids (32 hex characters) are queued, up to 10 pending at a time
