@@ -172,8 +172,9 @@ class Firmware:
         self.reread_at = None  # a get or an outcome update was: read the shadows again then
         # Desired keys a command nulled, not yet seen gone: its update may be throttled (the
         # rejection can come after a PUBACK, and after a get's answer) or lost with the
-        # connection. A get's values for them are stale (nulled again, not applied); the
-        # next get settles them. A delta for one is newer (a user's PATCH): it drops out.
+        # connection. A get's values for them are stale (nulled again, not applied). They
+        # settle with the next get, with a delta naming them (a user's PATCH is newer), or
+        # after _SETTLE_MS without a rejection (_tick).
         self.unsure = ()
         self.hold = None  # ticks until which commands wait for this connection's classic get
         self.pver = 0  # version of the commands document the pending set came from
