@@ -39,6 +39,7 @@ from tests.micropython.harness import (  # noqa: E402
 )
 
 THING = "esp32-probe"
+VERBOSE = False  # --verbose: a failed run's last firmware lines go to stderr
 
 
 def api_id(name: str) -> str:
@@ -90,9 +91,16 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bo
         except AssertionError as e:
             errors = [ln for ln in fw.lines if "Error" in ln]
             state = "firmware failed: " + errors[-1] if errors else "firmware alive (slow?)"
-            if errors:  # where: the first traceback's frames
-                at = fw.lines.index(errors[0])
-                state += " at " + " < ".join(ln.strip() for ln in reversed(fw.lines[max(0, at - 6):at]) if "File" in ln)
+            tb = [i for i, ln in enumerate(fw.lines) if ln.startswith("Traceback")]
+            if tb:  # where: the first traceback's frames, innermost first
+                frames = []
+                for ln in fw.lines[tb[0] + 1:]:
+                    if not ln.strip().startswith("File"):
+                        break
+                    frames.append(ln.strip())
+                state += " at " + " < ".join(reversed(frames))
+            if VERBOSE:
+                print("\n".join(fw.lines[-80:]), file=sys.stderr)
             return False, f"{e}; {state}"
         finally:
             fw.stop()
@@ -116,7 +124,10 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=1, help="runs per size; a size passes only if all pass")
     ap.add_argument("--no-reconnect", dest="reconnect", action="store_false",
                     help="only the N commands, without the reconnect to a full commands shadow")
+    ap.add_argument("--verbose", action="store_true", help="print a failed run's last firmware lines")
     args = ap.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     with tempfile.TemporaryDirectory() as tmp:
         image = compile_firmware(Path(tmp) / "image")
         sizes = [args.only] if args.only else None
