@@ -139,11 +139,26 @@ export class ApiClient {
   }
 }
 
-// A command id the API accepts ([a-zA-Z0-9_-], at most 48): 32 random hex digits.
+// A command id the API accepts ([a-zA-Z0-9_-], at most 48), made as the API makes its own
+// (iotbridge_contract.commands.new_id): 128 random bits as 26 base32 characters (a-z, 2-7).
+const BASE32 = "abcdefghijklmnopqrstuvwxyz234567";
+
 export function newId() {
   const bytes = new Uint8Array(16);
   crypto.getRandomValues(bytes);
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  let id = "";
+  let value = 0;
+  let bits = 0;
+  for (const b of bytes) {
+    value = (value << 8) | b;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      id += BASE32[(value >>> bits) & 31];
+    }
+    value &= (1 << bits) - 1;
+  }
+  return bits ? id + BASE32[(value << (5 - bits)) & 31] : id;
 }
 
 function toApiError(status, data) {

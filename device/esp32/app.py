@@ -62,7 +62,7 @@ SEP = (",", ":")  # compact JSON
 _TRIM = {1: (b"metadata",)}
 _TRIM_CLASSIC_GET = {1: (b"metadata",), 2: (b"reported", b"delta")}  # only desired is read
 # Commands get: pending comes from state.delta; of the outcomes in state.reported only
-# id: doneAt is kept (history pruning).
+# id: doneAt is kept (history pruning), in dicts of at most 8 (see protocol.read_trimmed).
 _TRIM_GET = {1: (b"metadata",), 2: (b"desired",)}
 _REPORTED = (2, b"reported")
 # What an incoming message is, told by the end of its topic (only our own thing's are
@@ -504,21 +504,32 @@ class Firmware:
             self._publish(self.c_update, {"state": {"reported": prune}})
 
     def _load_history(self, reported):
-        """The get's outcomes ({id: doneAt}) become the history; returns {id: None} for those past HISTORY."""
+        """The get's outcomes ([{id: doneAt, ...}, ...]) become the history; returns {id: None} for those past HISTORY."""
         hist = self.history
         hist.clear()
-        if not isinstance(reported, dict):
+        if not isinstance(reported, list):
             self.fresh = 0  # `fresh` counts the newest of history: with none, none
             return None
-        items = [(v, k) for k, v in reported.items() if isinstance(v, int) and not isinstance(v, bool) and len(k) <= 64]
-        items.sort()
-        prune = None
-        for _, cid in items:
+        # Oldest first, by (doneAt, id), picked one at a time: sorting would make a list and a
+        # tuple per outcome while the get's pending commands fill the heap (the restart's peak).
+        prune = lv = lk = None
+        while True:
+            bv = bk = None
+            for d in reported:
+                for k in d:
+                    v = d[k]
+                    if (isinstance(v, int) and not isinstance(v, bool) and len(k) <= 64
+                            and (lk is None or v > lv or v == lv and k > lk)
+                            and (bk is None or v < bv or v == bv and k < bk)):
+                        bv, bk = v, k
+            if bk is None:
+                break
+            lv, lk = bv, bk
             if len(hist) == HISTORY:
                 if prune is None:
                     prune = {}
                 prune[hist.pop(0)] = None
-            hist.append(cid)
+            hist.append(bk)
         self.fresh = min(self.fresh, len(hist))
         return prune
 

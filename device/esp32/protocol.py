@@ -206,8 +206,11 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
     stays valid JSON. A shadow document's `metadata` (a timestamp per leaf) is
     as large as its state; the commands get's `desired` repeats its `delta`.
     collapse: (depth, b"key"): in that member's object, each member's object
-    value is replaced by its `doneAt` number (0 without one), so a get's
-    outcomes arrive as {"id": doneAt, ...}, all that is read of them.
+    value is replaced by its `doneAt` number (0 without one), and the object
+    is cut into a list of objects of at most 8 members: a get's outcomes
+    arrive as [{"id": doneAt, ...}, ...], all that is read of them. (Parsed
+    whole, 16 outcomes need one 272-byte dict table, a block a small,
+    fragmented heap may not have; 8 need 128 bytes.)
     Whitespace between tokens is left out too.
     out: a bytearray to write the result into (allocated once by the caller, so
     a document needs no new block of the heap); a larger one is allocated only
@@ -223,6 +226,7 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
     last = -1  # length of the key just closed, waiting for its ':'
     cdepth, ckey = collapse or (-1, b"")
     cin = -1  # while inside the collapse object: the depth of its members
+    cn = 0  # members of the collapse object's current chunk, less one
     db = bytearray(20)  # the doneAt digits of the outcome being collapsed
     dn = -1  # >= 0: reading doneAt digits (that many so far); <= -2: read, -2 - count
     depth = 0
@@ -322,11 +326,29 @@ def read_trimmed(n, fill, targets, out=None, piece=256, collapse=None):
                     last = -1
                 elif c == 0x7D or c == 0x5D:
                     depth -= 1
-                    if depth < cin:
-                        cin = -1
+                    if depth < cin:  # the outcomes close (below)
+                        cin = -2
                     last = -1
-            if p == len(out):
+            if p + 3 > len(out):  # room for the most written below: "},{"
                 out = _grow(out, p)
+            if depth == cin and not in_str:  # the collapse object's own punctuation
+                if c == 0x7B:  # the opening: "[{"
+                    out[p] = 0x5B
+                    p += 1
+                    cn = 0  # members of the collapse object's current chunk, less one
+                elif c == 0x2C:
+                    cn += 1
+                    if cn == 8:  # "},{"
+                        cn = 0  # members of the collapse object's current chunk, less one
+                        out[p] = 0x7D
+                        out[p + 1] = 0x2C
+                        p += 2
+                        c = 0x7B
+            elif cin == -2:  # the closing: "}]"
+                cin = -1
+                out[p] = 0x7D
+                p += 1
+                c = 0x5D
             out[p] = c
             p += 1
     return memoryview(out)[:p]

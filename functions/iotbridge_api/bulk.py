@@ -24,7 +24,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -155,7 +154,7 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
             known["notQueued"] = _resume(job_id, int(known.get("pages") or 0))
             return known
     targets = list(dict.fromkeys(things)) if things is not None else _all_things(deadline)
-    job_id = job_id or uuid.uuid4().hex
+    job_id = job_id or contract.new_id()
     issued = record.now_ms()
     pages = record.split(targets)
     summary = {**request, "createdAt": issued, "expiresAt": issued + ttl_ms, "targets": len(targets), "pages": len(pages)}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -121,7 +120,7 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
     started = time.monotonic()
     check_online = request.ifOffline == "fail"
     device, (commands_doc,) = load_device(thing, COMMANDS_SHADOW, presence=check_online)
-    cid = request.id or uuid.uuid4().hex
+    cid = request.id or contract.new_id()
     # A retry of a known id gets that command, whatever changed since (the device went offline,
     # stopped advertising the action): it was accepted once, and a 4xx now would say it was not.
     current = _existing(thing, cid, request, commands_doc) if request.id else None

@@ -41,7 +41,7 @@ class CommandRequest(Model, strict=True):
 
 
 class CommandView(Model):
-    id: str
+    id: str = field(description="The caller's id, or one the API made: 26 characters, a-z and 2-7")
     thing: str
     action: str
     state: str = field(description="QUEUED | SENT | SUCCEEDED | FAILED | REJECTED | TIMED_OUT | EXPIRED")

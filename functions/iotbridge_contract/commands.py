@@ -7,9 +7,11 @@ reported.{id} = its outcome, written by the device in the same update that
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import json
+import os
 from typing import Any
 
 COMMANDS_SHADOW = "commands"
@@ -39,6 +41,16 @@ class CommandState(enum.StrEnum):
     @property
     def terminal(self) -> bool:
         return self not in (CommandState.QUEUED, CommandState.SENT)
+
+
+def new_id() -> str:
+    """A fresh command or job id: 26 characters of base32 (a-z, 2-7), 128 random bits.
+
+    Not uuid4().hex's 32: a device holds the id of every command it has pending or
+    reported (an ESP32, as 64-byte strings instead of 80), and a commands shadow
+    repeats each id in its state and metadata, inside AWS's 8 KB.
+    """
+    return base64.b32encode(os.urandom(16)).decode("ascii").rstrip("=").lower()
 
 
 def compact(value: Any) -> str:

@@ -13,12 +13,11 @@ import math
 import re
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from iotbridge_contract.commands import CommandState
+from iotbridge_contract.commands import CommandState, new_id
 from iotbridge_local.apiclient import (
     DEFAULT_DATA_DIR,
     ENV_KEY,
@@ -379,7 +378,7 @@ def _send(args: argparse.Namespace) -> int:
     started = time.monotonic()
     deadline = started + args.wait / 1000
     # Our own id, not the API's: known before the POST, so a Ctrl-C during its wait can still name the command.
-    cid = args.id if args.id is not None else uuid.uuid4().hex
+    cid = args.id if args.id is not None else new_id()
     request: dict[str, Any] = {
         "action": args.action, "params": _params(args.params), "id": cid,
         "timeoutMs": min(args.wait, API_MAX_WAIT_MS), "ifOffline": args.if_offline,

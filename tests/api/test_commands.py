@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -49,6 +50,21 @@ def test_command_is_queued_in_the_devices_commands_shadow(api: ApiClient) -> Non
     pending = shadow("lamp-1")["state"]["desired"][body["id"]]
     assert pending["action"] == "led" and pending["params"] == {"state": "on"}
     assert pending["expiresAt"] - pending["issuedAt"] == 60_000
+
+
+def test_ids_the_api_makes_are_short_random_and_valid_where_a_caller_id_is(api: ApiClient) -> None:
+    # GIVEN a device, and commands posted without an id
+    make_device("lamp-ids")
+    ids = [api.post("/devices/lamp-ids/commands", json={"action": "ping", "timeoutMs": 0}).json["id"] for _ in range(5)]
+    # THEN each has its own 26-character base32 id (128 random bits; a device holds every id it
+    # has pending or reported, so not 32 hex digits), pending under that id
+    assert len(set(ids)) == 5
+    assert all(re.fullmatch(r"[a-z2-7]{26}", cid) for cid in ids), ids
+    assert set(shadow("lamp-ids")["state"]["desired"]) == set(ids)
+    # AND each is an id a caller could have chosen: a retry with it is the same command, not a second
+    retry = api.post("/devices/lamp-ids/commands", json={"action": "ping", "id": ids[0], "timeoutMs": 0})
+    assert (retry.status, retry.json["id"]) == (202, ids[0])
+    assert set(shadow("lamp-ids")["state"]["desired"]) == set(ids)
 
 
 def test_answer_from_the_device_is_returned_with_200(api: ApiClient) -> None:

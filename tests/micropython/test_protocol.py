@@ -55,8 +55,42 @@ print(json.dumps([len(seen), json.loads(seen.pop())]))
     assert parsed["state"]["desired"] == 0
     assert parsed["state"]["delta"] == GET_DOC["state"]["delta"]
     # AND of each outcome only its own doneAt is kept (0 without one), not a nested one or a string
-    assert parsed["state"]["reported"] == {"old": 5, "no-time": 0}
+    assert parsed["state"]["reported"] == [{"old": 5, "no-time": 0}]
     assert (parsed["version"], parsed["timestamp"]) == (7, 1700000000)
+
+
+def test_many_outcomes_are_read_in_dicts_of_eight(tmp_path: Path) -> None:
+    # GIVEN a commands get with 17 outcomes (one with a string doneAt) and none, read in 1..13-byte pieces
+    outcomes = {f"id-{i}": {"state": "SUCCEEDED", "doneAt": 1000 + i, "result": {"x": [1, {"y": 2}]}} for i in range(17)}
+    outcomes["id-3"]["doneAt"] = "late"
+    docs = [{"state": {"reported": outcomes}, "version": 3}, {"state": {"reported": {}}, "version": 4}]
+    script = f"""
+import json
+from protocol import read_trimmed
+out = []
+for doc in {[json.dumps(d).encode() for d in docs]!r}:
+    seen = set()
+    for piece in range(1, 14):
+        pos = [0]
+        def fill(view, pos=pos, doc=doc):
+            view[:] = memoryview(doc)[pos[0]:pos[0] + len(view)]
+            pos[0] += len(view)
+        seen.add(bytes(read_trimmed(len(doc), fill, {{1: (b"metadata",)}}, bytearray(8), piece, (2, b"reported"))))
+    out.append([len(seen), json.loads(seen.pop())])
+print(json.dumps(out))
+"""
+    # WHEN the firmware's reader reads them
+    (answer,) = run_mpy(script, tmp_path)
+    assert isinstance(answer, list)
+    (variants, many), (variants_none, none) = answer
+    # THEN every piece size gives the same valid JSON: the outcomes as id: doneAt in dicts of
+    # at most 8 (0 for the doneAt that is not a number), and the rest intact
+    assert variants == variants_none == 1
+    chunks = many["state"]["reported"]
+    assert [len(c) for c in chunks] == [8, 8, 1]
+    assert {k: v for c in chunks for k, v in c.items()} == {f"id-{i}": 0 if i == 3 else 1000 + i for i in range(17)}
+    assert many["version"] == 3
+    assert none["state"]["reported"] == [{}]
 
 
 @pytest.mark.parametrize(

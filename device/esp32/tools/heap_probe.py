@@ -8,8 +8,9 @@ compiles the firmware with mpy-cross, and for each heap size tried runs
 iot-data, up to 10 pending at a time (the API's limit, so the deltas are as
 large as they get), then a reconnect that reads a commands shadow holding 16
 outcomes and 10 pending commands (the largest get document). Command ids are
-32 hex characters, as the API makes them (uuid4().hex) when the caller gives
-none; derived from a counter, so every run sends the same documents. A size
+shaped as the API makes them when the caller gives none (26 base32
+characters), or with --hex-ids as 32 hex digits (a caller's uuid4().hex);
+derived from a counter, so every run sends the same documents. A size
 passes when every command succeeded and the process is still alive. Binary
 search between --low and --high (KB). Uses the test harness in tests/micropython.
 """
@@ -17,6 +18,7 @@ search between --low and --high (KB). Uses the test harness in tests/micropython
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import sys
 import tempfile
@@ -42,9 +44,13 @@ THING = "esp32-probe"
 VERBOSE = False  # --verbose: a failed run's last firmware lines go to stderr
 
 
+HEX_IDS = False  # --hex-ids
+
+
 def api_id(name: str) -> str:
-    """An id shaped like the API's own (32 hex characters), the same on every run."""
-    return hashlib.md5(name.encode()).hexdigest()
+    """An id shaped like the API's own (contract.new_id: 26 base32 characters), the same on every run."""
+    digest = hashlib.md5(name.encode()).digest()
+    return digest.hex() if HEX_IDS else base64.b32encode(digest).decode().rstrip("=").lower()
 
 
 def _survived(fw: FirmwareProcess) -> tuple[bool, str]:
@@ -125,9 +131,10 @@ def main() -> int:
     ap.add_argument("--no-reconnect", dest="reconnect", action="store_false",
                     help="only the N commands, without the reconnect to a full commands shadow")
     ap.add_argument("--verbose", action="store_true", help="print a failed run's last firmware lines")
+    ap.add_argument("--hex-ids", action="store_true", help="ids of 32 hex digits (a caller's uuid4().hex), not the API's 26")
     args = ap.parse_args()
-    global VERBOSE
-    VERBOSE = args.verbose
+    global VERBOSE, HEX_IDS
+    VERBOSE, HEX_IDS = args.verbose, args.hex_ids
     with tempfile.TemporaryDirectory() as tmp:
         image = compile_firmware(Path(tmp) / "image")
         sizes = [args.only] if args.only else None
