@@ -89,6 +89,8 @@ class _Event:
         self.raw = event
         self.http_method = str(event.get("httpMethod") or "").upper()
         path = str(event.get("path") or "/")
+        self.base = _mapped_base(path, event)
+        path = path[len(self.base):]
         self.path = path[:-1] if len(path) > 1 and path.endswith("/") else path  # /devices/ is /devices
         self.headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
 
@@ -98,7 +100,7 @@ class _Event:
         called = str((self.raw.get("requestContext") or {}).get("path") or "")
         own = str(self.raw.get("path") or "")
         prefix = called[: len(called) - len(own)] if own and called.endswith(own) else ""
-        return prefix + route_path
+        return prefix + self.base + route_path
 
     def query(self) -> dict[str, Any]:
         """Query parameters; one given several times keeps all its values (a list), which no field accepts."""
@@ -121,6 +123,21 @@ class _Event:
             raise errors.InvalidJson("the body nests too deeply to be read") from None
         _check_json(value)
         return value
+
+
+def _mapped_base(path: str, event: dict[str, Any]) -> str:
+    """A custom domain's base path mapping ("/v1"), which API Gateway leaves at the start of
+    `path`: what precedes the {proxy+} part (decoded in pathParameters, as on AWS). "" on an
+    execute-api URL (the stage is not in `path`), or when the two do not line up."""
+    params = event.get("pathParameters")
+    proxy = params.get("proxy") if isinstance(params, dict) else None
+    if not isinstance(proxy, str) or not proxy:
+        return ""
+    decoded, tail = unquote(path), "/" + proxy
+    if not decoded.endswith(tail):
+        return ""
+    base = decoded[: len(decoded) - len(tail)]
+    return base if path.startswith(base + "/") else ""  # a base path is plain segments, never encoded
 
 
 # What json.loads takes but JSON (RFC 8259) and AWS IoT do not: NaN/Infinity, numbers past a

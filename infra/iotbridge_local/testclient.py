@@ -38,7 +38,7 @@ def response_headers(result: dict[str, Any]) -> dict[str, str]:
 
 class ApiClient:
     def __init__(self, *, handler: Handler | None = None, timeout_s: float = 30.0, api_key: str | None = "test",
-                 stage_in_url: bool = False) -> None:
+                 stage_in_url: bool = False, base_path: str = "") -> None:
         if handler is None:
             from iotbridge_api.handler import lambda_handler
 
@@ -47,6 +47,7 @@ class ApiClient:
         self.timeout_s = timeout_s
         self.api_key = api_key
         self.stage_in_url = stage_in_url  # called as on an execute-api URL: https://…/Prod/devices
+        self.base_path = base_path  # called through a custom domain's base path mapping: https://api.example/v1/devices
 
     def request(
         self, method: str, path: str, *, json: Any = None, body: bytes | None = None, headers: dict[str, str] | None = None
@@ -57,7 +58,7 @@ class ApiClient:
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
         event = build_event(method, path, headers=all_headers, body=body, api_key=self.api_key,
-                            stage_in_url=self.stage_in_url)
+                            stage_in_url=self.stage_in_url, base_path=self.base_path)
         result = self.handler(event, LambdaContext(timeout_s=self.timeout_s))
         return ApiResponse(result["statusCode"], response_headers(result), result.get("body") or "")
 

@@ -36,6 +36,27 @@ def test_location_keeps_the_stage_of_an_execute_api_url(aws: None) -> None:
     assert api.get(command.headers["Location"].removeprefix("/Prod")).status == 200
 
 
+def test_a_custom_domains_base_path_is_routed_and_kept_in_location(aws: None) -> None:
+    # GIVEN the API behind a custom domain whose base path mapping is /v1: API Gateway leaves
+    # /v1 at the start of `path`, and only the part after it in the {proxy+} parameter
+    make_device("lamp-d")
+    api = ApiClient(base_path="/v1")
+    # WHEN a command is posted through it and its wait runs out
+    command = api.post("/devices/lamp-d/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN it is routed as on the execute-api URL, and Location is under /v1, where the caller can poll
+    assert command.status == 202, command.body
+    assert command.headers["Location"] == f"/v1/devices/lamp-d/commands/{command.json['id']}"
+    assert api.get(command.headers["Location"].removeprefix("/v1")).json["id"] == command.json["id"]
+    # AND names are still checked after the base path, as without one: nothing is sent
+    published, shadows = _published_and_shadows()
+    for thing in ("a%2Fb", "v1", "%2Fv1", "%24aws"):
+        bad = api.post(f"/devices/{thing}/commands", json={"action": "ping"})
+        plain = ApiClient().post(f"/devices/{thing}/commands", json={"action": "ping"})
+        assert (bad.status, bad.json["code"]) == (plain.status, plain.json["code"]), bad.body
+        assert bad.status in (400, 404)
+    assert _published_and_shadows() == (published, shadows)
+
+
 def test_command_is_queued_in_the_devices_commands_shadow(api: ApiClient) -> None:
     # GIVEN a connected device that advertises `led`
     make_device("lamp-1")

@@ -85,6 +85,26 @@ def test_a_path_that_no_route_has_is_404_and_a_method_a_route_lacks_is_405() -> 
     assert (status, body["code"]) == (405, "METHOD_NOT_ALLOWED")
 
 
+def test_a_base_path_mapping_is_told_from_the_proxy_part_not_guessed_from_the_path() -> None:
+    def at(path: str, proxy: str | None) -> Answer:
+        event = build_event("GET", path)
+        event["pathParameters"] = {"proxy": proxy} if proxy is not None else None
+        result = app.resolve(event, LambdaContext(timeout_s=3))
+        return result["statusCode"], result["headers"], json.loads(result["body"])
+
+    # GIVEN requests through a custom domain whose base path is /api/v1 (left in `path`, not in the proxy part)
+    # THEN the route after it answers, with the item decoded as without a base path
+    assert at("/api/v1/items/abc", "items/abc")[2] == {"item": "abc", "limit": 5}
+    assert at("/api/v1/items/a%3Ab", "items/a:b")[2] == {"item": "a:b", "limit": 5}
+    # AND an item that looks like a route is an item: the base path comes from the proxy part, not a guess
+    assert at("/items/items", "items/items")[2]["item"] == "items"
+    # AND without a proxy part, or one that is not the end of the path, nothing is taken off
+    assert at("/api/v1/items/abc", None)[0] == 404
+    assert at("/api/v1/items/abc", "items/xyz")[0] == 404
+    # AND an encoded / in the path is still one segment of a bad name, not a base path
+    assert at("/api/v1/items/a%2Fb", "items/a/b")[0] == 404
+
+
 def test_problems_in_path_query_and_body_are_reported_together() -> None:
     # GIVEN a request wrong in its path, its query and its body WHEN it arrives
     status, _, body = call("POST", "/items/far-too-long/notes", body=b'{"text": ""}')

@@ -21,6 +21,7 @@ def build_event(
     body: bytes | None = None,
     stage: str = "Prod",
     stage_in_url: bool = False,
+    base_path: str = "",
     api_key: str | None = None,
     source_ip: str = "127.0.0.1",
 ) -> dict[str, Any]:
@@ -29,9 +30,12 @@ def build_event(
     `path` is the route; `requestContext.path` is the path as the caller reached it. On an
     execute-api URL (stage_in_url) that starts with /{stage}; the local gateway serves the
     stage at its root, as a custom domain does, so by default the two are the same.
+    `base_path` ("/v1"): called through a custom domain's base path mapping, which API
+    Gateway leaves at the start of `path` (and of requestContext.path), not in the proxy part.
     """
     parts = urlsplit(raw_path)
-    path = parts.path or "/"  # as a REST API passes it: percent-encoded as sent
+    route = parts.path or "/"  # as a REST API passes it: percent-encoded as sent
+    path = base_path + route if base_path else route
     pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
@@ -62,7 +66,7 @@ def build_event(
         "multiValueHeaders": multi or None,
         "queryStringParameters": query or None,
         "multiValueQueryStringParameters": query_multi or None,
-        "pathParameters": {"proxy": unquote(path.lstrip("/"))} if path != "/" else None,  # decoded, as on AWS
+        "pathParameters": {"proxy": unquote(route.lstrip("/"))} if route != "/" else None,  # decoded, as on AWS
         "stageVariables": None,
         "requestContext": {
             "resourceId": "local",
