@@ -89,7 +89,9 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        delay = self._rng.uniform(0, min(self.cap, self.base * (2**self.attempt)))
+        # The exponent is bounded: 0.5 * 2**1024 (the 1025th failed reconnect, ~4.4 h offline) is
+        # an OverflowError, and the reconnect loop would stop backing off.
+        delay = self._rng.uniform(0, min(self.cap, self.base * (2 ** min(self.attempt, 64))))
         self.attempt += 1
         return delay
 

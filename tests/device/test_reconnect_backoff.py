@@ -59,3 +59,18 @@ def test_a_connection_that_lasted_is_followed_by_a_quick_reconnect(tmp_path: Pat
     _, delay = _cut_after(session, now, STABLE_CONNECTION_S + 1)
     # THEN the agent is back within half a second, as after any healthy connection
     assert delay <= 0.5
+
+
+def test_hours_of_failed_reconnects_keep_a_jittered_capped_delay(tmp_path: Path) -> None:
+    # GIVEN an agent whose broker has been unreachable for hours: 1,500 connections cut at once
+    session = _session(tmp_path)
+    now, delays = time.monotonic() + 1, []
+    for _ in range(1500):
+        now, delay = _cut_after(session, now, 0.1)
+        delays.append(delay)
+        now += delay
+    # THEN every wait is still jittered under the 30 s cap (0.5 * 2**1024 used to overflow, and the
+    # agent then retried every second, in step with the rest of the fleet)
+    late = delays[1100:]
+    assert all(0 <= d <= 30.0 for d in late)
+    assert len({round(d, 3) for d in late}) > 300 and sum(late) / len(late) > 10
