@@ -7,6 +7,7 @@ do to unsynced appends.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -273,3 +274,35 @@ def test_a_log_deleted_while_the_device_runs_is_written_again_whole(tmp_path: Pa
     # THEN the file is back with both commands: nothing the device remembered is lost
     reread = ExecutedLog(tmp_path)
     assert reread.get("c1") is not None and reread.get("c2") is not None
+
+
+@pytest.mark.parametrize("ftruncate_fails", [False, True])
+def test_a_line_cut_short_by_a_full_disk_leaves_nothing_for_the_next_line_to_be_glued_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ftruncate_fails: bool
+) -> None:
+    # GIVEN a log with one command done
+    log = ExecutedLog(tmp_path)
+    log.started("a1", "ping")
+    log.finished("a1", "ping", {"state": "SUCCEEDED"})
+    # WHEN the disk fills up halfway through the next command's `started` line (nothing runs:
+    # the command is answered FAILED, "cannot record")
+    real_write = os.write
+
+    def half_then_full(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(executed_log.os, "write", half_then_full)
+    if ftruncate_fails:
+        monkeypatch.setattr(executed_log.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    with pytest.raises(OSError):
+        log.started("b1", "led")
+    monkeypatch.undo()
+    # AND, with space again, the next command is recorded as started, and then the device restarts
+    log.started("c1", "led")
+    reopened = ExecutedLog(tmp_path)
+    # THEN the restart knows c1 started (it is answered, never run again) and a1's outcome
+    assert reopened.get("c1") is not None and reopened.get("c1").outcome is None  # type: ignore[union-attr]
+    assert reopened.get("a1").outcome == {"state": "SUCCEEDED"}  # type: ignore[union-attr]
+    # AND every line of the file reads whole
+    assert all(json.loads(line) for line in lines(tmp_path))

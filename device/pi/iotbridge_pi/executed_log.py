@@ -144,6 +144,7 @@ class ExecutedLog:
         self._entries = found.entries
         self._lines = found.lines
         self.compactions = 0  # rewrites so far (tests read it)
+        self._torn = False  # a failed append may have left part of a line: rewrite before the next
         if found.torn or found.old or not self.path.exists():
             # Rewrite before appending anything: an append after a torn line would be
             # glued to it, and a migrated ledger must be on disk in the new format
@@ -175,6 +176,7 @@ class ExecutedLog:
         if self.fsync:
             self._sync_dir()
         self._lines = len(self._entries)
+        self._torn = False
         self.compactions += 1
 
     def _sync_dir(self) -> None:
@@ -187,7 +189,7 @@ class ExecutedLog:
                 os.close(dir_fd)
 
     def _append(self, entry: LogEntry, *, sync: bool) -> None:
-        if self._lines >= self.capacity + self.compact_every:
+        if self._torn or self._lines >= self.capacity + self.compact_every:
             # A rewrite holds the new entry too, and is as durable as a synced append.
             self._compact()
             return
@@ -199,11 +201,21 @@ class ExecutedLog:
             self._compact()
             return
         try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
-            if sync and self.fsync:
-                os.fdatasync(fd)
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if sync and self.fsync:
+                    os.fdatasync(fd)
+            except OSError:
+                # Disk full mid-line: half a line left behind would have the next one glued to it,
+                # and that line would then read as torn at a restart: its command could run again.
+                try:
+                    os.ftruncate(fd, end)
+                except OSError:
+                    self._torn = True
+                raise
         finally:
             os.close(fd)
         self._lines += 1
