@@ -231,3 +231,70 @@ def test_a_handler_past_its_deadline_is_waited_for_and_what_it_did_late_is_repor
     assert wire.outcomes()["s1"]["state"] == "TIMED_OUT"
     assert wire.outcomes()["r1"]["state"] == "SUCCEEDED" and overlapped == [False]
     assert any(u["state"]["reported"].get("led") == "on" for u in wire.updates(None))
+
+
+def _settle(wire: Wire, until: Any, timeout: float = 5.0) -> None:
+    """Step (as the pump would) until until() holds; threaded handlers finish on their own."""
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.02)
+        wire.step(0.02)
+
+
+def test_commands_waiting_when_the_connection_drops_wait_for_the_next_classic_get(tmp_path: Path) -> None:
+    import threading
+
+    # GIVEN a device that applied desired led "on", and is running a slow command with `led off` queued behind it
+    release = threading.Event()
+    registry = default_registry()
+    registry.add(Action("slow", {}, lambda device, params: release.wait(5), deadline_s=5.0))
+    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
+    wire.connect()
+    wire.answer_get(None, {"desired": {"led": "on"}})
+    assert wire.device.led == "on"
+    pending = {"s1": command("slow", {}), "l1": command("led", {"state": "off"}, issued_ms=NOW_MS + 1)}
+    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
+    wire.step(0.01)
+    # WHEN the connection drops while the slow one runs, which finishes as the device reconnects
+    wire.drop()
+    release.set()
+    time.sleep(0.1)
+    wire.connect()
+    _settle(wire, lambda: "s1" in wire.outcomes())
+    # AND the classic get (asked at that connect) answers with the desired value from before `led off`
+    wire.answer_get(None, {"desired": {"led": "on"}})
+    wire.answer_get(COMMANDS_SHADOW, {"desired": {"l1": pending["l1"]}})
+    _settle(wire, lambda: "l1" in wire.outcomes())
+    for _ in range(3):
+        if wire.updates(None)[-1].get("clientToken"):
+            wire.accept_last_state()
+        wire.step(1.0)
+    # THEN `led off` ran after that get was applied: it succeeded, the LED is off, and desired.led is cleared
+    assert wire.outcomes()["l1"]["state"] == "SUCCEEDED"
+    assert wire.device.led == "off"
+    assert any((u["state"].get("desired") or {}).get("led", "absent") is None for u in wire.updates(None))
+
+
+def test_a_stopping_agent_finishes_the_running_command_and_starts_no_other(tmp_path: Path) -> None:
+    import threading
+
+    # GIVEN a device running a slow command with a ping queued behind it
+    release = threading.Event()
+    registry = default_registry()
+    registry.add(Action("slow", {}, lambda device, params: release.wait(5), deadline_s=5.0))
+    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
+    wire.connect()
+    wire.answer_get(None, {})
+    pending = {"s1": command("slow", {}), "p1": command("ping", {}, issued_ms=NOW_MS + 1)}
+    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
+    wire.step(0.01)
+    # WHEN the agent is told to stop (systemctl stop: the pump drains), and the slow one then finishes
+    wire.session.drain()
+    release.set()
+    _settle(wire, lambda: "s1" in wire.outcomes())
+    wire.step(0.5)
+    # THEN the slow one is reported, and the ping was not started only to be cut off: the next
+    # start's get lists it, and it runs then
+    assert wire.outcomes()["s1"]["state"] == "SUCCEEDED"
+    assert "p1" not in wire.outcomes() and wire.session.commands_run == 1
+    assert not wire.session.busy()

@@ -291,6 +291,10 @@ class CommandCore:
         token = document.get("clientToken")
         return isinstance(token, str) and self._in_flight.pop(token, None) is not None
 
+    def release(self, command_id: str) -> None:
+        """A command handed out to run and not started: the next document that lists it may hand it out again."""
+        self._claimed.discard(command_id)
+
     def disconnected(self) -> None:
         """Nothing in flight survives a connection: the next get re-reports from the log."""
         self._unsent.clear()

@@ -60,6 +60,10 @@ class Pumped(Protocol):
         """True while it still has work it should finish before a clean shutdown."""
         ...
 
+    def drain(self) -> None:
+        """Stopping soon: finish what runs, start nothing new."""
+        ...
+
     def shutdown(self) -> None:
         """Say goodbye (clean DISCONNECT); the pump flushes the bytes afterwards."""
         ...
@@ -261,6 +265,8 @@ class Pump:
     def _drain(self, drain_s: float) -> None:
         """Let running commands finish and report, then disconnect cleanly and flush."""
         deadline = time.monotonic() + drain_s
+        for session in self._sessions:
+            session.drain()
         while time.monotonic() < deadline and any(s.busy() for s in self._sessions):
             self._io(min(0.05, self._timeout()))
             self._step_ready()

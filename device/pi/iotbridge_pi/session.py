@@ -179,6 +179,7 @@ class DeviceSession:
         self._tokens_at = time.monotonic()
         self._state_tokens = 0
         self._stopping = False
+        self._draining = False  # stopping, or the system reboots: no queued command starts
 
     def _clear_outbox(self) -> None:
         # Nothing here is precious: outcomes are in the executed log and state is
@@ -291,6 +292,12 @@ class DeviceSession:
             for keys in self._state_sent.values():
                 self._clear_after_connect.update(keys)
             self._clear_outbox()
+            # Commands not started yet wait for the next connection's gets, which list them again:
+            # run at its CONNACK, one would start before the classic shadow's get is applied, and
+            # an older desired value in that get would undo it.
+            for command in self._queue:
+                self.core.release(command.id)
+            self._queue.clear()
             self.core.disconnected()
             if self._reboot_at is None:
                 if was and now - self._connected_at >= STABLE_CONNECTION_S:
@@ -552,7 +559,7 @@ class DeviceSession:
                     log.warning("%s: a timed-out %s handler is still running; going on without it",
                                 self.thing, straggler.action.name)  # fmt: skip
                     self._straggler = None
-            if not self._queue or self._reboot_at is not None:
+            if not self._queue or self._reboot_at is not None or self._draining:
                 return
             command = self._queue.popleft()
             instead = self.core.begin(command)  # EXPIRED, or FAILED when it cannot be logged: not run
@@ -584,6 +591,7 @@ class DeviceSession:
             log.warning("%s: rebooting the system", self.thing)
             self.options.reboot()
             self._reboot_at = None
+            self._draining = True  # a command started now would be cut off by the reboot
             return
         log.info("%s: simulated reboot: dropping the connection and process state", self.thing)
         sock: Any = self.client.socket()
@@ -608,6 +616,11 @@ class DeviceSession:
         self._telemetry_due = now + self.device.interval_s
 
     # -- shutdown ------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stopping: the command running may finish and report; no queued one starts (a command
+        started now would be cut off, and answered FAILED for nothing). The next start's get lists them."""
+        self._draining = True
 
     def shutdown(self) -> None:
         self._stopping = True
