@@ -278,3 +278,17 @@ def test_the_agent_reconnects_after_the_broker_restarts(
     wait_for(lambda: session.connected and session.connections >= 2, "reconnect", timeout=60)
     shadows.add_command("pi-1", "after-restart", "ping")
     assert shadows.outcome("pi-1", "after-restart", timeout=60)["result"] == {"pong": True}
+
+
+def test_a_desired_value_set_right_after_a_command_on_the_same_key_is_applied(
+    start_agent: Callable[..., RunningAgent], shadows: Shadows
+) -> None:
+    # GIVEN a connected device that has just run "led on"
+    handle = start_agent("pi-1")
+    shadows.add_command("pi-1", "cmd-on", "led", {"state": "on"})
+    assert shadows.outcome("pi-1", "cmd-on")["state"] == "SUCCEEDED"
+    # WHEN someone sets desired led "off" at once (within the command's second, as the shadow stamps it)
+    shadows.update("pi-1", {"state": {"desired": {"led": "off"}}})
+    # THEN the device follows the newer desired value: it is not taken for one older than the command
+    wait_for(lambda: shadows.reported("pi-1").get("led") == "off", "led reported off")
+    assert handle.agent.device.led == "off"

@@ -298,3 +298,48 @@ def test_a_stopping_agent_finishes_the_running_command_and_starts_no_other(tmp_p
     assert wire.outcomes()["s1"]["state"] == "SUCCEEDED"
     assert "p1" not in wire.outcomes() and wire.session.commands_run == 1
     assert not wire.session.busy()
+
+
+def _clears_led(update: dict[str, Any]) -> bool:
+    return "led" in (update["state"].get("desired") or {}) and update["state"]["desired"]["led"] is None
+
+
+def test_a_late_classic_get_or_delta_does_not_undo_a_command_that_ran_after_its_value(tmp_path: Path) -> None:
+    # GIVEN a connected device whose classic get is slow, so commands run without it after the wait
+    wire = Wire(tmp_path)
+    wire.connect()
+    token = wire.last_get_token(None)
+    wire.answer_get(COMMANDS_SHADOW, {"desired": {"l1": command("led", {"state": "off"})}})
+    wire.step(CLASSIC_FIRST_S + 0.1)
+    wire.accept_last_state()  # its state update (clearing desired.led); the outcome follows it
+    wire.step(1.0)
+    assert (wire.outcomes()["l1"]["state"], wire.device.led) == ("SUCCEEDED", "off")
+    # WHEN that get's answer then arrives, with desired led "on" stamped a minute before the command,
+    # and a delta published before the command's clear arrives late too
+    stamp = {"led": {"timestamp": NOW_S - 60}}
+    wire.message(None, "get", "accepted", {"state": {"desired": {"led": "on"}}, "metadata": {"desired": stamp},
+                                           "clientToken": token})  # fmt: skip
+    wire.message(None, "update", "delta", {"state": {"led": "on"}, "metadata": stamp})
+    wire.step(1.0)
+    # THEN the LED stays off, as the command left it, and the stale value is cleared from desired
+    assert wire.device.led == "off"
+    assert _clears_led(wire.updates(None)[-1])
+
+
+def test_a_value_the_user_set_while_the_device_was_away_is_applied_on_reconnect(tmp_path: Path) -> None:
+    # GIVEN a device that ran `led on` (its state update, clearing desired.led, unanswered) and lost its connection
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(None, {})
+    wire.answer_get(COMMANDS_SHADOW, {})
+    wire.message(COMMANDS_SHADOW, "update", "delta", {"state": {"l1": command("led", {"state": "on"})}})
+    assert wire.device.led == "on"
+    wire.drop()
+    sent_before = len(wire.updates(None))
+    # WHEN, while it was away, the user set led "off" (stamped after the command), and it reconnects
+    wire.connect()
+    wire.answer_get(None, {"desired": {"led": "off"}}, metadata={"desired": {"led": {"timestamp": NOW_S + 30}}})
+    wire.step(1.0)
+    # THEN the user's newer value is applied, and not cleared
+    assert wire.device.led == "off"
+    assert not any(_clears_led(u) for u in wire.updates(None)[sent_before:])

@@ -172,7 +172,9 @@ class DeviceSession:
         self._classic_synced = False  # this connection's classic get was answered
         self._held: list[tuple[str, dict[str, Any]]] = []  # commands-shadow messages waiting for it
         self._held_since: float | None = None
-        self._clear_after_connect: set[str] = set()  # desired keys a command overrode, not yet cleared
+        # Desired keys a command set, with when (the service's ms): a desired value the shadow
+        # stamped before that is older than the command, and is cleared, never applied (see _older).
+        self._commanded: dict[str, int] = {}
         self._refused_logged: dict[str, str] = {}  # desired keys last refused, with why
         self._clear_outbox()
         self._flush_tokens = UPDATE_BURST
@@ -286,11 +288,6 @@ class DeviceSession:
             self._get_retry.clear()  # every connect asks afresh
             self._get_tokens.clear()  # and answers to this connection's gets are stale after it
             self._classic_synced, self._held, self._held_since = False, [], None
-            # A desired key a command overrode must not come back with the next get (the clear
-            # may not have been sent, or been lost with the connection).
-            self._clear_after_connect |= self._classic_clear | self._state_lost
-            for keys in self._state_sent.values():
-                self._clear_after_connect.update(keys)
             self._clear_outbox()
             # Commands not started yet wait for the next connection's gets, which list them again:
             # run at its CONNACK, one would start before the classic shadow's get is applied, and
@@ -443,9 +440,9 @@ class DeviceSession:
         elif parsed.shadow is None:
             if what == ("get", "accepted"):
                 desired = (doc.get("state") or {}).get("desired") or {}
-                # A value a command overrode is cleared, not applied again: the command came later.
-                overridden = tuple(k for k in self._clear_after_connect if k in desired)
-                self._clear_after_connect = set()
+                # A value older than a command that set the key is cleared, not applied again: its
+                # clear may be unsent or lost with a connection, or this answer late or a second one.
+                overridden = self._older(desired, ((doc.get("metadata") or {}).get("desired")))
                 # All of desired, not the delta: the delta is against the reported state from
                 # before this (re)start, and a rebooted device's hardware may no longer match it.
                 self._apply_desired({k: v for k, v in desired.items() if k not in overridden}, now)
@@ -455,8 +452,12 @@ class DeviceSession:
                 self._report_full_state(now)  # 404: a new device, its shadow starts here; else asked again
                 if doc.get("code") == 404:
                     self._release_held()
-            elif what == ("update", "delta") and self._apply_desired(doc.get("state") or {}, now):
-                self._report_state(self.device.state())
+            elif what == ("update", "delta"):
+                # A delta published before a command's clear can arrive after the command ran.
+                delta = doc.get("state") or {}
+                older = self._older(delta, doc.get("metadata"))
+                if self._apply_desired({k: v for k, v in delta.items() if k not in older}, now):
+                    self._report_state(self.device.state())
             if what[0] == "update" and what[1] in ("accepted", "rejected"):
                 token = doc.get("clientToken")
                 cleared = self._state_sent.pop(str(token), None)
@@ -464,6 +465,26 @@ class DeviceSession:
                     self._state_rejected(doc, cleared, now)
                 if self._state_gate is not None and token == self._state_gate[0]:
                     self._open_state_gate()
+
+    def _older(self, desired: Any, stamps: Any) -> tuple[str, ...]:
+        """Keys of `desired` whose value the shadow stamped before a command set them here.
+
+        AWS orders nothing across topics and stamps whole seconds, and our clock of the service
+        may run up to a second fast (ServiceClock): only a value stamped in an earlier second than
+        the command's, by that margin, is older. One stamped in the command's own second counts as
+        newer (a user's change is not dropped on a guess); one without a stamp as older."""
+        if not isinstance(desired, dict):
+            return ()
+        older = []
+        for key in desired:
+            at = self._commanded.get(key)
+            if at is None:
+                continue
+            meta = stamps.get(key) if isinstance(stamps, dict) else None
+            ts = meta.get("timestamp") if isinstance(meta, dict) else None
+            if not isinstance(ts, int) or isinstance(ts, bool) or ts * 1000 + 1999 <= at:
+                older.append(key)
+        return tuple(older)
 
     def _commands_message(self, kind: str, doc: dict[str, Any]) -> None:
         self._act_on(self.core.on_get_accepted(doc) if kind == "accepted" else self.core.on_delta(doc))
@@ -576,6 +597,8 @@ class DeviceSession:
         if state is not CommandState.SUCCEEDED:
             return
         changed = {k: v for k, v in self.device.state().items() if k in _STATE_OF_ACTION.get(command.action, ())}
+        at = self.core.service_clock.now_ms() or wall_ms()
+        self._commanded.update(dict.fromkeys(changed, at))
         if changed:
             # A command supersedes an older desired value of the same key; left in
             # desired, it would show up as a delta and undo the command at once.
