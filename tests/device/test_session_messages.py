@@ -343,3 +343,24 @@ def test_a_value_the_user_set_while_the_device_was_away_is_applied_on_reconnect(
     # THEN the user's newer value is applied, and not cleared
     assert wire.device.led == "off"
     assert not any(_clears_led(u) for u in wire.updates(None)[sent_before:])
+
+
+def test_a_command_whose_clear_a_crash_prevented_is_not_undone_after_the_restart(tmp_path: Path) -> None:
+    # GIVEN a device that applied desired led "on" (set a minute ago), then ran "led off", and was
+    # killed before its state update (clearing desired.led) went out
+    wire = Wire(tmp_path)
+    wire.connect()
+    stamp = {"desired": {"led": {"timestamp": NOW_S - 60}}}
+    wire.answer_get(None, {"desired": {"led": "on"}}, metadata=stamp)
+    wire.answer_get(COMMANDS_SHADOW, {})
+    wire.session._flush_tokens = 0.0  # the update budget is spent: the next state update waits
+    wire.message(COMMANDS_SHADOW, "update", "delta", {"state": {"l1": command("led", {"state": "off"})}})
+    assert wire.device.led == "off"
+    # WHEN the agent starts again (a new process, the same executed log) and the classic shadow still says "on"
+    again = Wire(tmp_path)
+    again.connect()
+    again.answer_get(None, {"desired": {"led": "on"}}, metadata=stamp)
+    again.step(1.0)
+    # THEN the older value is cleared, not applied: the command's "off" stands
+    assert again.device.led == "off"
+    assert _clears_led(again.updates(None)[-1])

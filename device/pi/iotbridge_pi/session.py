@@ -174,7 +174,16 @@ class DeviceSession:
         self._held_since: float | None = None
         # Desired keys a command set, with when (the service's ms): a desired value the shadow
         # stamped before that is older than the command, and is cleared, never applied (see _older).
+        # From the executed log too: a crash can come before a command's clear was sent.
         self._commanded: dict[str, int] = {}
+        executed = self.core.log
+        for command_id in executed.ids():
+            entry = executed.get(command_id)
+            outcome = entry.outcome if entry is not None else None
+            done_at = outcome.get("doneAt") if outcome and outcome.get("state") == CommandState.SUCCEEDED else None
+            if isinstance(done_at, int) and entry is not None:
+                for key in _STATE_OF_ACTION.get(entry.action, ()):
+                    self._commanded[key] = max(done_at, self._commanded.get(key, 0))
         self._refused_logged: dict[str, str] = {}  # desired keys last refused, with why
         self._clear_outbox()
         self._flush_tokens = UPDATE_BURST
