@@ -41,6 +41,15 @@ RECORD_MARGIN_S = 5.0  # of the request's time, kept after listing `all` for wri
 INLINE_TARGETS = 50  # queued inside the POST: about as long as one page invocation's cold start
 THREADS = 16
 REFRESH_DEVICES = 500  # device shadows read per GET to refresh counts, beyond the window
+# The Lambda client's timeouts; it makes one attempt per call (_hand_over tries again, within the
+# request's time), so one Invoke call lasts at most INVOKE_MS. An asynchronous invoke answers in tens of ms.
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 1, 2
+INVOKE_MS = (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) * 1000
+INVOKE_BACKOFF_S = (0.2, 0.6)  # before the second and third try
+# What a page's hand-over may still need: an invoke, then reading and writing the page's record if it
+# failed. The inline attempt stops that much earlier than the request's deadline (and fanout.MARGIN_MS
+# before that again, for its last device call and its own record write).
+HAND_OVER_MS = INVOKE_MS + 2 * record.RECORD_MS
 NOT_SENT, UNKNOWN, PENDING = "NOT_SENT", "UNKNOWN", "PENDING"
 TERMINAL = frozenset(s.value for s in CommandState if s.terminal)
 _STARTED = ("action", "params", "createdAt", "expiresAt", "targets", "pages")  # of the summary, in POST's answer
@@ -56,21 +65,42 @@ def _lambda() -> Any:
                 import boto3
                 from botocore.config import Config
 
-                cfg = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 3, "mode": "standard"})
+                cfg = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                             retries={"total_max_attempts": 1, "mode": "standard"})
                 _lambda_client.append(boto3.client("lambda", config=cfg))
     return _lambda_client[0]
+
+
+class _NotInvoked(RuntimeError):
+    """The fan-out was certainly not invoked (nothing to invoke)."""
 
 
 def _start_fanout(job_id: str, page: int) -> None:
     """One asynchronous invocation of the fan-out function for one page (Lambda keeps and retries the event)."""
     function = os.environ.get("JOBS_FUNCTION_NAME")
     if not function:
-        raise RuntimeError("JOBS_FUNCTION_NAME is not set: no fan-out function to invoke")
+        raise _NotInvoked("JOBS_FUNCTION_NAME is not set: no fan-out function to invoke")
     payload = json.dumps({"jobId": job_id, "page": page}).encode()
     answer = _lambda().invoke(FunctionName=function, InvocationType="Event", Payload=payload)
     answer["Payload"].read()  # empty, but unread it keeps the connection out of the pool: a new one per page
     if answer.get("StatusCode") != 202:
         raise RuntimeError(f"Lambda answered {answer.get('StatusCode')} to an asynchronous invoke")
+
+
+def _surely_not_invoked(exc: Exception) -> bool:
+    """Whether Lambda certainly did not take the event: it refused it (an error answer, not a 5xx), or no
+    connection was made. After a read timeout, a dropped connection or a 5xx it may have taken it."""
+    from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
+
+    if isinstance(exc, ClientError):
+        metadata: dict[str, Any] = dict(exc.response.get("ResponseMetadata") or {})
+        status = metadata.get("HTTPStatusCode")
+        return isinstance(status, int) and status < 500
+    return isinstance(exc, (_NotInvoked, ConnectTimeoutError, EndpointConnectionError))
+
+
+def _left_ms(deadline: float) -> int:
+    return int((deadline - time.monotonic()) * 1000)
 
 
 def _all_things(deadline: float) -> list[str]:
@@ -151,7 +181,7 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     if job_id is not None:
         known = _recorded(job_id, request)
         if known is not None:
-            known["notQueued"] = _resume(job_id, int(known.get("pages") or 0))
+            known["notQueued"] = _resume(job_id, int(known.get("pages") or 0), deadline)
             return known
     targets = list(dict.fromkeys(things)) if things is not None else _all_things(deadline)
     job_id = job_id or contract.new_id()
@@ -165,70 +195,131 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
         list(pool.map(lambda n: _shadow_call(record.update_page, job_id, n, page_records[n]), range(len(pages))))
     _shadow_call(record.patient, record.update, JOBS_THING, {"state": {"reported": summary}}, record.summary_shadow(job_id))
 
-    queued, not_queued, to_invoke = 0, [], list(range(len(pages)))
-    if len(pages) == 1 and len(targets) <= INLINE_TARGETS:
-        remaining = lambda: int((deadline - time.monotonic()) * 1000)  # noqa: E731
+    queued, not_queued = 0, []
+    # Each page to hand to the fan-out, with its devices this request knows are not queued (None: unknown).
+    unsent: dict[int, list[str] | None] = dict(enumerate(pages))
+    inline_ms = lambda: _left_ms(deadline) - HAND_OVER_MS  # noqa: E731  # the rest is the hand-over's
+    if len(pages) == 1 and len(targets) <= INLINE_TARGETS and inline_ms() >= fanout.START_MS:
         try:
-            outcome = fanout.run_page(job_id, 0, by="api", remaining_ms=remaining)
+            outcome = fanout.run_page(job_id, 0, by="api", remaining_ms=inline_ms)
         except fanout.Incomplete as exc:
             outcome = exc.outcome  # what did not make it goes to the fan-out function, as a retry
         except record.ShadowError:
             outcome = None  # the page's own record said how far it got; the fan-out takes it from there
-        if outcome is not None and outcome.state != record.RETRYING:
-            to_invoke = []
+        if outcome is None:
+            unsent = {0: None}  # some devices may have it: none is reported unsent
+        elif outcome.state != record.RETRYING:
+            unsent = {}
+        else:
+            unsent = {0: [f["thing"] for f in outcome.failed if f["code"] in fanout.RETRYABLE_CODES]}
         if outcome is not None:
             queued = outcome.queued
             not_queued = [f for f in outcome.failed if f["code"] not in fanout.RETRYABLE_CODES]
 
-    not_queued += _hand_over(job_id, {page: pages[page] for page in to_invoke})
+    not_queued += _hand_over(job_id, unsent, deadline)
     return {"jobId": job_id, **{k: summary[k] for k in _STARTED}, "queued": queued, "notQueued": not_queued[:100]}
 
 
-def _hand_over(job_id: str, pages: dict[int, list[str]]) -> list[dict[str, Any]]:
-    """Invoke the fan-out for each page; the devices of a page it could not be started for, NOT_SENT.
+def _hand_over(job_id: str, pages: dict[int, list[str] | None], deadline: float) -> list[dict[str, Any]]:
+    """Invoke the fan-out for each page; returns the devices known not to have the command where it failed.
 
-    The job is recorded by now: nothing here may fail the request, or the caller would retry
-    (with a new id, if it chose none) and its devices could get the command twice.
+    `pages` maps each page to its devices not queued so far (None: not known). The job is
+    recorded by now: nothing here may fail the request, or the caller would retry (with a new
+    id, if it chose none) and its devices could get the command twice. A page that could not
+    be handed over stays open (RETRYING by the API): a retry of the same request hands it over
+    (`_resume`), else it settles at the job's expiry. Its devices are reported NOT_SENT only when
+    Lambda certainly did not take the event, and no sender has taken the page since: after a
+    timeout, the fan-out may be queueing them, and a caller who sent them the command again
+    (under another id) would have it run twice.
     """
 
-    def invoke(page: int) -> str | None:
-        try:
-            _start_fanout(job_id, page)
-        except Exception as exc:  # recorded on the page: progress shows its devices NOT_SENT with this error
-            error = f"the fan-out could not be started: {type(exc).__name__}: {str(exc)[:200]}"
-            sent = record.sent_record(record.FAILED, attempt=0, by="api", error=error, queued=0)
-            with contextlib.suppress(record.ShadowError):  # else the page settles at the job's expiry
-                record.update_page(job_id, page, {"sent": sent})
-            return error
-        return None
+    def hand(page: int) -> list[dict[str, Any]]:
+        error, unsure = "", False
+        for pause in (0.0, *INVOKE_BACKOFF_S):  # each try only with time for it and what follows a failure
+            if _left_ms(deadline) - pause * 1000 < HAND_OVER_MS:
+                error = error or "the fan-out could not be started: the request ran out of time"
+                break
+            time.sleep(pause)
+            try:
+                _start_fanout(job_id, page)
+                return []
+            except Exception as exc:
+                error = f"the fan-out could not be started: {type(exc).__name__}: {str(exc)[:200]}"
+                unsure = unsure or not _surely_not_invoked(exc)
+        ours = _keep_open(job_id, page, error, deadline)
+        things = pages[page]
+        if unsure or not ours or things is None:
+            return []
+        return [{"thing": t, "code": NOT_SENT, "error": error} for t in things]
 
     not_queued: list[dict[str, Any]] = []
     with ThreadPoolExecutor(min(THREADS, max(1, len(pages)))) as pool:
-        for page, error in zip(pages, pool.map(invoke, pages), strict=True):
-            if error:
-                not_queued += [{"thing": t, "code": NOT_SENT, "error": error} for t in pages[page]]
+        for failed in pool.map(hand, pages):
+            not_queued += failed
     return not_queued[:100]
 
 
-def _resume(job_id: str, page_count: int) -> list[dict[str, Any]]:
+def _keep_open(job_id: str, page: int, error: str, deadline: float) -> bool:
+    """Record why the page was not handed over, leaving it open (RETRYING by the API) for a retry of the request.
+
+    Only while the page is untaken or the API's: written with the version read, so that a
+    fan-out which got the event after all (the invoke timed out) and took the page meanwhile
+    keeps its record. `attempt` and `queued` are kept: the devices an earlier attempt queued
+    stay queued. False when a sender other than the API has the page (or it is done).
+    """
+    for _ in range(3):
+        if _left_ms(deadline) < 2 * record.RECORD_MS:
+            return True  # not recorded: the page stays as it was, untaken or the API's, and open
+        try:
+            doc = record.get_page(job_id, page)
+            sent = record.reported(doc).get("sent") or {}
+            if doc is None:
+                return True
+            if sent.get("state") and (sent.get("by") != "api" or sent.get("state") in record.SETTLED):
+                return False
+            kept = record.sent_record(record.RETRYING, attempt=int(sent.get("attempt") or 0), by="api",
+                                      error=error, queued=_int_or_none(sent.get("queued")))  # fmt: skip
+            record.update_page(job_id, page, {"sent": kept}, version=doc["version"])
+            return True
+        except record.Conflict:
+            continue  # the page changed meanwhile: look again
+        except record.ShadowError:
+            return True  # not recorded: as above
+    return True
+
+
+def _resume(job_id: str, page_count: int, deadline: float) -> list[dict[str, Any]]:
     """Hand the fan-out the pages of a recorded job that no sender has, or will, come back to.
 
     Those are pages never taken (the first request ended before invoking their fan-out) and
     pages the API took inline whose claim lapsed or that it left RETRYING (it may have ended
-    before invoking the fan-out for them). A page the fan-out already has is left alone; an
-    extra invocation would be harmless anyway (the claim lets one sender work on a page).
+    before invoking the fan-out for them, or failed to). A page the fan-out already has is left
+    alone; an extra invocation would be harmless anyway (the claim lets one sender work on a page).
     """
     now = record.now_ms()
     docs = _read_pages(job_id, page_count)
-    orphans: dict[int, list[str]] = {}
+    orphans: dict[int, list[str] | None] = {}
     for page, doc in enumerate(docs):
         reported = record.reported(doc)
         sent = reported.get("sent") or {}
         state, by = sent.get("state"), sent.get("by")
         live = state == record.SENDING and int(sent.get("until") or 0) > now
         if not state or (by == "api" and state not in record.SETTLED and not live):
-            orphans[page] = record.page_things(reported)
-    return _hand_over(job_id, orphans) if orphans else []
+            orphans[page] = _unsent(reported)
+    return _hand_over(job_id, orphans, deadline) if orphans else []
+
+
+def _unsent(reported: dict[str, Any]) -> list[str] | None:
+    """A page's devices known not to be queued: all before any attempt, those an attempt could not reach
+    after it (`failed`, as it recorded them), else not known (an attempt that ended without its record)."""
+    things = record.page_things(reported)
+    sent = reported.get("sent") or {}
+    if not sent.get("state") or int(sent.get("attempt") or 0) == 0:
+        return things
+    if sent.get("state") == record.RETRYING and _int_or_none(sent.get("queued")) is not None:
+        failed = record.decode_failed(reported.get("failed"))
+        return [things[i] for i, code in sorted(failed.items()) if code in fanout.RETRYABLE_CODES and i < len(things)]
+    return None
 
 
 def _read_pages(job_id: str, page_count: int) -> list[dict[str, Any] | None]:

@@ -31,7 +31,12 @@ THREADS = 16
 DEVICE_TRIES = 4  # per device and attempt, for throttling / transient errors
 BACKOFF_S = (0.1, 0.3, 0.8)
 CLAIM_TRIES = 20
-MARGIN_MS = 3_000  # stop sending this long before the invocation's end, to record how far it got
+# Stop starting device calls this long before the invocation's end: a call started just before
+# may last its worst case, and then the page's record must still be written, saying how far it got.
+MARGIN_MS = record.CALL_MS + record.RECORD_MS
+# A claim (a read and a versioned write of the page), and the page's record after it should no device
+# call fit: an attempt is started (and a lost claim tried again) only with this much time left.
+START_MS = 3 * record.RECORD_MS
 
 
 class Incomplete(Exception):
@@ -57,9 +62,12 @@ class PageOutcome:
                 "queued": self.queued, "failed": len(self.failed), "error": self.error}  # fmt: skip
 
 
-def _claim(job_id: str, page: int, *, by: str, until: int) -> tuple[int, dict[str, Any]] | PageOutcome:
+def _claim(job_id: str, page: int, *, by: str, until: int,
+           remaining_ms: Callable[[], int]) -> tuple[int, dict[str, Any]] | PageOutcome:  # fmt: skip
     """Take the page for this sender: (attempt, page's reported state), or the reason to leave it alone."""
-    for _ in range(CLAIM_TRIES):
+    for n in range(CLAIM_TRIES):
+        if n and remaining_ms() < START_MS:
+            break  # no time for another try, and what follows it
         doc = record.get_page(job_id, page)
         if doc is None:
             return PageOutcome(job_id, page, "SKIPPED", error="no such job page")
@@ -88,7 +96,8 @@ def _claim(job_id: str, page: int, *, by: str, until: int) -> tuple[int, dict[st
             continue  # someone else moved first: look again
         return attempt, record.reported(doc)
     # GETs write counts on the page too: never give the page up for that, let Lambda try again later.
-    raise record.ShadowError("CONFLICT", f"job {job_id} page {page} kept changing while being claimed", retryable=True)
+    raise record.ShadowError("CONFLICT", f"job {job_id} page {page} kept changing while being claimed",
+                             retryable=True)  # or time ran out: Lambda retries the event (the API hands it over)
 
 
 def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, careful: bool, out_of_time: Callable[[], bool]) -> str | None:
@@ -108,6 +117,8 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, careful: bool,
                 return None if contract.is_same_command(known, entry["action"], entry["params"]) else "ID_CONFLICT"
             if contract.live_pending(record.desired(doc), record.now_ms()) >= contract.MAX_PENDING:
                 return "TOO_MANY_PENDING"
+            if out_of_time():  # the read took its time: the write is a second call
+                return "OUT_OF_TIME"
             update: dict[str, Any] = {"state": {"desired": {job_id: entry}}, "clientToken": job_id}
             if doc is not None:
                 update["version"] = doc["version"]
@@ -128,7 +139,7 @@ RETRYABLE_CODES = {"OUT_OF_TIME", "THROTTLED", "UPSTREAM_ERROR", "CONFLICT"}
 
 def run_page(job_id: str, page: int, *, by: str, remaining_ms: Callable[[], int]) -> PageOutcome:
     """Queue the job on one page of its targets. Raises Incomplete when another attempt must follow."""
-    claimed = _claim(job_id, page, by=by, until=record.now_ms() + remaining_ms())
+    claimed = _claim(job_id, page, by=by, until=record.now_ms() + remaining_ms(), remaining_ms=remaining_ms)
     if isinstance(claimed, PageOutcome):
         return claimed
     attempt, page_state = claimed

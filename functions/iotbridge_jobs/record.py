@@ -7,8 +7,9 @@ thing holding a 10,000-device job's 20-odd pages would exceed on every POST and 
 - `things`: the page's target names, comma-joined, and `command`: the pending entry as
   compact JSON (both written once, by the POST; the fan-out needs nothing else);
 - `sent`: how far the fan-out got: absent (not taken yet), SENDING (an invocation
-  holds the page until `until`), RETRYING (an attempt failed, Lambda retries it),
-  QUEUED (every target queued or refused), FAILED (given up, `error` says why);
+  holds the page until `until`), RETRYING (an attempt failed, Lambda retries it; or,
+  `by: api`, the API could not hand the page to the fan-out, and a retry of the POST
+  does), QUEUED (every target queued or refused), FAILED (given up, `error` says why);
 - `failed`: targets refused, as "CODE:i,j;CODE2:k" (indexes into `things`);
 - `tally` / `final`: device counts read by `GET /commands/jobs/{id}`; `final` once
   every device of a settled page is terminal, so that page is never read again.
@@ -49,6 +50,17 @@ def now_ms() -> int:
 SHARDS = 8
 SHARD_THINGS = frozenset(f"{JOBS_THING}-{k}" for k in range(SHARDS))
 THROTTLE_TRIES = 4
+THROTTLE_PAUSES_S = tuple(0.1 * 3**attempt for attempt in range(THROTTLE_TRIES - 1))  # 0.1, 0.3, 0.9
+
+# The shadow client's timeouts, and what they bound: it makes one attempt per call (`total_max_attempts`;
+# botocore's `max_attempts: 1` would be one retry), so a call lasts at most CALL_MS (connecting, then
+# waiting for the answer). AWS IoT answers in tens of ms; short timeouts keep the margins the fan-out
+# and the API's inline attempt must keep small (fanout.MARGIN_MS, bulk.HAND_OVER_MS).
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 1, 1
+CALL_MS = (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) * 1000
+# One `patient` call on a job record (e.g. a page's write): a throttled answer comes at once and is
+# tried again after a pause, a call that hangs fails at its timeout and is not tried again.
+RECORD_MS = CALL_MS + int(sum(THROTTLE_PAUSES_S) * 1000)
 
 
 def summary_shadow(job_id: str) -> str:
@@ -83,7 +95,7 @@ def patient(call: Callable[..., T], *args: Any) -> T:
         except ShadowError as exc:
             if exc.code != "THROTTLED" or attempt + 1 == THROTTLE_TRIES:
                 raise
-            time.sleep(0.1 * 3**attempt)
+            time.sleep(THROTTLE_PAUSES_S[attempt])
     raise AssertionError("unreachable")
 
 
@@ -167,7 +179,8 @@ def _client() -> Any:
 
                 # Short timeouts, no SDK retries: the fan-out retries itself, within its own time. A fixed
                 # user agent: botocore otherwise rebuilds it on every request (~20% of a call's CPU, as in the API).
-                cfg = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1, "mode": "standard"},
+                cfg = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                             retries={"total_max_attempts": 1, "mode": "standard"},
                              max_pool_connections=32, user_agent=f"iotbridge-jobs botocore/{botocore.__version__}")  # fmt: skip
                 client = _clients["iot-data"] = boto3.client("iot-data", config=cfg)
     return client

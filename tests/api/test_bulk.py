@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from iotbridge_api import bulk
 from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState, outcome_entry, pending_entry
@@ -33,8 +35,9 @@ class Invocations:
         self.refuse: set[int] = set()  # pages whose invoke call fails
 
     def start(self, job_id: str, page: int) -> None:
-        if page in self.refuse:
-            raise RuntimeError("TooManyRequestsException: Rate exceeded")
+        if page in self.refuse:  # Lambda's answer: it did not take the event
+            error = {"Code": "TooManyRequestsException", "Message": "Rate exceeded"}
+            raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 429}}, "Invoke")
         self.events.append({"jobId": job_id, "page": page})
 
     def deliver(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def invocations(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Invocati
     fake = Invocations()
     monkeypatch.setattr(bulk, "_start_fanout", fake.start)
     monkeypatch.setattr(fanout, "BACKOFF_S", (0.0,))
+    monkeypatch.setattr(bulk, "INVOKE_BACKOFF_S", (0.0, 0.0), raising=False)
     yield fake
     record._clients.clear()
 
@@ -357,7 +361,7 @@ def test_a_job_whose_outcome_left_a_devices_history_still_completes(api: ApiClie
     assert view["complete"] is True
 
 
-def test_a_page_whose_invocation_fails_shows_not_sent_with_the_error(
+def test_a_page_whose_invocation_fails_stays_open_and_a_retry_of_the_request_hands_it_over(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN 30 devices in pages of 10, and Lambda refusing the invoke of the second page
@@ -365,7 +369,8 @@ def test_a_page_whose_invocation_fails_shows_not_sent_with_the_error(
     things = _things("fail", 30)
     invocations.refuse = {1}
     # WHEN the bulk command is posted
-    started = api.post("/commands", json={"action": "ping", "things": things})
+    body = {"action": "ping", "things": things}
+    started = api.post("/commands", json=body)
     job = started.json["jobId"]
     # THEN the answer already lists that page's devices as not queued, with the reason
     assert [n["thing"] for n in started.json["notQueued"]] == things[10:20]
@@ -378,15 +383,109 @@ def test_a_page_whose_invocation_fails_shows_not_sent_with_the_error(
     view = {}
     for _ in range(5):
         view = api.get(f"/commands/jobs/{job}?offset=10&limit=10").json
-        if view["complete"]:
-            break
-    # THEN progress shows the failed page's devices NOT_SENT with the error; nothing is left waiting
+    # THEN progress shows the failed page's devices NOT_SENT with the error, and the job open:
+    # Lambda refusing an invoke is no reason to give the page up
     assert view["counts"] == {"SUCCEEDED": 20, "NOT_SENT": 10}
     assert {d["state"] for d in view["devices"]} == {"NOT_SENT"}
     assert all("could not be started" in d["error"] for d in view["devices"])
-    assert view["complete"] is True
-    # AND no device of that page got the command
+    assert view["complete"] is False
     assert [t for t in things[10:20] if job in _pending(t)] == []
+    # WHEN the caller sends the same request again with the job's id, and Lambda takes the event now
+    invocations.refuse.clear()
+    retry = api.post("/commands", json={**body, "id": job})
+    # THEN that page alone is handed over, and its devices get the command; the others not again
+    assert (retry.status, retry.json["notQueued"]) == (202, [])
+    assert [e["page"] for e in invocations.events] == [0, 2, 1]
+    assert invocations.deliver(invocations.events[-1])["state"] == "QUEUED"
+    assert [t for t in things[10:20] if job not in _pending(t)] == []
+    assert [t for t in things[:10] + things[20:] if job in _pending(t)] == []
+
+
+def test_devices_the_inline_attempt_queued_are_not_reported_unsent_when_the_hand_over_fails(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a small job (queued inside the request) on 5 devices, one of which AWS IoT throttles,
+    # and Lambda refusing the invoke that would hand the rest of the page to the fan-out
+    things = _things("inl", 5)
+    throttled = {things[0]}
+    _throttle(monkeypatch, throttled)
+    invocations.refuse = {0}
+    body = {"action": "ping", "things": things, "id": "inline-1", "ttlMs": 600_000}
+    # WHEN the bulk command is posted
+    started = api.post("/commands", json=body)
+    # THEN only the unreached device is reported not queued; the 4 that have the command are not
+    # (a caller sending them the command again would have it run twice)
+    assert started.status == 202, started.body
+    assert started.json["queued"] == 4
+    assert [(n["thing"], n["code"]) for n in started.json["notQueued"]] == [(things[0], "NOT_SENT")]
+    assert [t for t in things[1:] if "inline-1" not in _pending(t)] == []
+    # AND the page keeps what the inline attempt did, and stays open for another attempt
+    sent = _page_record("inline-1", 0)["sent"]
+    assert (sent["state"], sent["attempt"], sent["queued"], sent["by"]) == (record.RETRYING, 1, 4, "api")
+    view = api.get("/commands/jobs/inline-1").json
+    assert (view["counts"], view["complete"]) == ({"PENDING": 4, "NOT_SENT": 1}, False)
+    # WHEN the caller retries the same request, the throttling and Lambda's refusal over
+    throttled.clear()
+    invocations.refuse.clear()
+    retry = api.post("/commands", json=body)
+    # THEN the page is handed over again, and its next attempt queues the device it missed
+    assert (retry.status, invocations.events) == (202, [{"jobId": "inline-1", "page": 0}])
+    result = invocations.deliver(invocations.events[0])
+    assert (result["state"], result["attempt"]) == ("QUEUED", 2)
+    assert "inline-1" in _pending(things[0])
+
+
+def test_an_invoke_that_timed_out_after_lambda_took_the_event_leaves_the_fan_outs_record(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-page job whose invoke reaches Lambda (the fan-out runs and queues every device)
+    # but times out before the API reads Lambda's answer
+    things = _things("late", 60)
+
+    def start(job_id: str, page: int) -> None:
+        invocations.deliver({"jobId": job_id, "page": page})
+        raise ReadTimeoutError(endpoint_url="https://lambda.us-east-1.amazonaws.com")
+
+    monkeypatch.setattr(bulk, "_start_fanout", start)
+    # WHEN the bulk command is posted
+    started = api.post("/commands", json={"action": "ping", "things": things})
+    job = started.json["jobId"]
+    # THEN no device is reported not queued: Lambda may have the event (and here it did)
+    assert (started.status, started.json["notQueued"]) == (202, [])
+    # AND the fan-out's record of the page is left as it wrote it, and progress shows every device pending
+    sent = _page_record(job, 0)["sent"]
+    assert (sent["state"], sent["by"], sent["queued"]) == (record.QUEUED, "fanout", 60)
+    assert api.get(f"/commands/jobs/{job}?limit=1").json["counts"] == {"PENDING": 60}
+
+
+def test_a_fan_out_that_takes_the_page_while_the_api_records_the_failed_invoke_keeps_its_record(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-page job whose invoke times out, and whose event Lambda delivers while the API
+    # records the failure (after it read the page, before it writes)
+    things = _things("race-inv", 60)
+
+    def start(job_id: str, page: int) -> None:
+        invocations.events.append({"jobId": job_id, "page": page})
+        raise ReadTimeoutError(endpoint_url="https://lambda.us-east-1.amazonaws.com")
+
+    real_update_page = record.update_page
+
+    def update_page(job_id: str, page: int, reported: dict[str, Any], **kw: Any) -> None:
+        if (reported.get("sent") or {}).get("by") == "api" and invocations.events:
+            invocations.deliver(invocations.events.pop())
+        real_update_page(job_id, page, reported, **kw)
+
+    monkeypatch.setattr(bulk, "_start_fanout", start)
+    monkeypatch.setattr(record, "update_page", update_page)
+    # WHEN the bulk command is posted
+    started = api.post("/commands", json={"action": "ping", "things": things})
+    job = started.json["jobId"]
+    # THEN the API's failure record does not replace the fan-out's: the page shows as queued
+    assert (started.status, started.json["notQueued"]) == (202, [])
+    sent = _page_record(job, 0)["sent"]
+    assert (sent["state"], sent["by"], sent["queued"]) == (record.QUEUED, "fanout", 60)
+    assert [t for t in things if job not in _pending(t)] == []
 
 
 def _throttle(monkeypatch: pytest.MonkeyPatch, throttled: set[str]) -> None:
@@ -611,7 +710,7 @@ def test_a_job_whose_fan_out_and_its_failure_record_both_fail_still_answers_202(
     real_update_page = record.update_page
 
     def update_page(job_id: str, page: int, reported: dict[str, Any], **kw: Any) -> None:
-        if (reported.get("sent") or {}).get("by") == "api" and reported["sent"]["state"] == record.FAILED:
+        if (reported.get("sent") or {}).get("by") == "api":  # no page is inline: only the failure's record
             raise record.ShadowError("THROTTLED", "AWS IoT throttled the request", retryable=True)
         real_update_page(job_id, page, reported, **kw)
 
@@ -739,3 +838,96 @@ def test_a_job_record_throttled_by_aws_iot_is_written_after_a_pause(
     # THEN the record was written all the same, over several page things, and every target has the command
     assert len(refused) > 1
     assert [t for t in things if started.json["jobId"] not in _pending(t)] == []
+
+
+def _worst_call_s(client: Any) -> float:
+    """How long one call of a boto3 client may take: its timeouts, times the attempts it makes."""
+    config = client.meta.config
+    return float(config.connect_timeout + config.read_timeout) * int((config.retries or {}).get("total_max_attempts", 1))
+
+
+def test_the_fan_out_stops_sending_in_time_to_record_how_far_it_got(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a page of 60 devices of a job with a chosen id (each device is read, then written), an
+    # invocation with 60 s, and AWS IoT so slow that each device call lasts its client's worst case
+    things = _things("slow-dev", 60)
+    assert api.post("/commands", json={"action": "ping", "things": things, "id": "slow-1"}).status == 202
+    monkeypatch.setattr(fanout, "THREADS", 1)  # one call at a time on the simulated clock
+    worst_ms = int(_worst_call_s(record._client()) * 1000)
+    clock = [0]
+    real_get, real_update = record.get, record.update
+    recorded_with: list[int] = []  # time left when the page's record write started
+
+    def remaining() -> int:
+        return 60_000 - clock[0]
+
+    def get(thing: str, shadow_name: str) -> dict[str, Any] | None:
+        clock[0] += worst_ms if shadow_name == COMMANDS_SHADOW else 0
+        return real_get(thing, shadow_name)
+
+    def update(thing: str, document: dict[str, Any], shadow_name: str) -> None:
+        clock[0] += worst_ms if shadow_name == COMMANDS_SHADOW else 0
+        if (document["state"].get("reported") or {}).get("sent", {}).get("state") not in (None, record.SENDING):
+            recorded_with.append(remaining())
+        real_update(thing, document, shadow_name)
+
+    monkeypatch.setattr(record, "get", get)
+    monkeypatch.setattr(record, "update", update)
+    # WHEN the fan-out runs the page
+    with pytest.raises(fanout.Incomplete) as incomplete:
+        fanout.run_page("slow-1", 0, by="fanout", remaining_ms=remaining)
+    # THEN it stopped sending early enough for its last device call and then the page's record write
+    # to take their worst case: Lambda does not cut the invocation off before it says how far it got
+    assert len(recorded_with) == 1 and recorded_with[0] >= worst_ms, (recorded_with, worst_ms)
+    # AND what it says is so: the devices it counts queued have the command, the others are left to the retry
+    queued = incomplete.value.outcome.queued
+    assert 0 < queued < 60
+    assert sum("slow-1" in _pending(t) for t in things) == queued == _page_record("slow-1", 0)["sent"]["queued"]
+
+
+def test_a_small_job_answers_within_api_gateways_time_when_aws_is_at_its_slowest(
+    invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a small job (queued inside the request) whose AWS IoT calls, once the job is recorded, and
+    # whose invokes of the fan-out each last their client's worst case, Lambda refusing the invoke,
+    # and the 27 s the API gives a request (API Gateway's 29 s less its margin), on a simulated clock
+    things = _things("slow-api", 10)
+    monkeypatch.setattr(fanout, "THREADS", 1)
+    monkeypatch.setattr(bulk, "_lambda_client", [])
+    iot_s, invoke_s = _worst_call_s(record._client()), _worst_call_s(bulk._lambda())
+    clock, slow = [0.0], [False]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(bulk, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep))
+    real_get, real_update = record.get, record.update
+
+    def get(thing: str, shadow_name: str) -> dict[str, Any] | None:
+        clock[0] += iot_s if slow[0] else 0
+        return real_get(thing, shadow_name)
+
+    def update(thing: str, document: dict[str, Any], shadow_name: str) -> None:
+        clock[0] += iot_s if slow[0] else 0
+        real_update(thing, document, shadow_name)
+        slow[0] = slow[0] or thing == JOBS_THING  # the job's summary: recorded
+
+    def refuse(job_id: str, page: int) -> None:
+        clock[0] += invoke_s
+        raise ClientError({"Error": {"Code": "TooManyRequestsException"}, "ResponseMetadata": {"HTTPStatusCode": 429}},
+                          "Invoke")  # fmt: skip
+
+    monkeypatch.setattr(record, "get", get)
+    monkeypatch.setattr(record, "update", update)
+    monkeypatch.setattr(bulk, "_start_fanout", refuse)
+    deadline = clock[0] + 27.0
+    # WHEN the job is posted
+    started = bulk.start(action="ping", params={}, things=things, ttl_ms=600_000, deadline=deadline)
+    # THEN the answer is ready before the deadline (API Gateway would answer 504 for a job under way)
+    assert clock[0] <= deadline, clock[0]
+    # AND it says what happened: some devices were queued inside the request, the others are not
+    job = started["jobId"]
+    pending = [t for t in things if job in _pending(t)]
+    assert 0 < started["queued"] == len(pending)
+    assert [n["thing"] for n in started["notQueued"]] == [t for t in things if t not in pending]
