@@ -11,8 +11,9 @@ INLINE_TARGETS) is queued inside the request, like a single command; a larger on
 by the fan-out function, one asynchronous invocation per page. `queued` in the
 answer counts what was queued before it; `notQueued` lists what is known to have
 failed by then. GET reads the page records, the requested window's devices, and
-refreshes the counts of at most REFRESH_DEVICES devices per call (the stalest
-pages first); a page whose devices are all done keeps its final counts.
+refreshes the counts of the pages whose counts those devices contradict, then of
+at most REFRESH_DEVICES more devices per call (the stalest pages first); a page
+whose devices are all done keeps its final counts.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ INVOKE_BACKOFF_S = (0.2, 0.6)  # before the second and third try
 # failed. The inline attempt stops that much earlier than the request's deadline (and fanout.MARGIN_MS
 # before that again, for its last device call and its own record write).
 HAND_OVER_MS = INVOKE_MS + 2 * record.RECORD_MS
-NOT_SENT, UNKNOWN, PENDING = "NOT_SENT", "UNKNOWN", "PENDING"
+NOT_SENT, UNKNOWN, PENDING, SENDING = "NOT_SENT", "UNKNOWN", "PENDING", "SENDING"
 TERMINAL = frozenset(s.value for s in CommandState if s.terminal)
 _STARTED = ("action", "params", "createdAt", "expiresAt", "targets", "pages")  # of the summary, in POST's answer
 
@@ -351,8 +352,20 @@ class _Page:
         # Once the job is past its expiry nobody sends (the fan-out refuses an expired job): a
         # page whose events Lambda dropped, or whose API claim lapsed, is settled then.
         over = expires_at is not None and now > expires_at + contract.EXPIRY_GRACE_MS
-        live = state == record.SENDING and not lapsed
-        self.settled = state in record.SETTLED or (lapsed and attempt >= record.MAX_ATTEMPTS) or (over and not live)
+        self.live = live = state == record.SENDING and not lapsed
+        cut_off = lapsed and attempt >= record.MAX_ATTEMPTS
+        self.settled = state in record.SETTLED or cut_off or (over and not live)
+        # From when on no sender can change the page's devices: device counts taken before may
+        # miss what a sender wrote after them. A settled record is written after its sender's last
+        # device call; a lapsed claim's sender may write devices until its `until` (its Lambda
+        # timeout); after the job's expiry (and its grace, for clocks) no new attempt sends.
+        until = int(self.sent.get("until") or 0)
+        if state in record.SETTLED:
+            self.quiet_at = self.sent_at
+        elif cut_off:
+            self.quiet_at = max(self.sent_at, until)
+        else:
+            self.quiet_at = max(self.sent_at, until, (expires_at or 0) + contract.EXPIRY_GRACE_MS)
         self.error = self.sent.get("error") or (f"attempt {attempt} was cut off" if lapsed else None)
         if self.error is None and over and not state:
             self.error = "EXPIRED: the job expired before this page was sent"
@@ -374,6 +387,8 @@ class _Page:
             # Queued (the attempt that wrote `failed` did not list it), then gone: a device keeps
             # its last outcomes only.
             return {"thing": thing, "state": UNKNOWN}
+        if self.live:  # a sender holds the page: it may queue the device yet
+            return {"thing": thing, "state": SENDING}
         return {"thing": thing, "state": NOT_SENT, "error": self.error}
 
     def _is_ours(self, entry: Any) -> bool:
@@ -381,7 +396,10 @@ class _Page:
         return self.command is None or contract.is_same_command(entry, self.command["action"], self.command["params"])
 
     def unread(self, index: int) -> dict[str, Any]:
-        """A device whose shadow needs no read: its page was never taken."""
+        """A device whose shadow needs no read: its page was never taken. Until the job expires, its
+        page is on its way to the fan-out (Lambda has the event, or a retry of the POST hands it over)."""
+        if not self.settled:
+            return {"thing": self.things[index], "state": SENDING}
         return {"thing": self.things[index], "state": NOT_SENT, "error": self.error}
 
     def done(self, counts: dict[str, int], *, taken_at: int | None = None) -> int:
@@ -389,20 +407,37 @@ class _Page:
 
         UNKNOWN (queued, and now neither pending nor answered: its outcome left the device's
         history) and NOT_SENT never change again once the page settled, if they were counted
-        after that (`taken_at`, when the counts are not fresh): counted while the page was
-        still retrying, a NOT_SENT device may have the command by now.
+        after its last sender could write a device (`quiet_at`; `taken_at`, when the counts are
+        not fresh): counted while the page was still retrying, or while its last attempt was
+        still sending (a claim that lapsed later), a NOT_SENT device may have the command by now.
+        Fresh counts of a settled page are read after that.
         """
-        final = (NOT_SENT, UNKNOWN) if self.settled and (taken_at is None or taken_at >= self.sent_at) else ()
+        final = (NOT_SENT, UNKNOWN) if self.settled and (taken_at is None or taken_at >= self.quiet_at) else ()
         return sum(n for state, n in counts.items() if state in TERMINAL or state in final)
 
+    def kept(self) -> tuple[dict[str, int], int | None]:
+        """The page's counts without reading a device, and when they were taken (None: as good as now)."""
+        if self.final is not None:
+            return self.final, None
+        if self.tally is not None:
+            return self.tally, self.tally_at
+        # An untaken page's devices are as counted; a taken one's are guessed from its record, so
+        # none of them is done for good (taken before its record was written) until they are read.
+        return self.assumed_counts(), None if not self.taken else 0
+
     def assumed_counts(self) -> dict[str, int]:
-        """Counts without reading a device: not yet taken, or as the fan-out left it."""
+        """Counts without reading a device, as `state_of` would tell an unread device: not yet taken,
+        or as its senders left it (QUEUED: queued by an attempt, outcome not read)."""
         if not self.taken:
-            return {NOT_SENT: len(self.things)}
+            return {NOT_SENT if self.settled else SENDING: len(self.things)}
         counts = {NOT_SENT: len(self.failed)} if self.failed else {}
         rest = len(self.things) - len(self.failed)
         if rest:
-            counts["QUEUED" if self.sent.get("state") == record.QUEUED else "SENDING"] = rest
+            if self.sent.get("state") == record.QUEUED or int(self.sent.get("queued") or 0) > 0:
+                state = "QUEUED"
+            else:  # being sent, or nobody queued a device: the claim lapsed, or the hand-over failed
+                state = SENDING if self.live else NOT_SENT
+            counts[state] = counts.get(state, 0) + rest
         return counts
 
 
@@ -453,38 +488,38 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
             first += len(pages[-1].things)
         total = first
 
-        # Which pages get their counts refreshed: taken, not final, the stalest first, within the budget.
-        refresh: list[_Page] = []
-        budget = REFRESH_DEVICES
-        for page in sorted((p for p in pages if p.taken and p.final is None), key=lambda p: p.tally_at):
-            if refresh and len(page.things) > budget:
+        # The window's devices first (those of pages some sender took; the others are unsent).
+        window = range(offset, min(offset + limit, total))
+        locate = _locator(pages)
+        listed = {(page.number, index) for page, index in map(locate, window) if page.taken}
+        states = _read_states(pool, pages, sorted(listed), job_id)
+        shown: dict[int, list[dict[str, Any]]] = {}
+        for (number, _), device in sorted(states.items()):
+            shown.setdefault(number, []).append(device)
+
+        # Which pages get their counts refreshed: first those whose kept counts the window's devices
+        # contradict (more devices in a state than the page's counts hold: they changed since), so
+        # that the answer's counts agree with its devices; then the stalest, taken and not final,
+        # within the budget of device reads beyond the window.
+        refresh: list[_Page] = [p for p in pages if p.number in shown and not _agrees(p.kept()[0], shown[p.number])]
+        budget = REFRESH_DEVICES - sum(len(p.things) - len(shown[p.number]) for p in refresh)
+        for page in sorted((p for p in pages if p.taken and p.final is None and p not in refresh), key=lambda p: p.tally_at):
+            cost = len(page.things) - len(shown.get(page.number, ()))
+            if refresh and cost > budget:
                 break
             refresh.append(page)
-            budget -= len(page.things)
-        window = range(offset, min(offset + limit, total))
-        wanted: set[tuple[int, int]] = {(p.number, i) for p in refresh for i in range(len(p.things))}
-        locate = _locator(pages)
-        for position in window:
-            page, index = locate(position)
-            if page.taken:
-                wanted.add((page.number, index))
-        order = sorted(wanted)
-        read = pool.map(lambda key: _shadow_call(record.get, pages[key[0]].things[key[1]], COMMANDS_SHADOW), order)
-        states = {key: pages[key[0]].state_of(key[1], doc, job_id) for key, doc in zip(order, read, strict=True)}
+            budget -= cost
+        more = sorted({(p.number, i) for p in refresh for i in range(len(p.things))} - listed)
+        states.update(_read_states(pool, pages, more, job_id))
 
         counts: dict[str, int] = {}
         done = 0
         for page in pages:
-            taken_at = None  # the counts are as of now
-            if page.final is not None:
-                page_counts = page.final
-            elif page in refresh:
-                page_counts = _count([states[(page.number, i)] for i in range(len(page.things))])
+            if page in refresh:
+                page_counts, taken_at = _count([states[(page.number, i)] for i in range(len(page.things))]), None
                 _save_tally(job_id, page, page_counts, now)
-            elif page.tally is not None:
-                page_counts, taken_at = page.tally, page.tally_at
             else:
-                page_counts = page.assumed_counts()
+                page_counts, taken_at = page.kept()
             done += page.done(page_counts, taken_at=taken_at)
             for state, n in page_counts.items():
                 counts[state] = counts.get(state, 0) + n
@@ -497,6 +532,18 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
         "targets": total, "done": done, "complete": done == total, "counts": counts,
         "devices": devices, "nextOffset": offset + limit if offset + limit < total else None,
     }  # fmt: skip
+
+
+def _read_states(pool: ThreadPoolExecutor, pages: list[_Page], keys: list[tuple[int, int]],
+                 job_id: str) -> dict[tuple[int, int], dict[str, Any]]:  # fmt: skip
+    """The states of the devices at `keys` (page number, index in the page), each read from its shadow."""
+    read = pool.map(lambda key: _shadow_call(record.get, pages[key[0]].things[key[1]], COMMANDS_SHADOW), keys)
+    return {key: pages[key[0]].state_of(key[1], doc, job_id) for key, doc in zip(keys, read, strict=True)}
+
+
+def _agrees(counts: dict[str, int], listed: list[dict[str, Any]]) -> bool:
+    """Whether a page's counts may hold its devices listed (read now): no more of them in a state than counted."""
+    return all(n <= counts.get(state, 0) for state, n in _count(listed).items())
 
 
 def _locator(pages: list[_Page]) -> Any:

@@ -274,9 +274,9 @@ def test_every_target_is_queued_when_the_job_spans_many_pages(
     # THEN the API answered before queueing anything: one fan-out event per page
     assert (started.json["targets"], started.json["queued"], started.json["notQueued"]) == (95, 0, [])
     assert sorted(e["page"] for e in invocations.events) == [0, 1, 2, 3, 4]
-    # AND until the fan-out runs, progress says honestly that nothing was sent
+    # AND until the fan-out runs, progress says honestly that the pages are on their way, none done
     before = api.get(f"/commands/jobs/{job}").json
-    assert (before["counts"], before["done"], before["complete"]) == ({"NOT_SENT": 95}, 0, False)
+    assert (before["counts"], before["done"], before["complete"]) == ({"SENDING": 95}, 0, False)
     # WHEN Lambda runs the events
     invocations.deliver_all()
     # THEN every target has the command pending under the job id
@@ -568,9 +568,9 @@ def test_a_duplicate_delivery_leaves_a_page_another_invocation_is_sending(api: A
     # THEN the duplicate leaves the page alone
     assert result["state"] == "SKIPPED"
     assert [t for t in things if job in _pending(t)] == []
-    # AND progress shows its devices not sent yet, and the job not over: the live sender may still queue them
+    # AND progress shows its devices being sent, and the job not over: the live sender may still queue them
     view = api.get(f"/commands/jobs/{job}").json
-    assert (view["counts"], view["complete"]) == ({"NOT_SENT": 60}, False)
+    assert (view["counts"], view["complete"]) == ({"SENDING": 60}, False)
 
 
 def test_a_sender_cut_off_by_its_timeout_is_retried_then_shown_failed(api: ApiClient, invocations: Invocations) -> None:
@@ -768,7 +768,7 @@ def test_a_page_whose_events_were_all_lost_is_settled_when_the_job_expires(
     monkeypatch.setattr(record, "now_ms", lambda: later)
     after = api.get(f"/commands/jobs/{job}?limit=1").json
     # THEN it is pending before, and settled after: not sent, saying why, the job complete
-    assert (before["counts"], before["complete"]) == ({"NOT_SENT": 20}, False)
+    assert (before["counts"], before["complete"]) == ({"SENDING": 20}, False)
     assert (after["counts"], after["complete"]) == ({"NOT_SENT": 20}, True)
     assert "expired before this page was sent" in after["devices"][0]["error"]
 
@@ -931,3 +931,122 @@ def test_a_small_job_answers_within_api_gateways_time_when_aws_is_at_its_slowest
     pending = [t for t in things if job in _pending(t)]
     assert 0 < started["queued"] == len(pending)
     assert [n["thing"] for n in started["notQueued"]] == [t for t in things if t not in pending]
+
+
+def test_a_count_taken_while_the_last_attempt_was_sending_is_not_final_once_that_attempt_is_cut_off(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job of 2 pages of 10, GETs that refresh one page each beyond their window, page 0 queued,
+    # and page 1 with one device AWS IoT throttled through two attempts, whose other 9 devices answered
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    monkeypatch.setattr(bulk, "REFRESH_DEVICES", 10)
+    things = _things("quiet", 20)
+    throttled = {things[10]}
+    _throttle(monkeypatch, throttled)
+    clock = [record.now_ms()]
+    monkeypatch.setattr(record, "now_ms", lambda: clock[0])
+    job = api.post("/commands", json={"action": "ping", "things": things, "ttlMs": 3_600_000}).json["jobId"]
+    first, second = sorted(invocations.events, key=lambda e: e["page"])
+    invocations.deliver(first)
+    for _ in range(record.MAX_ATTEMPTS - 1):
+        with pytest.raises(fanout.Incomplete):
+            invocations.deliver(second)
+    for thing in things[11:]:
+        _answer(thing, job)
+    # AND the last attempt holding page 1 (until its Lambda timeout, a minute on), while two GETs
+    # count the pages, the second one page 1: its throttled device NOT_SENT, as the attempt left it
+    start = clock[0]
+    claim = record.sent_record(record.SENDING, attempt=record.MAX_ATTEMPTS, by="fanout", until=start + 60_000)
+    record.update_page(job, 1, {"sent": claim})
+    for _ in range(2):
+        clock[0] += 1000
+        api.get(f"/commands/jobs/{job}?limit=1")
+    assert json.loads(_page_record(job, 1)["tally"]["counts"]) == {"NOT_SENT": 1, "SUCCEEDED": 9}
+    # WHEN that attempt queues the device after all, Lambda cuts it off at its timeout (the page
+    # settles), and page 0's devices answer
+    throttled.clear()
+    entry = json.loads(_page_record(job, 1)["command"])
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName=things[10], shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"desired": {job: entry}}})
+    )
+    for thing in things[:10]:
+        _answer(thing, job)
+    clock[0] = start + 62_000
+    view = api.get(f"/commands/jobs/{job}?limit=1").json
+    # THEN the job is not complete: that device has the command and has not answered, though the
+    # count kept from before the cut-off says NOT_SENT
+    assert view["complete"] is False, view
+    # AND the next GET counts it pending, and lists it so
+    clock[0] += 1000
+    view = api.get(f"/commands/jobs/{job}?offset=10&limit=1").json
+    assert (view["counts"], view["complete"]) == ({"SUCCEEDED": 19, "PENDING": 1}, False)
+    assert view["devices"] == [{"thing": things[10], "state": "PENDING"}]
+
+
+def test_the_counts_agree_with_the_devices_listed_in_the_same_answer(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job of 2 pages of 10, GETs that refresh one page each beyond their window, and both
+    # pages counted pending, page 1 last
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    monkeypatch.setattr(bulk, "REFRESH_DEVICES", 10)
+    things = _things("agree", 20)
+    clock = [record.now_ms()]
+    monkeypatch.setattr(record, "now_ms", lambda: clock[0])
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    invocations.deliver_all()
+    for _ in range(2):
+        clock[0] += 1000
+        api.get(f"/commands/jobs/{job}?limit=1")
+    assert json.loads(_page_record(job, 1)["tally"]["counts"]) == {"PENDING": 10}
+    # WHEN page 1's devices answer, and a GET lists three of them (page 0's count is the stalest)
+    for thing in things[10:]:
+        _answer(thing, job)
+    clock[0] += 1000
+    view = api.get(f"/commands/jobs/{job}?offset=10&limit=3").json
+    # THEN the devices show their outcomes, and the counts hold them: page 1 is counted again
+    assert [d["state"] for d in view["devices"]] == ["SUCCEEDED"] * 3
+    assert (view["counts"], view["done"], view["complete"]) == ({"PENDING": 10, "SUCCEEDED": 10}, 10, False)
+
+
+def test_counts_not_read_yet_say_what_the_pages_record_says(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job of 3 pages of 10 and GETs that refresh 10 devices beyond their window: page 0 queued,
+    # page 1 never handed to the fan-out (Lambda refused the invoke), page 2 queued but for one
+    # device AWS IoT throttled (the page waits for Lambda's retry)
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    monkeypatch.setattr(bulk, "REFRESH_DEVICES", 10)
+    things = _things("assumed", 30)
+    _throttle(monkeypatch, {things[20]})
+    invocations.refuse = {1}
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    first, third = sorted(invocations.events, key=lambda e: e["page"])
+    invocations.deliver(first)
+    with pytest.raises(fanout.Incomplete):
+        invocations.deliver(third)
+    assert [_page_record(job, n)["sent"]["state"] for n in range(3)] == [record.QUEUED, record.RETRYING, record.RETRYING]
+    # WHEN a GET counts page 0, and pages 1 and 2 from their records only
+    view = api.get(f"/commands/jobs/{job}?limit=1").json
+    # THEN no device is said to be SENDING, as nobody sends them: page 1's are not sent, page 2's
+    # queued (outcome not read) but the throttled one
+    assert view["counts"] == {"PENDING": 10, "NOT_SENT": 11, "QUEUED": 9}
+    assert view["complete"] is False
+
+
+def test_devices_not_sent_yet_are_not_shown_as_failed(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job of 2 pages of 10 just accepted: page 0 taken by a live fan-out invocation that has
+    # not written its devices yet, page 1's fan-out event not delivered yet
+    monkeypatch.setattr(record, "PAGE_THINGS", 10)
+    things = _things("yet", 20)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    claim = record.sent_record(record.SENDING, attempt=1, by="fanout", until=record.now_ms() + 60_000)
+    record.update_page(job, 0, {"sent": claim})
+    # WHEN progress is read
+    view = api.get(f"/commands/jobs/{job}?limit=20").json
+    # THEN every device is being sent (not NOT_SENT without a reason, which reads as a failure a
+    # client stops following), and the counts say so
+    assert view["devices"] == [{"thing": t, "state": "SENDING"} for t in things]
+    assert (view["counts"], view["done"], view["complete"]) == ({"SENDING": 20}, 0, False)
