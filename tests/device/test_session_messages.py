@@ -24,7 +24,7 @@ from iotbridge_pi.hardware import Sensors, simulated_hardware
 from iotbridge_pi.model import DeviceModel
 from iotbridge_pi.protocol import CommandCore, ServiceClock
 from iotbridge_pi.runner import start_inline, threaded_starter
-from iotbridge_pi.session import CLASSIC_FIRST_S, DeviceSession, Starter
+from iotbridge_pi.session import CLASSIC_FIRST_S, DeviceSession, SessionOptions, Starter
 
 THING = "lamp-s1"
 NOW_S = int(time.time())
@@ -34,12 +34,13 @@ NOW_MS = NOW_S * 1000
 class Wire:
     """A session whose MQTT client publishes into a list; `answer` replies as the shadow service would."""
 
-    def __init__(self, state_dir: Path, registry: Registry | None = None, start_job: Starter = start_inline) -> None:
+    def __init__(self, state_dir: Path, registry: Registry | None = None, start_job: Starter = start_inline,
+                 options: SessionOptions | None = None) -> None:  # fmt: skip
         self.device = DeviceModel(simulated_hardware(sensors=Sensors(thermal_zone=None, rng=random.Random(1))),
                                   interval_s=60)  # fmt: skip
         self.session = DeviceSession(
             THING, Endpoint(host="127.0.0.1", port=1), state_dir_log=lambda: ExecutedLog(state_dir),
-            device=self.device, registry=registry or default_registry(), start_job=start_job,
+            device=self.device, registry=registry or default_registry(), start_job=start_job, options=options,
         )  # fmt: skip
         self.sent: list[tuple[str, Any]] = []
         self.now = time.monotonic()
@@ -364,3 +365,20 @@ def test_a_command_whose_clear_a_crash_prevented_is_not_undone_after_the_restart
     # THEN the older value is cleared, not applied: the command's "off" stands
     assert again.device.led == "off"
     assert _clears_led(again.updates(None)[-1])
+
+
+def test_a_system_reboot_the_system_refuses_leaves_the_agent_running_commands(tmp_path: Path) -> None:
+    # GIVEN an agent set up for real reboots, on a system that refuses them (no polkit rule)
+    asked: list[bool] = []
+    wire = Wire(tmp_path, options=SessionOptions(reboot=lambda: asked.append(True) or False))
+    wire.connect()
+    wire.answer_get(None, {})
+    wire.answer_get(COMMANDS_SHADOW, {})
+    # WHEN a reboot command runs (answered first) and the reboot is refused, and a ping follows
+    wire.message(COMMANDS_SHADOW, "update", "delta", {"state": {"rb": command("reboot", {"delayMs": 0})}})
+    wire.step(0.1)
+    assert asked == [True] and wire.outcomes()["rb"]["state"] == "SUCCEEDED"
+    wire.message(COMMANDS_SHADOW, "update", "delta", {"state": {"p1": command("ping", {}, issued_ms=NOW_MS + 1)}})
+    wire.step(0.1)
+    # THEN the agent goes on: the ping runs
+    assert wire.outcomes()["p1"]["state"] == "SUCCEEDED"

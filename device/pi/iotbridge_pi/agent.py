@@ -23,16 +23,18 @@ from iotbridge_pi.session import DeviceSession, SessionOptions
 log = logging.getLogger(__name__)
 
 
-def _system_reboot() -> None:
-    # Its outcome (SUCCEEDED, "rebooting") is already in the shadow; if the system
-    # refuses (no polkit rule, see docs/devices.md) the agent says so and goes on.
+def _system_reboot() -> bool:
+    """Whether the system took the reboot. Its outcome (SUCCEEDED, "rebooting") is already in the
+    shadow; if the system refuses (no polkit rule, see docs/devices.md) the agent says so and goes on."""
     try:
         result = subprocess.run(["systemctl", "reboot"], check=False, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.error("reboot failed: %s", exc)
-        return
+        return False
     if result.returncode != 0:
         log.error("reboot refused (exit %d): %s", result.returncode, result.stderr.strip())
+        return False
+    return True
 
 
 class Agent:

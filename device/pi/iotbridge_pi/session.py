@@ -76,7 +76,7 @@ def status_topic(thing: str) -> str:
 class SessionOptions:
     keepalive: int = 60
     kind: str = "pi-agent"  # reported in `agent`, so a simulated device never passes for a real one
-    reboot: Callable[[], None] | None = None  # a real reboot (systemctl); None: simulated in-process
+    reboot: Callable[[], bool] | None = None  # a real reboot (systemctl), True if taken; None: simulated in-process
     first_connect_delay: float = 0.0
 
 
@@ -621,9 +621,9 @@ class DeviceSession:
     def _reboot(self) -> None:
         if self.options.reboot is not None:
             log.warning("%s: rebooting the system", self.thing)
-            self.options.reboot()
             self._reboot_at = None
-            self._draining = True  # a command started now would be cut off by the reboot
+            # Going down: a command started now would be cut off. Refused, the agent goes on.
+            self._draining = self.options.reboot()
             return
         log.info("%s: simulated reboot: dropping the connection and process state", self.thing)
         sock: Any = self.client.socket()
