@@ -115,12 +115,14 @@ def _all_things(deadline: float) -> list[str]:
     while True:
         page, token = iot.list_things(LIST_PAGE, token)
         things.extend(t for t in page if t != JOBS_THING and t not in record.SHARD_THINGS)
-        if not token:
-            return things
-        if time.monotonic() > deadline - RECORD_MARGIN_S:
+        # Room left for the job's record, and then for handing its pages to the fan-out (a job
+        # recorded without that time would sit unsent until it expires).
+        if time.monotonic() > deadline - RECORD_MARGIN_S - HAND_OVER_MS / 1000:
             raise errors.TooManyTargets(
                 f"`all: true`: the registry could not be listed within one request ({len(things)} things so far); "
                 f"send the targets as `things` lists of at most {MAX_EXPLICIT_TARGETS}", details={"listed": len(things)})
+        if not token:
+            return things
 
 
 def _check(params: dict[str, Any], things: list[str] | None) -> None:
@@ -501,7 +503,10 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
         # contradict (more devices in a state than the page's counts hold: they changed since), so
         # that the answer's counts agree with its devices; then the stalest, taken and not final,
         # within the budget of device reads beyond the window.
-        refresh: list[_Page] = [p for p in pages if p.number in shown and not _agrees(p.kept()[0], shown[p.number])]
+        # A final page is never counted again: a device may since have forgotten the job's outcome
+        # (its history moved on), and a recount would turn its result into UNKNOWN for good.
+        refresh: list[_Page] = [p for p in pages if p.number in shown and p.final is None
+                                and not _agrees(p.kept()[0], shown[p.number])]  # fmt: skip
         budget = REFRESH_DEVICES - sum(len(p.things) - len(shown[p.number]) for p in refresh)
         for page in sorted((p for p in pages if p.taken and p.final is None and p not in refresh), key=lambda p: p.tally_at):
             cost = len(page.things) - len(shown.get(page.number, ()))
@@ -537,8 +542,20 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
 def _read_states(pool: ThreadPoolExecutor, pages: list[_Page], keys: list[tuple[int, int]],
                  job_id: str) -> dict[tuple[int, int], dict[str, Any]]:  # fmt: skip
     """The states of the devices at `keys` (page number, index in the page), each read from its shadow."""
-    read = pool.map(lambda key: _shadow_call(record.get, pages[key[0]].things[key[1]], COMMANDS_SHADOW), keys)
+    read = pool.map(lambda key: _shadow_call(_read_device, pages[key[0]].things[key[1]]), keys)
     return {key: pages[key[0]].state_of(key[1], doc, job_id) for key, doc in zip(keys, read, strict=True)}
+
+
+def _read_device(thing: str) -> dict[str, Any] | None:
+    """A device's commands shadow, tried twice: the client makes one short attempt per call, and one
+    slow or failed read of the hundreds a GET makes must not fail the whole GET."""
+    try:
+        return record.get(thing, COMMANDS_SHADOW)
+    except record.ShadowError as exc:
+        if not exc.retryable:
+            raise
+        time.sleep(0.05)
+        return record.get(thing, COMMANDS_SHADOW)
 
 
 def _agrees(counts: dict[str, int], listed: list[dict[str, Any]]) -> bool:

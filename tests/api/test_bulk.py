@@ -254,6 +254,56 @@ def test_all_refuses_a_registry_it_cannot_list_in_time_and_sends_nothing(
     assert (started.status, started.json["targets"]) == (202, 3)
 
 
+def test_an_all_job_whose_listing_leaves_no_time_to_hand_it_over_is_refused_not_left_unsent(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN 3 devices, and a registry whose listing takes 18 s of the request's 27 s (a simulated
+    # clock; on AWS, a registry of tens of thousands of things), leaving time to record the job
+    # but not to hand it to the fan-out
+    things = _things("slowlist", 3)
+    for thing in things:
+        make_device(thing)
+    clock = [0.0]
+    monkeypatch.setattr(bulk, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=lambda s: None))
+    real_list = bulk.iot.list_things
+
+    def slow_list(limit: int, token: str | None) -> Any:
+        clock[0] += 18.0
+        return real_list(limit, token)
+
+    monkeypatch.setattr(bulk.iot, "list_things", slow_list)
+    # WHEN a command goes to all
+    # THEN it is refused while nothing is recorded, not accepted with pages no fan-out will ever get
+    with pytest.raises(bulk.errors.TooManyTargets):
+        bulk.start(action="ping", params={}, things=None, ttl_ms=600_000, deadline=27.0, job_id="slow-all")
+    assert invocations.events == [] and [t for t in things if _pending(t)] == []
+    assert api.get("/commands/jobs/slow-all").json["code"] == "JOB_NOT_FOUND"
+
+
+def test_one_slow_device_read_does_not_fail_a_progress_get(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job on 5 devices that all answered, and one device whose shadow read times out once
+    things = _things("slowread", 5)
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    for thing in things:
+        _answer(thing, job)
+    real_get, failed = record.get, []
+
+    def get(thing: str, shadow_name: str) -> dict[str, Any] | None:
+        if thing == things[2] and not failed:
+            failed.append(thing)
+            raise record.ShadowError("UPSTREAM_ERROR", "AWS IoT answered ReadTimeoutError", retryable=True)
+        return real_get(thing, shadow_name)
+
+    monkeypatch.setattr(record, "get", get)
+    # WHEN progress is read
+    view = api.get(f"/commands/jobs/{job}")
+    # THEN it answers, with every outcome, rather than 502 for the whole job
+    assert failed == [things[2]]
+    assert (view.status, view.json["counts"]) == (200, {"SUCCEEDED": 5}), view.body
+
+
 def test_bulk_needs_targets_and_checks_names(api: ApiClient, invocations: Invocations) -> None:
     assert api.post("/commands", json={"action": "ping"}).status == 422
     bad = api.post("/commands", json={"action": "ping", "things": ["ok", "bad/name"]})
@@ -326,6 +376,14 @@ def test_progress_reads_the_window_and_a_bounded_refresh_then_keeps_finished_pag
     assert again["counts"] == {"SUCCEEDED": 60} and again["complete"] is True
     assert reads == [things[0]]
     assert view["nextOffset"] == 1
+    # AND a device that has since forgotten the job's outcome (its history moved on) does not
+    # change the job's results, then or later
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName=things[0], shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"reported": {job: None}}})
+    )
+    for _ in range(2):
+        later = api.get(f"/commands/jobs/{job}?limit=1").json
+        assert later["counts"] == {"SUCCEEDED": 60} and later["complete"] is True
 
 
 def test_a_job_completes_when_its_offline_devices_let_the_command_expire(
