@@ -133,7 +133,8 @@ def _mapped_base(path: str, event: dict[str, Any]) -> str:
     proxy = params.get("proxy") if isinstance(params, dict) else None
     if not isinstance(proxy, str) or not proxy:
         return ""
-    decoded, tail = unquote(path), "/" + proxy
+    # A trailing slash may be in one and not the other.
+    decoded, tail = unquote(path).rstrip("/"), "/" + proxy.rstrip("/")
     if not decoded.endswith(tail):
         return ""
     base = decoded[: len(decoded) - len(tail)]

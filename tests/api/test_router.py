@@ -96,6 +96,8 @@ def test_a_base_path_mapping_is_told_from_the_proxy_part_not_guessed_from_the_pa
     # THEN the route after it answers, with the item decoded as without a base path
     assert at("/api/v1/items/abc", "items/abc")[2] == {"item": "abc", "limit": 5}
     assert at("/api/v1/items/a%3Ab", "items/a:b")[2] == {"item": "a:b", "limit": 5}
+    assert at("/api/v1/items/abc/", "items/abc")[2]["item"] == "abc"  # a trailing slash in one only
+    assert at("/api/v1/items/abc", "items/abc/")[2]["item"] == "abc"
     # AND an item that looks like a route is an item: the base path comes from the proxy part, not a guess
     assert at("/items/items", "items/items")[2]["item"] == "items"
     # AND without a proxy part, or one that is not the end of the path, nothing is taken off
