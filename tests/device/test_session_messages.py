@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -242,20 +243,25 @@ def _settle(wire: Wire, until: Any, timeout: float = 5.0) -> None:
         wire.step(0.02)
 
 
-def test_commands_waiting_when_the_connection_drops_wait_for_the_next_classic_get(tmp_path: Path) -> None:
-    import threading
-
-    # GIVEN a device that applied desired led "on", and is running a slow command with `led off` queued behind it
+def _running_slow(tmp_path: Path, desired: dict[str, Any], behind: dict[str, Any]) -> tuple[Wire, threading.Event]:
+    """A connected device (classic desired applied) running `slow` (it returns once the event is
+    set), with the commands `behind` queued after it."""
     release = threading.Event()
     registry = default_registry()
     registry.add(Action("slow", {}, lambda device, params: release.wait(5), deadline_s=5.0))
     wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
     wire.connect()
-    wire.answer_get(None, {"desired": {"led": "on"}})
-    assert wire.device.led == "on"
-    pending = {"s1": command("slow", {}), "l1": command("led", {"state": "off"}, issued_ms=NOW_MS + 1)}
-    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
+    wire.answer_get(None, {"desired": desired} if desired else {})
+    wire.answer_get(COMMANDS_SHADOW, {"desired": {"s1": command("slow", {}), **behind}})
     wire.step(0.01)
+    return wire, release
+
+
+def test_commands_waiting_when_the_connection_drops_wait_for_the_next_classic_get(tmp_path: Path) -> None:
+    # GIVEN a device that applied desired led "on", and is running a slow command with `led off` queued behind it
+    pending = {"l1": command("led", {"state": "off"}, issued_ms=NOW_MS + 1)}
+    wire, release = _running_slow(tmp_path, {"led": "on"}, pending)
+    assert wire.device.led == "on"
     # WHEN the connection drops while the slow one runs, which finishes as the device reconnects
     wire.drop()
     release.set()
@@ -277,18 +283,8 @@ def test_commands_waiting_when_the_connection_drops_wait_for_the_next_classic_ge
 
 
 def test_a_stopping_agent_finishes_the_running_command_and_starts_no_other(tmp_path: Path) -> None:
-    import threading
-
     # GIVEN a device running a slow command with a ping queued behind it
-    release = threading.Event()
-    registry = default_registry()
-    registry.add(Action("slow", {}, lambda device, params: release.wait(5), deadline_s=5.0))
-    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
-    wire.connect()
-    wire.answer_get(None, {})
-    pending = {"s1": command("slow", {}), "p1": command("ping", {}, issued_ms=NOW_MS + 1)}
-    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
-    wire.step(0.01)
+    wire, release = _running_slow(tmp_path, {}, {"p1": command("ping", {}, issued_ms=NOW_MS + 1)})
     # WHEN the agent is told to stop (systemctl stop: the pump drains), and the slow one then finishes
     wire.session.drain()
     release.set()
