@@ -35,15 +35,22 @@ def _cut_after(session: DeviceSession, now: float, lasted_s: float) -> tuple[flo
     return lost, session._next_connect - lost
 
 
-def test_connections_cut_right_after_connect_are_retried_ever_more_slowly(tmp_path: Path) -> None:
-    # GIVEN an agent whose every connection is cut 0.1 s after the broker accepted it
-    session = _session(tmp_path)
+def _cut_at_once(session: DeviceSession, times: int) -> tuple[float, list[float]]:
+    """`times` connections in a row, each cut 0.1 s after CONNACK, each retried when due; returns
+    (when the next would start, the delays before each retry)."""
     now, delays = time.monotonic() + 1, []
-    # WHEN that happens ten times in a row
-    for _ in range(10):
+    for _ in range(times):
         now, delay = _cut_after(session, now, 0.1)
         delays.append(delay)
         now += delay
+    return now, delays
+
+
+def test_connections_cut_right_after_connect_are_retried_ever_more_slowly(tmp_path: Path) -> None:
+    # GIVEN an agent whose every connection is cut 0.1 s after the broker accepted it
+    session = _session(tmp_path)
+    # WHEN that happens ten times in a row
+    _, delays = _cut_at_once(session, 10)
     # THEN it does not come back at once forever: the waits add up to many seconds, not ten half-seconds
     assert sum(delays) > 10.0, delays
 
@@ -51,10 +58,7 @@ def test_connections_cut_right_after_connect_are_retried_ever_more_slowly(tmp_pa
 def test_a_connection_that_lasted_is_followed_by_a_quick_reconnect(tmp_path: Path) -> None:
     # GIVEN an agent that went through a few connections cut at once (its backoff grew)
     session = _session(tmp_path)
-    now = time.monotonic() + 1
-    for _ in range(6):
-        now, delay = _cut_after(session, now, 0.1)
-        now += delay
+    now, _ = _cut_at_once(session, 6)
     # WHEN a connection then lasts, and is lost (a broker restart)
     _, delay = _cut_after(session, now, STABLE_CONNECTION_S + 1)
     # THEN the agent is back within half a second, as after any healthy connection
@@ -64,11 +68,7 @@ def test_a_connection_that_lasted_is_followed_by_a_quick_reconnect(tmp_path: Pat
 def test_hours_of_failed_reconnects_keep_a_jittered_capped_delay(tmp_path: Path) -> None:
     # GIVEN an agent whose broker has been unreachable for hours: 1,500 connections cut at once
     session = _session(tmp_path)
-    now, delays = time.monotonic() + 1, []
-    for _ in range(1500):
-        now, delay = _cut_after(session, now, 0.1)
-        delays.append(delay)
-        now += delay
+    _, delays = _cut_at_once(session, 1500)
     # THEN every wait is still jittered under the 30 s cap (0.5 * 2**1024 used to overflow, and the
     # agent then retried every second, in step with the rest of the fleet)
     late = delays[1100:]
