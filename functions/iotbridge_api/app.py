@@ -37,8 +37,8 @@ from iotbridge_contract import names
 from iotbridge_contract.commands import PRESENCE_SHADOW
 
 DEADLINE_MARGIN_MS = 1_000  # leave time to answer before Lambda's own timeout
-# API Gateway's 29 s run from the request's arrival: a cold start's init (~1 s) and the reads
-# after the wait come out of them too. The wait stops this much earlier, so a 202 always makes it.
+# API Gateway's 29 s run from the request's arrival: a cold start's init (~1 s) comes out of them
+# too. The answer is ready this much earlier, so a 202 always makes it back.
 GATEWAY_MARGIN_MS = 2_000
 
 
@@ -72,14 +72,14 @@ def _url_path(route_path: str) -> str:
     return event.url_path(route_path) if event is not None else route_path
 
 
-def _deadline(wait_ms: int) -> float:
-    """min(caller's wait, Lambda's remaining time less a margin, API Gateway's 29 s less a margin), as monotonic time.
+def _cutoff() -> float:
+    """When the answer must be ready (monotonic): API Gateway's 29 s or Lambda's remaining time, less margins.
 
     The gateway's 29 s are counted from `requestContext.requestTimeEpoch`, the request's arrival:
     a cold start, or a Lambda timeout set longer than 29 s, must not eat the margin. An epoch
     more than 29 s old (a sample event, replayed) says nothing about this request and is ignored.
     """
-    budget = min(wait_ms, MAX_WAIT_MS - GATEWAY_MARGIN_MS)
+    budget = MAX_WAIT_MS - GATEWAY_MARGIN_MS
     event = app.current_event
     arrived = ((event.raw.get("requestContext") or {}).get("requestTimeEpoch") if event is not None else None)
     if isinstance(arrived, int) and not isinstance(arrived, bool):
@@ -90,6 +90,17 @@ def _deadline(wait_ms: int) -> float:
     if context is not None and hasattr(context, "get_remaining_time_in_millis"):
         budget = min(budget, context.get_remaining_time_in_millis() - DEADLINE_MARGIN_MS)
     return time.monotonic() + max(budget, 0) / 1000
+
+
+@app.on_request
+def _start_clock() -> None:
+    iot.set_cutoff(_cutoff())
+
+
+def _deadline(wait_ms: int, *, reads_after: int = 0) -> float:
+    """When a wait of `wait_ms` must stop (monotonic): a read started then, and `reads_after` more, still end in time."""
+    latest = (iot.cutoff() or _cutoff()) - (1 + reads_after) * iot.CALL_MAX_S
+    return min(time.monotonic() + wait_ms / 1000, latest)
 
 
 @app.on_error
@@ -144,7 +155,7 @@ def patch_desired(thing: str, body: DesiredRequest) -> DesiredResult:
     name = _thing(thing)
     if contract.nesting_depth(body.state) > contract.MAX_STATE_DEPTH:
         raise errors.InvalidDocument(f"desired nests deeper than AWS IoT's {contract.MAX_STATE_DEPTH} levels")
-    deadline = _deadline(body.waitMs)
+    deadline = _deadline(body.waitMs, reads_after=1)
     iot.update_shadow(name, {"state": {"desired": body.state}})
     waiting.note_request(name)
     keys = [k for k, v in body.state.items() if v is not None]
@@ -222,7 +233,7 @@ def post_bulk(body: BulkRequest) -> Response:
     from iotbridge_api import bulk
 
     started = bulk.start(action=body.action, params=body.params, things=body.things, ttl_ms=body.ttlMs,
-                         deadline=_deadline(MAX_WAIT_MS), job_id=body.id)  # fmt: skip
+                         deadline=iot.cutoff() or _cutoff(), job_id=body.id)  # fmt: skip
     logger.info("bulk command", extra={"jobId": started["jobId"], "targets": started["targets"]})
     return Response(202, JobStarted(**started), {"Location": _url_path(f"/commands/jobs/{started['jobId']}")})
 

@@ -7,6 +7,7 @@ docs/protocol.md): desired.{id} is pending, reported.{id} is the outcome.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,7 +70,8 @@ _reads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shadow-read")
 
 
 def read_together(thing: str, *shadows: str | None) -> list[dict[str, Any] | None]:
-    futures = [_reads.submit(iot.get_shadow, thing, shadow) for shadow in shadows]
+    # Each in a copy of this request's context: its cutoff holds in the pool's threads too.
+    futures = [_reads.submit(contextvars.copy_context().run, iot.get_shadow, thing, shadow) for shadow in shadows]
     return [f.result() for f in futures]
 
 
@@ -223,6 +225,10 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
             iot.update_shadow(thing, update, COMMANDS_SHADOW)
         except iot.VersionConflict:
             continue
+        except _READ_FAILED as exc:
+            # A write that timed out may still land: the id is what lets the caller retry without a second run.
+            raise type(exc)(f"{exc.message}; the command may be queued: retry with its id {cid}",
+                            details={"thing": thing, "id": cid}) from exc  # fmt: skip
         finally:
             waiting.note_request(thing, COMMANDS_SHADOW)
         written = view(thing, cid, {"state": {"desired": {cid: entry}}}, connected=True)

@@ -10,13 +10,44 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from contextvars import ContextVar
 from typing import Any
 
 from iotbridge_api import errors
 from iotbridge_contract.commands import COMMANDS_SHADOW
 
+CONNECT_TIMEOUT_S = 1
+READ_TIMEOUT_S = 2
+# The longest one call can take: one attempt, no SDK retry (botocore's `max_attempts: 1` is one
+# retry). The API's loops retry reads; a caller retries a command with its id.
+CALL_MAX_S = CONNECT_TIMEOUT_S + READ_TIMEOUT_S
+
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
+# When this request's answer must be ready (monotonic), or None: no call starts that could end later.
+_answer_by: ContextVar[float | None] = ContextVar("answer_by", default=None)
+
+
+def set_cutoff(cutoff: float | None) -> None:
+    """From now on in this request (and the reads it starts together), no call starts that could outlast `cutoff`."""
+    _answer_by.set(cutoff)
+
+
+def cutoff() -> float | None:
+    return _answer_by.get()
+
+
+def time_for_call() -> bool:
+    cutoff = _answer_by.get()
+    return cutoff is None or time.monotonic() + CALL_MAX_S <= cutoff
+
+
+def _check_time() -> None:
+    # A call that outlasts API Gateway's 29 s turns the whole answer into a 504 that names no
+    # command id: better not to start it, and answer with what is known.
+    if not time_for_call():
+        raise errors.UpstreamError("no time left in this request for another call to AWS IoT")
 
 
 def _client(service: str) -> Any:
@@ -31,7 +62,8 @@ def _client(service: str) -> Any:
 
                 # Short timeouts and no SDK retries: the API owns its wait budget. A fixed user agent:
                 # botocore otherwise rebuilds it on every request, ~20% of a shadow call's CPU (measured).
-                cfg = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1, "mode": "standard"},
+                cfg = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                             retries={"total_max_attempts": 1, "mode": "standard"},
                              user_agent=f"iotbridge-api botocore/{botocore.__version__}")  # fmt: skip
                 client = _clients[service] = boto3.client(service, config=cfg)  # type: ignore[call-overload]
     return client
@@ -62,6 +94,7 @@ def get_shadow(thing: str, shadow: str | None = None) -> dict[str, Any] | None:
     kwargs: dict[str, Any] = {"thingName": thing}
     if shadow:
         kwargs["shadowName"] = shadow
+    _check_time()
     try:
         payload = _client("iot-data").get_thing_shadow(**kwargs)["payload"].read()
     except Exception as exc:
@@ -76,6 +109,7 @@ def update_shadow(thing: str, document: dict[str, Any], shadow: str | None = Non
     kwargs: dict[str, Any] = {"thingName": thing, "payload": json.dumps(document, separators=(",", ":")).encode()}
     if shadow:
         kwargs["shadowName"] = shadow
+    _check_time()
     try:
         payload = _client("iot-data").update_thing_shadow(**kwargs)["payload"].read()
     except Exception as exc:
@@ -98,6 +132,7 @@ def list_things(limit: int, next_token: str | None) -> tuple[list[str], str | No
     kwargs: dict[str, Any] = {"maxResults": limit}
     if next_token:
         kwargs["nextToken"] = next_token
+    _check_time()
     try:
         page = _client("iot").list_things(**kwargs)
     except Exception as exc:

@@ -18,6 +18,7 @@ propagates, as a Lambda error.
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -192,6 +193,7 @@ class Router:
         self.current_event: _Event | None = None
         self.lambda_context: Any = None
         self._on_error: Callable[[errors.ApiError], None] | None = None
+        self._on_request: Callable[[], None] | None = None
 
     # ---- declaring routes ----
 
@@ -217,11 +219,22 @@ class Router:
         self._on_error = hook
         return hook
 
+    def on_request(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Called as every request starts, with `current_event` and `lambda_context` set (e.g. to start its clock)."""
+        self._on_request = hook
+        return hook
+
     # ---- answering an event ----
 
     def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        # In a context of its own: what a request sets there (its clock) ends with it.
+        return contextvars.copy_context().run(self._resolve, event, context)
+
+    def _resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         request = self.current_event = _Event(event)
         self.lambda_context = context
+        if self._on_request is not None:
+            self._on_request()
         try:
             guard.check_request(event)  # size and media type, before anything reads the body
             if request.http_method == "OPTIONS" and self.cors is not None:

@@ -79,7 +79,8 @@ class _ThingReads:
         with self.lock:
             if self.read_at >= since:
                 return self.doc, self.read_at
-            if not self._take_token(deadline):
+            # No token in time, or no time left for a call to end before the answer is due
+            if not self._take_token(deadline) or not iot.time_for_call():
                 return self.doc, self.read_at
             started = time.monotonic()
             self.doc = fetch()

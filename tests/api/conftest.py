@@ -44,6 +44,22 @@ def api(aws: None) -> ApiClient:
     return ApiClient()
 
 
+def worst_call_s(client: Any) -> float:
+    """How long one call of a boto3 client may take: its timeouts, times the attempts it makes.
+
+    botocore counts `total_max_attempts` with the first attempt and `max_attempts` without it.
+    """
+    config = client.meta.config
+    retries = config.retries or {}
+    if "total_max_attempts" in retries:
+        attempts = int(retries["total_max_attempts"])
+    elif "max_attempts" in retries:
+        attempts = int(retries["max_attempts"]) + 1
+    else:
+        attempts = 3 if retries.get("mode") == "standard" else 5
+    return float(config.connect_timeout + config.read_timeout) * attempts
+
+
 def make_device(thing: str, *, connected: bool = True, actions: dict[str, Any] | None = None) -> None:
     """A registered thing whose device has reported its actions and presence."""
     boto3.client("iot", region_name="us-east-1").create_thing(thingName=thing)

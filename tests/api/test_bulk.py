@@ -24,7 +24,7 @@ from iotbridge_jobs.handler import lambda_handler as fanout_handler
 from iotbridge_jobs.record import JOBS_THING
 from iotbridge_local.apigw.event import LambdaContext
 from iotbridge_local.testclient import ApiClient
-from tests.api.conftest import FakeDeviceAnswers, make_device, shadow
+from tests.api.conftest import FakeDeviceAnswers, make_device, shadow, worst_call_s
 
 
 class Invocations:
@@ -898,12 +898,6 @@ def test_a_job_record_throttled_by_aws_iot_is_written_after_a_pause(
     assert [t for t in things if started.json["jobId"] not in _pending(t)] == []
 
 
-def _worst_call_s(client: Any) -> float:
-    """How long one call of a boto3 client may take: its timeouts, times the attempts it makes."""
-    config = client.meta.config
-    return float(config.connect_timeout + config.read_timeout) * int((config.retries or {}).get("total_max_attempts", 1))
-
-
 def test_the_fan_out_stops_sending_in_time_to_record_how_far_it_got(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -912,7 +906,7 @@ def test_the_fan_out_stops_sending_in_time_to_record_how_far_it_got(
     things = _things("slow-dev", 60)
     assert api.post("/commands", json={"action": "ping", "things": things, "id": "slow-1"}).status == 202
     monkeypatch.setattr(fanout, "THREADS", 1)  # one call at a time on the simulated clock
-    worst_ms = int(_worst_call_s(record._client()) * 1000)
+    worst_ms = int(worst_call_s(record._client()) * 1000)
     clock = [0]
     real_get, real_update = record.get, record.update
     recorded_with: list[int] = []  # time left when the page's record write started
@@ -953,7 +947,7 @@ def test_a_small_job_answers_within_api_gateways_time_when_aws_is_at_its_slowest
     things = _things("slow-api", 10)
     monkeypatch.setattr(fanout, "THREADS", 1)
     monkeypatch.setattr(bulk, "_lambda_client", [])
-    iot_s, invoke_s = _worst_call_s(record._client()), _worst_call_s(bulk._lambda())
+    iot_s, invoke_s = worst_call_s(record._client()), worst_call_s(bulk._lambda())
     clock, slow = [0.0], [False]
 
     def sleep(seconds: float) -> None:

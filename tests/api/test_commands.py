@@ -359,6 +359,32 @@ def test_a_command_queued_before_its_wait_is_throttled_is_answered_202_with_its_
     assert response.json["expiresAt"] == pending[response.json["id"]]["expiresAt"]
 
 
+def test_a_write_that_timed_out_names_the_id_and_its_retry_does_not_run_the_command_twice(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN AWS IoT that applies the write queueing a command, but whose answer never arrives
+    make_device("lamp-to")
+    real_update = iot.update_shadow
+
+    def lands_then_times_out(thing: str, document: dict[str, Any], shadow_name: str | None = None) -> Any:
+        real_update(thing, document, shadow_name)
+        raise errors.UpstreamError("AWS IoT is unreachable (ReadTimeoutError)")
+
+    monkeypatch.setattr(iot, "update_shadow", lands_then_times_out)
+    # WHEN a command is posted without an id
+    failed = api.post("/devices/lamp-to/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN the error says which id the command may be queued under
+    assert (failed.status, failed.json["code"]) == (502, "UPSTREAM_ERROR")
+    cid = failed.json["details"]["id"]
+    assert cid in failed.json["message"] and list(shadow("lamp-to")["state"]["desired"]) == [cid]
+    # WHEN the caller retries with that id, AWS IoT answering again
+    monkeypatch.setattr(iot, "update_shadow", real_update)
+    retry = api.post("/devices/lamp-to/commands", json={"action": "ping", "id": cid, "timeoutMs": 0})
+    # THEN it joins the queued command: the device has it once
+    assert (retry.status, retry.json["id"]) == (202, cid)
+    assert list(shadow("lamp-to")["state"]["desired"]) == [cid]
+
+
 def test_a_chosen_id_over_an_entry_that_is_no_command_is_queued(api: ApiClient) -> None:
     # GIVEN a commands shadow whose desired.c1 was written around the API and is no command
     make_device("lamp-junk")
