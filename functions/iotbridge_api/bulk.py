@@ -180,7 +180,6 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     """
     _check(params, things)
     request = {"action": action, "params": params, "targetsDigest": _targets_digest(things), "ttlMs": ttl_ms}
-    chosen = job_id is not None
     if job_id is not None:
         known = _recorded(job_id, request)
         if known is not None:
@@ -192,8 +191,7 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     pages = record.split(targets)
     summary = {**request, "createdAt": issued, "expiresAt": issued + ttl_ms, "targets": len(targets), "pages": len(pages)}
     command = contract.compact(contract.pending_entry(action, params, issued_at=issued, expires_at=issued + ttl_ms))
-    # A caller's id may be a command some target already has: the fan-out reads before it writes (fanout.py).
-    page_records = [{"things": ",".join(page), "command": command, "readFirst": chosen or None} for page in pages]
+    page_records = [{"things": ",".join(page), "command": command} for page in pages]
     with ThreadPoolExecutor(THREADS) as pool:  # the pages first: a summary means the whole record is there
         list(pool.map(lambda n: _shadow_call(record.update_page, job_id, n, page_records[n]), range(len(pages))))
     _shadow_call(record.patient, record.update, JOBS_THING, {"state": {"reported": summary}}, record.summary_shadow(job_id))

@@ -205,20 +205,12 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
         if existing is not None:
             return existing
         desired, issued = _desired(doc), now_ms()
-        abandoned = [k for k, entry in desired.items() if contract.is_abandoned(entry, issued)]
-        # No command: no device runs it. Under our id it is simply replaced.
-        junk = [k for k, entry in desired.items() if not isinstance(entry, dict) and k != cid]
         if contract.live_pending(desired, issued) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
                 f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
             )
         entry = contract.pending_entry(request.action, request.params, issued_at=issued, expires_at=issued + request.ttlMs)
-        update: dict[str, Any] = {"state": {"desired": {cid: entry, **dict.fromkeys(junk)}}, "clientToken": cid}
-        if abandoned:
-            update["state"]["desired"].update(dict.fromkeys(abandoned))
-            expired = {k: _expired_outcome(desired[k], issued) for k in abandoned}
-            # As a device does: the oldest outcomes go, so the shadow stays within 8 KB.
-            update["state"]["reported"] = {**contract.prune_history({**_reported(doc), **expired}), **expired}
+        update: dict[str, Any] = {"state": contract.queue_state(desired, _reported(doc), cid, entry, issued), "clientToken": cid}
         if doc is not None:
             update["version"] = doc["version"]  # optimistic lock: nobody else took this id meanwhile
         try:
@@ -281,7 +273,7 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
     """A command still pending long after it expired never ran and never will: record EXPIRED."""
     if current.expiresAt is None or now_ms() <= current.expiresAt + contract.EXPIRY_GRACE_MS:
         return current
-    outcome = _expired_outcome({"action": current.action}, now_ms())
+    outcome = contract.expired_outcome({"action": current.action}, now_ms())
     # The oldest outcomes go, as in every write of an outcome: the shadow stays within 8 KB.
     reported = {**contract.prune_history({**_reported(doc), cid: outcome}), cid: outcome}
     update = {"state": {"desired": {cid: None}, "reported": reported}, "version": doc["version"]}
@@ -295,12 +287,6 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
         logger.warning("expired command not recorded", extra={"thing": thing, "id": cid, "code": exc.code})
     return CommandView(id=cid, thing=thing, action=current.action, state=CommandState.EXPIRED.value,
                        error=outcome.get("error"), doneAt=outcome["doneAt"])  # fmt: skip
-
-
-def _expired_outcome(entry: dict[str, Any], now: int) -> dict[str, Any]:
-    return contract.outcome_entry(
-        CommandState.EXPIRED, str(entry.get("action", "")), done_at=now, error="expired before the device took it"
-    )
 
 
 def history(thing: str) -> list[CommandView]:

@@ -142,3 +142,27 @@ def prune_history(reported: dict[str, Any], keep: int = HISTORY) -> dict[str, No
     outcomes.sort()
     excess = len(outcomes) - keep
     return {k: None for _, k in outcomes[:excess]} if excess > 0 else {}
+
+
+def expired_outcome(entry: Any, now_ms: int) -> dict[str, Any]:
+    """The outcome recorded for a pending entry that expired before any device took it."""
+    action = entry.get("action", "") if isinstance(entry, dict) else ""
+    return outcome_entry(CommandState.EXPIRED, str(action), done_at=now_ms, error="expired before the device took it")
+
+
+def queue_state(desired: dict[str, Any], reported: dict[str, Any], cid: str, entry: dict[str, Any],
+                now_ms: int) -> dict[str, Any]:  # fmt: skip
+    """The `state` of the commands-shadow update that queues `entry` as `cid`, tidying the queue in the same write.
+
+    Abandoned entries (expired long ago, e.g. queued for a device that never came back) are
+    recorded EXPIRED, the oldest outcomes going as a device prunes them, so the document stays
+    within what a small device can read; entries that are no command are removed. The caller
+    checks `live_pending` first, and writes with the version it read.
+    """
+    junk = [k for k, e in desired.items() if not isinstance(e, dict) and k != cid]
+    abandoned = [k for k, e in desired.items() if is_abandoned(e, now_ms)]
+    state: dict[str, Any] = {"desired": {cid: entry, **dict.fromkeys(junk), **dict.fromkeys(abandoned)}}
+    if abandoned:
+        expired = {k: expired_outcome(desired[k], now_ms) for k in abandoned}
+        state["reported"] = {**prune_history({**reported, **expired}), **expired}
+    return state

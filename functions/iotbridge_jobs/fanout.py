@@ -100,32 +100,36 @@ def _claim(job_id: str, page: int, *, by: str, until: int,
                              retryable=True)  # or time ran out: Lambda retries the event (the API hands it over)
 
 
-def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, careful: bool, out_of_time: Callable[[], bool]) -> str | None:
-    """None when the device has the command (now or already); else an error code (retryable or not)."""
+def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, out_of_time: Callable[[], bool]) -> str | None:
+    """None when the device has the command (now or already); else an error code (retryable or not).
+
+    Read, then a versioned write: a device never gets the job twice, nor an 11th pending command
+    (ESP32 firmware reads its pending set into a buffer fixed at boot; 12 overflow it at 48 KB).
+    """
     last = "UPSTREAM_ERROR"
     for attempt in range(DEVICE_TRIES):
         if out_of_time():
             return "OUT_OF_TIME"
         try:
-            if not careful:
-                record.update(thing, {"state": {"desired": {job_id: entry}}, "clientToken": job_id}, COMMANDS_SHADOW)
-                return None
             doc = record.get(thing, COMMANDS_SHADOW)
-            known = record.reported(doc).get(job_id) or record.desired(doc).get(job_id)
+            desired, reported = record.desired(doc), record.reported(doc)
+            known = reported.get(job_id) or desired.get(job_id)
             if known is not None:  # already ran it, or already has it: never twice
                 # ... unless the id is another command's (a caller's job id a single command used too)
                 return None if contract.is_same_command(known, entry["action"], entry["params"]) else "ID_CONFLICT"
-            if contract.live_pending(record.desired(doc), record.now_ms()) >= contract.MAX_PENDING:
+            now = record.now_ms()
+            if contract.live_pending(desired, now) >= contract.MAX_PENDING:
                 return "TOO_MANY_PENDING"
             if out_of_time():  # the read took its time: the write is a second call
                 return "OUT_OF_TIME"
-            update: dict[str, Any] = {"state": {"desired": {job_id: entry}}, "clientToken": job_id}
+            update: dict[str, Any] = {"state": contract.queue_state(desired, reported, job_id, entry, now),
+                                      "clientToken": job_id}  # fmt: skip
             if doc is not None:
                 update["version"] = doc["version"]
             record.update(thing, update, COMMANDS_SHADOW)
             return None
         except record.Conflict:
-            careful = True  # the device wrote meanwhile: read again
+            pass  # the device wrote meanwhile: read again
         except record.ShadowError as exc:
             if not exc.retryable:
                 return exc.code
@@ -177,10 +181,8 @@ def _send(job_id: str, page: int, attempt: int, page_state: dict[str, Any], *, b
     def out_of_time() -> bool:
         return remaining_ms() < MARGIN_MS
 
-    # A caller-chosen job id may be a command id some device already has: read first, never overwrite.
-    careful = attempt > 1 or bool(page_state.get("readFirst"))
     with ThreadPoolExecutor(THREADS) as pool:
-        codes = list(pool.map(lambda t: _queue_one(t, job_id, entry, careful=careful, out_of_time=out_of_time), things))
+        codes = list(pool.map(lambda t: _queue_one(t, job_id, entry, out_of_time=out_of_time), things))
     failed = {i: code for i, code in enumerate(codes) if code}
     retryable = {i: code for i, code in failed.items() if code in RETRYABLE_CODES}
     queued = len(things) - len(failed)

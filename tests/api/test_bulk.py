@@ -231,6 +231,32 @@ def test_a_job_with_a_chosen_id_counts_only_live_commands_against_a_devices_queu
     assert [(f["thing"], f["code"]) for f in started.json["notQueued"]] == [("q-full", "TOO_MANY_PENDING")]
 
 
+def test_a_job_never_makes_a_devices_queue_longer_than_ten_and_tidies_its_dead_entries(
+    api: ApiClient, invocations: Invocations
+) -> None:
+    # GIVEN a device whose queue holds 10 live commands (offline: an ESP32's buffer holds 11 at most),
+    # one whose queue holds 10 commands that expired an hour ago, and one with an empty queue
+    data = boto3.client("iot-data", region_name="us-east-1")
+    for thing in ("t-full", "t-stale", "t-free"):
+        make_device(thing)
+    now = record.now_ms()
+    for thing, expires_at in (("t-stale", now - 3_600_000), ("t-full", now + 600_000)):
+        queue = {f"c{i}": pending_entry("ping", {}, issued_at=expires_at - 60_000, expires_at=expires_at) for i in range(10)}
+        data.update_thing_shadow(thingName=thing, shadowName=COMMANDS_SHADOW,
+                                 payload=json.dumps({"state": {"desired": queue}}))  # fmt: skip
+    # WHEN a bulk command (its id made by the API) goes to all three
+    started = api.post("/commands", json={"action": "ping", "things": ["t-full", "t-stale", "t-free"]})
+    job = started.json["jobId"]
+    # THEN the full queue is left as it was, and the job says why that device did not get it
+    assert started.status == 202, started.body
+    assert sorted(_pending("t-full")) == [f"c{i}" for i in range(10)]
+    assert [(f["thing"], f["code"]) for f in started.json["notQueued"]] == [("t-full", "TOO_MANY_PENDING")]
+    # AND the others have it; the dead entries went in the same write, recorded EXPIRED, as a single command does
+    assert list(_pending("t-free")) == [job] and list(_pending("t-stale")) == [job]
+    reported = shadow("t-stale")["state"]["reported"]
+    assert {reported[f"c{i}"]["state"] for i in range(10)} == {"EXPIRED"}
+
+
 def test_all_refuses_a_registry_it_cannot_list_in_time_and_sends_nothing(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:

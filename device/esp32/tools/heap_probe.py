@@ -45,6 +45,7 @@ VERBOSE = False  # --verbose: a failed run's last firmware lines go to stderr
 
 
 HEX_IDS = False  # --hex-ids
+PENDING = 10  # --pending: commands queued for the reconnect
 
 
 def api_id(name: str) -> str:
@@ -85,7 +86,7 @@ def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bo
                 return _survived(fw)
             # The largest get/accepted: 16 outcomes + 10 pending, read on (re)connect.
             fw.stop()
-            ids = [api_id(f"r{i}") for i in range(10)]
+            ids = [api_id(f"r{i}") for i in range(PENDING)]
             for cid in ids:
                 queue_command(iot, THING, cid, command("ping"))
             fw.start()
@@ -132,9 +133,11 @@ def main() -> int:
                     help="only the N commands, without the reconnect to a full commands shadow")
     ap.add_argument("--verbose", action="store_true", help="print a failed run's last firmware lines")
     ap.add_argument("--hex-ids", action="store_true", help="ids of 32 hex digits (a caller's uuid4().hex), not the API's 26")
+    ap.add_argument("--pending", type=int, default=10,
+                    help="commands pending at the reconnect (the API queues at most 10; a bulk job's first write can add more)")
     args = ap.parse_args()
-    global VERBOSE, HEX_IDS
-    VERBOSE, HEX_IDS = args.verbose, args.hex_ids
+    global VERBOSE, HEX_IDS, PENDING
+    VERBOSE, HEX_IDS, PENDING = args.verbose, args.hex_ids, args.pending
     with tempfile.TemporaryDirectory() as tmp:
         image = compile_firmware(Path(tmp) / "image")
         sizes = [args.only] if args.only else None
