@@ -76,10 +76,12 @@ fi
 # MicroPython), some of which have no wheel for every platform.
 extra=""; [ "$want" = test ] && extra="[test]"
 stamp=".venv/.installed-$want"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# The editable install maps the packages it found: a package added since needs it again.
+packages=$(ls -d functions/iotbridge_* infra/iotbridge_* device/pi/iotbridge_* 2>/dev/null | tr '\n' ' ')
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$packages" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".$extra"
-  touch "$stamp"
+  echo "$packages" > "$stamp"
 fi
 
 if [ "$want" = test ]; then

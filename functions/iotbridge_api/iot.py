@@ -65,7 +65,12 @@ def _client(service: str) -> Any:
                 cfg = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
                              retries={"total_max_attempts": 1, "mode": "standard"},
                              user_agent=f"iotbridge-api botocore/{botocore.__version__}")  # fmt: skip
-                client = _clients[service] = boto3.client(service, config=cfg)  # type: ignore[call-overload]
+                client = boto3.client(service, config=cfg)  # type: ignore[call-overload]
+                if service == "iot-data":  # shadow calls: signed and sent without boto3's cost (iotbridge_dataplane)
+                    from iotbridge_dataplane import shadow_client
+
+                    client = shadow_client(client, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
+                _clients[service] = client
     return client
 
 

@@ -182,7 +182,12 @@ def _client() -> Any:
                 cfg = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
                              retries={"total_max_attempts": 1, "mode": "standard"},
                              max_pool_connections=32, user_agent=f"iotbridge-jobs botocore/{botocore.__version__}")  # fmt: skip
-                client = _clients["iot-data"] = boto3.client("iot-data", config=cfg)
+                from iotbridge_dataplane import shadow_client
+
+                # Its shadow calls signed and sent without boto3's cost: two per device of a job.
+                sdk = boto3.client("iot-data", config=cfg)
+                client = _clients["iot-data"] = shadow_client(sdk, connect_timeout=CONNECT_TIMEOUT_S,
+                                                              read_timeout=READ_TIMEOUT_S, max_connections=32)  # fmt: skip
     return client
 
 

@@ -25,6 +25,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "iotbridge-test")
+    monkeypatch.setenv("IOTBRIDGE_SHADOW_CALLS", "sdk")  # moto answers boto3 only (iotbridge_dataplane)
     from iotbridge_api import iot, waiting
 
     with mock_aws():

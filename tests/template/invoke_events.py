@@ -9,6 +9,7 @@ from template.yaml); prints one JSON line per invocation:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -38,6 +39,7 @@ class LambdaContext:
 
 
 def main(events_dir: Path) -> None:
+    os.environ["IOTBRIDGE_SHADOW_CALLS"] = "sdk"  # moto answers boto3 only (iotbridge_dataplane)
     with mock_aws():
         # The thing the samples talk about, advertising the actions the samples use.
         boto3.client("iot").create_thing(thingName="pi-01")
