@@ -22,15 +22,16 @@ READ_TIMEOUT_S = 2
 # The longest one call can take: one attempt, no SDK retry (botocore's `max_attempts: 1` is one
 # retry). The API's loops retry reads; a caller retries a command with its id.
 CALL_MAX_S = CONNECT_TIMEOUT_S + READ_TIMEOUT_S
+MIN_CALL_S = 0.1  # a call with less time than this left is not started
 
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
-# When this request's answer must be ready (monotonic), or None: no call starts that could end later.
+# When this request's answer must be ready (monotonic), or None: no call outlasts it.
 _answer_by: ContextVar[float | None] = ContextVar("answer_by", default=None)
 
 
 def set_cutoff(cutoff: float | None) -> None:
-    """From now on in this request (and the reads it starts together), no call starts that could outlast `cutoff`."""
+    """From now on in this request (and the reads it starts together), no call outlasts `cutoff`."""
     _answer_by.set(cutoff)
 
 
@@ -38,14 +39,21 @@ def cutoff() -> float | None:
     return _answer_by.get()
 
 
+def seconds_left() -> float | None:
+    """Time left for a call before the answer is due; None when no request set a cutoff."""
+    answer_by = _answer_by.get()
+    return None if answer_by is None else answer_by - time.monotonic()
+
+
 def time_for_call() -> bool:
-    cutoff = _answer_by.get()
-    return cutoff is None or time.monotonic() + CALL_MAX_S <= cutoff
+    left = seconds_left()
+    return left is None or left >= MIN_CALL_S
 
 
 def _check_time() -> None:
     # A call that outlasts API Gateway's 29 s turns the whole answer into a 504 that names no
-    # command id: better not to start it, and answer with what is known.
+    # command id. Shadow calls are cut to the time left (iotbridge_dataplane); with too little
+    # left, none starts, and the answer says what is known.
     if not time_for_call():
         raise errors.UpstreamError("no time left in this request for another call to AWS IoT")
 
@@ -69,7 +77,8 @@ def _client(service: str) -> Any:
                 if service == "iot-data":  # shadow calls: signed and sent without boto3's cost (iotbridge_dataplane)
                     from iotbridge_dataplane import shadow_client
 
-                    client = shadow_client(client, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
+                    client = shadow_client(client, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                                           budget=seconds_left)  # fmt: skip
                 _clients[service] = client
     return client
 

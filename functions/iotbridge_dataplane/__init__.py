@@ -16,12 +16,16 @@ run against, answers only boto3.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 
-def shadow_client(sdk: Any, *, connect_timeout: float, read_timeout: float, max_connections: int = 10) -> Any:
+def shadow_client(sdk: Any, *, connect_timeout: float, read_timeout: float, max_connections: int = 10,
+                  budget: Callable[[], float | None] | None = None) -> Any:  # fmt: skip
+    """budget: seconds a call may take at most, asked before each call (None: its timeouts). boto3 ignores it."""
     if os.environ.get("IOTBRIDGE_SHADOW_CALLS") == "sdk":
         return sdk
     from iotbridge_dataplane.signed import SignedShadows
 
-    return SignedShadows(sdk, connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections)
+    return SignedShadows(sdk, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                         max_connections=max_connections, budget=budget)  # fmt: skip

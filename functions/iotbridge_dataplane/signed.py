@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -28,7 +29,8 @@ _SAFE = "-._~"  # what botocore leaves unescaped in a path label or query value
 
 
 class SignedShadows:
-    def __init__(self, sdk: Any, *, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
+    def __init__(self, sdk: Any, *, connect_timeout: float, read_timeout: float, max_connections: int,
+                 budget: Callable[[], float | None] | None = None) -> None:  # fmt: skip
         import boto3
 
         meta = sdk.meta
@@ -42,7 +44,9 @@ class SignedShadows:
         if credentials is None:
             raise RuntimeError("no AWS credentials for AWS IoT's data plane")
         self._credentials = credentials
+        self._connect_s, self._read_s = connect_timeout, read_timeout
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._budget = budget
         self._pool = urllib3.PoolManager(maxsize=max_connections, cert_reqs="CERT_REQUIRED", ca_certs=get_cert_path(True))
 
     def get_thing_shadow(self, *, thingName: str, shadowName: str | None = None) -> dict[str, Any]:
@@ -57,8 +61,13 @@ class SignedShadows:
             url += f"?name={quote(shadow, safe=_SAFE)}"
         request = AWSRequest(method=method, url=url, data=body, headers={"User-Agent": self._user_agent})
         SigV4Auth(self._credentials.get_frozen_credentials(), self._signing_name, self._region).add_auth(request)
+        timeout = self._timeout
+        left = self._budget() if self._budget is not None else None
+        if left is not None:  # the whole call, connect and answer, within what the caller has left
+            left = max(left, 0.001)
+            timeout = urllib3.Timeout(connect=min(self._connect_s, left), read=min(self._read_s, left), total=left)
         response = self._pool.request(method, url, body=body, headers=dict(request.headers.items()),
-                                      timeout=self._timeout, retries=False, redirect=False)  # fmt: skip
+                                      timeout=timeout, retries=False, redirect=False)  # fmt: skip
         if response.status == 200:
             return {"payload": io.BytesIO(response.data)}
         raise _client_error(response, operation)

@@ -130,3 +130,23 @@ def test_answers_and_refusals_are_the_ones_boto3_gives(data_plane: str) -> None:
     # AND the refusals are the ones the callers map (not found, conflict, too large, invalid)
     assert [_outcome(ours, call)[1] for _, call in cases[1:]] == [
         "ResourceNotFoundException", "ConflictException", "RequestEntityTooLargeException", "InvalidRequestException"]
+
+
+def test_a_call_never_outlasts_the_time_its_caller_has_left(credentials: None) -> None:
+    # GIVEN a data plane that accepts connections and never answers, and a caller with 0.4 s left
+    import socket
+    import time
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        sdk = boto3.client("iot-data", endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        ours = SignedShadows(sdk, connect_timeout=1, read_timeout=2, max_connections=1, budget=lambda: 0.4)
+        # WHEN it reads a shadow
+        started = time.monotonic()
+        with pytest.raises(Exception) as failed:
+            ours.get_thing_shadow(thingName="pi-01")
+        # THEN it fails as a timeout once those 0.4 s are spent, not after its 2 s read timeout
+        assert "timed out" in str(failed.value).lower() or "Timeout" in type(failed.value).__name__, failed.value
+        assert time.monotonic() - started < 1.0
+    finally:
+        silent.close()
