@@ -38,6 +38,8 @@ export class BulkPanel {
     clear.addEventListener("click", () => this.onClear());
     this.progress = h("ul", { class: "bulk-progress", "aria-live": "polite", "aria-label": "Bulk command progress" });
     this.status = h("p", { class: "form-status", role: "status" });
+    this.again = h("button", { type: "button", class: "btn btn-ghost bulk-again" });
+    this.again.hidden = true;
     this.form = h(
       "form",
       { class: "bulk-form", novalidate: true },
@@ -54,6 +56,7 @@ export class BulkPanel {
       h("div", { class: "bulk-head" }, h("h2", { id: "bulk-title" }, "Bulk command"), this.count),
       this.form,
       this.status,
+      this.again,
       this.progress,
     );
     root.hidden = true;
@@ -103,8 +106,12 @@ export class BulkPanel {
       setText(this.status, "Select devices that share an action first.");
       return;
     }
-    const things = this.things.slice();
-    const params = readParams(this.fields);
+    await this.run(action, readParams(this.fields), this.things.slice());
+  }
+
+  // One job: send, then follow it until every device is done or was not sent.
+  async run(action, params, things) {
+    this.again.hidden = true;
     this.send.classList.add("is-pending");
     this.send.setAttribute("aria-disabled", "true");
     this.send.setAttribute("aria-busy", "true");
@@ -124,7 +131,7 @@ export class BulkPanel {
           ? `Job ${jobId}: ${action} could not be queued on ${failed} of ${things.length} devices.`
           : `Job ${jobId}: ${action} accepted for ${things.length} devices.`,
       );
-      await this.follow(jobId, action);
+      await this.follow(jobId, action, params);
     } catch (err) {
       const info = explain(err);
       this.status.dataset.tone = "bad";
@@ -136,7 +143,16 @@ export class BulkPanel {
     }
   }
 
-  async follow(jobId, action) {
+  // Devices the job did not reach (a full queue, an id they already had) can be sent a new job:
+  // it has an id of its own, so none of them runs the command twice.
+  offerAgain(action, params, things) {
+    this.again.hidden = things.length === 0;
+    if (!things.length) return;
+    setText(this.again, `Send ${action} again to ${things.length} device${things.length === 1 ? "" : "s"} not sent`);
+    this.again.onclick = () => this.run(action, params, things);
+  }
+
+  async follow(jobId, action, params) {
     let delay = 1000;
     const giveUpAt = Date.now() + 5 * 60 * 1000;
     while (Date.now() < giveUpAt) {
@@ -150,8 +166,13 @@ export class BulkPanel {
         const done = entries.filter((e) => isTerminal(e.state) || e.state === "NOT_SENT").length;
         if (job.complete || (entries.length && done === entries.length)) {
           const ok = entries.filter((e) => e.state === "SUCCEEDED").length;
+          const notSent = entries.filter((e) => e.state === "NOT_SENT").map((e) => e.thing);
           this.status.dataset.tone = ok === entries.length ? "ok" : "bad";
-          setText(this.status, `${action}: ${ok} of ${entries.length} succeeded.`);
+          setText(
+            this.status,
+            `${action}: ${ok} of ${entries.length} succeeded.` + (notSent.length ? ` ${notSent.length} not sent.` : ""),
+          );
+          this.offerAgain(action, params, notSent);
           for (const e of entries) this.onSettled(e.thing);
           return;
         }

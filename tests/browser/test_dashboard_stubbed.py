@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
-from playwright.sync_api import Browser, Page, Route
+from playwright.sync_api import Browser, Page, Route, expect
 
 from iotbridge_local.config import free_port
 from iotbridge_local.dashboard_server import DashboardServer
@@ -35,6 +35,8 @@ class Stub:
         self.posts: list[dict[str, Any]] = []
         self.abort_posts = 0
         self.errors: list[str] = []
+        self.jobs: list[dict[str, Any]] = []  # bulk POSTs; a job's devices: done, but those in `full` not sent
+        self.full: set[str] = set()
 
     def handle(self, route: Route) -> None:
         req = route.request
@@ -61,6 +63,18 @@ class Stub:
                 self.abort_posts -= 1
                 return route.abort("connectionreset")  # request reached the API, the answer got lost
             return self.json(route, 200, {"id": "c1", "thing": parts[1], "action": "led", "state": "SUCCEEDED"})
+        if path == "/commands" and req.method == "POST":
+            body = json.loads(req.post_data or "{}")
+            self.jobs.append(body)
+            refused = [{"thing": t, "code": "TOO_MANY_PENDING"} for t in body["things"] if t in self.full]
+            started = {"jobId": f"job-{len(self.jobs)}", "action": body["action"], "params": body.get("params", {}),
+                       "targets": len(body["things"]), "queued": 0, "notQueued": refused}  # fmt: skip
+            return self.json(route, 202, started)
+        if parts[:2] == ["commands", "jobs"]:
+            body = self.jobs[int(parts[2].split("-")[1]) - 1]
+            devices = [{"thing": t, "state": "NOT_SENT", "error": "TOO_MANY_PENDING"} if t in self.full
+                       else {"thing": t, "state": "SUCCEEDED", "id": parts[2]} for t in body["things"]]  # fmt: skip
+            return self.json(route, 200, {"jobId": parts[2], "devices": devices, "complete": True})
         return self.json(route, 404, {"code": "NOT_FOUND", "message": path})
 
     @staticmethod
@@ -110,6 +124,34 @@ def test_a_command_whose_answer_was_lost_is_asked_again_with_its_id(site: tuple[
     page.wait_for_selector(".outcome[data-state=SUCCEEDED]", timeout=10_000)
     ids = [p.get("id") for p in stub.posts]
     assert len(ids) == 2 and ids[0] and ids[0] == ids[1], stub.posts
+
+
+def test_devices_a_bulk_command_did_not_reach_can_be_sent_it_again(site: tuple[Page, Stub]) -> None:
+    # GIVEN three devices, one of them with a full command queue
+    page, stub = site
+    stub.devices = [device(t) for t in ("sim-1", "sim-2", "sim-3")]
+    stub.full = {"sim-2"}
+    page.goto(page.base + "/")  # type: ignore[attr-defined]
+    for thing in ("sim-1", "sim-2", "sim-3"):
+        page.get_by_label(f"Select {thing} for a bulk command").check()
+    bulk = page.locator("#bulk")
+    bulk.get_by_label("Action").select_option("led")
+    bulk.get_by_label("state").select_option("on")
+    # WHEN a bulk command goes to all three
+    bulk.get_by_role("button", name="Send to 3 devices").click()
+    # THEN the one not reached is shown with why, and the dashboard offers to send it again
+    expect(bulk.get_by_role("status")).to_contain_text("2 of 3 succeeded. 1 not sent.", timeout=10_000)
+    expect(bulk.locator(".bulk-progress li[data-thing='sim-2']")).to_contain_text("TOO_MANY_PENDING")
+    again = bulk.get_by_role("button", name="Send led again to 1 device not sent")
+    # WHEN its queue has room again and the user accepts
+    stub.full = set()
+    again.click()
+    # THEN a new job goes to that device alone, with the same action and params, and it succeeds
+    expect(bulk.get_by_role("status")).to_contain_text("1 of 1 succeeded.", timeout=10_000)
+    assert [(j["things"], j["action"], j["params"]) for j in stub.jobs] == [
+        (["sim-1", "sim-2", "sim-3"], "led", {"state": "on"}), (["sim-2"], "led", {"state": "on"})]
+    assert stub.jobs[0]["id"] != stub.jobs[1]["id"]
+    expect(again).to_be_hidden()
 
 
 def test_an_empty_choice_in_a_devices_led_spec_does_not_break_its_view(site: tuple[Page, Stub]) -> None:
