@@ -38,7 +38,7 @@ export class BulkPanel {
     clear.addEventListener("click", () => this.onClear());
     this.progress = h("ul", { class: "bulk-progress", "aria-live": "polite", "aria-label": "Bulk command progress" });
     this.status = h("p", { class: "form-status", role: "status" });
-    this.again = h("button", { type: "button", class: "btn btn-ghost bulk-again" });
+    this.again = h("button", { type: "button", class: "btn btn-ghost bulk-again" }, "Send again to the devices not sent");
     this.again.hidden = true;
     this.form = h(
       "form",
