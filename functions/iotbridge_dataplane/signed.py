@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -47,7 +48,9 @@ class SignedShadows:
         self._connect_s, self._read_s = connect_timeout, read_timeout
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._budget = budget
-        self._pool = urllib3.PoolManager(maxsize=max_connections, cert_reqs="CERT_REQUIRED", ca_certs=get_cert_path(True))
+        # The CA bundle boto3 would use: AWS_CA_BUNDLE if set, else botocore's.
+        ca_bundle = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
+        self._pool = urllib3.PoolManager(maxsize=max_connections, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle)
 
     def get_thing_shadow(self, *, thingName: str, shadowName: str | None = None) -> dict[str, Any]:
         return self._call("GET", "GetThingShadow", thingName, shadowName, None)
