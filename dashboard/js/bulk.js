@@ -164,7 +164,9 @@ export class BulkPanel {
         );
         this.renderProgress(entries);
         const done = entries.filter((e) => isTerminal(e.state) || e.state === "NOT_SENT").length;
-        if (job.complete || (entries.length && done === entries.length)) {
+        // NOT_SENT is final only once the job is complete: until then the fan-out may try again.
+        const final = entries.filter((e) => isTerminal(e.state)).length;
+        if (job.complete || (entries.length && final === entries.length)) {
           const ok = entries.filter((e) => e.state === "SUCCEEDED").length;
           const notSent = entries.filter((e) => e.state === "NOT_SENT").map((e) => e.thing);
           this.status.dataset.tone = ok === entries.length ? "ok" : "bad";
@@ -172,7 +174,7 @@ export class BulkPanel {
             this.status,
             `${action}: ${ok} of ${entries.length} succeeded.` + (notSent.length ? ` ${notSent.length} not sent.` : ""),
           );
-          this.offerAgain(action, params, notSent);
+          this.offerAgain(action, params, job.complete ? notSent : []);
           for (const e of entries) this.onSettled(e.thing);
           return;
         }

@@ -190,7 +190,8 @@ def post_command(thing: str, body: CommandRequest) -> Response:
     if body.id is not None:
         logger.set_correlation_id(body.id)
     started = time.perf_counter()
-    current, terminal = dispatch.submit(name, body, deadline=_deadline(body.timeoutMs))
+    # After the wait: one more read (the outcome's new state, or presence for SENT/QUEUED).
+    current, terminal = dispatch.submit(name, body, deadline=_deadline(body.timeoutMs, reads_after=1))
     logger.set_correlation_id(current.id)
     metrics.add_metric(name="CommandWaitMs", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
     metrics.add_metric(name=f"Command{current.state.title().replace('_', '')}", unit=MetricUnit.Count, value=1)

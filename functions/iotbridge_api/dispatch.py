@@ -219,8 +219,8 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
             continue
         except _READ_FAILED as exc:
             # A write that timed out may still land: the id is what lets the caller retry without a second run.
-            raise type(exc)(f"{exc.message}; the command may be queued: retry with its id {cid}",
-                            details={"thing": thing, "id": cid}) from exc  # fmt: skip
+            maybe = "" if isinstance(exc, errors.Throttled) else "; the command may be queued"
+            raise type(exc)(f"{exc.message}{maybe}: retry with its id {cid}", details={"thing": thing, "id": cid}) from exc
         finally:
             waiting.note_request(thing, COMMANDS_SHADOW)
         written = view(thing, cid, {"state": {"desired": {cid: entry}}}, connected=True)

@@ -9,6 +9,7 @@ those, and nothing here knows whether it runs on AWS.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from contextvars import ContextVar
@@ -104,19 +105,35 @@ def _error_code(exc: Exception) -> str:
 
 
 def get_shadow(thing: str, shadow: str | None = None) -> dict[str, Any] | None:
-    """The shadow document, or None when it does not exist."""
+    """The shadow document, or None when it does not exist.
+
+    A read that broke (connection, timeout, AWS IoT 5xx) is tried once more, time permitting:
+    reading twice is harmless, and the SDK's own retry is off (see CALL_MAX_S).
+    """
     kwargs: dict[str, Any] = {"thingName": thing}
     if shadow:
         kwargs["shadowName"] = shadow
-    _check_time()
-    try:
-        payload = _client("iot-data").get_thing_shadow(**kwargs)["payload"].read()
-    except Exception as exc:
-        if _error_code(exc) == "ResourceNotFoundException":
-            return None
-        raise _upstream(exc) from exc
+    for attempt in (1, 2):
+        _check_time()
+        try:
+            payload = _client("iot-data").get_thing_shadow(**kwargs)["payload"].read()
+            break
+        except Exception as exc:
+            if _error_code(exc) == "ResourceNotFoundException":
+                return None
+            if attempt == 2 or not _broke(exc) or not time_for_call():
+                raise _upstream(exc) from exc
+            time.sleep(random.uniform(0.01, 0.05))  # jitter
     result: dict[str, Any] = json.loads(payload)
     return result
+
+
+def _broke(exc: Exception) -> bool:
+    """A failure another try may not meet: no answer, or AWS IoT's own (5xx); not a refusal or a throttle."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return True
+    return int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0) >= 500
 
 
 def update_shadow(thing: str, document: dict[str, Any], shadow: str | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +130,8 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, out_of_time: C
             record.update(thing, update, COMMANDS_SHADOW)
             return None
         except record.Conflict:
-            pass  # the device wrote meanwhile: read again
+            last = "CONFLICT"  # the device (or another writer) wrote meanwhile: read again, after a moment
+            time.sleep(random.uniform(0, BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]))
         except record.ShadowError as exc:
             if not exc.retryable:
                 return exc.code

@@ -257,6 +257,26 @@ def test_a_job_never_makes_a_devices_queue_longer_than_ten_and_tidies_its_dead_e
     assert {reported[f"c{i}"]["state"] for i in range(10)} == {"EXPIRED"}
 
 
+def test_a_device_whose_every_write_meets_another_writer_is_left_for_a_retry_as_a_conflict(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN two devices, one of which changes its commands shadow between every read and write
+    things = _things("busy", 2)
+    real_update = record.update
+
+    def update(thing: str, document: dict[str, Any], shadow_name: str) -> None:
+        if thing == things[0] and shadow_name == COMMANDS_SHADOW:
+            raise record.Conflict()
+        real_update(thing, document, shadow_name)
+
+    monkeypatch.setattr(record, "update", update)
+    # WHEN a bulk command goes to both
+    job = api.post("/commands", json={"action": "ping", "things": things}).json["jobId"]
+    # THEN the other has it, and the page records the busy one's failure as a conflict, for the next attempt
+    assert job in _pending(things[1]) and job not in _pending(things[0])
+    assert record.decode_failed(_page_record(job, 0)["failed"]) == {0: "CONFLICT"}
+
+
 def test_all_refuses_a_registry_it_cannot_list_in_time_and_sends_nothing(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:

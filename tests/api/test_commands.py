@@ -385,6 +385,32 @@ def test_a_write_that_timed_out_names_the_id_and_its_retry_does_not_run_the_comm
     assert list(shadow("lamp-to")["state"]["desired"]) == [cid]
 
 
+def test_a_read_whose_connection_broke_is_tried_again_before_the_caller_sees_an_error(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a device, and a connection to AWS IoT that breaks on the first shadow read
+    make_device("lamp-rst")
+    real = iot._client("iot-data")
+    broke = [0]
+
+    class Flaky:
+        def get_thing_shadow(self, **kwargs: Any) -> Any:
+            if not broke[0]:
+                broke[0] += 1
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return real.get_thing_shadow(**kwargs)
+
+        def update_thing_shadow(self, **kwargs: Any) -> Any:
+            return real.update_thing_shadow(**kwargs)
+
+    monkeypatch.setitem(iot._clients, "iot-data", Flaky())
+    # WHEN a command is posted
+    response = api.post("/devices/lamp-rst/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN it is queued, not refused with a 502: the read was made again
+    assert (response.status, response.json["state"]) == (202, "SENT"), response.body
+    assert broke[0] == 1 and list(shadow("lamp-rst")["state"]["desired"]) == [response.json["id"]]
+
+
 def test_a_chosen_id_over_an_entry_that_is_no_command_is_queued(api: ApiClient) -> None:
     # GIVEN a commands shadow whose desired.c1 was written around the API and is no command
     make_device("lamp-junk")
