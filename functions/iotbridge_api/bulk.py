@@ -370,6 +370,8 @@ class _Page:
         if self.error is None and over and not state:
             self.error = "EXPIRED: the job expired before this page was sent"
         self.taken = bool(state)  # some sender has worked on it: its devices may hold the command
+        # The fan-out left it for Lambda to retry (the API's own attempt is retried only by a retry of the POST).
+        self.retried = state == record.RETRYING and self.sent.get("by") != "api" and not self.settled
 
     def state_of(self, index: int, doc: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
         thing = self.things[index]
@@ -382,7 +384,10 @@ class _Page:
                 return {"thing": thing, "state": CommandState.EXPIRED.value}
             return {"thing": thing, "state": PENDING}
         if index in self.failed:
-            return {"thing": thing, "state": NOT_SENT, "error": self.failed[index]}
+            code = self.failed[index]
+            if code in fanout.RETRYABLE_CODES and self.retried:  # Lambda's next attempt at the page tries it again
+                return {"thing": thing, "state": SENDING, "error": code}
+            return {"thing": thing, "state": NOT_SENT, "error": code}
         if self.sent.get("state") == record.QUEUED or int(self.sent.get("queued") or 0) > 0:
             # Queued (the attempt that wrote `failed` did not list it), then gone: a device keeps
             # its last outcomes only.
