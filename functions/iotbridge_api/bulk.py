@@ -53,6 +53,11 @@ INVOKE_BACKOFF_S = (0.2, 0.6)  # before the second and third try
 HAND_OVER_MS = INVOKE_MS + 2 * record.RECORD_MS
 NOT_SENT, UNKNOWN, PENDING, SENDING = "NOT_SENT", "UNKNOWN", "PENDING", "SENDING"
 TERMINAL = frozenset(s.value for s in CommandState if s.terminal)
+# A job with a caller's id is claimed before its pages are written (_claim). A claim whose request
+# has surely ended (the API function's 29 s timeout, and a margin for clocks) is taken over by a retry.
+CLAIM_LAPSE_MS = 35_000
+CLAIM_TRIES = 6
+JOIN_POLL_S = 0.1  # how often a retry looks whether the request it joined has recorded the job
 _STARTED = ("action", "params", "createdAt", "expiresAt", "targets", "pages")  # of the summary, in POST's answer
 
 _lock = threading.Lock()
@@ -147,11 +152,74 @@ def _targets_digest(things: list[str] | None) -> str:
     return hashlib.sha256("\n".join(dict.fromkeys(things)).encode()).hexdigest()[:24]
 
 
-def _recorded(job_id: str, request: dict[str, Any]) -> dict[str, Any] | None:
-    """The job `job_id` as recorded, if it is (the same request, else a conflict)."""
-    summary = record.reported(_shadow_call(record.patient, record.get, JOBS_THING, record.summary_shadow(job_id)))
-    if not summary:
-        return None
+def _recorded(job_id: str, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+    """The job `job_id` as recorded (the same request, else a conflict), or None when no live request has it.
+
+    A job another request with the same body is still recording (a caller's retry while its first
+    request runs) is waited for, and then followed like any recorded job; a recording whose request
+    ended before finishing it (its claim lapsed) is left to this request to record again.
+    """
+    while True:
+        summary = _summary(job_id)
+        if not summary.get("action"):  # none, or only opened by a request about to claim it
+            return None
+        _same_job(job_id, summary, request)
+        if summary.get("recorded") is not False:
+            known = _answer_of(job_id, summary)
+            known["notQueued"] = _resume(job_id, int(summary.get("pages") or 0), deadline)
+            return known
+        if _lapsed(summary):
+            return None
+        if _left_ms(deadline) < HAND_OVER_MS + JOIN_POLL_S * 1000:
+            return _answer_of(job_id, summary)  # still being recorded: its own request hands it over
+        time.sleep(JOIN_POLL_S)
+
+
+def _claim(job_id: str, summary: dict[str, Any], request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+    """Make this request the one that records the job with the caller's id: None when it is, else the job
+    as another request records it (the same body; a different one is a conflict).
+
+    Two requests with one id may both find no job: each writing its pages and summary would leave
+    a job mixed of both, and both callers told 202. The summary is claimed with a versioned write
+    (created first by a plain one, since a versioned write needs an existing shadow), so exactly one
+    request records the pages; the others see its claim.
+    """
+    claim = {**summary, "recorded": False, "owner": contract.new_id(), "claimedAt": record.now_ms()}
+    shadow = record.summary_shadow(job_id)
+    for _ in range(CLAIM_TRIES):
+        doc = _shadow_call(record.patient, record.get, JOBS_THING, shadow)
+        held = record.reported(doc)
+        if held.get("action") and not (held.get("recorded") is False and _lapsed(held)):
+            known = _recorded(job_id, request, deadline)
+            if known is not None:
+                return known
+            continue  # its claim lapsed meanwhile
+        if doc is None:
+            opened = {"state": {"reported": {"opened": record.now_ms()}}}
+            _shadow_call(record.patient, record.update, JOBS_THING, opened, shadow)
+            continue
+        try:
+            record.patient(record.update, JOBS_THING, {"state": {"reported": claim}, "version": doc["version"]}, shadow)
+            return None
+        except record.Conflict:
+            continue  # another request wrote it meanwhile: look again
+        except record.ShadowError as exc:
+            raise _api_error(exc) from exc
+    raise errors.Throttled(f"job {job_id} is being written by other requests at the same time; retry",
+                           details={"id": job_id})  # fmt: skip
+
+
+def _summary(job_id: str) -> dict[str, Any]:
+    return record.reported(_shadow_call(record.patient, record.get, JOBS_THING, record.summary_shadow(job_id)))
+
+
+def _lapsed(summary: dict[str, Any]) -> bool:
+    """Whether a claim's request has surely ended (the API function's timeout is over)."""
+    return record.now_ms() - int(summary.get("claimedAt") or 0) > CLAIM_LAPSE_MS
+
+
+def _same_job(job_id: str, summary: dict[str, Any], request: dict[str, Any]) -> None:
+    """IdConflict unless `request` is the one recorded as job `job_id`."""
     # Jobs recorded before targets and ttl were kept are checked on what they have.
     # Compared as JSON, as a single command's retry is: `true`, `1` and `1.0` are three params.
     differs = sorted(k for k, v in request.items()
@@ -159,6 +227,9 @@ def _recorded(job_id: str, request: dict[str, Any]) -> dict[str, Any] | None:
     if differs:
         message = f"job {job_id} exists with other {', '.join(differs)}"
         raise errors.IdConflict(message, details={"id": job_id, "differs": differs})
+
+
+def _answer_of(job_id: str, summary: dict[str, Any]) -> dict[str, Any]:
     return {"jobId": job_id, **{k: summary.get(k) for k in _STARTED}, "queued": 0, "notQueued": []}
 
 
@@ -166,7 +237,11 @@ def _shadow_call(call: Any, *args: Any) -> Any:
     try:
         return call(*args)
     except record.ShadowError as exc:
-        raise (errors.Throttled if exc.code == "THROTTLED" else errors.UpstreamError)(str(exc)) from exc
+        raise _api_error(exc) from exc
+
+
+def _api_error(exc: record.ShadowError) -> errors.ApiError:
+    return (errors.Throttled if exc.code == "THROTTLED" else errors.UpstreamError)(str(exc))
 
 
 def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_ms: int, deadline: float,
@@ -180,16 +255,21 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     """
     _check(params, things)
     request = {"action": action, "params": params, "targetsDigest": _targets_digest(things), "ttlMs": ttl_ms}
+    chosen = job_id is not None
     if job_id is not None:
-        known = _recorded(job_id, request)
+        known = _recorded(job_id, request, deadline)
         if known is not None:
-            known["notQueued"] = _resume(job_id, int(known.get("pages") or 0), deadline)
             return known
     targets = list(dict.fromkeys(things)) if things is not None else _all_things(deadline)
     job_id = job_id or contract.new_id()
     issued = record.now_ms()
     pages = record.split(targets)
     summary = {**request, "createdAt": issued, "expiresAt": issued + ttl_ms, "targets": len(targets), "pages": len(pages)}
+    if chosen:  # another request may hold the same id: only one records it (an id the API made is new)
+        known = _claim(job_id, summary, request, deadline)
+        if known is not None:
+            return known
+        summary["recorded"] = True
     command = contract.compact(contract.pending_entry(action, params, issued_at=issued, expires_at=issued + ttl_ms))
     page_records = [{"things": ",".join(page), "command": command} for page in pages]
     with ThreadPoolExecutor(THREADS) as pool:  # the pages first: a summary means the whole record is there
@@ -480,9 +560,17 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
         raise errors.InvalidCommandId(f"invalid job id {job_id!r}")
     if len(job_id) > MAX_JOB_ID:  # no job has one (its record's shadow name would pass AWS's 64)
         raise errors.JobNotFound(f"no job {job_id}", details={"jobId": job_id})
-    summary = record.reported(_shadow_call(record.patient, record.get, JOBS_THING, record.summary_shadow(job_id)))
-    if not summary:
+    summary = _summary(job_id)
+    if not summary.get("action"):  # none, or opened by a request that had not claimed it yet
         raise errors.JobNotFound(f"no job {job_id}", details={"jobId": job_id})
+    if summary.get("recorded") is False:  # claimed, its pages not all written: nothing is sent yet
+        if _lapsed(summary):
+            message = f"no job {job_id}: the request that started recording it ended first, and nothing was sent"
+            raise errors.JobNotFound(message, details={"jobId": job_id})
+        targets = int(summary.get("targets") or 0)
+        return {"jobId": job_id, **{k: summary.get(k) for k in ("action", "createdAt", "expiresAt")},
+                "targets": targets, "done": 0, "complete": targets == 0, "counts": {SENDING: targets} if targets else {},
+                "devices": [], "nextOffset": None}  # fmt: skip
     now = record.now_ms()
     docs = _read_pages(job_id, int(summary.get("pages", 0)))
     with ThreadPoolExecutor(THREADS) as pool:

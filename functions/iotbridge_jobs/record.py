@@ -1,6 +1,8 @@
 """A job's record: named shadows of the registry things `iotbridge-jobs*`, and the door to them.
 
-`iotbridge-jobs` / `job-{id}` (reported): action, params, createdAt, expiresAt, targets, pages.
+`iotbridge-jobs` / `job-{id}` (reported): action, params, createdAt, expiresAt, targets, pages; for an
+id the caller chose, also `owner`/`claimedAt` (the request that records it) and `recorded` (False
+until its pages are written), and `opened` (the plain write that created it, so it can be claimed).
 `iotbridge-jobs-{k}` / `job-{id}-{n}` (reported), one per page of targets, spread over
 SHARDS things: AWS allows a thing 20 shadow requests/s and 10 in flight, which one
 thing holding a 10,000-device job's 20-odd pages would exceed on every POST and GET.

@@ -9,6 +9,8 @@ Lambda Invoke API, is in tests/integration/test_bulk_fanout.py.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -181,6 +183,121 @@ def test_a_retry_with_the_job_id_but_other_targets_or_ttl_is_a_conflict(api: Api
     # AND the same request again is the same job (the targets repeated, duplicates and all)
     again = api.post("/commands", json={**body, "things": ["t1", "t2", "t1"]})
     assert (again.status, again.json["jobId"], again.json["targets"]) == (202, "rollout-5", 2)
+
+
+def _meanwhile(monkeypatch: pytest.MonkeyPatch, target: Any, name: str, when: Any, run: Any) -> None:
+    """Run `run()` once, the first time `target.name` is called with arguments `when` accepts, before that call."""
+    real, done = getattr(target, name), []
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        if not done and when(*args):
+            done.append(True)
+            run()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, hooked)
+
+
+@pytest.mark.parametrize("moment", ["its first page", "its summary"])
+def test_two_requests_with_one_id_and_different_bodies_make_one_job_and_one_conflict(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    # GIVEN two callers choosing the same job id for different commands to the same devices
+    for thing in ("c1", "c2"):
+        make_device(thing)
+    first = {"action": "led", "params": {"state": "on"}, "things": ["c1", "c2"], "id": "shared-7"}
+    second = {**first, "params": {"state": "off"}}
+    answers: dict[str, Any] = {}
+    # WHEN the second request runs from start to end while the first is writing the job's record
+    # (before its first page, or before its first write of the summary)
+    if moment == "its first page":
+        _meanwhile(monkeypatch, record, "update_page", lambda *a: True,
+                   lambda: answers.setdefault("second", api.post("/commands", json=second)))  # fmt: skip
+    else:
+        _meanwhile(monkeypatch, record, "update", lambda thing, doc, shadow: shadow == "job-shared-7",
+                   lambda: answers.setdefault("second", api.post("/commands", json=second)))  # fmt: skip
+    answers["first"] = api.post("/commands", json=first)
+    # THEN exactly one of them is the job, the other is told its id is taken by another command
+    statuses = sorted((answers[k].status, k) for k in ("first", "second"))
+    assert [s for s, _ in statuses] == [202, 409], {k: v.body for k, v in answers.items()}
+    winner, loser = statuses[0][1], statuses[1][1]
+    assert answers[loser].json["code"] == "ID_CONFLICT"
+    # AND every device has the winner's command, as the job's progress says
+    params = (first if winner == "first" else second)["params"]
+    assert [_pending(t)["shared-7"]["params"] for t in ("c1", "c2")] == [params, params]
+    progress = api.get("/commands/jobs/shared-7").json
+    assert progress["counts"] == {"PENDING": 2}
+
+
+def test_a_retry_while_the_first_request_still_records_the_job_joins_it(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a caller whose request with a job id is still writing the job's record
+    for thing in ("j1", "j2"):
+        make_device(thing)
+    body = {"action": "ping", "things": ["j1", "j2"], "id": "joined-1"}
+    monkeypatch.setattr(bulk, "JOIN_POLL_S", 0.01)
+    answers: dict[str, Any] = {}
+    retry = threading.Thread(target=lambda: answers.setdefault("retry", api.post("/commands", json=body)))
+    seen: list[int] = []
+
+    def start_retry_and_let_it_look() -> None:
+        retry.start()
+        until = time.monotonic() + 5
+        while not seen and time.monotonic() < until:  # the retry has read the claimed summary
+            time.sleep(0.001)
+
+    real_get = record.get
+
+    def watching_get(thing: str, shadow: str) -> Any:
+        doc = real_get(thing, shadow)
+        if threading.current_thread() is retry and shadow == "job-joined-1" and record.reported(doc).get("action"):
+            seen.append(1)
+        return doc
+
+    monkeypatch.setattr(record, "get", watching_get)
+    _meanwhile(monkeypatch, record, "update_page", lambda *a: True, start_retry_and_let_it_look)
+    # WHEN its retry (the same body) comes in meanwhile
+    answers["first"] = api.post("/commands", json=body)
+    retry.join(10)
+    # THEN both get the same job, which every device has once
+    assert [(answers[k].status, answers[k].json["jobId"], answers[k].json["targets"]) for k in ("first", "retry")] == [
+        (202, "joined-1", 2), (202, "joined-1", 2)]  # fmt: skip
+    assert all("joined-1" in _pending(t) for t in ("j1", "j2"))
+    assert api.get("/commands/jobs/joined-1").json["counts"] == {"PENDING": 2}
+
+
+def test_a_job_whose_request_died_while_recording_it_is_recorded_by_a_retry(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a request with a job id that claimed the job and died before writing its pages
+    for thing in ("k1", "k2"):
+        make_device(thing)
+    body = {"action": "ping", "things": ["k1", "k2"], "id": "died-early"}
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise _Killed()
+
+    real_update_page = record.update_page
+    monkeypatch.setattr(record, "update_page", die)
+    with pytest.raises(_Killed):
+        api.post("/commands", json=body)
+    monkeypatch.setattr(record, "update_page", real_update_page)
+    # THEN while that request could still be running, the job shows as being sent, nothing done
+    progress = api.get("/commands/jobs/died-early")
+    assert (progress.status, progress.json["counts"], progress.json["complete"]) == (200, {"SENDING": 2}, False)
+    # AND once it has surely ended, there is no such job (nothing was sent), and another command may not take the id
+    monkeypatch.setattr(bulk, "CLAIM_LAPSE_MS", -1)
+    gone = api.get("/commands/jobs/died-early")
+    assert (gone.status, gone.json["code"]) == (404, "JOB_NOT_FOUND")
+    other = api.post("/commands", json={**body, "action": "led", "params": {"state": "on"}})
+    assert (other.status, other.json["code"]) == (409, "ID_CONFLICT")
+    # WHEN the caller retries the same request
+    retry = api.post("/commands", json=body)
+    # THEN it records the job and every device gets the command
+    assert (retry.status, retry.json["queued"]) == (202, 2), retry.body
+    assert all("died-early" in _pending(t) for t in ("k1", "k2"))
+    assert api.get("/commands/jobs/died-early").json["counts"] == {"PENDING": 2}
 
 
 def test_a_job_id_a_device_already_has_for_another_command_replaces_nothing(

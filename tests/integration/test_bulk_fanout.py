@@ -4,7 +4,9 @@ Lambda Invoke API (boto3 `lambda`, InvocationType Event), which queues each page
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -65,3 +67,30 @@ def test_a_job_id_longer_than_any_job_has_is_not_found(stack: LocalStack) -> Non
     status, _, body = call(stack.config.api_url, "GET", "/commands/jobs/" + "j" * 64, key=stack.config.api_key)
     # THEN 404 JOB_NOT_FOUND, not a 502 from the shadow name the data plane refused
     assert (status, body["code"]) == (404, "JOB_NOT_FOUND")
+
+
+def test_concurrent_requests_with_one_job_id_and_different_bodies_make_one_job(stack: LocalStack) -> None:
+    # GIVEN registered things, and pairs of callers each choosing one job id for two different commands
+    iot = stack.boto3_client("iot")
+    idle = [f"race-idle-{i}" for i in range(3)]
+    for thing in idle:
+        iot.create_thing(thingName=thing)
+    api, key = stack.config.api_url, stack.config.api_key
+    bodies = [{"action": "led", "params": {"state": state}, "things": idle, "ttlMs": 600_000} for state in ("on", "off")]
+    for round_ in range(6):
+        job = f"race-{round_}"
+        barrier = threading.Barrier(2)
+
+        def post(body: dict[str, Any], job: str = job, barrier: threading.Barrier = barrier) -> tuple[int, dict[str, Any]]:
+            barrier.wait()
+            status, _, answer = call(api, "POST", "/commands", body={**body, "id": job}, key=key)
+            return status, answer
+
+        # WHEN both post at the same moment
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(post, bodies))
+        # THEN one gets the job and the other a conflict, and every device has the winner's command
+        assert sorted(status for status, _ in answers) == [202, 409], answers
+        winner = bodies[[status for status, _ in answers].index(202)]
+        pending = [(_commands(stack, t).get("state", {}).get("desired") or {}).get(job) for t in idle]
+        assert [entry and entry["params"] for entry in pending] == [winner["params"]] * len(idle), job
