@@ -296,6 +296,7 @@ class Firmware:
                 self._serve()
             except (OSError, MQTTError) as e:
                 log("disconnected:", repr(e))
+            self.device.uptime_s()  # telemetry keeps it counting while connected; this, while not
             # Reset only after a while: a connection that keeps failing at once (another board
             # with our thing name takes it over) must back off, not come back twice a second.
             if up is not None and ticks_diff(ticks_ms(), up) >= _STABLE_MS:

@@ -5,7 +5,7 @@ MQTT. The main loop reports outcomes and state.
 """
 
 import gc
-from time import ticks_diff, ticks_ms
+from time import ticks_add, ticks_diff, ticks_ms
 
 import hw
 
@@ -27,7 +27,8 @@ class Device:
         self.relay_pin = hw.output_pin(pins.get("relay", 4))
         self.interval = 60  # telemetry period, seconds
         self.reboot_in = None  # ms; set by the reboot handler, acted on by the main loop
-        self.booted = ticks_ms()
+        self.up_s = 0  # whole seconds since boot, added up as they pass (uptime_s)
+        self.up_at = ticks_ms()
 
     # -- state, as reported in the classic shadow ------------------------------
     def state(self):
@@ -58,9 +59,17 @@ class Device:
         gc.collect()
         return {
             "temperature": hw.mcu_temperature(),
-            "uptimeS": ticks_diff(ticks_ms(), self.booted) // 1000,
+            "uptimeS": self.uptime_s(),
             "memFree": gc.mem_free(),
         }
+
+    def uptime_s(self):
+        # ticks_ms wraps (every 2**30 ms, 12.4 days, on the ESP32) and ticks_diff is right for
+        # half that: seconds are added up at each call, which the main loop makes at least hourly.
+        s = ticks_diff(ticks_ms(), self.up_at) // 1000
+        self.up_s += s
+        self.up_at = ticks_add(self.up_at, s * 1000)
+        return self.up_s
 
     # -- handlers -------------------------------------------------------------
     def run(self, action, p):

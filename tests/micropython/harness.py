@@ -35,6 +35,20 @@ SOURCE_ONLY = ("boot.py", "main.py")
 MPY_FLAGS = ("-X", "no-source-lines")
 
 
+def run_mpy(script: str, cwd: Path) -> list[Any]:
+    """Run a MicroPython snippet with the firmware on its path; each printed line is JSON.
+
+    The modules are compiled from source here, which takes more heap than running them
+    (a board runs .mpy files; the heap figures come from the compiled image): 128 KB.
+    """
+    proc = subprocess.run(
+        [MICROPYTHON, "-X", "heapsize=128k", "-c", f"import sys\nsys.path.insert(0, {str(FIRMWARE_DIR)!r})\n{script}"],
+        cwd=cwd, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
 def compile_firmware(out: Path) -> Path:
     """mpy-cross every module into `out` (a deployable image); raises if any fails."""
     out.mkdir(parents=True, exist_ok=True)

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.micropython.harness import FIRMWARE_DIR, MICROPYTHON
+from tests.micropython.harness import run_mpy
 
 pytestmark = pytest.mark.micropython
-
-
-def run_mpy(script: str, cwd: Path) -> list[object]:
-    """Run a MicroPython snippet with the firmware on its path; each printed line is JSON.
-
-    The modules are compiled from source here, which takes more heap than running them
-    (a board runs .mpy files; the heap figures come from the compiled image): 128 KB.
-    """
-    proc = subprocess.run(
-        [MICROPYTHON, "-X", "heapsize=128k", "-c", f"import sys\nsys.path.insert(0, {str(FIRMWARE_DIR)!r})\n{script}"],
-        cwd=cwd, capture_output=True, text=True, timeout=30,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
 def test_log_answers_exactly_and_keeps_the_newest_outcomes(tmp_path: Path) -> None:
