@@ -282,7 +282,12 @@ class Firmware:
             self.resync = True
 
     def now_ms(self):
-        return self.svc_ms + ticks_diff(ticks_ms(), self.svc_at) if self.svc_ms else 0
+        # Moved forward at each call, as uptime is: ticks_diff is right for 6.2 days on the board.
+        if self.svc_ms:
+            d = ticks_diff(ticks_ms(), self.svc_at)
+            self.svc_ms += d
+            self.svc_at = ticks_add(self.svc_at, d)
+        return self.svc_ms
 
     # -- connection ---------------------------------------------------------------
     def run(self):
@@ -296,7 +301,8 @@ class Firmware:
                 self._serve()
             except (OSError, MQTTError) as e:
                 log("disconnected:", repr(e))
-            self.device.uptime_s()  # telemetry keeps it counting while connected; this, while not
+            self.device.uptime_s()  # telemetry keeps both counting while connected; this, while not
+            self.now_ms()
             # Reset only after a while: a connection that keeps failing at once (another board
             # with our thing name takes it over) must back off, not come back twice a second.
             if up is not None and ticks_diff(ticks_ms(), up) >= _STABLE_MS:
@@ -449,6 +455,7 @@ class Firmware:
         # Due by the interval as it is now: a new interval applies at once, not after the old one.
         if self.telemetry_sent is None or ticks_diff(now, self.telemetry_sent) >= self.device.interval * 1000:
             self.telemetry_sent = now
+            self.now_ms()
             self._report({"telemetry": self.device.telemetry()}, 0)
 
     def _parse(self, kind, payload):

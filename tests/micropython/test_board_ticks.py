@@ -1,0 +1,64 @@
+"""The firmware's clocks across the wrap of the board's millisecond ticks, under the MicroPython unix port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.micropython.harness import run_mpy
+
+pytestmark = pytest.mark.micropython
+
+# The ESP32's ticks: milliseconds modulo 2**30, with ticks_diff/ticks_add as MicroPython defines them
+# there (the unix port's period is 2**62, so its own ticks never wrap in a test).
+_ESP32_TICKS = """
+import app
+import handlers
+PERIOD = 1 << 30
+clock = [PERIOD - 5000]  # the ticks wrap 5 s after boot
+for module in (app, handlers):
+    module.ticks_ms = lambda: clock[0] % PERIOD
+    module.ticks_diff = lambda a, b: ((a - b + PERIOD // 2) % PERIOD) - PERIOD // 2
+    module.ticks_add = lambda a, d: (a + d) % PERIOD
+"""
+
+
+def test_uptime_keeps_counting_past_the_wrap_of_the_boards_millisecond_ticks(tmp_path: Path) -> None:
+    # GIVEN a device on a board whose millisecond ticks wrap every 12.4 days
+    script = _ESP32_TICKS + """
+import json
+device = handlers.Device({})
+seen = []
+# WHEN it reports telemetry every hour (its longest interval) for 30 days
+for hour in range(1, 30 * 24 + 1):
+    clock[0] += 3_600_000
+    seen.append(device.telemetry()["uptimeS"])
+print(json.dumps(seen))
+"""
+    (seen,) = run_mpy(script, tmp_path)
+    # THEN its uptime is the time since boot at every report, through the wraps (day 12.4 and 24.9)
+    assert seen == [hour * 3600 for hour in range(1, 30 * 24 + 1)]
+
+
+
+def test_the_service_clock_keeps_time_past_the_wrap_of_the_boards_millisecond_ticks(tmp_path: Path) -> None:
+    # GIVEN a firmware that took the service's clock from a shadow document at boot
+    script = _ESP32_TICKS + """
+import json
+class Clock:
+    svc_ms = 1_795_000_000_999
+    svc_at = app.ticks_ms()
+firmware = Clock()
+seen = []
+# WHEN it reads the clock every hour (its telemetry's longest interval) for 30 days, with no
+# shadow document in between (an idle device) to set it again
+for hour in range(1, 30 * 24 + 1):
+    clock[0] += 3_600_000
+    seen.append(app.Firmware.now_ms(firmware) - 1_795_000_000_999)
+print(json.dumps(seen))
+"""
+    (seen,) = run_mpy(script, tmp_path)
+    # THEN it tells the service's time at every hour: commands are judged expired or not by it, and
+    # a clock that fell back days would take an old delta's timestamp and run a long-expired command
+    assert seen == [hour * 3_600_000 for hour in range(1, 30 * 24 + 1)]
