@@ -57,7 +57,8 @@ TERMINAL = frozenset(s.value for s in CommandState if s.terminal)
 # has surely ended (the API function's 29 s timeout, and a margin for clocks) is taken over by a retry.
 CLAIM_LAPSE_MS = 35_000
 CLAIM_TRIES = 6
-JOIN_POLL_S = 0.1  # how often a retry looks whether the request it joined has recorded the job
+JOIN_POLL_S = 0.2  # how often a retry looks whether the request it joined has recorded the job
+JOIN_WAIT_S = 3.0  # and for how long (recording takes well under a second), before it answers 429
 _STARTED = ("action", "params", "createdAt", "expiresAt", "targets", "pages")  # of the summary, in POST's answer
 
 _lock = threading.Lock()
@@ -156,26 +157,30 @@ def _recorded(job_id: str, request: dict[str, Any], deadline: float) -> dict[str
     """The job `job_id` as recorded (the same request, else a conflict), or None when no live request has it.
 
     A job another request with the same body is still recording (a caller's retry while its first
-    request runs) is waited for, and then followed like any recorded job; a recording whose request
-    ended before finishing it (its claim lapsed) is left to this request to record again.
+    request runs) is waited for a moment, then followed like any recorded job; if it takes longer,
+    the caller is told to retry (429), never handed a job nobody has recorded. A recording whose
+    request ended first (its claim lapsed, or it let go after an error) sent nothing: no job.
     """
+    give_up = time.monotonic() + JOIN_WAIT_S
     while True:
         summary = _summary(job_id)
         if not summary.get("action"):  # none, or only opened by a request about to claim it
             return None
+        unrecorded = summary.get("recorded") is False
+        if unrecorded and _lapsed(summary):
+            return None
         _same_job(job_id, summary, request)
-        if summary.get("recorded") is not False:
+        if not unrecorded:
             known = _answer_of(job_id, summary)
             known["notQueued"] = _resume(job_id, int(summary.get("pages") or 0), deadline)
             return known
-        if _lapsed(summary):
-            return None
-        if _left_ms(deadline) < HAND_OVER_MS + JOIN_POLL_S * 1000:
-            return _answer_of(job_id, summary)  # still being recorded: its own request hands it over
+        if time.monotonic() > give_up or _left_ms(deadline) < HAND_OVER_MS + JOIN_POLL_S * 1000:
+            raise errors.Throttled(f"job {job_id} is being recorded by another request with the same body; "
+                                   "retry in a few seconds", details={"id": job_id})  # fmt: skip
         time.sleep(JOIN_POLL_S)
 
 
-def _claim(job_id: str, summary: dict[str, Any], request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+def _claim(job_id: str, summary: dict[str, Any], request: dict[str, Any], deadline: float, owner: str) -> dict[str, Any] | None:
     """Make this request the one that records the job with the caller's id: None when it is, else the job
     as another request records it (the same body; a different one is a conflict).
 
@@ -184,7 +189,7 @@ def _claim(job_id: str, summary: dict[str, Any], request: dict[str, Any], deadli
     (created first by a plain one, since a versioned write needs an existing shadow), so exactly one
     request records the pages; the others see its claim.
     """
-    claim = {**summary, "recorded": False, "owner": contract.new_id(), "claimedAt": record.now_ms()}
+    claim = {**summary, "recorded": False, "owner": owner, "claimedAt": record.now_ms()}
     shadow = record.summary_shadow(job_id)
     for _ in range(CLAIM_TRIES):
         doc = _shadow_call(record.patient, record.get, JOBS_THING, shadow)
@@ -204,9 +209,21 @@ def _claim(job_id: str, summary: dict[str, Any], request: dict[str, Any], deadli
         except record.Conflict:
             continue  # another request wrote it meanwhile: look again
         except record.ShadowError as exc:
+            _let_go(job_id, claim["owner"])  # the write may have landed (a timeout)
             raise _api_error(exc) from exc
     raise errors.Throttled(f"job {job_id} is being written by other requests at the same time; retry",
                            details={"id": job_id})  # fmt: skip
+
+
+def _let_go(job_id: str, owner: str) -> None:
+    """Give up this request's claim after an error (nothing is sent before the job is recorded), so
+    that the caller's retry, with any body, records the job at once instead of after CLAIM_LAPSE_MS.
+    Only a claim that is still this request's: another's must keep it (written with the version read)."""
+    shadow = record.summary_shadow(job_id)
+    with contextlib.suppress(record.ShadowError, KeyError):
+        doc = record.get(JOBS_THING, shadow)
+        if doc is not None and record.reported(doc).get("owner") == owner:
+            record.update(JOBS_THING, {"state": {"reported": {"claimedAt": 0}}, "version": doc["version"]}, shadow)
 
 
 def _summary(job_id: str) -> dict[str, Any]:
@@ -265,22 +282,29 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
     issued = record.now_ms()
     pages = record.split(targets)
     summary = {**request, "createdAt": issued, "expiresAt": issued + ttl_ms, "targets": len(targets), "pages": len(pages)}
+    owner = contract.new_id()  # this request, in the claim of a job with a caller's id
     if chosen:  # another request may hold the same id: only one records it (an id the API made is new)
-        known = _claim(job_id, summary, request, deadline)
+        known = _claim(job_id, summary, request, deadline, owner)
         if known is not None:
             return known
         summary["recorded"] = True
     command = contract.compact(contract.pending_entry(action, params, issued_at=issued, expires_at=issued + ttl_ms))
     page_records = [{"things": ",".join(page), "command": command} for page in pages]
-    with ThreadPoolExecutor(THREADS) as pool:  # the pages first: a summary means the whole record is there
-        list(pool.map(lambda n: _shadow_call(record.update_page, job_id, n, page_records[n]), range(len(pages))))
-    _shadow_call(record.patient, record.update, JOBS_THING, {"state": {"reported": summary}}, record.summary_shadow(job_id))
+    try:
+        with ThreadPoolExecutor(THREADS) as pool:  # the pages first: a summary means the whole record is there
+            list(pool.map(lambda n: _shadow_call(record.update_page, job_id, n, page_records[n]), range(len(pages))))
+        _shadow_call(record.patient, record.update, JOBS_THING, {"state": {"reported": summary}}, record.summary_shadow(job_id))
+    except Exception:
+        if chosen:
+            _let_go(job_id, owner)
+        raise
 
-    queued, not_queued = 0, []
+    queued, not_queued, held = 0, [], frozenset[int]()
     # Each page to hand to the fan-out, with its devices this request knows are not queued (None: unknown).
     unsent: dict[int, list[str] | None] = dict(enumerate(pages))
     inline_ms = lambda: _left_ms(deadline) - HAND_OVER_MS  # noqa: E731  # the rest is the hand-over's
     if len(pages) == 1 and len(targets) <= INLINE_TARGETS and inline_ms() >= fanout.START_MS:
+        held = frozenset({0})  # a claim on it by the API is this request's
         try:
             outcome = fanout.run_page(job_id, 0, by="api", remaining_ms=inline_ms)
         except fanout.Incomplete as exc:
@@ -297,11 +321,12 @@ def start(*, action: str, params: dict[str, Any], things: list[str] | None, ttl_
             queued = outcome.queued
             not_queued = [f for f in outcome.failed if f["code"] not in fanout.RETRYABLE_CODES]
 
-    not_queued += _hand_over(job_id, unsent, deadline)
+    not_queued += _hand_over(job_id, unsent, deadline, held=held)
     return {"jobId": job_id, **{k: summary[k] for k in _STARTED}, "queued": queued, "notQueued": not_queued[:100]}
 
 
-def _hand_over(job_id: str, pages: dict[int, list[str] | None], deadline: float) -> list[dict[str, Any]]:
+def _hand_over(job_id: str, pages: dict[int, list[str] | None], deadline: float,
+               *, held: frozenset[int] = frozenset()) -> list[dict[str, Any]]:  # fmt: skip
     """Invoke the fan-out for each page; returns the devices known not to have the command where it failed.
 
     `pages` maps each page to its devices not queued so far (None: not known). The job is
@@ -327,7 +352,7 @@ def _hand_over(job_id: str, pages: dict[int, list[str] | None], deadline: float)
             except Exception as exc:
                 error = f"the fan-out could not be started: {type(exc).__name__}: {str(exc)[:200]}"
                 unsure = unsure or not _surely_not_invoked(exc)
-        ours = _keep_open(job_id, page, error, deadline)
+        ours = _keep_open(job_id, page, error, deadline, held=page in held)
         things = pages[page]
         if unsure or not ours or things is None:
             return []
@@ -340,13 +365,15 @@ def _hand_over(job_id: str, pages: dict[int, list[str] | None], deadline: float)
     return not_queued[:100]
 
 
-def _keep_open(job_id: str, page: int, error: str, deadline: float) -> bool:
+def _keep_open(job_id: str, page: int, error: str, deadline: float, *, held: bool = False) -> bool:
     """Record why the page was not handed over, leaving it open (RETRYING by the API) for a retry of the request.
 
     Only while the page is untaken or the API's: written with the version read, so that a
     fan-out which got the event after all (the invoke timed out) and took the page meanwhile
     keeps its record. `attempt` and `queued` are kept: the devices an earlier attempt queued
-    stay queued. False when a sender other than the API has the page (or it is done).
+    stay queued. False when a sender other than the API has the page (or it is done), or another
+    request's inline attempt holds it (`held`: this request's own attempt did): a retry that joins a
+    job while its first request is queueing the page must leave it, and report none of it unsent.
     """
     for _ in range(3):
         if _left_ms(deadline) < 2 * record.RECORD_MS:
@@ -357,6 +384,8 @@ def _keep_open(job_id: str, page: int, error: str, deadline: float) -> bool:
             if doc is None:
                 return True
             if sent.get("state") and (sent.get("by") != "api" or sent.get("state") in record.SETTLED):
+                return False
+            if sent.get("state") == record.SENDING and int(sent.get("until") or 0) > record.now_ms() and not held:
                 return False
             kept = record.sent_record(record.RETRYING, attempt=int(sent.get("attempt") or 0), by="api",
                                       error=error, queued=_int_or_none(sent.get("queued")))  # fmt: skip

@@ -270,7 +270,7 @@ def test_a_retry_while_the_first_request_still_records_the_job_joins_it(
 def test_a_job_whose_request_died_while_recording_it_is_recorded_by_a_retry(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN a request with a job id that claimed the job and died before writing its pages
+    # GIVEN a request with a job id that claimed the job and died (its Lambda's timeout) before writing its pages
     for thing in ("k1", "k2"):
         make_device(thing)
     body = {"action": "ping", "things": ["k1", "k2"], "id": "died-early"}
@@ -286,18 +286,95 @@ def test_a_job_whose_request_died_while_recording_it_is_recorded_by_a_retry(
     # THEN while that request could still be running, the job shows as being sent, nothing done
     progress = api.get("/commands/jobs/died-early")
     assert (progress.status, progress.json["counts"], progress.json["complete"]) == (200, {"SENDING": 2}, False)
-    # AND once it has surely ended, there is no such job (nothing was sent), and another command may not take the id
+    # AND a retry meanwhile is told to come back (429), not handed a job nobody may record
+    monkeypatch.setattr(bulk, "JOIN_WAIT_S", 0.3)
+    early = api.post("/commands", json=body)
+    assert (early.status, early.json["code"]) == (429, "THROTTLED")
+    assert all("died-early" not in _pending(t) for t in ("k1", "k2"))
+    # AND once that request has surely ended, there is no such job: nothing was sent
     monkeypatch.setattr(bulk, "CLAIM_LAPSE_MS", -1)
     gone = api.get("/commands/jobs/died-early")
     assert (gone.status, gone.json["code"]) == (404, "JOB_NOT_FOUND")
-    other = api.post("/commands", json={**body, "action": "led", "params": {"state": "on"}})
-    assert (other.status, other.json["code"]) == (409, "ID_CONFLICT")
-    # WHEN the caller retries the same request
+    # WHEN the caller retries the same request then
     retry = api.post("/commands", json=body)
     # THEN it records the job and every device gets the command
     assert (retry.status, retry.json["queued"]) == (202, 2), retry.body
     assert all("died-early" in _pending(t) for t in ("k1", "k2"))
     assert api.get("/commands/jobs/died-early").json["counts"] == {"PENDING": 2}
+
+
+def test_a_request_that_fails_after_claiming_its_job_lets_the_retry_record_it_at_once(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a request with a job id whose page write AWS IoT keeps throttling, after it claimed the job
+    for thing in ("f1", "f2"):
+        make_device(thing)
+    body = {"action": "ping", "things": ["f1", "f2"], "id": "throttled-once"}
+    real_update_page, calls = record.update_page, []
+
+    def throttled_once(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise record.ShadowError("THROTTLED", "AWS IoT throttled the request (ThrottlingException)", retryable=True)
+        real_update_page(*args, **kwargs)
+
+    monkeypatch.setattr(record, "update_page", throttled_once)
+    first = api.post("/commands", json=body)
+    assert (first.status, first.json["code"]) == (429, "THROTTLED")
+    # WHEN the caller retries at once, as the 429 invites
+    monkeypatch.setattr(bulk, "JOIN_WAIT_S", 0.3)
+    retry = api.post("/commands", json=body)
+    # THEN the retry records the job and queues it, without waiting for the first request's claim to lapse
+    assert (retry.status, retry.json["queued"]) == (202, 2), retry.body
+    assert all("throttled-once" in _pending(t) for t in ("f1", "f2"))
+
+
+def test_a_retry_that_joins_a_job_leaves_the_page_its_first_request_is_queueing(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a recorded job whose first request died before it queued its page
+    monkeypatch.setattr(record, "PAGE_THINGS", 40)
+    things = _things("held", 60)
+    body = {"action": "ping", "things": things, "id": "held-1", "ttlMs": 600_000}
+
+    def die(job_id: str, page: int) -> None:
+        raise _Killed()
+
+    monkeypatch.setattr(bulk, "_start_fanout", die)
+    with pytest.raises(_Killed):
+        api.post("/commands", json=body)
+    # AND a retry that reads the pages just before another request's inline attempt claims page 0
+    real_read_pages = bulk._read_pages
+
+    def read_then_claimed(job_id: str, page_count: int) -> list[dict[str, Any] | None]:
+        docs = real_read_pages(job_id, page_count)
+        claim = record.sent_record(record.SENDING, attempt=1, by="api", until=record.now_ms() + 60_000)
+        record.update_page(job_id, 0, {"sent": claim})
+        return docs
+
+    monkeypatch.setattr(bulk, "_read_pages", read_then_claimed)
+    monkeypatch.setattr(bulk, "_start_fanout", invocations.start)
+    invocations.refuse = {0, 1}  # and Lambda refuses the retry's invokes
+    # WHEN the retry comes
+    retry = api.post("/commands", json=body)
+    # THEN page 0, which another request is sending, keeps that request's claim and none of its devices
+    # is reported NOT_SENT (a caller resending them could have them run the command twice)
+    assert retry.status == 202
+    assert _page_record("held-1", 0)["sent"]["state"] == record.SENDING
+    not_sent = {f["thing"] for f in retry.json["notQueued"]}
+    assert not_sent == set(things[40:])  # page 1, which nobody is sending, is reported
+
+
+def test_a_claim_lapses_only_after_the_api_function_has_surely_ended() -> None:
+    # GIVEN the API function's timeout in the template
+    from pathlib import Path
+
+    from tests.template import cfn
+
+    template = cfn.load(Path(__file__).resolve().parents[2] / "template.yaml")
+    timeout_s = template["Resources"]["ApiFunction"]["Properties"]["Timeout"]
+    # THEN a job's claim outlives it: a claimant still writing pages is never taken over
+    assert timeout_s * 1000 < bulk.CLAIM_LAPSE_MS
 
 
 def test_a_job_id_a_device_already_has_for_another_command_replaces_nothing(
