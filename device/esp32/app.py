@@ -326,6 +326,12 @@ class Firmware:
         # it, still held in the session, would set an old clock by which long-expired commands
         # look current. Once it has a clock, the session is kept: the clock never goes back.
         kept = c.connect(clean_session=not self.svc_ms)
+        # Stamps from before a drop may be days old, past what ticks_diff reads right (6.2 days
+        # on the board): a ping or telemetry would look due only far in the future.
+        self.pinged = ticks_ms()
+        self.telemetry_sent = self.restate_at = self.reread_at = None  # this connect restates and reads all
+        if self.reboot_at is not None:
+            self.reboot_at = self.pinged  # a reboot that a drop put off: now
         t = self.cfg["thing"]
         # +/rejected: our gets and updates refused (a commands get's 404 before the first
         # command still carries the service's clock). One filter per shadow, not three topics.

@@ -62,3 +62,60 @@ print(json.dumps(seen))
     # THEN it tells the service's time at every hour: commands are judged expired or not by it, and
     # a clock that fell back days would take an old delta's timestamp and run a long-expired command
     assert seen == [hour * 3_600_000 for hour in range(1, 30 * 24 + 1)]
+
+
+# The firmware, with a stand-in for its MQTT client in connect and tick that records what it sends.
+_FIRMWARE = """
+import json
+import config
+cfg = config.load("config.json")
+app.log = lambda *args: None  # its log lines are not JSON
+firmware = app.Firmware(cfg)
+class Client:
+    def __init__(self):
+        self.sent = []
+        self.last_rx = self.last_io = app.ticks_ms()
+    def connect(self, clean_session):
+        self.last_rx = self.last_io = app.ticks_ms()
+        return False
+    def subscribe(self, topics, qos):
+        self.sent.append("subscribe")
+    def publish(self, topic, payload, qos=0, retain=False):
+        self.sent.append(topic.split("/")[-1])
+        self.last_io = app.ticks_ms()
+    def ping(self):
+        self.sent.append("ping")
+        self.last_io = app.ticks_ms()
+    def pong(self):
+        self.last_rx = app.ticks_ms()
+firmware.client = client = Client()
+"""
+
+
+def test_after_days_offline_the_firmware_pings_and_reports_telemetry_again(tmp_path: Path) -> None:
+    # GIVEN a firmware that ran connected for a minute, then lost the broker for 8 days
+    (tmp_path / "config.json").write_text('{"thing": "esp32-ticks", "keepalive": 60}')
+    script = _ESP32_TICKS + _FIRMWARE + """
+firmware._connect()
+for second in range(60):
+    clock[0] += 1000
+    firmware._tick()
+    client.pong()
+clock[0] += 8 * 86_400_000
+# WHEN it connects again and runs for two minutes, the broker answering each ping
+firmware._connect()
+client.sent.clear()
+for second in range(120):
+    clock[0] += 1000
+    firmware._tick()
+    if client.sent and client.sent[-1] == "ping":
+        client.pong()
+print(json.dumps(client.sent))
+"""
+    (sent,) = run_mpy(script, tmp_path)
+    # THEN it reports telemetry at once and a minute later, and pings the broker, whose answers keep
+    # the connection (its own "broker silent" check would raise in the loop and end the script):
+    # before, both stamps read as days in the future, and nothing was sent until the broker dropped it
+    assert sent[0] == "update" and sent.count("update") == 2, sent
+    assert sent.count("ping") >= 2, sent
+
