@@ -169,7 +169,11 @@ def api_client(stack: Any) -> Http:
 
 @contextlib.contextmanager
 def local_stack(data_dir: Path, *, devices: int, prewarm: int = 1, **config: Any) -> Iterator[Any]:
-    """A LocalStack on free ports; waits for its devices; always stopped."""
+    """A LocalStack on free ports; waits for its devices; always stopped.
+
+    Without the shadow service's per-thing rate limit (AWS's 20 requests/s; StackConfig's default):
+    the benchmarks measure our code, and some drive one thing back to back on purpose.
+    """
     from iotbridge_local.config import StackConfig
     from iotbridge_local.stack import LocalStack
 

@@ -75,7 +75,8 @@ def _port_in_use(port: int) -> bool:
 
 def _config(args: argparse.Namespace) -> StackConfig:
     defaults = StackConfig()
-    values: dict[str, object] = {"data_dir": Path(args.data_dir), "devices": args.devices, "tls": not args.no_tls}
+    values: dict[str, object] = {"data_dir": Path(args.data_dir), "devices": args.devices, "tls": not args.no_tls,
+                                 "shadow_rate": args.shadow_rate or None}  # fmt: skip
     for name in _PORTS:
         asked = getattr(args, name)
         port = asked if asked is not None else getattr(defaults, name)
@@ -392,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".iotbridge", help="where shadows, broker data, certs and logs live")
     up.add_argument("--devices", type=_at_least(0), default=2, help="simulated devices to start (default 2)")
     up.add_argument("--no-tls", action="store_true", help="devices connect without mutual TLS (no device auth)")
+    up.add_argument("--shadow-rate", type=_at_least(0), default=20,
+                    help="shadow requests per second per thing before 429, as AWS IoT allows (default 20; 0: no limit)")
     defaults = StackConfig()
     for f in fields(StackConfig):
         if f.name in _PORTS:

@@ -50,6 +50,9 @@ class StackConfig:
     jobs_concurrency: int = 3  # fan-out environments at once; on 2 cores more only contend (AWS runs one per page)
     devices: int = 2  # simulated devices started by `iotbridge up`
     tls: bool = True  # devices connect over mutual TLS
+    # Shadow requests per second per thing before 429, as AWS IoT allows (20). `iotbridge up` (make run)
+    # sets it; None (no limit) for the tests and benchmarks, which drive one device hard on purpose.
+    shadow_rate: float | None = None
     api_key: str = "local-dev-key"
     region: str = "us-east-1"
 

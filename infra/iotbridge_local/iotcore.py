@@ -53,7 +53,7 @@ from iotbridge_contract.mqtt import Endpoint, make_client
 from iotbridge_contract.stopflag import StopFlag
 from iotbridge_local.httpserver import LocalHTTPServer
 from iotbridge_local.shadow.engine import MAX_PAYLOAD_BYTES, ShadowError
-from iotbridge_local.shadow.service import ShadowService
+from iotbridge_local.shadow.service import MAX_RATE, ShadowService
 from iotbridge_local.shadow.store import ShadowStore, Thing
 
 if TYPE_CHECKING:
@@ -128,8 +128,10 @@ class IotCore:
         region: str = "us-east-1",
         client_id: str = CLIENT_ID,
         fsync: bool = False,
+        max_rate: float | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.max_rate = max_rate
         self.endpoint = mqtt
         self.http_host, self.http_port = http_host, http_port
         self.region = region
@@ -149,7 +151,7 @@ class IotCore:
 
     def start(self, timeout: float = 10.0) -> None:
         self.store = ShadowStore(self.data_dir / "shadows.db", fsync=self.fsync)
-        self.service = ShadowService(self.store, self._publish)
+        self.service = ShadowService(self.store, self._publish, max_rate=self.max_rate)
         client = make_client(self.client_id, self.endpoint, clean_session=False)
         client.manual_ack_set(True)  # PUBACK once the change committed and its messages are queued
         client.on_connect = self._on_connect
@@ -458,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--fsync", action="store_true", help="SQLite synchronous=FULL (survive power loss)")
+    parser.add_argument("--max-rate", type=float, default=MAX_RATE,
+                        help=f"shadow requests per second per thing, as AWS allows (default {MAX_RATE:g}; 0: no limit)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -472,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         http_host=args.http_host,
         region=args.region,
         fsync=args.fsync,
+        max_rate=args.max_rate or None,
     )
     core.start()
     print(f"iotcore ready http={core.url}", flush=True)

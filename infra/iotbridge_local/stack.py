@@ -124,7 +124,8 @@ class LocalStack:
         self._spawn(
             "iotcore",
             [sys.executable, "-m", "iotbridge_local.iotcore", "--data-dir", str(self.data_dir / "iotcore"),
-             "--http-port", str(self.config.iot_http_port), *self.service_args()],
+             "--http-port", str(self.config.iot_http_port), "--max-rate", str(self.config.shadow_rate or 0),
+             *self.service_args()],
         )  # fmt: skip
         wait_for_port(self.config.iot_http_port, timeout=60)  # a busy 2-core machine needed more than 15 s
 

@@ -88,6 +88,16 @@ def test_the_existing_subcommands_keep_their_flags() -> None:
     assert build_parser().parse_args(["status", "--data-dir", "d"]).data_dir == "d"
 
 
+def test_the_stack_that_up_starts_throttles_each_thing_as_aws_does_unless_told_not_to(tmp_path: Path) -> None:
+    # GIVEN `iotbridge up` (what make run starts), with and without --shadow-rate 0
+    from iotbridge_local.cli import _config
+
+    for argv, rate in ((["up"], 20), (["up", "--shadow-rate", "0"], None), (["up", "--shadow-rate", "5"], 5)):
+        args = build_parser().parse_args([*argv, "--data-dir", str(tmp_path)])
+        # WHEN its configuration is made THEN its shadow service allows that many requests a second per thing
+        assert _config(args).shadow_rate == rate, argv
+
+
 def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["send", "--help"])

@@ -300,7 +300,8 @@ def wait_terminal(stack: LocalStack, thing: str, cid: str, *, timeout: float = 3
     return view
 
 
-def start_stack(data_dir: Path, *, devices: int, prewarm: int = 1, attempts: int = 3) -> LocalStack:
+def start_stack(data_dir: Path, *, devices: int, prewarm: int = 1, attempts: int = 3,
+                shadow_rate: float | None = None) -> LocalStack:  # fmt: skip
     """A started stack on free ports. Free ports are picked before they are bound, so on a busy
     machine another process can take one in between: then start again on new ports."""
     import errno
@@ -309,7 +310,8 @@ def start_stack(data_dir: Path, *, devices: int, prewarm: int = 1, attempts: int
     from iotbridge_local.config import StackConfig
 
     for attempt in range(1, attempts + 1):
-        stack = LocalStack(StackConfig.free(data_dir / f"stack{attempt}", devices=devices), prewarm=prewarm)
+        config = StackConfig.free(data_dir / f"stack{attempt}", devices=devices, shadow_rate=shadow_rate)
+        stack = LocalStack(config, prewarm=prewarm)
         try:
             return stack.start()
         except (OSError, BrokerError) as exc:

@@ -38,7 +38,11 @@ def outcomes_stable_through_api(stack: LocalStack, books: Books) -> list[str]:
         for sent in sent_list[-HISTORY:]:
             if sent.first is None:
                 continue
-            reply = http(stack.config.api_url, "GET", f"/devices/{thing}/commands/{sent.id}", key=stack.config.api_key)
+            for pause in (0.2, 0.5, 1.0, 0):  # THROTTLED says "retry later": a caller would
+                reply = http(stack.config.api_url, "GET", f"/devices/{thing}/commands/{sent.id}", key=stack.config.api_key)
+                if (reply.status, reply.code) != (429, "THROTTLED"):
+                    break
+                time.sleep(pause)
             if reply.status != 200:
                 problems.append(f"{sent.id}: GET answered {reply.status} {reply.body!r} after it was terminal")
             elif view_key(reply.body) != view_key(sent.first):

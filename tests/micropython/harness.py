@@ -45,7 +45,7 @@ def run_mpy(script: str, cwd: Path) -> list[Any]:
         [MICROPYTHON, "-X", "heapsize=128k", "-c", f"import sys\nsys.path.insert(0, {str(FIRMWARE_DIR)!r})\n{script}"],
         cwd=cwd, capture_output=True, text=True, timeout=30,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr or proc.stdout[-2000:]  # MicroPython prints tracebacks to stdout
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
@@ -274,10 +274,10 @@ def command(action: str, params: dict[str, Any] | None = None, *, ttl_ms: int = 
 class IotCoreProcess:
     """`python -m iotbridge_local.iotcore`, the local shadow service, as its own process."""
 
-    def __init__(self, data_dir: Path, mqtt: Endpoint, http_port: int) -> None:
+    def __init__(self, data_dir: Path, mqtt: Endpoint, http_port: int, *, max_rate: float | None = None) -> None:
         self.args = [
             "--data-dir", str(data_dir), "--mqtt-host", mqtt.host, "--mqtt-port", str(mqtt.port),
-            "--http-port", str(http_port), "--log-level", "WARNING",
+            "--http-port", str(http_port), "--log-level", "WARNING", "--max-rate", str(max_rate or 0),
         ]
         if mqtt.username is not None:
             # `=` form: a generated password may start with "-"

@@ -119,3 +119,32 @@ def test_thing_registry_create_is_idempotent_and_lists_in_pages(tmp_path: Path) 
     # WHEN one is deleted / THEN it is gone
     assert store.delete_thing("t2") and store.describe_thing("t2") is None
     store.close()
+
+
+def test_a_thing_gets_twenty_shadow_requests_a_second_over_mqtt_and_http_together(tmp_path: Path) -> None:
+    # GIVEN the shadow service with AWS's per-thing rate, on a clock the test moves
+    store = ShadowStore(tmp_path / "s.db")
+    published: list[tuple[str, dict]] = []
+    clock = [100.0]
+    svc = ShadowService(store, lambda t, p: published.append((t, json.loads(p))), max_rate=20, monotonic=lambda: clock[0])
+    update = b'{"state":{"reported":{"n":1}},"clientToken":"t"}'
+    # WHEN one thing makes 10 HTTP requests and 10 MQTT updates in the same instant, then one more of each
+    statuses = [svc.handle("hot", None, "get" if i % 2 else "update", update, via_mqtt=False).status for i in range(10)]
+    for _ in range(10):
+        svc.handle_mqtt("$aws/things/hot/shadow/update", update)
+    over_http = svc.handle("hot", None, "get", b"", via_mqtt=False)
+    published.clear()
+    svc.handle_mqtt("$aws/things/hot/shadow/update", update)
+    # THEN the first twenty are served, the 21st over HTTP is 429, and the one over MQTT is rejected with 429
+    assert statuses == [200] * 10
+    assert over_http.status == 429 and over_http.body["message"].startswith("Too Many Requests")
+    assert [(t, d["code"], d.get("clientToken")) for t, d in published] == [("$aws/things/hot/shadow/update/rejected", 429, "t")]
+    # AND another thing is not held back by it
+    assert svc.handle("cool", None, "get", b"", via_mqtt=False).status == 404
+    # AND an eighth of a second later (2.5 requests' worth), two more are served and a third is not
+    clock[0] += 0.125
+    assert [svc.handle("hot", None, "get", b"", via_mqtt=False).status for _ in range(3)] == [200, 200, 429]
+    # AND without the limit (benchmarks of our own code) nothing is refused
+    svc.max_rate = None
+    assert {svc.handle("hot", None, "get", b"", via_mqtt=False).status for _ in range(50)} == {200}
+    store.close()

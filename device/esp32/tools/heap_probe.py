@@ -46,6 +46,7 @@ VERBOSE = False  # --verbose: a failed run's last firmware lines go to stderr
 
 HEX_IDS = False  # --hex-ids
 PENDING = 10  # --pending: commands queued for the reconnect
+SHADOW_RATE: float | None = None  # --shadow-rate: the shadow service's requests/s per thing (None: no limit)
 
 
 def api_id(name: str) -> str:
@@ -63,7 +64,8 @@ def _survived(fw: FirmwareProcess) -> tuple[bool, str]:
 def run_once(heap_kb: int, commands: int, work: Path, image: Path, reconnect: bool = True) -> tuple[bool, str]:
     cfg = StackConfig.free(work / "stack", tls=False)
     with Broker(cfg) as broker:
-        core = IotCoreProcess(cfg.data_dir / "iotcore", broker.service_endpoint(), cfg.iot_http_port).start()
+        core = IotCoreProcess(cfg.data_dir / "iotcore", broker.service_endpoint(), cfg.iot_http_port,
+                              max_rate=SHADOW_RATE).start()
         ep = broker.device_endpoint(THING)
         dev: dict[str, Any] = {"thing": THING, "host": ep.host, "port": ep.port, "user": ep.username,
                                "password": ep.password}
@@ -135,9 +137,12 @@ def main() -> int:
     ap.add_argument("--hex-ids", action="store_true", help="ids of 32 hex digits (a caller's uuid4().hex), not the API's 26")
     ap.add_argument("--pending", type=int, default=10,
                     help="commands pending at the reconnect (the API queues at most 10; a bulk job's first write can add more)")
+    ap.add_argument("--shadow-rate", type=float, default=0,
+                    help="limit each thing's shadow requests per second, as AWS does (20); default 0: no limit, "
+                         "since the probe queues 10 commands at once and the firmware answers them back to back")
     args = ap.parse_args()
-    global VERBOSE, HEX_IDS, PENDING
-    VERBOSE, HEX_IDS, PENDING = args.verbose, args.hex_ids, args.pending
+    global VERBOSE, HEX_IDS, PENDING, SHADOW_RATE
+    VERBOSE, HEX_IDS, PENDING, SHADOW_RATE = args.verbose, args.hex_ids, args.pending, args.shadow_rate or None
     with tempfile.TemporaryDirectory() as tmp:
         image = compile_firmware(Path(tmp) / "image")
         sizes = [args.only] if args.only else None

@@ -17,7 +17,9 @@ order. A crash between the commit and the publishes loses those messages: the
 process that starts next publishes the delta of every shadow again
 (`republish_deltas`), so no device misses a pending command or desired value.
 More than `max_in_flight` requests in progress for one thing are rejected with
-429 (AWS: 10 in-flight requests).
+429 (AWS: 10 in-flight requests), and so are requests beyond `max_rate` per second
+for one thing (AWS: 20), over MQTT and HTTP together: a token bucket per thing,
+as full as one second's worth.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ log = logging.getLogger("iotbridge.shadow")
 Publish = Callable[[str, bytes], None]
 Message = tuple[str, "dict[str, Any] | str"]  # topic, document (a str is already JSON)
 MAX_IN_FLIGHT = 10
+MAX_RATE = 20.0  # requests per second per thing (AWS IoT Device Shadow quota)
+_PRUNE_AT = 4096  # buckets kept before the full ones are forgotten
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
 
@@ -67,13 +71,19 @@ class ShadowService:
         *,
         clock: Callable[[], float] = time.time,
         max_in_flight: int = MAX_IN_FLIGHT,
+        max_rate: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self._publish = publish
         self._clock = clock
+        self._monotonic = monotonic
         self.max_in_flight = max_in_flight
+        self.max_rate = max_rate  # None: no rate limit
         self._in_flight: Counter[str] = Counter()
         self._in_flight_lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # thing -> (tokens, when counted)
+        self._prune_at = _PRUNE_AT
 
     def now(self) -> int:
         return int(self._clock())
@@ -88,11 +98,30 @@ class ShadowService:
             time.sleep(0.01)
         return False
 
+    def _take_token(self, thing: str) -> bool:
+        """One request's worth of the thing's rate; False when it has none left (caller holds the lock)."""
+        if self.max_rate is None:
+            return True
+        now = self._monotonic()
+        tokens, then = self._buckets.get(thing, (self.max_rate, now))
+        tokens = min(self.max_rate, tokens + (now - then) * self.max_rate)
+        if tokens < 1:
+            self._buckets[thing] = (tokens, now)
+            return False
+        self._buckets[thing] = (tokens - 1, now)
+        if len(self._buckets) > self._prune_at:  # forget the full buckets (a full one is the default)
+            rate = self.max_rate
+            self._buckets = {t: (n, at) for t, (n, at) in self._buckets.items() if n + (now - at) * rate < rate}
+            self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
+        return True
+
     @contextmanager
     def _slot(self, thing: str) -> Any:
         with self._in_flight_lock:
             if self._in_flight[thing] >= self.max_in_flight:
                 raise ShadowError(429, "Too Many Requests")
+            if not self._take_token(thing):
+                raise ShadowError(429, "Too Many Requests: over the thing's shadow requests per second")
             self._in_flight[thing] += 1
         try:
             yield
@@ -124,6 +153,9 @@ class ShadowService:
                 log.exception("shadow %s of %s failed", operation, thing)
                 raise ShadowError(500, "Internal service failure") from exc
         except ShadowError as err:
+            if err.code == 429 and token is None and operation == "update":
+                # Refused before the update was read: the caller still learns which request it was.
+                token = engine.parse_token_only(payload)
             if err.client_token is None and token is not None:
                 err.client_token = token
             doc = err.document(self.now())
