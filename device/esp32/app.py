@@ -484,13 +484,12 @@ class Firmware:
                 self.pver = 0
                 return None
             self.pver = v
-        # A delta may have waited in the broker for our persistent session: only the answer to
-        # our own get sets the clock first. ts is whole seconds: the end of it, so nothing starts
-        # after it expired. The clock goes back at most 1 s a document: enough for a crystal that
-        # runs fast (20 ppm: 1.7 s a day), little for a document that waited in the session.
+        # A delta may have waited in the broker for our persistent session: only the
+        # answer to our own get sets the clock first, and it never goes back.
         fresh = kind == _C_GOT or kind == _C_REJ  # answers to our own get
-        if isinstance(ts, int) and (fresh or self.svc_ms):
-            self.svc_ms = max(ts * 1000 + 999, self.now_ms() - 1000)
+        # ts is whole seconds: take the end of that second, so nothing starts after it expired.
+        if isinstance(ts, int) and (fresh or self.svc_ms) and ts * 1000 + 999 > self.now_ms():
+            self.svc_ms = ts * 1000 + 999
             self.svc_at = ticks_ms()
         state = doc.get("state")
         return state if isinstance(state, dict) else None

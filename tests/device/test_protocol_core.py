@@ -100,6 +100,42 @@ def test_an_expired_command_is_not_run_judged_by_the_service_clock(tmp_path: Pat
     assert "result" not in plan.report["late"]
 
 
+def test_the_service_clock_follows_a_device_clock_that_runs_fast_but_not_a_document_that_waited() -> None:
+    # GIVEN a device whose monotonic clock runs 20 ppm fast (no NTP), that read the service's time once
+    mono = FakeMonotonic()
+    clock = ServiceClock(mono)
+    true_ms = SERVICE_NOW_S * 1000
+    clock.observe({"timestamp": SERVICE_NOW_S})
+    most_ahead, backwards = 0, 0
+
+    def elapse(ms: int) -> None:
+        nonlocal true_ms
+        true_ms += ms
+        mono.t += ms / 1000 * 1.00002
+
+    # WHEN for 120 days a delta arrives every hour, and every 6 hours the answer to its own get
+    for hour in range(1, 120 * 24 + 1):
+        elapse(3_600_000)
+        before = clock.now_ms() or 0
+        clock.observe({"timestamp": true_ms // 1000}, fresh=hour % 6 == 0)
+        for _ in range(3):  # read then, and twice more within the next second
+            now = clock.now_ms() or 0
+            backwards += now < before
+            most_ahead = max(most_ahead, now - true_ms)
+            before = now
+            elapse(400)
+    # THEN the clock stays within 2.5 s of the service's (whole seconds read as their end, a second
+    # allowed, and 6 hours' drift); it ran 3.5 minutes ahead when it only moved forward
+    assert 0 <= most_ahead < 2500, most_ahead
+    # AND it never ran backwards (outcomes are ordered by doneAt)
+    assert backwards == 0
+    # AND sixty deltas that waited an hour in the broker do not hold it back
+    before = clock.now_ms() or 0
+    for _ in range(60):
+        clock.observe({"timestamp": true_ms // 1000 - 3600}, fresh=False)
+    assert clock.now_ms() == before
+
+
 def test_a_command_that_expires_while_waiting_behind_another_is_not_started(tmp_path: Path) -> None:
     # GIVEN a command with 2 s to live, planned to run
     mono = FakeMonotonic()

@@ -110,6 +110,25 @@ def test_an_answer_to_an_earlier_connections_get_runs_nothing(tmp_path: Path) ->
     assert wire.device.relay is False and wire.outcomes()["c1"]["state"] == "EXPIRED"
 
 
+def test_a_connected_agent_reads_its_commands_shadow_every_six_hours_to_keep_the_service_clock(tmp_path: Path) -> None:
+    # GIVEN an agent connected and synced, with nothing to do
+    from iotbridge_pi.session import CLOCK_CHECK_S
+
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(None, {})
+    wire.answer_get(COMMANDS_SHADOW, {})
+    gets = lambda: [t for t, _ in wire.sent if t == topics.shadow_topic(THING, "get", shadow=COMMANDS_SHADOW)]  # noqa: E731
+    assert len(gets()) == 1
+    # WHEN six hours pass
+    wire.step(CLOCK_CHECK_S - 1)
+    assert len(gets()) == 1
+    wire.step(2)
+    # THEN it asks for the commands shadow again: the answer, matched by its clientToken, is current,
+    # and may hold back a monotonic clock that runs fast (ServiceClock.observe)
+    assert CLOCK_CHECK_S == 6 * 3600 and len(gets()) >= 2  # (its retry timer runs on the real clock)
+
+
 def test_the_classic_desired_is_applied_before_a_command_whatever_order_the_answers_come_in(tmp_path: Path) -> None:
     # GIVEN a device reconnecting after `led: on` was set as desired, and then `led off` queued
     wire = Wire(tmp_path)

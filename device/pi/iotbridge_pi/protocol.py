@@ -47,7 +47,12 @@ class ServiceClock:
         """Learn the time from a document. Only a `fresh` one (the answer to our own request)
         may set the clock first: a delta can have waited in the broker's queue for the
         device's persistent session, and its old timestamp would make expired commands
-        look current. Later documents never move the clock backwards."""
+        look current. The clock never runs backwards (outcomes are ordered by `doneAt`), and
+        only a fresh document may hold it back: one more than a second (the rounding below)
+        behind it makes it stand still until the service's time catches up. A monotonic clock
+        that runs fast (a crystal without NTP: 20 ppm gains 1.7 s a day; one that never waited
+        would in months expire every command on arrival) is followed through the agent's
+        periodic gets; a backlog of deltas that waited in the broker cannot hold it back."""
         ts = document.get("timestamp")
         if not isinstance(ts, (int, float)) or isinstance(ts, bool):
             return
@@ -59,14 +64,16 @@ class ServiceClock:
         seen_ms = int(ts * 1000) + (999 if isinstance(ts, int) else 0)
         current = self.now_ms()
         if current is None or seen_ms > current:
-            self._base_ms = seen_ms
-            self._seen_at = self._monotonic()
+            self._base_ms, self._seen_at = seen_ms, self._monotonic()
+        elif fresh and current - seen_ms > 1000:  # stand still (from now) for the excess
+            self._base_ms = current
+            self._seen_at = self._monotonic() + (current - seen_ms - 1000) / 1000
 
     def now_ms(self) -> int | None:
         """The service's time now (seconds resolution), or None before any document."""
         if self._base_ms is None:
             return None
-        return self._base_ms + int((self._monotonic() - self._seen_at) * 1000)
+        return self._base_ms + max(0, int((self._monotonic() - self._seen_at) * 1000))
 
 
 @dataclass(frozen=True)

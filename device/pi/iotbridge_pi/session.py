@@ -50,6 +50,9 @@ UPDATE_BURST = 3.0
 STATE_ACK_WAIT_S = 3.0
 REBOOT_DOWNTIME_S = 1.0  # a simulated reboot stays off the network this long
 RESYNC_DELAY_S = 1.0  # after a throttled or failed shadow update
+# The commands shadow is read this often while connected: its answer (ours, by clientToken) keeps
+# the service clock right when the monotonic clock runs fast (ServiceClock.observe).
+CLOCK_CHECK_S = 6 * 3600.0
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the reconnect backoff
 MAX_STATES_UNANSWERED = 64  # state updates remembered until answered (a lost answer must not grow memory)
 # A get that is never answered (the shadow service was down, the reply was lost)
@@ -161,6 +164,7 @@ class DeviceSession:
         self._last_telemetry = 0.0
         self._reboot_at: float | None = None
         self._resync_at: float | None = None
+        self._clock_check_at: float | None = None
         self._state_retry_at: float | None = None  # a throttled / failed state update is sent again then
         self._state_lost: set[str] = set()  # desired keys to clear again with that retry
         self._get_retry: dict[str | None, tuple[float, float]] = {}  # shadow -> (when, current wait)
@@ -230,6 +234,9 @@ class DeviceSession:
         if self._resync_at is not None and now >= self._resync_at:
             self._resync_at = None
             self._get(COMMANDS_SHADOW)
+        if self._clock_check_at is not None and now >= self._clock_check_at:
+            self._clock_check_at = now + CLOCK_CHECK_S
+            self._get(COMMANDS_SHADOW)
         if self._state_retry_at is not None and now >= self._state_retry_at:
             # What was lost is reported again as the hardware is now, not as it was then:
             # a newer value of the same key may have been accepted meanwhile.
@@ -258,7 +265,7 @@ class DeviceSession:
             times.append(self._job[1].deadline)  # the worker wakes the pump sooner when it is done
         if self._straggler is not None:
             times.append(self._straggler[1])  # its thread wakes the pump when it returns
-        for t in (self._telemetry_due, self._reboot_at, self._resync_at, self._state_retry_at):
+        for t in (self._telemetry_due, self._reboot_at, self._resync_at, self._state_retry_at, self._clock_check_at):
             if t is not None:
                 times.append(t)
         if self._held_since is not None:
@@ -327,6 +334,7 @@ class DeviceSession:
         # right after CONNACK (another client with our id, a policy violation) must not see
         # us back at once forever (AWS allows one connect per second per client id).
         self._connected_at = now
+        self._clock_check_at = now + CLOCK_CHECK_S
         online = {"connected": True, "thing": self.thing, "at": wall_ms()}
         self.client.publish(status_topic(self.thing), json.dumps(online), qos=1, retain=True)
         subs = []
