@@ -460,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--fsync", action="store_true", help="SQLite synchronous=FULL (survive power loss)")
-    parser.add_argument("--max-rate", type=float, default=MAX_RATE,
-                        help=f"shadow requests per second per thing, as AWS allows (default {MAX_RATE:g}; 0: no limit)")
+    parser.add_argument("--max-rate", type=float, default=0,
+                        help=f"shadow requests per second per thing before 429 (AWS allows {MAX_RATE:g}; "
+                             "iotbridge up sets that); default 0: no limit")  # fmt: skip
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")

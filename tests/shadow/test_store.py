@@ -144,6 +144,16 @@ def test_a_thing_gets_twenty_shadow_requests_a_second_over_mqtt_and_http_togethe
     # AND an eighth of a second later (2.5 requests' worth), two more are served and a third is not
     clock[0] += 0.125
     assert [svc.handle("hot", None, "get", b"", via_mqtt=False).status for _ in range(3)] == [200, 200, 429]
+    # AND a throttled get over MQTT is rejected with its clientToken, as AWS does (the Pi agent drops
+    #   get rejections that carry none of this connection's tokens)
+    published.clear()
+    svc.handle_mqtt("$aws/things/hot/shadow/get", b'{"clientToken":"g1"}')
+    assert [(t, d["code"], d.get("clientToken")) for t, d in published] == [("$aws/things/hot/shadow/get/rejected", 429, "g1")]
+    # AND a rate under one a second still serves a request now and then, not none ever
+    slow = ShadowService(store, lambda t, p: None, max_rate=0.5, monotonic=lambda: clock[0])
+    assert [slow.handle("calm", None, "get", b"", via_mqtt=False).status for _ in range(2)] == [404, 429]
+    clock[0] += 2.0
+    assert slow.handle("calm", None, "get", b"", via_mqtt=False).status == 404
     # AND without the limit (benchmarks of our own code) nothing is refused
     svc.max_rate = None
     assert {svc.handle("hot", None, "get", b"", via_mqtt=False).status for _ in range(50)} == {200}

@@ -103,15 +103,16 @@ class ShadowService:
         if self.max_rate is None:
             return True
         now = self._monotonic()
-        tokens, then = self._buckets.get(thing, (self.max_rate, now))
-        tokens = min(self.max_rate, tokens + (now - then) * self.max_rate)
+        burst = max(self.max_rate, 1.0)  # a rate under 1/s still lets one request through now and then
+        tokens, then = self._buckets.get(thing, (burst, now))
+        tokens = min(burst, tokens + (now - then) * self.max_rate)
         if tokens < 1:
             self._buckets[thing] = (tokens, now)
             return False
         self._buckets[thing] = (tokens - 1, now)
         if len(self._buckets) > self._prune_at:  # forget the full buckets (a full one is the default)
             rate = self.max_rate
-            self._buckets = {t: (n, at) for t, (n, at) in self._buckets.items() if n + (now - at) * rate < rate}
+            self._buckets = {t: (n, at) for t, (n, at) in self._buckets.items() if n + (now - at) * rate < burst}
             self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
         return True
 
@@ -153,8 +154,8 @@ class ShadowService:
                 log.exception("shadow %s of %s failed", operation, thing)
                 raise ShadowError(500, "Internal service failure") from exc
         except ShadowError as err:
-            if err.code == 429 and token is None and operation == "update":
-                # Refused before the update was read: the caller still learns which request it was.
+            if err.code == 429 and token is None:
+                # Refused before the request was read: the caller still learns which one it was.
                 token = engine.parse_token_only(payload)
             if err.client_token is None and token is not None:
                 err.client_token = token
