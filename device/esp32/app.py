@@ -80,30 +80,28 @@ _RESTATE_MS = const(1000)  # after a throttled or failed state update
 # run first would be undone by the older desired value that get then applies.
 _CLASSIC_FIRST_MS = const(5000)
 _STABLE_MS = const(10000)  # a connection that lasted this long resets the reconnect backoff
+_RESYNC_S = const(86400)  # a day: then the service clock is taken again from a get (_tick)
 _CLR = "clr:"  # clientToken of a state update that nulls desired keys: "clr:led,relay"
 _SETTLE_MS = const(10000)  # no rejection for this long after a clear (or its retry): it landed
-# Ticks of the last clear sent or refused (module-level: one per boot). A list, not an array:
-# ticks_diff reads its arguments as small ints, and an array("q") hands back a long int object.
-_UNSURE_AT = [0]
+# [0]: ticks of the last clear sent or refused; [1]: uptime (s) when the service clock was last
+# taken afresh (_RESYNC_S). Module-level: one per boot. A list, not an array: ticks_diff reads its
+# arguments as small ints, and an array("q") hands back a long int object. One list, not a new
+# name: every name is a string on the heap, and one more moved where the heap ran out (probe).
+_UNSURE_AT = [0, 0]
 
 
 def _kind(topic):
-    if topic.endswith("/commands/update/delta"):
-        return _C_DELTA
-    if topic.endswith("/commands/get/accepted"):
-        return _C_GOT
-    if topic.endswith("/commands/get/rejected"):
-        return _C_REJ
-    if topic.endswith("/commands/update/rejected"):
-        return _CU_REJ
-    if topic.endswith("/shadow/update/delta"):
-        return _T_DELTA
-    if topic.endswith("/shadow/get/accepted"):
-        return _T_GOT
-    if topic.endswith("/shadow/update/rejected"):
-        return _T_REJ
-    if topic.endswith("/shadow/get/rejected"):
-        return _TG_REJ
+    # Only our own thing's topics are subscribed, and a thing name has no "/": this part is the
+    # commands shadow's. Four suffixes, not eight topics: each string stays on the heap.
+    c = "/shadow/name/commands/" in topic
+    if topic.endswith("/update/delta"):
+        return _C_DELTA if c else _T_DELTA
+    if topic.endswith("/get/accepted"):
+        return _C_GOT if c else _T_GOT
+    if topic.endswith("/get/rejected"):
+        return _C_REJ if c else _TG_REJ
+    if topic.endswith("/update/rejected"):
+        return _CU_REJ if c else _T_REJ
     return 0
 
 
@@ -462,7 +460,15 @@ class Firmware:
         if self.telemetry_sent is None or ticks_diff(now, self.telemetry_sent) >= self.device.interval * 1000:
             self.telemetry_sent = now
             self.now_ms()
-            self._report({"telemetry": self.device.telemetry()}, 0)
+            d = self.device
+            self._report({"telemetry": d.telemetry()}, 0)
+            if not self.pending and d.up_s - _UNSURE_AT[1] > _RESYNC_S:
+                # The clock only moves forward, and a crystal that runs fast (20 ppm: 1.7 s a day)
+                # would in weeks expire every command: once a day, with nothing pending, it is
+                # taken again from a get's answer, as after a boot (deltas wait for that get).
+                _UNSURE_AT[1] = d.up_s
+                self.svc_ms = 0
+                self.resync = True
 
     def _parse(self, kind, payload):
         """The document's state, after setting the clock from its timestamp; None if unusable."""

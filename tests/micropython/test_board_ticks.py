@@ -121,6 +121,50 @@ print(json.dumps(client.sent))
     assert sent.count("ping") >= 2, sent
 
 
+def test_a_board_whose_crystal_runs_fast_keeps_the_service_clock_and_runs_commands_for_months(tmp_path: Path) -> None:
+    # GIVEN a board whose ticks run 20 ppm fast (an ESP32's crystal is specified to 10 ppm), that took the
+    # service's clock from its get at boot
+    (tmp_path / "config.json").write_text('{"thing": "esp32-drift"}')
+    script = _ESP32_TICKS + _FIRMWARE + """
+GOT, DELTA = 4, 3  # app._C_GOT, app._C_DELTA: const() names with a leading _ are not module attributes
+true_ms = 1_795_000_000_000
+def doc(ts_s):
+    return json.dumps({"state": {}, "timestamp": ts_s, "version": 1})
+firmware._connect()
+firmware._parse(GOT, doc(true_ms // 1000))
+most = least = backwards = back = 0
+retaken = []
+# WHEN for 120 days its loop runs and a commands delta arrives every hour, stamped with the service's time
+for hour in range(120 * 24):
+    true_ms += 3_600_000
+    clock[0] += 3_600_072  # 20 ppm fast
+    client.pong()
+    client.sent.clear()
+    before = firmware.now_ms()
+    firmware._tick()
+    if not firmware.now_ms():  # it let go of the clock: the loop asks for its shadows, the get answers
+        retaken.append(firmware.resync)
+        firmware._parse(GOT, doc(true_ms // 1000))
+    firmware._parse(DELTA, doc(true_ms // 1000))
+    now = firmware.now_ms()
+    backwards += now < before
+    back = max(back, before - now)
+    most, least = max(most, now - true_ms), min(least, now - true_ms)
+print(json.dumps([most, least, backwards, back, len(retaken), retaken[:1]]))
+"""
+    (figures,) = run_mpy(script, tmp_path)
+    most_ahead, least_ahead, backwards, back, times, first = figures
+    # THEN once a day it lets go of the clock, asks for its shadows and takes the clock from the get's
+    # answer, so it stays within a day's drift (1.7 s) and the second AWS stamps: before, it only ever
+    # moved forward and ran 3.5 minutes ahead by then, so every command with the default 60 s ttl was
+    # answered EXPIRED on arrival
+    assert first == [True] and 115 <= times <= 120, figures
+    assert most_ahead < 3_000 and least_ahead >= 0, figures
+    # AND it went back only when it took the clock afresh, by at most the day's drift and the rounding
+    # (an outcome then may carry a doneAt that much before the one before it)
+    assert backwards <= times and back < 3_000, figures
+
+
 def test_a_backlog_of_deltas_that_waited_in_the_broker_never_takes_the_service_clock_back(tmp_path: Path) -> None:
     # GIVEN a firmware that took the service's clock from its get, then was away an hour
     (tmp_path / "config.json").write_text('{"thing": "esp32-backlog"}')
