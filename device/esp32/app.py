@@ -464,11 +464,13 @@ class Firmware:
             self._report({"telemetry": d.telemetry()}, 0)
             if not self.pending and d.up_s - _UNSURE_AT[1] > _RESYNC_S:
                 # The clock only moves forward, and a crystal that runs fast (20 ppm: 1.7 s a day)
-                # would in weeks expire every command: once a day, with nothing pending, it is
-                # taken again from a get's answer, as after a boot (deltas wait for that get).
+                # would in weeks expire every command: once a day, with nothing pending, connect
+                # again with a clean session, as after a boot, and take the clock from its get. Not
+                # on this session: it may still hold an old get's answer, with an old clock.
                 _UNSURE_AT[1] = d.up_s
                 self.svc_ms = 0
-                self.resync = True
+                c.disconnect()  # a goodbye: no "lost" will for a planned reconnect
+                raise MQTTError("resync")
 
     def _parse(self, kind, payload):
         """The document's state, after setting the clock from its timestamp; None if unusable."""
