@@ -275,11 +275,8 @@ def test_a_job_whose_request_died_while_recording_it_is_recorded_by_a_retry(
         make_device(thing)
     body = {"action": "ping", "things": ["k1", "k2"], "id": "died-early"}
 
-    def die(*args: Any, **kwargs: Any) -> None:
-        raise _Killed()
-
     real_update_page = record.update_page
-    monkeypatch.setattr(record, "update_page", die)
+    monkeypatch.setattr(record, "update_page", _die)
     with pytest.raises(_Killed):
         api.post("/commands", json=body)
     monkeypatch.setattr(record, "update_page", real_update_page)
@@ -336,13 +333,7 @@ def test_a_retry_that_joins_a_job_leaves_the_page_its_first_request_is_queueing(
     monkeypatch.setattr(record, "PAGE_THINGS", 40)
     things = _things("held", 60)
     body = {"action": "ping", "things": things, "id": "held-1", "ttlMs": 600_000}
-
-    def die(job_id: str, page: int) -> None:
-        raise _Killed()
-
-    monkeypatch.setattr(bulk, "_start_fanout", die)
-    with pytest.raises(_Killed):
-        api.post("/commands", json=body)
+    _post_that_dies_before_the_fan_out(api, monkeypatch, body)
     # AND a retry that reads the pages just before another request's inline attempt claims page 0
     real_read_pages = bulk._read_pages
 
@@ -972,6 +963,17 @@ class _Killed(BaseException):
     """The API's invocation ending abruptly (its timeout), past any except Exception."""
 
 
+def _die(*args: Any, **kwargs: Any) -> None:
+    raise _Killed()
+
+
+def _post_that_dies_before_the_fan_out(api: ApiClient, monkeypatch: pytest.MonkeyPatch, body: dict[str, Any]) -> None:
+    """POST `body`, whose request records the job and then ends (its timeout) before invoking any fan-out."""
+    monkeypatch.setattr(bulk, "_start_fanout", _die)
+    with pytest.raises(_Killed):
+        api.post("/commands", json=body)
+
+
 def test_a_retry_of_a_post_that_died_before_starting_the_fan_out_starts_it(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -979,13 +981,7 @@ def test_a_retry_of_a_post_that_died_before_starting_the_fan_out_starts_it(
     monkeypatch.setattr(record, "PAGE_THINGS", 40)
     things = _things("died", 60)
     body = {"action": "ping", "things": things, "id": "nightly-1", "ttlMs": 600_000}
-
-    def die(job_id: str, page: int) -> None:
-        raise _Killed()
-
-    monkeypatch.setattr(bulk, "_start_fanout", die)
-    with pytest.raises(_Killed):
-        api.post("/commands", json=body)
+    _post_that_dies_before_the_fan_out(api, monkeypatch, body)
     monkeypatch.setattr(bulk, "_start_fanout", invocations.start)
     # WHEN the caller retries the same request
     retry = api.post("/commands", json=body)

@@ -123,15 +123,20 @@ print(json.dumps(client.sent))
     assert sent.count("ping") >= 2, sent
 
 
-def test_a_board_whose_crystal_runs_fast_keeps_the_service_clock_and_runs_commands_for_months(tmp_path: Path) -> None:
-    # GIVEN a board whose ticks run 20 ppm fast (an ESP32's crystal is specified to 10 ppm), that took the
-    # service's clock from its get at boot
-    (tmp_path / "config.json").write_text('{"thing": "esp32-drift"}')
-    script = _ESP32_TICKS + _FIRMWARE + """
+# The service's time, and the commands documents it stamps with it (a get's answer, a delta).
+_SERVICE_DOCS = """
 GOT, DELTA = 4, 3  # app._C_GOT, app._C_DELTA: const() names with a leading _ are not module attributes
 true_ms = 1_795_000_000_000
 def doc(ts_s):
     return json.dumps({"state": {}, "timestamp": ts_s, "version": 1})
+"""
+
+
+def test_a_board_whose_crystal_runs_fast_keeps_the_service_clock_and_runs_commands_for_months(tmp_path: Path) -> None:
+    # GIVEN a board whose ticks run 20 ppm fast (an ESP32's crystal is specified to 10 ppm), that took the
+    # service's clock from its get at boot
+    (tmp_path / "config.json").write_text('{"thing": "esp32-drift"}')
+    script = _ESP32_TICKS + _FIRMWARE + _SERVICE_DOCS + """
 firmware._connect()
 firmware._parse(GOT, doc(true_ms // 1000))
 most = least = backwards = back = 0
@@ -172,11 +177,7 @@ print(json.dumps([most, least, backwards, back, len(retaken), retaken[:1]]))
 def test_a_backlog_of_deltas_that_waited_in_the_broker_never_takes_the_service_clock_back(tmp_path: Path) -> None:
     # GIVEN a firmware that took the service's clock from its get, then was away an hour
     (tmp_path / "config.json").write_text('{"thing": "esp32-backlog"}')
-    script = _ESP32_TICKS + _FIRMWARE + """
-GOT, DELTA = 4, 3  # app._C_GOT, app._C_DELTA: const() names with a leading _ are not module attributes
-true_ms = 1_795_000_000_000
-def doc(ts_s):
-    return json.dumps({"state": {}, "timestamp": ts_s, "version": 1})
+    script = _ESP32_TICKS + _FIRMWARE + _SERVICE_DOCS + """
 firmware._parse(GOT, doc(true_ms // 1000))
 clock[0] += 3_600_000
 true_ms += 3_600_000
