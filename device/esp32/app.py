@@ -83,11 +83,17 @@ _STABLE_MS = const(10000)  # a connection that lasted this long resets the recon
 _RESYNC_S = const(86400)  # a day: then the service clock is taken again from a get (_tick)
 _CLR = "clr:"  # clientToken of a state update that nulls desired keys: "clr:led,relay"
 _SETTLE_MS = const(10000)  # no rejection for this long after a clear (or its retry): it landed
+# AWS IoT serves a thing at most 20 shadow requests/s and refuses more (429; a refused update
+# must be sent again): the firmware sends at most 10/s after a burst of 4 (_publish), leaving the
+# rest to the API. A command that changes state is two updates: two such go out at once.
+_PACE_MS = const(100)
+_BURST_MS = const(300)  # (burst - 1) * _PACE_MS
 # [0]: ticks of the last clear sent or refused; [1]: uptime (s) when the service clock was last
-# taken afresh (_RESYNC_S). Module-level: one per boot. A list, not an array: ticks_diff reads its
-# arguments as small ints, and an array("q") hands back a long int object. One list, not a new
-# name: every name is a string on the heap, and one more moved where the heap ran out (probe).
-_UNSURE_AT = [0, 0]
+# taken afresh (_RESYNC_S); [2]: ticks before which the next publish would exceed the pace, plus
+# _BURST_MS. Module-level: one per boot. A list, not an array: ticks_diff reads its
+# arguments as small ints, and an array("q") hands back a long int object. One list, not new
+# names: every name is a string on the heap, and one more moved where the heap ran out (probe).
+_STAMPS = [0, 0, 0]
 
 
 def _kind(topic):
@@ -364,6 +370,16 @@ class Firmware:
                 pass
         if msg is None:
             msg = json.dumps(doc, separators=SEP)
+        # Paced (_PACE_MS): a stamp behind now, or further ahead than pacing puts it (one older
+        # than ticks_diff reads right), means idle: a full burst.
+        now = ticks_ms()
+        t = _STAMPS[2]
+        d = ticks_diff(t, now)
+        if d < 0 or d > _BURST_MS + _PACE_MS:
+            t = now
+        elif d > _BURST_MS:
+            sleep_ms(d - _BURST_MS)
+        _STAMPS[2] = ticks_add(t, _PACE_MS)
         self.client.publish(topic, msg, qos=qos)
 
     def _report_all(self, clear):
@@ -386,7 +402,7 @@ class Firmware:
 
     def _unsure(self, keys):
         self.unsure = self.unsure + tuple(k for k in keys if k and k not in self.unsure)
-        _UNSURE_AT[0] = ticks_ms()
+        _STAMPS[0] = ticks_ms()
 
     def _report(self, reported, qos=1):
         self._publish(self.t_update, {"state": {"reported": reported}}, qos)
@@ -446,7 +462,7 @@ class Firmware:
                 ticks_diff(now, c.last_io) > ka * 500 or ticks_diff(now, c.last_rx) > ka * 500):
             c.ping()
             self.pinged = now
-        if self.unsure and self.restate_at is None and ticks_diff(now, _UNSURE_AT[0]) >= _SETTLE_MS:
+        if self.unsure and self.restate_at is None and ticks_diff(now, _STAMPS[0]) >= _SETTLE_MS:
             # Clears that drew no rejection landed: a later reconnect must not null those keys
             # again (a user may set them while the device is away).
             self.unsure = ()
@@ -462,12 +478,12 @@ class Firmware:
             self.now_ms()
             d = self.device
             self._report({"telemetry": d.telemetry()}, 0)
-            if not self.pending and d.up_s - _UNSURE_AT[1] > _RESYNC_S:
+            if not self.pending and d.up_s - _STAMPS[1] > _RESYNC_S:
                 # The clock only moves forward, and a crystal that runs fast (20 ppm: 1.7 s a day)
                 # would in weeks expire every command: once a day, with nothing pending, connect
                 # again with a clean session, as after a boot, and take the clock from its get. Not
                 # on this session: it may still hold an old get's answer, with an old clock.
-                _UNSURE_AT[1] = d.up_s
+                _STAMPS[1] = d.up_s
                 self.svc_ms = 0
                 c.disconnect()  # a goodbye: no "lost" will for a planned reconnect
                 raise MQTTError("resync")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -231,3 +232,57 @@ def test_a_restart_to_more_outcomes_than_it_keeps_prunes_the_oldest_by_their_don
     queue_command(iot_data, THING, "next", command("ping"))
     assert wait_until(lambda: outcome_in_shadow(iot_data, THING, "next"), "next")["state"] == "SUCCEEDED"
     assert set(read_shadow(iot_data, THING, "commands")["state"]["reported"]) == set(by_age[5:]) | {"next"}
+
+
+@pytest.fixture
+def throttled_iotcore(broker: Broker, stack_config: StackConfig) -> Iterator[IotCoreProcess]:
+    """The shadow service with AWS IoT's limit on: 20 requests/s per thing (429 beyond)."""
+    core = IotCoreProcess(stack_config.data_dir / "iotcore", broker.service_endpoint(), stack_config.iot_http_port,
+                          max_rate=20)
+    core.start()
+    yield core
+    core.stop()
+
+
+def test_the_esp32_works_through_ten_queued_commands_without_being_throttled(
+    start_firmware: StartFirmware, device_config, throttled_iotcore: IotCoreProcess, broker: Broker
+) -> None:
+    import json
+    import threading
+
+    from iotbridge_contract import topics
+    from iotbridge_contract.commands import COMMANDS_SHADOW
+    from iotbridge_contract.mqtt import make_client
+
+    iot_data = throttled_iotcore.iot_data()
+    # GIVEN an ESP32 connected to a shadow service that throttles as AWS does, and a listener
+    # for the rejections of its MQTT requests (the service publishes those on .../rejected)
+    throttled: list[dict[str, Any]] = []
+    subscribed = threading.Event()
+    listener = make_client("iotbridge.rejections", broker.service_endpoint())
+    listener.on_subscribe = lambda *a: subscribed.set()
+    listener.on_message = lambda c, u, m: throttled.append(doc) if (doc := json.loads(m.payload)).get("code") == 429 else None
+    listener.connect(broker.service_endpoint().host, broker.service_endpoint().port)
+    shadows = topics.shadow_topic(THING, "update").removesuffix("/update")
+    listener.subscribe([(f"{shadows}/+/rejected", 1), (f"{shadows}/name/{COMMANDS_SHADOW}/+/rejected", 1)])
+    listener.loop_start()
+    try:
+        assert subscribed.wait(5)
+        start_firmware(device_config)
+        wait_until(lambda: "actions" in read_shadow(iot_data, THING)["state"].get("reported", {}), "actions reported",
+                   every=0.5)
+        time.sleep(1.5)  # the bucket refills after the connect's own requests
+        # WHEN ten commands that each change its state (a state update and an outcome update
+        # each: twenty requests) are queued at once, in one update
+        entries = {f"burst-{i}": command("led", {"state": "toggle"}) for i in range(10)}
+        iot_data.update_thing_shadow(thingName=THING, shadowName=COMMANDS_SHADOW,
+                                     payload=json.dumps({"state": {"desired": entries}}))
+        # THEN all ten succeed (read twice a second: the reads count against the thing's limit too)
+        outcomes = [wait_until(lambda c=cid: outcome_in_shadow(iot_data, THING, c), cid, every=0.5) for cid in entries]
+        assert [o["state"] for o in outcomes] == ["SUCCEEDED"] * 10
+        time.sleep(1)
+        # AND the device paced itself: none of its requests was refused for the rate
+        assert throttled == []
+    finally:
+        listener.loop_stop()
+        listener.disconnect()
