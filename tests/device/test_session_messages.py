@@ -397,3 +397,27 @@ def test_a_system_reboot_the_system_refuses_leaves_the_agent_running_commands(tm
     wire.step(0.1)
     # THEN the agent goes on: the ping runs
     assert wire.outcomes()["p1"]["state"] == "SUCCEEDED"
+
+
+def test_a_new_devices_first_command_runs_though_the_404_of_its_get_carried_no_clock(tmp_path: Path) -> None:
+    # GIVEN a new device: its commands get is refused 404 without a timestamp (AWS's error
+    # documents need not carry one), so it has no service clock yet
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(None, {})
+    rejected = topics.shadow_topic(THING, "get", "rejected", shadow=COMMANDS_SHADOW)
+    refusal = {"code": 404, "message": "No shadow exists", "clientToken": wire.last_get_token(COMMANDS_SHADOW)}
+    wire.session.inbox.append(("message", (rejected, json.dumps(refusal).encode())))
+    wire.step()
+    gets = lambda: [t for t, _ in wire.sent if t == topics.shadow_topic(THING, "get", shadow=COMMANDS_SHADOW)]  # noqa: E731
+    assert len(gets()) == 1
+    # WHEN its first command arrives, as a delta (which cannot set the clock: it may have waited in the broker)
+    pending = {"c1": command("relay", {"on": True})}
+    wire.message(COMMANDS_SHADOW, "update", "delta", {"state": pending})
+    # THEN it reads its commands shadow again, which exists now, and that answer's clock runs the command
+    assert len(gets()) == 2
+    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
+    wire.step(1.0)
+    wire.accept_last_state()  # the relay's new state first, then the outcome
+    wire.step(1.0)
+    assert wire.device.relay is True and wire.outcomes()["c1"]["state"] == "SUCCEEDED"

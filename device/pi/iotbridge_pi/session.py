@@ -504,6 +504,10 @@ class DeviceSession:
         return tuple(older)
 
     def _commands_message(self, kind: str, doc: dict[str, Any]) -> None:
+        if kind == "delta" and self.core.service_clock.now_ms() is None and COMMANDS_SHADOW not in self._get_retry:
+            # No clock yet: this connection's get found no shadow, and AWS's 404 need not carry a
+            # timestamp (a delta cannot set it). The delta says the shadow exists now: read it again.
+            self._get(COMMANDS_SHADOW)
         self._act_on(self.core.on_get_accepted(doc) if kind == "accepted" else self.core.on_delta(doc))
 
     def _release_held(self) -> None:
