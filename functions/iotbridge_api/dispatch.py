@@ -204,15 +204,22 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
         existing = _existing(thing, cid, request, doc)
         if existing is not None:
             return existing
+        if doc is None:  # a device's first command: its commands shadow is created, then read again
+            try:
+                iot.update_shadow(thing, contract.QUEUE_OPENED, COMMANDS_SHADOW)
+            finally:
+                waiting.note_request(thing, COMMANDS_SHADOW)
+            continue
         desired, issued = _desired(doc), now_ms()
         if contract.live_pending(desired, issued) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
                 f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
             )
         entry = contract.pending_entry(request.action, request.params, issued_at=issued, expires_at=issued + request.ttlMs)
-        update: dict[str, Any] = {"state": contract.queue_state(desired, _reported(doc), cid, entry, issued), "clientToken": cid}
-        if doc is not None:
-            update["version"] = doc["version"]  # optimistic lock: nobody else took this id meanwhile
+        update: dict[str, Any] = {
+            "state": contract.queue_state(desired, _reported(doc), cid, entry, issued), "clientToken": cid,
+            "version": doc["version"],  # optimistic lock: nobody else took this id or a place meanwhile
+        }  # fmt: skip
         try:
             iot.update_shadow(thing, update, COMMANDS_SHADOW)
         except iot.VersionConflict:
@@ -235,9 +242,8 @@ def wait_for_outcome(
 ) -> CommandView:
     """The command's view once terminal, or the last one seen (else `last`) when `deadline` passes (SENT if pending).
 
-    With `request`, this id pending or done with other action or params is a conflict: two first
-    commands to a device with one id can both write (no version to check before the shadow exists),
-    and the later write replaces the earlier one's entry.
+    With `request`, this id pending or done with other action or params is a conflict (a writer
+    around the API, or an entry a device or a bulk job wrote meanwhile).
     """
     seen: list[CommandView | None] = [None]
 

@@ -28,6 +28,13 @@ MAX_TTL_MS = 7 * 24 * 3600 * 1000
 EXPIRY_GRACE_MS = 30_000  # > the longest a handler may run: after this a pending, expired command never ran
 MAX_STATE_DEPTH = 6  # AWS IoT: levels of nesting in a shadow's desired or reported section
 
+# The write that creates a device's commands shadow, before its first command is queued. Commands
+# are queued only by versioned writes (the pending limit and an id's params are checked against
+# the version read), and a versioned write needs an existing shadow: writes without one from
+# requests at once would all pass the limit, and two entries of one id would merge (objects merge).
+# Nothing reads this key: outcomes are objects, and the ESP32's history keeps integer `doneAt`s only.
+QUEUE_OPENED = {"state": {"reported": {"queueOpened": True}}}
+
 
 class CommandState(enum.StrEnum):
     QUEUED = "QUEUED"  # in desired; the device was offline when asked

@@ -29,7 +29,7 @@ from iotbridge_contract.commands import COMMANDS_SHADOW
 from iotbridge_jobs import record
 
 THREADS = 16
-DEVICE_TRIES = 4  # per device and attempt, for throttling / transient errors
+DEVICE_TRIES = 5  # per device and attempt, for throttling / transient errors (one creates a commands shadow)
 BACKOFF_S = (0.1, 0.3, 0.8)
 CLAIM_TRIES = 20
 # Stop starting device calls this long before the invocation's end: a call started just before
@@ -106,6 +106,7 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, out_of_time: C
 
     Read, then a versioned write: a device never gets the job twice, nor an 11th pending command
     (ESP32 firmware reads its pending set into a buffer fixed at boot; 12 overflow it at 48 KB).
+    A device without a commands shadow gets one first (contract.QUEUE_OPENED).
     """
     last = "UPSTREAM_ERROR"
     for attempt in range(DEVICE_TRIES):
@@ -118,15 +119,16 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, out_of_time: C
             if known is not None:  # already ran it, or already has it: never twice
                 # ... unless the id is another command's (a caller's job id a single command used too)
                 return None if contract.is_same_command(known, entry["action"], entry["params"]) else "ID_CONFLICT"
+            if out_of_time():  # the read took its time: the write is a second call
+                return "OUT_OF_TIME"
+            if doc is None:  # the device's first command: its commands shadow is created, then read again
+                record.update(thing, contract.QUEUE_OPENED, COMMANDS_SHADOW)
+                continue
             now = record.now_ms()
             if contract.live_pending(desired, now) >= contract.MAX_PENDING:
                 return "TOO_MANY_PENDING"
-            if out_of_time():  # the read took its time: the write is a second call
-                return "OUT_OF_TIME"
-            update: dict[str, Any] = {"state": contract.queue_state(desired, reported, job_id, entry, now),
-                                      "clientToken": job_id}  # fmt: skip
-            if doc is not None:
-                update["version"] = doc["version"]
+            update = {"state": contract.queue_state(desired, reported, job_id, entry, now), "clientToken": job_id,
+                      "version": doc["version"]}  # fmt: skip
             record.update(thing, update, COMMANDS_SHADOW)
             return None
         except record.Conflict:

@@ -1339,3 +1339,28 @@ def test_devices_not_sent_yet_are_not_shown_as_failed(
     # client stops following), and the counts say so
     assert view["devices"] == [{"thing": t, "state": "SENDING"} for t in things]
     assert (view["counts"], view["done"], view["complete"]) == ({"SENDING": 20}, 0, False)
+
+
+def test_a_device_whose_first_commands_arrive_with_the_job_never_holds_more_than_ten(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a device that has never had a command, and single commands filling its queue to the
+    # limit between the job's read of its (missing) commands shadow and the job's write
+    (thing,) = _things("fresh", 1)
+    real_get, filled = record.get, []
+
+    def get(thing_name: str, shadow_name: str) -> Any:
+        doc = real_get(thing_name, shadow_name)
+        if thing_name == thing and shadow_name == COMMANDS_SHADOW and not filled:
+            filled.append(True)
+            entries = {f"single-{i}": pending_entry("ping", {}, issued_at=record.now_ms(), expires_at=record.now_ms() + 60_000)
+                       for i in range(10)}  # fmt: skip
+            record.update(thing, {"state": {"desired": entries}}, COMMANDS_SHADOW)
+        return doc
+
+    monkeypatch.setattr(record, "get", get)
+    # WHEN a bulk command goes to it
+    job = api.post("/commands", json={"action": "ping", "things": [thing]}).json["jobId"]
+    # THEN the device still holds 10 pending commands, and the job records it as full
+    assert filled and len(_pending(thing)) == 10 and job not in _pending(thing)
+    assert record.decode_failed(_page_record(job, 0)["failed"]) == {0: "TOO_MANY_PENDING"}

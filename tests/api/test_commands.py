@@ -337,8 +337,10 @@ def test_a_wait_whose_pending_entry_was_replaced_by_another_command_is_a_conflic
 def test_a_command_queued_before_its_wait_is_throttled_is_answered_202_with_its_id(
     api: ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN AWS IoT throttling every read of the commands shadow once the command is written
+    # GIVEN a device that has had commands (its commands shadow exists), and AWS IoT throttling
+    # every read of that shadow once the command is written
     make_device("lamp-thr")
+    iot.update_shadow("lamp-thr", contract.QUEUE_OPENED, COMMANDS_SHADOW)
     real_get, reads = iot.get_shadow, [0]
 
     def throttled_after_the_first(thing: str, shadow_name: str | None = None) -> Any:
@@ -362,8 +364,10 @@ def test_a_command_queued_before_its_wait_is_throttled_is_answered_202_with_its_
 def test_a_write_that_timed_out_names_the_id_and_its_retry_does_not_run_the_command_twice(
     api: ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN AWS IoT that applies the write queueing a command, but whose answer never arrives
+    # GIVEN a device that has had commands (its commands shadow exists), and AWS IoT that applies
+    # the write queueing a command, but whose answer never arrives
     make_device("lamp-to")
+    iot.update_shadow("lamp-to", contract.QUEUE_OPENED, COMMANDS_SHADOW)
     real_update = iot.update_shadow
 
     def lands_then_times_out(thing: str, document: dict[str, Any], shadow_name: str | None = None) -> Any:
@@ -514,3 +518,61 @@ def test_the_wait_counts_api_gateways_29_s_from_the_requests_arrival(api: ApiCli
     # THEN it answers 202 before the gateway gives up (~7 s: 29 - 20 - its 2 s margin), not after 27 s
     assert result["statusCode"] == 202
     assert time.monotonic() - started < 15
+
+
+def _first_commands_at_once(api: ApiClient, monkeypatch: pytest.MonkeyPatch, thing: str,
+                            bodies: list[dict[str, Any]]) -> list[Any]:  # fmt: skip
+    """POST the bodies to `thing` at once, every request reading the device (before any writes) together,
+    as separate Lambda environments can."""
+    import threading
+
+    barrier = threading.Barrier(len(bodies), timeout=10)
+    load = dispatch.load_device
+
+    def together(*args: Any, **kwargs: Any) -> Any:
+        device = load(*args, **kwargs)
+        barrier.wait()
+        return device
+
+    monkeypatch.setattr(dispatch, "load_device", together)
+    answers: list[Any] = [None] * len(bodies)
+
+    def post(i: int) -> None:
+        answers[i] = api.post(f"/devices/{thing}/commands", json=bodies[i])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    monkeypatch.undo()
+    return answers
+
+
+def test_first_commands_at_once_to_a_new_device_stay_within_the_pending_limit(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an offline device that has never had a command (no commands shadow yet)
+    make_device("fresh-1", connected=False)
+    # WHEN 14 commands are posted to it at once
+    bodies = [{"action": "ping", "id": f"c{i}", "timeoutMs": 0} for i in range(14)]
+    answers = _first_commands_at_once(api, monkeypatch, "fresh-1", bodies)
+    # THEN at most 10 are queued, exactly those answered 202, and the rest are told to retry later
+    queued = {a.json["id"] for a in answers if a.status == 202}
+    assert set(shadow("fresh-1")["state"]["desired"]) == queued and len(queued) <= contract.MAX_PENDING
+    assert all(a.status == 429 for a in answers if a.status != 202), [a.body for a in answers]
+
+
+def test_two_first_commands_with_one_id_and_other_params_never_merge(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an offline device that has never had a command, with an action taking two optional params
+    make_device("fresh-2", connected=False, actions={"configure": {"a": "int?", "b": "int?"}})
+    # WHEN two callers post one id at once with other params
+    bodies = [{"action": "configure", "params": {"a": 1}, "id": "x", "timeoutMs": 0},
+              {"action": "configure", "params": {"b": 2}, "id": "x", "timeoutMs": 0}]  # fmt: skip
+    answers = _first_commands_at_once(api, monkeypatch, "fresh-2", bodies)
+    # THEN one is queued exactly as its caller sent it, and the other is refused as a conflict
+    assert sorted(a.status for a in answers) == [202, 409], [a.body for a in answers]
+    winner = next(b for a, b in zip(answers, bodies, strict=True) if a.status == 202)
+    assert shadow("fresh-2")["state"]["desired"]["x"]["params"] == winner["params"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from iotbridge_contract import topics
-from iotbridge_contract.commands import COMMANDS_SHADOW, MAX_STATE_DEPTH, nesting_depth, pending_entry
+from iotbridge_contract.commands import COMMANDS_SHADOW, MAX_STATE_DEPTH, QUEUE_OPENED, nesting_depth, pending_entry
 from iotbridge_contract.mqtt import Endpoint
 from iotbridge_pi.executed_log import ExecutedLog
 from iotbridge_pi.handlers import Action, Registry, default_registry
@@ -405,17 +405,26 @@ def test_a_new_devices_first_command_runs_though_the_404_of_its_get_carried_no_c
     wire = Wire(tmp_path)
     wire.connect()
     wire.answer_get(None, {})
-    rejected = topics.shadow_topic(THING, "get", "rejected", shadow=COMMANDS_SHADOW)
-    refusal = {"code": 404, "message": "No shadow exists", "clientToken": wire.last_get_token(COMMANDS_SHADOW)}
-    wire.session.inbox.append(("message", (rejected, json.dumps(refusal).encode())))
-    wire.step()
+
+    def refuse_last_get() -> None:
+        refusal = {"code": 404, "message": "No shadow exists", "clientToken": wire.last_get_token(COMMANDS_SHADOW)}
+        rejected = topics.shadow_topic(THING, "get", "rejected", shadow=COMMANDS_SHADOW)
+        wire.session.inbox.append(("message", (rejected, json.dumps(refusal).encode())))
+        wire.step()
+
+    refuse_last_get()
     gets = lambda: [t for t, _ in wire.sent if t == topics.shadow_topic(THING, "get", shadow=COMMANDS_SHADOW)]  # noqa: E731
-    assert len(gets()) == 1
-    # WHEN its first command arrives, as a delta (which cannot set the clock: it may have waited in the broker)
+    # THEN it opens its command queue (creates the commands shadow, so the API queues commands at
+    # once) and reads it again
+    assert wire.updates(COMMANDS_SHADOW) == [QUEUE_OPENED] and len(gets()) == 2
+    # WHEN that get is refused 404 as well (AWS orders nothing: it was served before the update)
+    refuse_last_get()
+    assert wire.updates(COMMANDS_SHADOW) == [QUEUE_OPENED] and len(gets()) == 2  # opened once
+    # AND its first command arrives, as a delta (which cannot set the clock: it may have waited in the broker)
     pending = {"c1": command("relay", {"on": True})}
     wire.message(COMMANDS_SHADOW, "update", "delta", {"state": pending})
     # THEN it reads its commands shadow again, which exists now, and that answer's clock runs the command
-    assert len(gets()) == 2
+    assert len(gets()) == 3
     wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
     wire.step(1.0)
     wire.accept_last_state()  # the relay's new state first, then the outcome

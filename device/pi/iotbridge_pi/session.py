@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from iotbridge_contract import topics
-from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState
+from iotbridge_contract.commands import COMMANDS_SHADOW, QUEUE_OPENED, CommandState
 from iotbridge_contract.mqtt import Backoff, Endpoint, make_client
 from iotbridge_pi import __version__
 from iotbridge_pi.executed_log import ExecutedLog
@@ -173,6 +173,7 @@ class DeviceSession:
         self._get_nonce = uuid.uuid4().hex[:8]
         self._gets_sent = 0
         self._get_tokens: dict[str | None, set[str]] = {}
+        self._queue_opened = False  # this run created its commands shadow (once: a 404 after it is a late answer)
         self._classic_synced = False  # this connection's classic get was answered
         self._held: list[tuple[str, dict[str, Any]]] = []  # commands-shadow messages waiting for it
         self._held_since: float | None = None
@@ -449,6 +450,13 @@ class DeviceSession:
                     self._commands_message(what[1], doc)
             elif what == ("get", "rejected"):
                 self._act_on(self.core.on_get_rejected(doc))
+                if doc.get("code") == 404 and not self._queue_opened:
+                    # A new device opens its command queue: the API's first commands are then queued
+                    # at once (it creates the shadow itself otherwise: two calls more per device), and
+                    # the get that follows finds it, with the service's clock (a 404 need not carry it).
+                    self._queue_opened = True
+                    self._update(COMMANDS_SHADOW, QUEUE_OPENED)
+                    self._get(COMMANDS_SHADOW)
             elif what == ("update", "accepted"):
                 self.core.on_update_answered(doc)
             elif what == ("update", "rejected"):
