@@ -62,7 +62,7 @@ _THING = (errors.InvalidThingName, errors.RouteNotFound, *_COMMON)
 
 def _thing(value: str) -> str:
     try:
-        return names.thing_name(value)
+        return names.device_name(value)
     except names.InvalidName as exc:
         raise errors.InvalidThingName(str(exc), details={"thing": value[:200]}) from None
 

@@ -141,7 +141,7 @@ def _check(params: dict[str, Any], things: list[str] | None) -> None:
             raise errors.InvalidParams(f"{name!r}: params of a bulk command are flat name: scalar pairs")
     for thing in things or []:
         try:
-            names.thing_name(thing)
+            names.device_name(thing)
         except names.InvalidName as exc:
             raise errors.InvalidThingName(str(exc), details={"thing": str(thing)[:200]}) from None
 

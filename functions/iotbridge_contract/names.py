@@ -37,6 +37,19 @@ def thing_name(value: object) -> str:
     return _check("thing name", value, THING_NAME_RE, "1-128 characters of a-z A-Z 0-9 : _ -")
 
 
+# The things whose shadows hold iotbridge's bulk job records (iotbridge_jobs.record): never a device.
+JOBS_THING = "iotbridge-jobs"
+_JOBS_THINGS_RE = re.compile(JOBS_THING + r"(-[0-9]+)?")
+
+
+def device_name(value: object) -> str:
+    """A thing name the API may address as a device: not one that holds job records."""
+    thing = thing_name(value)
+    if _JOBS_THINGS_RE.fullmatch(thing):
+        raise InvalidName("thing name", value, f"a device, not one of the things holding bulk job records ({JOBS_THING}[-n])")
+    return thing
+
+
 def shadow_name(value: object) -> str:
     return _check("shadow name", value, SHADOW_NAME_RE, "1-64 characters of a-z A-Z 0-9 : _ -")
 

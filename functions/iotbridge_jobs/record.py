@@ -30,9 +30,10 @@ import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from iotbridge_contract.names import JOBS_THING
+
 T = TypeVar("T")
 
-JOBS_THING = "iotbridge-jobs"
 PAGE_CHARS = 3_500
 PAGE_THINGS = 500
 # Lambda runs an asynchronous event once and retries it twice (template: EventInvokeConfig).

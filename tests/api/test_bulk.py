@@ -1364,3 +1364,22 @@ def test_a_device_whose_first_commands_arrive_with_the_job_never_holds_more_than
     # THEN the device still holds 10 pending commands, and the job records it as full
     assert filled and len(_pending(thing)) == 10 and job not in _pending(thing)
     assert record.decode_failed(_page_record(job, 0)["failed"]) == {0: "TOO_MANY_PENDING"}
+
+
+@pytest.mark.parametrize("target", [JOBS_THING, f"{JOBS_THING}-3"])
+def test_the_things_holding_job_records_are_no_device_to_send_to_or_write(
+    api: ApiClient, invocations: Invocations, target: str
+) -> None:
+    # GIVEN a device next to the things that hold bulk job records
+    make_device("plain-1")
+    # WHEN a bulk command lists one of those things, or a caller addresses one as a device
+    bulk_answer = api.post("/commands", json={"action": "ping", "things": ["plain-1", target], "id": "j-reserved"})
+    patch = api.patch(f"/devices/{target}/desired", json={"state": {"x": 1}})
+    single = api.post(f"/devices/{target}/commands", json={"action": "ping"})
+    # THEN each is refused as a bad thing name, and no job, command or state was written
+    for answer in (bulk_answer, patch, single):
+        assert (answer.status, answer.json["code"]) == (400, "INVALID_THING_NAME"), answer.body
+    assert _pending("plain-1") == {} and _pending(target) == {}
+    assert api.get("/commands/jobs/j-reserved").status == 404
+    with pytest.raises(ClientError):
+        shadow(target, None)
