@@ -161,3 +161,24 @@ def test_a_malformed_content_length_is_answered_400(gateway: tuple[int, str], le
     port, _ = gateway
     out = _raw(port, f"POST /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nContent-Length: {length}\r\n\r\n{{}}".encode())
     assert out.startswith(b"HTTP/1.1 400"), out[:200]
+
+
+def test_a_chunked_body_reaches_the_function_whole(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    # WHEN a client streams its JSON body in chunks (Transfer-Encoding: chunked, no Content-Length),
+    # then sends another request on the same connection
+    chunked = (f"POST /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nContent-Type: application/json\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n" "7\r\n{\"a\": 1\r\n" "1;ext=1\r\n}\r\n" "0\r\n\r\n")  # fmt: skip
+    get = f"GET /y HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nConnection: close\r\n\r\n"
+    out = _raw(port, (chunked + get).encode())
+    # THEN the function gets the body whole, and the next request is answered as one (not as junk)
+    first, second = (json.loads(answer[answer.index(b"\r\n\r\n") + 4:]) for answer in out.split(b"HTTP/1.1 200 ")[1:3])
+    assert first["event"]["body"] == '{"a": 1}' and second["event"]["path"] == "/y"
+
+
+def test_a_malformed_chunked_body_is_answered_400_in_json(gateway: tuple[int, str]) -> None:
+    port, _ = gateway
+    out = _raw(port, (f"POST /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "zz\r\n{}\r\n0\r\n\r\n").encode())  # fmt: skip
+    assert out.startswith(b"HTTP/1.1 400"), out[:200]
+    assert json.loads(out[out.index(b"\r\n\r\n") + 4:])["code"] == "BAD_REQUEST_BODY"

@@ -55,20 +55,55 @@ class _RequestHandler(LocalRequestHandler):
             headers["Access-Control-Allow-Origin"] = self.gateway.cors_origin
         self._send(status, body, headers)
 
-    def _handle(self) -> None:
+    def _read_chunked(self) -> bytes | None:
+        """A `Transfer-Encoding: chunked` body (a streaming client's, as API Gateway takes it); None if malformed."""
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                return None
+            if size < 0:
+                return None
+            if len(body) + size > MAX_PAYLOAD:
+                raise OverflowError
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return bytes(body)
+            body += self.rfile.read(size)
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                return None
+
+    def _read_body(self) -> bytes | None:
+        """The request's body (None: none). ValueError: where it ends is unknown; OverflowError: past MAX_PAYLOAD."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = self._read_chunked()
+            if body is None:
+                raise ValueError("Invalid chunked body")
+            return body or None
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if length < 0:  # unreadable: the body's end is unknown, so the connection cannot go on
-            self.close_connection = True
-            self._gateway_error(400, "Invalid Content-Length", "BadRequestException", "BAD_REQUEST_BODY")
-            return
+        if length < 0:
+            raise ValueError("Invalid Content-Length")
         if length > MAX_PAYLOAD:
+            raise OverflowError
+        return self.rfile.read(length) if length else None
+
+    def _handle(self) -> None:
+        try:
+            body = self._read_body()
+        except ValueError as exc:  # unreadable: the body's end is unknown, so the connection cannot go on
+            self.close_connection = True
+            self._gateway_error(400, str(exc), "BadRequestException", "BAD_REQUEST_BODY")
+            return
+        except OverflowError:
             self._gateway_error(413, "Request Too Long", "RequestEntityTooLargeException", "REQUEST_TOO_LARGE")
             self.close_connection = True
             return
-        body = self.rfile.read(length) if length else None
         key = self.headers.get("x-api-key")
         if self.command != "OPTIONS" and self.gateway.api_key is not None and key != self.gateway.api_key:
             self._gateway_error(403, "Forbidden", "ForbiddenException", "INVALID_API_KEY")
