@@ -153,8 +153,8 @@ def get_device(thing: str, shadow: str | None) -> DeviceDetail:
            errors=(errors.InvalidDocument, errors.PayloadTooLarge, *_THING))  # fmt: skip
 def patch_desired(thing: str, body: DesiredRequest) -> DesiredResult:
     name = _thing(thing)
-    if contract.nesting_depth(body.state) > contract.MAX_STATE_DEPTH:
-        raise errors.InvalidDocument(f"desired nests deeper than AWS IoT's {contract.MAX_STATE_DEPTH} levels")
+    if contract.key_levels(body.state) > contract.MAX_STATE_LEVELS:
+        raise errors.InvalidDocument(f"desired nests deeper than AWS IoT's {contract.MAX_STATE_LEVELS} levels of keys")
     deadline = _deadline(body.waitMs, reads_after=1)
     iot.update_shadow(name, {"state": {"desired": body.state}})
     waiting.note_request(name)

@@ -26,7 +26,10 @@ MAX_ERROR_CHARS = 160
 DEFAULT_TTL_MS = 60_000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
 EXPIRY_GRACE_MS = 30_000  # > the longest a handler may run: after this a pending, expired command never ran
-MAX_STATE_DEPTH = 6  # AWS IoT: levels of nesting in a shadow's desired or reported section
+# AWS IoT: levels of keys in a shadow's desired or reported section (its limits page: 5, its
+# example {"one": {"two": {"three": {"four": {"five": {}}}}}}; the 400's text, counting the
+# section itself, says "maximum is 6"). An array's items count as a level too, to be safe.
+MAX_STATE_LEVELS = 5
 
 # The write that creates a device's commands shadow, before its first command is queued. Commands
 # are queued only by versioned writes (the pending limit and an id's params are checked against
@@ -64,15 +67,16 @@ def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-def nesting_depth(value: Any) -> int:
-    """Levels of objects/arrays ({} and {"a": 1} are 1; a scalar 0), without recursion: a body may nest 900 deep."""
-    deepest, todo = 0, [(value, 1)]
+def key_levels(value: Any) -> int:
+    """Keys (or array items) on the longest path down from `value`: a scalar, {} and [] are 0,
+    {"a": 1} and {"a": {}} are 1. Without recursion: a body may nest 900 deep."""
+    deepest, todo = 0, [(value, 0)]
     while todo:
         item, level = todo.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is not None:
-            deepest = max(deepest, level)
-            todo.extend((child, level + 1) for child in children)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            deepest = max(deepest, level + 1)
+            todo.append((child, level + 1))
     return deepest
 
 
@@ -113,8 +117,8 @@ def outcome_entry(
     if params is not None:
         entry["paramsDigest"] = params_digest(params)
     if result is not None:
-        # reported.{id}.result: two levels under reported, so AWS's depth limit leaves the rest to it.
-        if len(compact(result)) > MAX_RESULT_BYTES or nesting_depth(result) > MAX_STATE_DEPTH - 2:
+        # reported.{id}.result: two levels under reported, so AWS's limit leaves the rest to it.
+        if len(compact(result)) > MAX_RESULT_BYTES or key_levels(result) > MAX_STATE_LEVELS - 2:
             result = {"truncated": True}
         entry["result"] = result
     if error:

@@ -105,6 +105,17 @@ def test_patch_desired_sets_desired_and_reports_no_convergence_without_a_device(
     assert body["converged"] is False
 
 
+def test_patch_desired_deeper_than_aws_takes_is_a_clear_400_and_one_level_less_is_set(api: ApiClient) -> None:
+    # GIVEN a device
+    make_device("dev-1")
+    # WHEN desired with six levels of keys is asked for (AWS's shadow takes five)
+    deep = api.patch("/devices/dev-1/desired", json={"state": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}})
+    # THEN it is refused, saying why, and five levels are set
+    assert (deep.status, deep.json["code"]) == (400, "INVALID_DOCUMENT") and "levels" in deep.json["message"]
+    ok = api.patch("/devices/dev-1/desired", json={"state": {"a": {"b": {"c": {"d": {"e": 1}}}}}})
+    assert ok.status == 200 and ok.json["desired"]["a"] == {"b": {"c": {"d": {"e": 1}}}}
+
+
 def test_patch_desired_says_converged_when_the_device_already_reports_the_value(api: ApiClient) -> None:
     # GIVEN a device that reports led: off
     make_device("dev-1")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from iotbridge_contract import topics
-from iotbridge_contract.commands import COMMANDS_SHADOW, MAX_STATE_DEPTH, QUEUE_OPENED, nesting_depth, pending_entry
+from iotbridge_contract.commands import COMMANDS_SHADOW, MAX_STATE_LEVELS, QUEUE_OPENED, key_levels, pending_entry
 from iotbridge_contract.mqtt import Endpoint
 from iotbridge_pi.executed_log import ExecutedLog
 from iotbridge_pi.handlers import Action, Registry, default_registry
@@ -199,7 +199,7 @@ def test_a_result_nested_too_deep_for_aws_is_truncated_not_rejected(tmp_path: Pa
     wire = _probe_device(tmp_path, {"sensors": {"bme280": {"temp": {"v": {"raw": 1}}}}})
     # THEN the outcome update stays within AWS's depth limit (a 400 would lose every outcome in it)
     update = wire.updates(COMMANDS_SHADOW)[-1]
-    assert nesting_depth(update["state"]["reported"]) <= MAX_STATE_DEPTH
+    assert key_levels(update["state"]["reported"]) <= MAX_STATE_LEVELS
     assert wire.outcomes()["p1"] == {**wire.outcomes()["p1"], "state": "SUCCEEDED", "result": {"truncated": True}}
 
 

@@ -198,11 +198,14 @@ def nest(levels: int) -> dict[str, Any]:
     return doc
 
 
-def test_nesting_of_six_levels_is_accepted_and_seven_is_rejected() -> None:
+@pytest.mark.parametrize("too_deep", [nest(7), {"one": {"two": {"three": {"four": {"five": {"six": 1}}}}}},
+                                      {"one": {"two": {"three": {"four": {"five": [1]}}}}}])
+def test_five_levels_of_keys_are_accepted_and_six_are_rejected(too_deep: dict[str, Any]) -> None:
     # GIVEN AWS's own deepest example ("desired" -> one..five -> {}) / WHEN sent / THEN accepted
     assert update(None, {"state": {"desired": nest(6)}}).shadow.version == 1
-    # WHEN one level deeper / THEN 400 with AWS's message
-    err = rejected(json.dumps({"state": {"reported": nest(7)}, "clientToken": "deep"}).encode())
+    assert update(None, {"state": {"desired": {"one": {"two": {"three": {"four": {"five": 5}}}}}}}).shadow.version == 1
+    # WHEN a sixth level of keys (or an array's items at the sixth level) / THEN 400 with AWS's message
+    err = rejected(json.dumps({"state": {"reported": too_deep}, "clientToken": "deep"}).encode())
     assert (err.code, err.message, err.client_token) == (
         400,
         "JSON contains too many levels of nesting; maximum is 6",
@@ -245,3 +248,14 @@ def test_metadata_keeps_old_timestamps_for_untouched_keys() -> None:
         "b": {"timestamp": 20},
         "n": {"x": {"timestamp": 10}, "y": {"timestamp": 20}},
     }
+
+
+def test_an_outcome_keeps_a_result_as_deep_as_the_shadow_takes_and_truncates_a_deeper_one() -> None:
+    from iotbridge_contract.commands import CommandState, outcome_entry
+
+    # GIVEN results three and four levels of keys deep
+    kept = outcome_entry(CommandState.SUCCEEDED, "probe", done_at=1, result={"a": {"b": {"c": 1}}})
+    cut = outcome_entry(CommandState.SUCCEEDED, "probe", done_at=1, result={"a": {"b": {"c": {"d": 1}}}})
+    # THEN the first is kept and the second truncated, and both outcomes fit the shadow (reported.{id}.result.…)
+    assert kept["result"] == {"a": {"b": {"c": 1}}} and cut["result"] == {"truncated": True}
+    assert update(None, {"state": {"reported": {"c1": kept, "c2": cut}}}).shadow.version == 1

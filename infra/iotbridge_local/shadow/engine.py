@@ -33,11 +33,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from iotbridge_contract.commands import nesting_depth
+from iotbridge_contract.commands import MAX_STATE_LEVELS, key_levels
 
 SECTIONS = ("desired", "reported")
 MAX_STATE_BYTES = 8192
-MAX_DEPTH = 6
 MAX_CLIENT_TOKEN_BYTES = 64
 MAX_PAYLOAD_BYTES = 128 * 1024  # AWS IoT message size limit
 
@@ -151,11 +150,6 @@ def json_equal(a: Json, b: Json) -> bool:
     return type(a) is type(b) and a == b
 
 
-def depth(value: Json) -> int:
-    """Nesting levels of objects and arrays; a scalar is 0, `{}` is 1 (no recursion: JSON may nest ~1000 deep)."""
-    return nesting_depth(value)
-
-
 def _has_null_in_array(value: Json, in_array: bool = False) -> bool:
     if value is None:
         return in_array
@@ -228,8 +222,8 @@ def parse_update(payload: bytes | str) -> UpdateRequest:
                 raise ShadowError(400, f"State contains an invalid node: '{key}'")
             if section is not None and not isinstance(section, dict):
                 raise ShadowError(400, f"{key.capitalize()} node must be an object")
-            if depth(section) > MAX_DEPTH:
-                raise ShadowError(400, f"JSON contains too many levels of nesting; maximum is {MAX_DEPTH}")
+            if key_levels(section) > MAX_STATE_LEVELS:  # AWS's message counts the section too
+                raise ShadowError(400, f"JSON contains too many levels of nesting; maximum is {MAX_STATE_LEVELS + 1}")
             if _has_null_in_array(section):
                 raise ShadowError(400, f"State contains an invalid node: '{key}'")  # (choice) AWS: arrays can't hold null
         return UpdateRequest(state, token, version)
