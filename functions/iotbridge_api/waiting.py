@@ -3,8 +3,8 @@
 The mechanism is polling GetThingShadow: it needs no connection of its own (a
 Lambda holds no MQTT session between invocations) and works unchanged on AWS
 and locally. Within one execution environment, all waiters for one thing share
-its reads (one request answers every waiter), a token bucket keeps us under
-AWS's 20 shadow requests/s per thing, and the polls are timed by how fast this
+its reads (one request answers every waiter), a token bucket per thing (all its
+shadows together, as AWS counts) keeps us under AWS's 20 shadow requests/s per thing, and the polls are timed by how fast this
 thing answered before, so a device that answers in 15 ms is read at ~12 ms and
 ~17 ms, not at 2, 4, 8 and 16. Measurements and reasons: docs/waiting.md.
 """
@@ -48,29 +48,42 @@ def schedule(expected_s: float) -> Callable[[int, float], float]:
     return pause
 
 
-class _ThingReads:
-    """Shared, rate-limited reads of one thing's shadow, and how fast it answers."""
+class _Budget:
+    """One thing's token bucket: AWS counts the requests to all of a thing's shadows together."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.tokens = BURST
         self.refilled = time.monotonic()
-        self.doc: dict[str, Any] | None = None
-        self.read_at = 0.0
-        self.answer_s = FIRST_GUESS_S
 
-    def _take_token(self, deadline: float) -> bool:
+    def take(self, deadline: float) -> bool:
         while True:
-            now = time.monotonic()
-            self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE_PER_S)
-            self.refilled = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return True
-            wait = max((1 - self.tokens) / RATE_PER_S, 0.001)  # never a sleep too short to move the clock
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE_PER_S)
+                self.refilled = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return True
+                wait = max((1 - self.tokens) / RATE_PER_S, 0.001)  # never a sleep too short to move the clock
             if now + wait > deadline:
                 return False
             time.sleep(wait)
+
+    def spend(self) -> None:
+        with self.lock:
+            self.tokens -= 1
+
+
+class _ThingReads:
+    """Shared, rate-limited reads of one of a thing's shadows, and how fast it answers."""
+
+    def __init__(self, budget: _Budget) -> None:
+        self.lock = threading.Lock()
+        self.budget = budget
+        self.doc: dict[str, Any] | None = None
+        self.read_at = 0.0
+        self.answer_s = FIRST_GUESS_S
 
     def read_after(
         self, since: float, deadline: float, fetch: Callable[[], dict[str, Any] | None]
@@ -80,7 +93,7 @@ class _ThingReads:
             if self.read_at >= since:
                 return self.doc, self.read_at
             # No token in time, or no time left for a call to end before the answer is due
-            if not self._take_token(deadline) or not iot.time_for_call():
+            if not self.budget.take(deadline) or not iot.time_for_call():
                 return self.doc, self.read_at
             started = time.monotonic()
             self.doc = fetch()
@@ -93,6 +106,7 @@ class _ThingReads:
 
 
 _reads: dict[tuple[str, str | None], _ThingReads] = {}
+_budgets: dict[str, _Budget] = {}
 _reads_lock = threading.Lock()
 
 
@@ -103,15 +117,24 @@ def _reads_for(thing: str, shadow: str | None) -> _ThingReads:
         if reads is None:
             if len(_reads) > 10_000:  # bounded memory in a long-lived environment
                 _reads.clear()
-            reads = _reads[key] = _ThingReads()
+                _budgets.clear()
+            budget = _budgets.get(thing)
+            if budget is None:
+                budget = _budgets[thing] = _Budget()
+            reads = _reads[key] = _ThingReads(budget)
         return reads
+
+
+def forget() -> None:
+    """Drop every thing's reads, pace and budget (a test's fresh start)."""
+    with _reads_lock:
+        _reads.clear()
+        _budgets.clear()
 
 
 def note_request(thing: str, shadow: str | None = None) -> None:
     """Count a request we made outside the poller (an update) against the thing's budget."""
-    reads = _reads_for(thing, shadow)
-    with reads.lock:
-        reads.tokens -= 1
+    _reads_for(thing, shadow).budget.spend()
 
 
 def expected_answer_s(thing: str, shadow: str | None = None) -> float:

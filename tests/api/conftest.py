@@ -30,7 +30,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     with mock_aws():
         iot._clients.clear()
-        waiting._reads.clear()
+        waiting.forget()
         yield
         iot._clients.clear()
 

@@ -52,7 +52,7 @@ class Device:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
     monkeypatch.setattr(waiting, "time", clock)
-    waiting._reads.clear()
+    waiting.forget()
     return clock
 
 
@@ -227,7 +227,7 @@ def test_waiters_for_one_device_share_its_reads(monkeypatch: pytest.MonkeyPatch)
         return {}
 
     monkeypatch.setattr(iot, "get_shadow", slow_get)
-    waiting._reads.clear()
+    waiting.forget()
 
     def wait(thing: str) -> None:
         since = _time.monotonic()
@@ -242,3 +242,16 @@ def test_waiters_for_one_device_share_its_reads(monkeypatch: pytest.MonkeyPatch)
         t.join()
     # THEN the two callers cost about what one does: a read made for one answers the other too
     assert reads["shared"] <= 1.5 * reads["alone"], reads
+
+
+def test_writes_and_reads_of_all_of_a_things_shadows_share_its_budget(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a thing whose commands shadow this environment has just written a burst's worth of times
+    for _ in range(int(waiting.BURST)):
+        waiting.note_request("busy-1", "commands")
+    device = Device(clock, answers_after_s=0.0)
+    monkeypatch.setattr(iot, "get_shadow", device.get_shadow)
+    # WHEN its classic shadow is polled
+    start = clock.now
+    assert waiting.poll_until("busy-1", None, lambda doc: doc and doc["answered"], start + 5, since=start)
+    # THEN the read waits for the thing's bucket to refill: AWS counts a thing's shadows together
+    assert device.reads == 1 and clock.now - start >= 1 / waiting.RATE_PER_S

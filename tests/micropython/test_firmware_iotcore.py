@@ -179,10 +179,10 @@ def api(iotcore: IotCoreProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
     from iotbridge_local.testclient import ApiClient
 
     iot._clients.clear()
-    waiting._reads.clear()
+    waiting.forget()
     yield ApiClient()
     iot._clients.clear()
-    waiting._reads.clear()
+    waiting.forget()
 
 
 def test_the_api_refuses_a_retry_with_other_params_of_a_command_the_esp32_finished(
