@@ -430,3 +430,98 @@ def test_a_new_devices_first_command_runs_though_the_404_of_its_get_carried_no_c
     wire.accept_last_state()  # the relay's new state first, then the outcome
     wire.step(1.0)
     assert wire.device.relay is True and wire.outcomes()["c1"]["state"] == "SUCCEEDED"
+
+
+def test_a_delta_that_overtakes_the_first_gets_answer_is_run_once_the_clock_is_known(tmp_path: Path) -> None:
+    # GIVEN an agent that has just started: its commands get is answered (nothing pending, version 4),
+    # then a command is queued (version 5), and that delta reaches it first (AWS orders nothing across topics)
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(None, {})
+    token = wire.last_get_token(COMMANDS_SHADOW)
+    wire.message(COMMANDS_SHADOW, "update", "delta", {"state": {"x1": command("ping", {})}, "version": 5})
+    # WHEN the get's answer arrives, without the command
+    wire.message(COMMANDS_SHADOW, "get", "accepted", {"state": {}, "clientToken": token, "version": 4})
+    wire.step(1.0)
+    # THEN the command runs, judged by the answer's clock
+    assert wire.session.commands_run == 1 and wire.outcomes()["x1"]["state"] == "SUCCEEDED"
+
+
+def test_a_delta_older_than_the_first_gets_answer_runs_nothing_the_answer_left_out(tmp_path: Path) -> None:
+    # GIVEN an agent that has just started, and a delta from the broker's queue listing a command (version 3)
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(None, {})
+    wire.message(COMMANDS_SHADOW, "update", "delta", {"state": {"old": command("ping", {})}, "version": 3})
+    # WHEN its get's answer (version 4) no longer lists it (done or withdrawn since)
+    wire.answer_get(COMMANDS_SHADOW, {}, version=4)
+    wire.step(1.0)
+    # THEN it is not run
+    assert wire.session.commands_run == 0 and "old" not in wire.outcomes()
+
+
+def test_a_handler_that_returns_while_offline_is_logged_at_once_and_reported_after_the_reconnect(tmp_path: Path) -> None:
+    from iotbridge_pi import executed_log
+
+    # GIVEN a slow command running when the connection drops
+    release = threading.Event()
+    registry = default_registry()
+    registry.add(Action("slow", {}, lambda d, p: release.wait(5) and {"done": True}, deadline_s=5.0))
+    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
+    wire.connect()
+    wire.answer_get(None, {})
+    wire.answer_get(COMMANDS_SHADOW, {"desired": {"s1": command("slow", {})}})
+    wire.step(0.01)
+    wire.drop()
+    # WHEN its handler returns while the device is offline
+    release.set()
+    for _ in range(20):
+        if not wire.session.busy():
+            break
+        time.sleep(0.05)
+        wire.step(0.05)
+    # THEN its outcome is in the executed log at once, and a stop now waits for nothing
+    assert executed_log.read(tmp_path).entries["s1"].outcome["state"] == "SUCCEEDED"
+    assert not wire.session.busy()
+    # AND after a restart, the get that still lists it is answered with that outcome, not "interrupted"
+    again = Wire(tmp_path, registry, threaded_starter(lambda: None))
+    again.connect()
+    again.answer_get(None, {})
+    again.answer_get(COMMANDS_SHADOW, {"desired": {"s1": command("slow", {})}})
+    again.step(1.0)
+    assert again.outcomes()["s1"]["state"] == "SUCCEEDED" and again.session.commands_run == 0
+
+
+def test_a_handler_that_calls_sys_exit_fails_that_command_and_the_next_one_runs(tmp_path: Path) -> None:
+    import sys
+
+    # GIVEN a custom action whose handler calls sys.exit(), queued before a ping
+    registry = default_registry()
+    registry.add(Action("quits", {}, lambda d, p: sys.exit(3), deadline_s=5.0))
+    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
+    wire.connect()
+    wire.answer_get(None, {})
+    # WHEN both run
+    wire.answer_get(COMMANDS_SHADOW, {"desired": {"q1": command("quits", {}), "p1": command("ping", {}, issued_ms=NOW_MS + 1)}})
+    for _ in range(40):
+        if "p1" in wire.outcomes():
+            break
+        time.sleep(0.05)
+        wire.step(0.05)
+    # THEN the first FAILED, naming why, at once (not TIMED_OUT at its deadline), and the ping ran
+    assert wire.outcomes()["q1"]["state"] == "FAILED" and "SystemExit" in wire.outcomes()["q1"]["error"]
+    assert wire.outcomes()["p1"]["state"] == "SUCCEEDED"
+
+
+def test_an_outcome_with_a_done_at_that_is_no_number_stops_no_report(tmp_path: Path) -> None:
+    # GIVEN a commands shadow that lists an id again whose outcome (written around the agent) has doneAt "soon"
+    wire = Wire(tmp_path)
+    wire.connect()
+    wire.answer_get(None, {})
+    state = {"desired": {"odd": command("ping", {}), "c1": command("ping", {}, issued_ms=NOW_MS + 1)},
+             "reported": {"odd": {"state": "SUCCEEDED", "action": "ping", "doneAt": "soon"}}}  # fmt: skip
+    # WHEN it reads it and runs the other command
+    wire.answer_get(COMMANDS_SHADOW, state)
+    wire.step(1.0)
+    # THEN the other command's outcome is still reported
+    assert wire.outcomes()["c1"]["state"] == "SUCCEEDED"

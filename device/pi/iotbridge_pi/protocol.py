@@ -76,6 +76,9 @@ class ServiceClock:
         return self._base_ms + max(0, int((self._monotonic() - self._seen_at) * 1000))
 
 
+EARLY_DELTAS = 16  # held before the clock is known; each lists the whole pending set (at most 10)
+
+
 @dataclass(frozen=True)
 class Command:
     id: str
@@ -122,6 +125,7 @@ class CommandCore:
         self._in_flight: dict[str, tuple[float, set[str]]] = {}  # clientToken -> (sent at, ids)
         self._monotonic = monotonic
         self._tokens = 0
+        self._early: list[dict[str, Any]] = []  # deltas that came before the clock (on_delta)
 
     # -- reading shadow messages -------------------------------------------------
 
@@ -134,21 +138,46 @@ class CommandCore:
         # desired is the queue itself; it is more robust than delta, which for an
         # id that also has an outcome holds only the fields that differ.
         pending = state.get("desired") or {}
-        return self._plan(pending)
+        version = document.get("version")
+        return self._with_early(self._plan(pending), version if isinstance(version, int) else None)
 
     def on_get_rejected(self, document: dict[str, Any]) -> Plan:
-        """A 404 means no shadow yet: nothing pending, no history."""
+        """A 404 means no shadow yet: nothing pending, no history (and every early delta is newer)."""
         self.service_clock.observe(document)
-        if document.get("code") == 404:
-            self._reported = {}
-        return Plan()
+        if document.get("code") != 404:
+            return Plan()
+        self._reported = {}
+        return self._with_early(Plan(), None)
 
     def on_delta(self, document: dict[str, Any]) -> Plan:
         """`…/name/commands/update/delta`: commands added (or re-added) to desired."""
         self.service_clock.observe(document, fresh=False)
         if self.service_clock.now_ms() is None:
-            return Plan()  # no trusted clock yet: the get/accepted that follows every connect lists these too
+            # No trusted clock yet (a delta may have waited in the broker for days). AWS orders
+            # nothing across topics, so this connection's get may already have been answered
+            # without these commands: kept, and judged by the get's clock if newer than its document.
+            self._early = [*self._early[-(EARLY_DELTAS - 1):], document]
+            return Plan()
         return self._plan(document.get("state") or {})
+
+    @property
+    def has_early(self) -> bool:
+        return bool(self._early)
+
+    def _with_early(self, plan: Plan, version: int | None) -> Plan:
+        """`plan`, and what the deltas held for the clock (on_delta) add, once it is known: those
+        newer than the document of `version` (None: none existed, all are newer)."""
+        if self.service_clock.now_ms() is None:
+            return plan
+        early, self._early = self._early, []
+        for doc in early:
+            later = doc.get("version")
+            if version is not None and not (isinstance(later, int) and later > version):
+                continue  # the document read already holds what it said
+            more = self._plan(doc.get("state") or {})
+            plan.run.extend(more.run)
+            plan.report.update(more.report)
+        return plan
 
     def _plan(self, pending: dict[str, Any]) -> Plan:
         plan = Plan()
@@ -284,7 +313,7 @@ class CommandCore:
         """The next outcome update to publish (at most HISTORY outcomes, oldest first), or None."""
         if not self._unsent:
             return None
-        ordered = sorted(self._unsent.items(), key=lambda kv: kv[1].get("doneAt", 0))
+        ordered = sorted(self._unsent.items(), key=lambda kv: number_or_zero(kv[1].get("doneAt")))  # may be anything
         batch = dict(ordered[:HISTORY])
         for command_id in batch:
             del self._unsent[command_id]

@@ -30,7 +30,7 @@ class JobResult:
 def _call(action: Action, device: DeviceModel, params: dict[str, Any]) -> JobResult:
     try:
         return JobResult(CommandState.SUCCEEDED, result=action.handler(device, params))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a handler's sys.exit() ends the command, not the agent's thread
         return JobResult(CommandState.FAILED, error=f"{type(exc).__name__}: {exc}")
 
 
@@ -76,9 +76,13 @@ def threaded_starter(wake: Callable[[], None]) -> Callable[[Action, DeviceModel,
         job = Job(action, time.monotonic() + action.deadline_s)
 
         def work() -> None:
-            job._set(_call(action, device, params))
-            job.returned.set()
-            wake()
+            try:
+                job._set(_call(action, device, params))
+            except BaseException as exc:  # KeyboardInterrupt and the like: this command failed, the queue goes on
+                job._set(JobResult(CommandState.FAILED, error=f"{type(exc).__name__}: {exc}"))
+            finally:
+                job.returned.set()
+                wake()
 
         threading.Thread(target=work, name=f"handler-{action.name}", daemon=True).start()
         return job

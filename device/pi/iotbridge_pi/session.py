@@ -139,6 +139,11 @@ class DeviceSession:
 
     # paho callbacks: record only.
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        # paho sends again, right after this callback, what the last connection left unacknowledged.
+        # Nothing of it is precious (outcomes are in the executed log; state and outcomes are
+        # reported again after the gets), and an old state update would null desired keys a user
+        # set since (the command that cleared them came before): dropped.
+        client.drop_out_messages()
         self._record("connack", not reason.is_failure)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -219,6 +224,9 @@ class DeviceSession:
         if self._stopping:
             return None
         if not self.connected:
+            # A handler that returns meanwhile is logged now (a restart must know it finished);
+            # its outcome is reported from the log when the next connection's get lists it.
+            self._advance_job(now, connected=False)
             if self._pending_connect() and now >= self._next_connect:
                 if self._pump is None or self._pump.may_connect():
                     self._connect(now)
@@ -450,6 +458,8 @@ class DeviceSession:
                     self._commands_message(what[1], doc)
             elif what == ("get", "rejected"):
                 self._act_on(self.core.on_get_rejected(doc))
+                if self.core.has_early and self.core.service_clock.now_ms() is None:
+                    self._resync_at = now + RESYNC_DELAY_S  # deltas wait for a clock: a get finds the shadow now
                 if doc.get("code") == 404 and not self._queue_opened:
                     # A new device opens its command queue: the API's first commands are then queued
                     # at once (it creates the shadow itself otherwise: two calls more per device), and
@@ -585,7 +595,7 @@ class DeviceSession:
             self._report_outcomes(plan.report)
         self._queue.extend(plan.run)
 
-    def _advance_job(self, now: float) -> None:
+    def _advance_job(self, now: float, *, connected: bool = True) -> None:
         while True:
             if self._job is not None:
                 command, job = self._job
@@ -594,22 +604,24 @@ class DeviceSession:
                     return
                 self._job = None
                 outcome = self.core.finish(command, result.state, result=result.result, error=result.error)
-                self._after_command(command, result.state, outcome, now)
+                self._after_command(command, result.state, outcome, now, report=connected)
                 if not job.returned.is_set():
                     self._straggler = (job, now + STRAGGLER_WAIT_S)
             if self._straggler is not None:
                 straggler, until = self._straggler
                 if straggler.returned.is_set():
-                    # What it did after its deadline is the hardware's state now: report it.
+                    # What it did after its deadline is the hardware's state now: report it (offline,
+                    # the full report after the next connect's gets does).
                     self._straggler = None
-                    self._report_state(self.device.state())
+                    if connected:
+                        self._report_state(self.device.state())
                 elif now < until:
                     return
                 else:
                     log.warning("%s: a timed-out %s handler is still running; going on without it",
                                 self.thing, straggler.action.name)  # fmt: skip
                     self._straggler = None
-            if not self._queue or self._reboot_at is not None or self._draining:
+            if not connected or not self._queue or self._reboot_at is not None or self._draining:
                 return
             command = self._queue.popleft()
             instead = self.core.begin(command)  # EXPIRED, or FAILED when it cannot be logged: not run
@@ -621,19 +633,21 @@ class DeviceSession:
             self.commands_run += 1
             self._job = (command, self._start_job(action, self.device, command.params))
 
-    def _after_command(self, command: Command, state: CommandState, outcome: dict[str, Any], now: float) -> None:
-        self._report_outcomes({command.id: outcome})
+    def _after_command(self, command: Command, state: CommandState, outcome: dict[str, Any], now: float,
+                       *, report: bool = True) -> None:  # fmt: skip
+        if report:
+            self._report_outcomes({command.id: outcome})
         if state is not CommandState.SUCCEEDED:
             return
         changed = {k: v for k, v in self.device.state().items() if k in _STATE_OF_ACTION.get(command.action, ())}
         at = self.core.service_clock.now_ms() or wall_ms()
         self._commanded.update(dict.fromkeys(changed, at))
-        if changed:
+        if changed and report:
             # A command supersedes an older desired value of the same key; left in
             # desired, it would show up as a delta and undo the command at once.
             self._report_state(changed, clear_desired=tuple(changed), by_command=True)
-            if "interval" in changed:
-                self._interval_changed(now)
+        if "interval" in changed:
+            self._interval_changed(now)
         if self.device.reboot is not None:
             self._reboot_at = now + self.device.reboot.delay_ms / 1000.0
             self.device.reboot = None
