@@ -16,6 +16,8 @@ export const UNREACHABLE = "UNREACHABLE";
 export const FORBIDDEN = "FORBIDDEN";
 export const UNREADABLE = "UNREADABLE"; // answered without CORS headers: a refused key, or a foreign origin
 
+export const MAX_LIST_PAGES = 20; // the list shows at most this many pages of devices (1,000)
+
 export class ApiClient {
   constructor({ apiUrl, apiKey }) {
     this.apiUrl = String(apiUrl || "").replace(/\/+$/, "");
@@ -75,17 +77,23 @@ export class ApiClient {
   }
 
   // Every page of the list (50 devices each), up to `maxPages`: a fleet past one page is shown whole.
-  async listDevices({ maxPages = 20 } = {}) {
+  async listDevices({ maxPages = MAX_LIST_PAGES } = {}) {
     const devices = [];
     let token = null;
     for (let page = 0; page < maxPages; page += 1) {
-      const query = token ? `?nextToken=${encodeURIComponent(token)}` : "";
-      const { data } = await this.request("GET", `/devices${query}`);
-      if (Array.isArray(data.devices)) devices.push(...data.devices);
+      const data = await this.listPage(token);
+      devices.push(...data.devices);
       token = data.nextToken;
       if (!token) break;
     }
     return { devices, more: Boolean(token) };
+  }
+
+  // One page of GET /devices: { devices, nextToken } (null after the last).
+  async listPage(token) {
+    const query = token ? `?nextToken=${encodeURIComponent(token)}` : "";
+    const { data } = await this.request("GET", `/devices${query}`);
+    return { devices: Array.isArray(data.devices) ? data.devices : [], nextToken: data.nextToken || null };
   }
 
   getDevice(thing) {

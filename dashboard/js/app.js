@@ -1,6 +1,6 @@
 // Wiring: settings, the refresh loop, routing between the list and one device.
 
-import { ApiClient, ApiError, explain } from "./api.js";
+import { ApiClient, ApiError, explain, MAX_LIST_PAGES } from "./api.js";
 import { BulkPanel } from "./bulk.js";
 import { CommandRunner } from "./commands.js";
 import { DetailView } from "./detail.js";
@@ -13,6 +13,7 @@ const app = {
   defaults: {},
   client: null,
   devices: new Map(), // thing -> summary from GET /devices
+  listMore: false, // the registry has more devices than the list shows
   detail: null,
   tick: 0,
   lastOk: 0,
@@ -23,6 +24,7 @@ const getClient = () => app.client;
 
 function applySettings() {
   app.client = new ApiClient(effective(app.defaults, loadOverrides()));
+  app.devices = new Map(); // another API (or key) may have other devices: read its list whole
 }
 
 // ---- status and errors -------------------------------------------------------
@@ -58,20 +60,46 @@ function markFailed(err) {
 
 // ---- data --------------------------------------------------------------------
 
+// The list is read whole once; after that one page per tick, in turn, so that a tick costs one
+// request however large the fleet (the open device is refreshed on its own). A device gone from
+// the registry leaves the list when a round of pages ends without it.
+const listRound = { token: null, pages: 0, seen: new Set() };
+
 async function refreshList() {
-  const data = await app.client.listDevices();
-  const devices = data.devices;
-  devices.sort((a, b) => String(a.thing).localeCompare(String(b.thing), undefined, { numeric: true }));
-  app.devices = new Map(devices.map((d) => [d.thing, d]));
-  app.list.update(devices);
-  const online = devices.filter((d) => d.connected).length;
-  const shown = data.more ? ` · the first ${devices.length} shown` : "";
-  setText($("#devices-summary"), devices.length ? `${online} online · ${devices.length - online} offline${shown}` : "");
-  $("#devices-empty").hidden = devices.length > 0;
+  if (!app.devices.size) {
+    const data = await app.client.listDevices();
+    app.devices = new Map(data.devices.map((d) => [d.thing, d]));
+    app.listMore = data.more;
+  } else {
+    const data = await app.client.listPage(listRound.token);
+    for (const d of data.devices) {
+      app.devices.set(d.thing, d);
+      listRound.seen.add(d.thing);
+    }
+    listRound.pages += 1;
+    listRound.token = listRound.pages < MAX_LIST_PAGES ? data.nextToken : null;
+    if (!listRound.token) {
+      for (const thing of [...app.devices.keys()]) if (!listRound.seen.has(thing)) app.devices.delete(thing);
+      app.listMore = Boolean(data.nextToken);
+      listRound.pages = 0;
+      listRound.seen = new Set();
+    }
+  }
+  renderList();
   app.bulk.refreshActions();
   if (app.detail && !app.detailLoaded && app.devices.has(app.detail.thing)) {
     app.detail.update(app.devices.get(app.detail.thing));
   }
+}
+
+function renderList() {
+  const devices = [...app.devices.values()];
+  devices.sort((a, b) => String(a.thing).localeCompare(String(b.thing), undefined, { numeric: true }));
+  app.list.update(devices);
+  const online = devices.filter((d) => d.connected).length;
+  const shown = app.listMore ? ` · the first ${devices.length} shown` : "";
+  setText($("#devices-summary"), devices.length ? `${online} online · ${devices.length - online} offline${shown}` : "");
+  $("#devices-empty").hidden = devices.length > 0;
 }
 
 async function refreshDetail() {
@@ -89,7 +117,7 @@ async function refreshDetail() {
       summary.connected = device.connected;
       summary.lastSeen = device.lastSeen;
       summary.reported = device.shadow.state.reported || summary.reported;
-      app.list.update([...app.devices.values()]);
+      renderList(); // the card and the online count
     }
   } catch (err) {
     if (err instanceof ApiError && err.code === "DEVICE_NOT_FOUND" && app.detail === view) {
@@ -239,8 +267,9 @@ async function main() {
     },
     onSelectionChange: (things) => app.bulk.setSelection(things),
   });
-  // Every 2 s while visible (a command's own answer comes with its POST, not from polling):
-  // one open tab makes ~43,000 requests a day, within the usage plan's default quota.
+  // One request every 2 s while visible, however large the fleet (a command's own answer comes
+  // with its POST, not from polling): one open tab makes ~43,000 requests a day, within the
+  // usage plan's default quota.
   app.poller = new Poller(tick, { interval: 2000, hiddenInterval: 15000, maxBackoff: 30000 });
   app.poller.onSchedule = (ms, failures) => {
     setText($(".banner-retry"), failures > 0 ? `Retrying in ${Math.round(ms / 1000)} s.` : "");

@@ -131,6 +131,7 @@ export class CommandRunner {
     this.getClient = getClient;
     this.onSettled = onSettled;
     this.cards = new Map(); // thing -> [card elements], newest first
+    this.sending = new Map(); // sendingKey -> the Set of buttons showing that send busy
   }
 
   cardsFor(thing) {
@@ -143,8 +144,32 @@ export class CommandRunner {
     this.onCard?.(thing, el);
   }
 
+  // The buttons of a command being sent (its POST not answered yet), by thing, action and params:
+  // a view rebuilt meanwhile (the user opened another device and came back) shows its new button
+  // busy too, and a click on it sends nothing. A form's button (params unknown until it is
+  // submitted) is busy while any command of its action is being sent.
+  sendingKey(thing, action, params) {
+    return `${thing}\n${action}\n${params === undefined ? "" : JSON.stringify(params || {})}`;
+  }
+
+  adopt(thing, action, button, params) {
+    const key = this.sendingKey(thing, action, params);
+    for (const [sending, buttons] of this.sending) {
+      if (params === undefined ? !sending.startsWith(key) : sending !== key) continue;
+      buttons.add(button);
+      busy(button, true);
+    }
+  }
+
   async run({ thing, action, params, button, timeoutMs, ifOffline }) {
-    if (isBusy(button)) return;
+    const key = this.sendingKey(thing, action, params);
+    if (isBusy(button) || this.sending.has(key)) return;
+    const buttons = new Set(button ? [button] : []);
+    this.sending.set(key, buttons);
+    const sent = () => {
+      this.sending.delete(key);
+      for (const b of buttons) busy(b, false);
+    };
     const card = new OutcomeCard(thing, action, params);
     this.remember(thing, card.el);
     busy(button, true);
@@ -157,14 +182,14 @@ export class CommandRunner {
       if (status === 202 || !isTerminal(data.state)) {
         card.setState(data.state || "SENT", outcomeText(thing, action, data), "pending");
         card.setTiming(`No answer within ${formatMs(roundTrip)}; id ${data.id || "?"}`);
-        busy(button, false);
+        sent();
         this.follow(card, thing, action, data.id, started);
       } else {
         this.finish(card, thing, action, data, roundTrip);
-        busy(button, false);
+        sent();
       }
     } catch (err) {
-      busy(button, false);
+      sent();
       this.showError(card, thing, action, params, err, { timeoutMs });
     }
   }

@@ -256,6 +256,7 @@ export class DetailView {
         );
         button.setAttribute("aria-label", `LED ${choice}`);
         button.addEventListener("click", () => this.run("led", { [led.param]: choice }, button));
+        this.runner.adopt(this.thing, "led", button, { [led.param]: choice });
         this.ledControls.appendChild(button);
       }
     }
@@ -281,6 +282,7 @@ export class DetailView {
         );
         button.setAttribute("aria-label", `${name} ${choice}`);
         button.addEventListener("click", () => this.run(name, { [quick.param]: choice }, button));
+        this.runner.adopt(this.thing, name, button, { [quick.param]: choice });
         group.appendChild(button);
       }
       card.appendChild(group);
@@ -293,6 +295,7 @@ export class DetailView {
       h("span", { class: "spinner", "aria-hidden": "true" }),
       h("span", {}, fields.length ? `Run ${name}` : name),
     );
+    this.runner.adopt(this.thing, name, submit);
     const form = h("form", { class: "action-form", novalidate: true }, ...fields, submit);
     form.addEventListener("submit", (event) => {
       event.preventDefault();

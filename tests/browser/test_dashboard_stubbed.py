@@ -39,6 +39,8 @@ class Stub:
         self.full: set[str] = set()
         self.incomplete_gets = 0  # job GETs answered `complete: false` first (a page Lambda will retry)
         self.job_gets = 0
+        self.hold_posts = False  # command POSTs wait (unanswered) until release()
+        self.held: list[Route] = []
 
     def handle(self, route: Route) -> None:
         req = route.request
@@ -64,6 +66,9 @@ class Stub:
             if self.abort_posts:
                 self.abort_posts -= 1
                 return route.abort("connectionreset")  # request reached the API, the answer got lost
+            if self.hold_posts:
+                self.held.append(route)
+                return None
             return self.json(route, 200, {"id": "c1", "thing": parts[1], "action": "led", "state": "SUCCEEDED"})
         if path == "/commands" and req.method == "POST":
             body = json.loads(req.post_data or "{}")
@@ -81,6 +86,11 @@ class Stub:
             self.incomplete_gets -= 1
             return self.json(route, 200, {"jobId": parts[2], "devices": devices, "complete": complete})
         return self.json(route, 404, {"code": "NOT_FOUND", "message": path})
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for route in held:
+            self.json(route, 200, {"id": "c1", "thing": "sim-1", "action": "ping", "state": "SUCCEEDED"})
 
     @staticmethod
     def json(route: Route, status: int, body: Any) -> None:
@@ -188,6 +198,53 @@ def test_one_open_dashboard_stays_well_within_the_api_keys_daily_quota(site: tup
     # THEN at that pace a day of it uses at most half the quota
     per_day = len(seen) / 10 * 86_400
     assert per_day <= quota_per_day / 2, f"{len(seen)} requests in 10 s = {per_day:.0f} a day"
+
+
+def test_the_device_list_of_a_large_fleet_stays_well_within_the_api_keys_daily_quota(site: tuple[Page, Stub]) -> None:
+    # GIVEN the usage plan's default quota, and a fleet of 210 devices (5 pages of 50)
+    template = yaml.load((Path(__file__).parents[2] / "template.yaml").read_text(), Loader=_CfnLoader)
+    quota_per_day = int(template["Parameters"]["QuotaLimit"]["Default"])
+    page, stub = site
+    stub.devices = [device(f"sim-{i:03d}") for i in range(210)]
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url) if "/api/" in r.url else None)
+    # WHEN the device list is left open for 10 s
+    page.goto(page.base + "/")  # type: ignore[attr-defined]
+    page.wait_for_function("document.querySelectorAll('.device-card').length >= 210", timeout=10_000)
+    seen.clear()
+    page.wait_for_timeout(10_000)
+    # THEN at that pace a day of it uses at most half the quota, however many pages the fleet fills
+    per_day = len(seen) / 10 * 86_400
+    assert per_day <= quota_per_day / 2, f"{len(seen)} requests in 10 s = {per_day:.0f} a day"
+    # AND the list still follows the fleet: a device that went offline on the last page is shown so
+    stub.devices[-1] = {**stub.devices[-1], "connected": False}
+    expect(page.locator("#devices-summary")).to_contain_text("209 online · 1 offline", timeout=20_000)
+
+
+def test_a_command_still_being_sent_is_not_sent_again_from_the_devices_view_opened_anew(site: tuple[Page, Stub]) -> None:
+    # GIVEN two devices, and an API slow to answer a command
+    page, stub = site
+    stub.devices = [device("sim-1"), device("sim-2")]
+    stub.hold_posts = True
+    base = page.base  # type: ignore[attr-defined]
+    page.goto(base + "/#/devices/sim-1")
+    page.locator("button[data-action=ping]").click()
+    page.wait_for_function("document.querySelector('button[data-action=ping]').getAttribute('aria-busy') === 'true'")
+    # WHEN the user opens the other device and comes back while the command is being sent, and clicks again
+    page.goto(base + "/#/devices/sim-2")
+    page.wait_for_selector("#detail h2:has-text('sim-2')")
+    page.goto(base + "/#/devices/sim-1")
+    ping = page.locator("button[data-action=ping]")
+    ping.wait_for()
+    ping.click(force=True)  # a user can click it; aria-disabled only says it will do nothing
+    page.wait_for_timeout(500)
+    # THEN the button shows the send in progress, and nothing more was sent
+    expect(ping).to_have_attribute("aria-busy", "true")
+    assert len(stub.posts) == 1, stub.posts
+    # AND once the API answers, the button is free again, with one outcome
+    stub.release()
+    expect(ping).not_to_have_attribute("aria-busy", "true", timeout=10_000)
+    assert len(stub.posts) == 1
 
 
 class _CfnLoader(yaml.SafeLoader):
