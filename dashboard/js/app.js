@@ -17,7 +17,7 @@ const app = {
   detail: null,
   tick: 0,
   lastOk: 0,
-  sendOptions: { timeoutMs: 10000, ifOffline: "fail" },
+  sendOptions: { timeoutMs: 10000, ifOffline: "fail", ttlMs: undefined },
 };
 
 const getClient = () => app.client;

@@ -1,7 +1,7 @@
 // A command to every selected device at once, with per-device progress.
 
 import { explain } from "./api.js";
-import { stateChip } from "./commands.js";
+import { QUEUE_TTLS, stateChip } from "./commands.js";
 import { h, setText } from "./dom.js";
 import { isTerminal } from "./format.js";
 import { buildField, readParams } from "./specs.js";
@@ -33,6 +33,13 @@ export class BulkPanel {
     this.count = h("p", { class: "bulk-count" });
     this.select = h("select", { id: "bulk-action" });
     this.fields = h("div", { class: "bulk-fields" });
+    // A device offline when the job reaches it runs the command when it reconnects, within this.
+    this.ttl = h(
+      "select",
+      { id: "bulk-ttl" },
+      h("option", { value: "60000" }, "1 minute"),
+      ...QUEUE_TTLS.map(([ms, label]) => h("option", { value: String(ms) }, label)),
+    );
     this.send = h("button", { type: "submit", class: "btn btn-primary" }, h("span", { class: "spinner", "aria-hidden": "true" }), h("span", { class: "label" }, "Send"));
     const clear = h("button", { type: "button", class: "btn btn-ghost" }, "Clear selection");
     clear.addEventListener("click", () => this.onClear());
@@ -45,6 +52,7 @@ export class BulkPanel {
       { class: "bulk-form", novalidate: true },
       h("div", { class: "field" }, h("label", { for: "bulk-action" }, "Action"), this.select),
       this.fields,
+      h("div", { class: "field" }, h("label", { for: "bulk-ttl" }, "Devices offline get it if back within"), this.ttl),
       h("div", { class: "form-row" }, this.send, clear),
     );
     this.select.addEventListener("change", () => this.renderFields());
@@ -119,7 +127,7 @@ export class BulkPanel {
     this.status.dataset.tone = "";
     this.renderProgress(things.map((thing) => ({ thing, state: "QUEUED" })));
     try {
-      const started = await this.getClient().sendBulk({ action, params, things });
+      const started = await this.getClient().sendBulk({ action, params, things, ttlMs: Number(this.ttl.value) });
       const jobId = started.jobId;
       // Targets the API could not queue on never progress: show why and do not wait for them.
       this.notQueued = new Map((started.notQueued || []).map((e) => [e.thing, e.code || "NOT_SENT"]));

@@ -60,6 +60,13 @@ function outcomeText(thing, action, cmd) {
   }
 }
 
+// How long a command queued for an offline device waits for it (its ttlMs; the API's default is 1 min).
+export const QUEUE_TTLS = [
+  [600_000, "10 minutes"],
+  [3_600_000, "1 hour"],
+  [86_400_000, "1 day"],
+];
+
 function busy(button, on) {
   if (!button) return;
   button.classList.toggle("is-pending", on);
@@ -161,7 +168,7 @@ export class CommandRunner {
     }
   }
 
-  async run({ thing, action, params, button, timeoutMs, ifOffline }) {
+  async run({ thing, action, params, button, timeoutMs, ifOffline, ttlMs }) {
     const key = this.sendingKey(thing, action, params);
     if (isBusy(button) || this.sending.has(key)) return;
     const buttons = new Set(button ? [button] : []);
@@ -176,6 +183,7 @@ export class CommandRunner {
     const started = performance.now();
     const body = { action, params: params || {}, ifOffline: ifOffline || "fail" };
     if (timeoutMs) body.timeoutMs = timeoutMs;
+    if (ttlMs) body.ttlMs = ttlMs;
     try {
       const { status, data } = await this.getClient().sendCommand(thing, body);
       const roundTrip = performance.now() - started;
@@ -212,11 +220,12 @@ export class CommandRunner {
     setText(card.chip, info.title);
     card.setTiming("");
     if (err instanceof ApiError && err.code === "DEVICE_OFFLINE") {
-      const queue = h("button", { type: "button", class: "btn btn-small" }, "Queue until it reconnects");
+      const [ttlMs, label] = QUEUE_TTLS[1];
+      const queue = h("button", { type: "button", class: "btn btn-small" }, `Queue it for up to ${label}`);
       queue.addEventListener("click", () => {
         queue.remove();
         // The device is offline: no point holding the request open; the card follows the command.
-        this.run({ thing, action, params, button: null, timeoutMs: 1000, ifOffline: "queue" });
+        this.run({ thing, action, params, button: null, timeoutMs: 1000, ifOffline: "queue", ttlMs });
       });
       card.actions.replaceChildren(queue);
     }
@@ -234,7 +243,8 @@ export class CommandRunner {
         const cmd = data.command && typeof data.command === "object" ? data.command : data;
         if (isTerminal(cmd.state)) {
           this.finish(card, thing, action, cmd, performance.now() - started);
-          card.setTiming(`Answered after ${formatMs(performance.now() - started)} (followed up after the wait ran out)`);
+          const after = formatMs(performance.now() - started);
+          card.setTiming(cmd.state === "EXPIRED" ? `Expired ${after} after it was sent` : `Answered after ${after} (followed up after the wait ran out)`);
           return;
         }
         card.setState(cmd.state || "SENT", outcomeText(thing, action, cmd), "pending");

@@ -3,7 +3,7 @@
 // Built once per device; refreshes update text in place so focus survives.
 
 import { explain } from "./api.js";
-import { describeParams, isBusy, stateChip } from "./commands.js";
+import { describeParams, isBusy, QUEUE_TTLS, stateChip } from "./commands.js";
 import { presenceBadge, updateBadge } from "./devices.js";
 import { h, setText } from "./dom.js";
 import { absoluteTime, flatten, formatLeaf, formatMs, formatValue, ledIsOn, relativeTime } from "./format.js";
@@ -121,16 +121,20 @@ export class DetailView {
     wait.addEventListener("change", () => {
       const seconds = Math.min(29, Math.max(1, Number(wait.value) || 10));
       opts.timeoutMs = seconds * 1000;
+      wait.value = String(seconds); // what is sent, not what was typed
     });
+    // A queued command still expires (its ttlMs): the choice says how long it waits for the device.
     const offline = h(
       "select",
       { id: "send-offline" },
       h("option", { value: "fail" }, "fail right away"),
-      h("option", { value: "queue" }, "queue until it reconnects"),
+      ...QUEUE_TTLS.map(([ms, label]) => h("option", { value: `queue:${ms}` }, `queue it for up to ${label}`)),
     );
-    offline.value = opts.ifOffline;
+    offline.value = opts.ifOffline === "queue" ? `queue:${opts.ttlMs}` : "fail";
     offline.addEventListener("change", () => {
-      opts.ifOffline = offline.value;
+      const [mode, ms] = offline.value.split(":");
+      opts.ifOffline = mode;
+      opts.ttlMs = mode === "queue" ? Number(ms) : undefined;
     });
     return h(
       "div",
@@ -307,11 +311,11 @@ export class DetailView {
 
   run(action, params, button) {
     if (isBusy(button)) return;
-    const { ifOffline } = this.sendOptions;
+    const { ifOffline, ttlMs } = this.sendOptions;
     let { timeoutMs } = this.sendOptions;
     // Queued for a device known to be offline: the card follows it, so do not hold the request open.
     if (ifOffline === "queue" && this.connected === false) timeoutMs = Math.min(timeoutMs, 1000);
-    this.runner.run({ thing: this.thing, action, params, button, timeoutMs, ifOffline });
+    this.runner.run({ thing: this.thing, action, params, button, timeoutMs, ifOffline, ttlMs });
   }
 
   updateState(desired, reported, delta) {

@@ -79,7 +79,7 @@ def test_offline_device_is_shown_offline_and_a_command_says_so(dashboard: Dashbo
         card = outcome_card(dashboard, "led")
         expect(card).to_have_attribute("data-code", "DEVICE_OFFLINE")
         expect(card).to_contain_text("sim-2 is offline")
-        expect(card.get_by_role("button", name="Queue until it reconnects")).to_be_visible()
+        expect(card.get_by_role("button", name="Queue it for up to 1 hour")).to_be_visible()
     finally:
         bring_back(stack, "sim-2")
 
@@ -92,15 +92,18 @@ def test_a_command_whose_wait_ran_out_shows_its_outcome_when_it_arrives(dashboar
     try:
         expect(page.locator("#detail .badge")).to_have_text("Offline", timeout=DEVICE_TIMEOUT_MS)
         page.get_by_label("Wait for an answer up to (s)").fill("1")
-        page.get_by_label("If the device is offline").select_option("queue")
+        page.get_by_label("If the device is offline").select_option(label="queue it for up to 10 minutes")
+        posts: list[dict[str, object]] = []
+        page.on("request", lambda r: posts.append(r.post_data_json) if r.method == "POST" else None)
 
         # WHEN the user pings it
         page.locator("#detail button[data-action='ping']").click()
 
-        # THEN the API's 202 shows as queued, not as an error
+        # THEN the API's 202 shows as queued, not as an error, for the time the user chose
         card = outcome_card(dashboard, "ping")
         expect(card).to_have_attribute("data-state", "QUEUED", timeout=15_000)
         expect(card).to_contain_text("queued")
+        assert [(p["ifOffline"], p["ttlMs"]) for p in posts] == [("queue", 600_000)]  # type: ignore[index]
 
         # WHEN the device comes back
         bring_back(stack, "sim-2")

@@ -153,7 +153,8 @@ def test_devices_a_bulk_command_did_not_reach_can_be_sent_it_again(site: tuple[P
     bulk = page.locator("#bulk")
     bulk.get_by_label("Action").select_option("led")
     bulk.get_by_label("state").select_option("on")
-    # WHEN a bulk command goes to all three
+    bulk.get_by_label("Devices offline get it if back within").select_option(label="1 hour")
+    # WHEN a bulk command goes to all three, offline devices given an hour
     bulk.get_by_role("button", name="Send to 3 devices").click()
     # THEN once the job is complete (not before: a retry may still reach it), the one not reached
     #      is shown with why, and the dashboard offers to send it again
@@ -169,6 +170,7 @@ def test_devices_a_bulk_command_did_not_reach_can_be_sent_it_again(site: tuple[P
     assert [(j["things"], j["action"], j["params"]) for j in stub.jobs] == [
         (["sim-1", "sim-2", "sim-3"], "led", {"state": "on"}), (["sim-2"], "led", {"state": "on"})]
     assert stub.jobs[0]["id"] != stub.jobs[1]["id"]
+    assert [j["ttlMs"] for j in stub.jobs] == [3_600_000, 3_600_000]
     expect(again).to_be_hidden()
 
 
