@@ -199,6 +199,11 @@ export class CommandRunner {
     } catch (err) {
       sent();
       this.showError(card, thing, action, params, err, { timeoutMs });
+      if (err.maybeSent) {
+        // Its answer never came, but the page knows its id: once the API answers again, the
+        // card says whether it was queued (and follows it) or not.
+        this.follow(card, thing, action, err.maybeSent, started, { missing: `${action} was not sent to ${thing}: the API has no command ${err.maybeSent}. Nothing ran.` });
+      }
     }
   }
 
@@ -232,7 +237,7 @@ export class CommandRunner {
   }
 
   // Poll one command until it is terminal; gentle: 1 s, slowing to 5 s.
-  async follow(card, thing, action, id, started) {
+  async follow(card, thing, action, id, started, { missing } = {}) {
     if (!id) return;
     const giveUpAt = Date.now() + 10 * 60 * 1000;
     let delay = 1000;
@@ -241,6 +246,7 @@ export class CommandRunner {
       try {
         const data = await this.getClient().getCommand(thing, id);
         const cmd = data.command && typeof data.command === "object" ? data.command : data;
+        delete card.el.dataset.code; // whatever error the card showed, the command is found
         if (isTerminal(cmd.state)) {
           this.finish(card, thing, action, cmd, performance.now() - started);
           const after = formatMs(performance.now() - started);
@@ -251,7 +257,13 @@ export class CommandRunner {
         delay = Math.min(delay + 500, 5000);
       } catch (err) {
         if (err instanceof ApiError && err.status === 404) {
-          card.setState("ERROR", `The API no longer knows command ${id}.`, "error");
+          if (missing) {
+            card.setState("NOT_SENT", missing, "bad");
+            setText(card.chip, "Not sent");
+          } else {
+            card.setState("ERROR", `The API no longer knows command ${id}.`, "error");
+          }
+          card.setTiming("");
           return;
         }
         const info = explain(err, thing);

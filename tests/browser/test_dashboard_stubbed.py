@@ -39,6 +39,7 @@ class Stub:
         self.full: set[str] = set()
         self.incomplete_gets = 0  # job GETs answered `complete: false` first (a page Lambda will retry)
         self.job_gets = 0
+        self.commands: dict[str, str] = {}  # id -> state, for GET /devices/{thing}/commands/{id}
         self.hold_posts = False  # command POSTs wait (unanswered) until release()
         self.held: list[Route] = []
 
@@ -59,6 +60,11 @@ class Stub:
                 return self.json(route, 404, {"code": "DEVICE_NOT_FOUND", "message": "no"})
             shadow = {"version": 3, "state": {"reported": {**d["reported"], "actions": d["actions"]}}}
             return self.json(route, 200, {**d, "shadow": shadow})
+        if parts[0] == "devices" and parts[2:3] == ["commands"] and len(parts) == 4:
+            known = self.commands.get(parts[3])
+            if known is None:
+                return self.json(route, 404, {"code": "COMMAND_NOT_FOUND", "message": f"no command {parts[3]}"})
+            return self.json(route, 200, {"id": parts[3], "thing": parts[1], "action": "led", "state": known})
         if parts[0] == "devices" and parts[2:] == ["commands"] and req.method == "GET":
             return self.json(route, 200, {"thing": parts[1], "commands": []})
         if parts[0] == "devices" and parts[2:] == ["commands"] and req.method == "POST":
@@ -139,6 +145,31 @@ def test_a_command_whose_answer_was_lost_is_asked_again_with_its_id(site: tuple[
     page.wait_for_selector(".outcome[data-state=SUCCEEDED]", timeout=10_000)
     ids = [p.get("id") for p in stub.posts]
     assert len(ids) == 2 and ids[0] and ids[0] == ids[1], stub.posts
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_a_command_whose_every_answer_was_lost_is_looked_up_by_its_id(site: tuple[Page, Stub], queued: bool) -> None:
+    # GIVEN an API whose every answer to the POST is lost (three tries)
+    page, stub = site
+    stub.abort_posts = 3
+    page.goto(page.base + "/#/devices/sim-1")  # type: ignore[attr-defined]
+    toggle = page.locator("button[data-action=led][data-choice=toggle]")
+    toggle.wait_for()
+    # WHEN the user toggles the LED, and the page says it may have been queued
+    toggle.click()
+    card = page.locator(".outcome").first
+    expect(card).to_contain_text("may have been queued", timeout=15_000)
+    cid = stub.posts[0]["id"]
+    assert [p["id"] for p in stub.posts] == [cid] * 3
+    if queued:
+        stub.commands[cid] = "SUCCEEDED"  # one of the three did reach the API, and the device ran it
+    # THEN, the API answering again, the card says what became of that id
+    if queued:
+        expect(card).to_have_attribute("data-state", "SUCCEEDED", timeout=15_000)
+    else:
+        expect(card).to_have_attribute("data-state", "NOT_SENT", timeout=15_000)
+        expect(card).to_contain_text("was not sent to sim-1")
+    assert len(stub.posts) == 3  # looked up, never sent again
 
 
 def test_devices_a_bulk_command_did_not_reach_can_be_sent_it_again(site: tuple[Page, Stub]) -> None:
