@@ -271,8 +271,18 @@ async function main() {
   // with its POST, not from polling): one open tab makes ~43,000 requests a day, within the
   // usage plan's default quota.
   app.poller = new Poller(tick, { interval: 2000, hiddenInterval: 15000, maxBackoff: 30000 });
+  let countdown = null;
   app.poller.onSchedule = (ms, failures) => {
-    setText($(".banner-retry"), failures > 0 ? `Retrying in ${Math.round(ms / 1000)} s.` : "");
+    clearInterval(countdown);
+    const retry = $(".banner-retry");
+    if (failures === 0) {
+      setText(retry, "");
+      return;
+    }
+    const at = Date.now() + ms;
+    const show = () => setText(retry, `Retrying in ${Math.max(0, Math.ceil((at - Date.now()) / 1000))} s.`);
+    show();
+    countdown = setInterval(show, 1000);
   };
   $(".banner-retry-now").addEventListener("click", () => {
     app.poller.failures = 0;

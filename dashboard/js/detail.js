@@ -365,7 +365,8 @@ export class DetailView {
     const list = Array.isArray(commands) ? commands.slice() : [];
     const when = (c) => c.doneAt || c.issuedAt || c.at || 0;
     list.sort((a, b) => when(b) - when(a));
-    const sig = JSON.stringify(list);
+    // The relative times are part of what is shown: "just now" becomes "2 min ago" on a refresh.
+    const sig = JSON.stringify([list, list.slice(0, 16).map((c) => relativeTime(when(c)))]);
     if (this.historyBody.dataset.sig === sig) return;
     this.historyBody.dataset.sig = sig;
     this.historyEmpty.hidden = list.length > 0;

@@ -40,11 +40,15 @@ class Stub:
         self.incomplete_gets = 0  # job GETs answered `complete: false` first (a page Lambda will retry)
         self.job_gets = 0
         self.commands: dict[str, str] = {}  # id -> state, for GET /devices/{thing}/commands/{id}
+        self.history: list[dict[str, Any]] = []  # GET /devices/{thing}/commands
+        self.down = False  # every API request fails (the API unreachable)
         self.hold_posts = False  # command POSTs wait (unanswered) until release()
         self.held: list[Route] = []
 
     def handle(self, route: Route) -> None:
         req = route.request
+        if self.down:
+            return route.abort("connectionrefused")
         url = urlsplit(req.url)
         path = url.path[len("/api"):]
         query = parse_qs(url.query)
@@ -66,7 +70,7 @@ class Stub:
                 return self.json(route, 404, {"code": "COMMAND_NOT_FOUND", "message": f"no command {parts[3]}"})
             return self.json(route, 200, {"id": parts[3], "thing": parts[1], "action": "led", "state": known})
         if parts[0] == "devices" and parts[2:] == ["commands"] and req.method == "GET":
-            return self.json(route, 200, {"thing": parts[1], "commands": []})
+            return self.json(route, 200, {"thing": parts[1], "commands": self.history})
         if parts[0] == "devices" and parts[2:] == ["commands"] and req.method == "POST":
             self.posts.append(json.loads(req.post_data or "{}"))
             if self.abort_posts:
@@ -170,6 +174,38 @@ def test_a_command_whose_every_answer_was_lost_is_looked_up_by_its_id(site: tupl
         expect(card).to_have_attribute("data-state", "NOT_SENT", timeout=15_000)
         expect(card).to_contain_text("was not sent to sim-1")
     assert len(stub.posts) == 3  # looked up, never sent again
+
+
+def test_the_times_in_recent_commands_move_on_with_the_clock(site: tuple[Page, Stub]) -> None:
+    # GIVEN a device whose last command finished just now
+    page, stub = site
+    page.clock.install()
+    now_ms = int(time.time() * 1000)
+    stub.history = [{"id": "c1", "thing": "sim-1", "action": "ping", "state": "SUCCEEDED", "doneAt": now_ms}]
+    page.goto(page.base + "/#/devices/sim-1")  # type: ignore[attr-defined]
+    row = page.locator("tr[data-id=c1] time")
+    expect(row).to_have_text("just now", timeout=10_000)
+    # WHEN three minutes pass with the view open
+    page.clock.run_for("03:00")
+    # THEN the row says so
+    expect(row).to_have_text("3 min ago", timeout=10_000)
+
+
+def test_the_retry_countdown_counts_down(site: tuple[Page, Stub]) -> None:
+    # GIVEN the dashboard open, and then the API unreachable
+    page, stub = site
+    page.clock.install()
+    page.goto(page.base + "/")  # type: ignore[attr-defined]
+    expect(page.locator(".device-card")).to_have_count(1, timeout=10_000)
+    stub.down = True
+    page.clock.run_for("00:10")
+    retry = page.locator(".banner-retry")
+    expect(retry).to_contain_text("Retrying in", timeout=10_000)
+    # WHEN a few seconds pass THEN the countdown moves
+    first = retry.inner_text()
+    page.clock.run_for("00:02")
+    expect(retry).not_to_have_text(first, timeout=5_000)
+    assert int(retry.inner_text().split()[2]) < int(first.split()[2])
 
 
 def test_devices_a_bulk_command_did_not_reach_can_be_sent_it_again(site: tuple[Page, Stub]) -> None:
