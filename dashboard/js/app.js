@@ -124,13 +124,17 @@ async function refreshDetail() {
       view.setMissing(true);
       return; // the API itself is fine
     }
+    if (err instanceof ApiError && err.code === "INVALID_THING_NAME" && app.detail === view) {
+      view.setMissing(true, `"${view.thing}" is not a device name: ${err.message}`);
+      return; // a bad link, not an API in trouble
+    }
     throw err;
   }
 }
 
 async function refreshHistory() {
   const view = app.detail;
-  if (!view) return;
+  if (!view || view.isMissing) return;
   const data = await app.client.listCommands(view.thing);
   if (app.detail === view) view.updateHistory(data.commands || []);
 }

@@ -59,6 +59,8 @@ export class DetailView {
     const panel = (title, ...children) =>
       h("section", { class: "panel", "aria-label": title }, h("h3", {}, title), ...children);
 
+    // What is there to see of a device the API knows; hidden for one it does not.
+    this.body = h("div", { class: "detail-body" });
     this.root.replaceChildren(
       h(
         "header",
@@ -68,6 +70,9 @@ export class DetailView {
         h("div", { class: "detail-meta" }, this.version, this.seen, this.agent),
         this.missing,
       ),
+      this.body,
+    );
+    this.body.replaceChildren(
       this.hero,
       panel("Actions", this.buildSendOptions(), this.actionsGrid, this.outcomes),
       this.telemetry,
@@ -190,8 +195,15 @@ export class DetailView {
     return form;
   }
 
-  setMissing(missing) {
+  get isMissing() {
+    return !this.missing.hidden;
+  }
+
+  setMissing(missing, text = `${this.thing} is not known to the API.`) {
     this.missing.hidden = !missing;
+    setText(this.missing, text);
+    this.body.hidden = missing;
+    this.badge.hidden = missing;
   }
 
   addOutcome(el) {

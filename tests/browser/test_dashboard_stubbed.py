@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import yaml
@@ -57,7 +58,9 @@ class Stub:
             page = self.devices[start:start + self.page_size]
             token = str(start + self.page_size) if start + self.page_size < len(self.devices) else None
             return self.json(route, 200, {"devices": page, "nextToken": token})
-        parts = path.strip("/").split("/")
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if parts[0] == "devices" and len(parts) >= 2 and not re.fullmatch(r"[a-zA-Z0-9:_-]{1,128}", parts[1]):
+            return self.json(route, 400, {"code": "INVALID_THING_NAME", "message": f"invalid thing name {parts[1]!r}"})
         if parts[0] == "devices" and len(parts) == 2:
             d = next((d for d in self.devices if d["thing"] == parts[1]), None)
             if d is None:
@@ -174,6 +177,23 @@ def test_a_command_whose_every_answer_was_lost_is_looked_up_by_its_id(site: tupl
         expect(card).to_have_attribute("data-state", "NOT_SENT", timeout=15_000)
         expect(card).to_contain_text("was not sent to sim-1")
     assert len(stub.posts) == 3  # looked up, never sent again
+
+
+@pytest.mark.parametrize(("thing", "says"), [("nosuch", "nosuch is not known to the API"),
+                                             ("%3Cimg%3E", "is not a device name")])
+def test_a_link_to_no_device_says_so_and_offers_nothing_to_send(site: tuple[Page, Stub], thing: str, says: str) -> None:
+    # GIVEN a link to a device the API does not know, or to a name no device can have
+    page, stub = site
+    # WHEN it is opened
+    page.goto(page.base + f"/#/devices/{thing}")  # type: ignore[attr-defined]
+    # THEN the view says so, shows no LED, actions or state to act on, and the API is not reported in trouble
+    expect(page.locator("#detail .notice")).to_contain_text(says, timeout=10_000)
+    expect(page.locator("#detail .hero")).to_be_hidden()
+    expect(page.locator("#detail [data-action=ping]")).to_be_hidden()
+    page.wait_for_timeout(3000)
+    expect(page.locator("#banner")).to_be_hidden()
+    expect(page.locator("#api-status")).to_have_attribute("data-status", "live")
+    assert stub.errors == []
 
 
 def test_the_times_in_recent_commands_move_on_with_the_clock(site: tuple[Page, Stub]) -> None:
