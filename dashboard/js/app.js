@@ -271,6 +271,7 @@ async function main() {
     },
     onSelectionChange: (things) => app.bulk.setSelection(things),
   });
+  $("#select-all").addEventListener("click", () => app.list.selectAll());
   // One request every 2 s while visible, however large the fleet (a command's own answer comes
   // with its POST, not from polling): one open tab makes ~43,000 requests a day, within the
   // usage plan's default quota.

@@ -85,7 +85,10 @@ export class BulkPanel {
   setSelection(things) {
     this.things = [...things].sort();
     this.root.hidden = this.things.length === 0 && !this.progress.children.length;
-    setText(this.count, `${this.things.length} device${this.things.length === 1 ? "" : "s"} selected: ${this.things.join(", ")}`);
+    // The first few by name: a fleet's worth of names would fill the screen.
+    const named = this.things.slice(0, 5).join(", ");
+    const more = this.things.length > 5 ? ` and ${this.things.length - 5} more` : "";
+    setText(this.count, `${this.things.length} device${this.things.length === 1 ? "" : "s"} selected: ${named}${more}`);
     setText(this.send.querySelector(".label"), `Send to ${this.things.length} device${this.things.length === 1 ? "" : "s"}`);
     this.refreshActions();
   }

@@ -67,7 +67,7 @@ export class DetailView {
         { class: "detail-head" },
         back,
         h("div", { class: "detail-title-row" }, this.title, this.badge),
-        h("div", { class: "detail-meta" }, this.version, this.seen, this.agent),
+        (this.meta = h("div", { class: "detail-meta" }, this.version, this.seen, this.agent)),
         this.missing,
       ),
       this.body,
@@ -204,6 +204,7 @@ export class DetailView {
     setText(this.missing, text);
     this.body.hidden = missing;
     this.badge.hidden = missing;
+    this.meta.hidden = missing;
   }
 
   addOutcome(el) {

@@ -138,6 +138,12 @@ export class DeviceList {
     }
   }
 
+  selectAll() {
+    for (const device of this.devices) this.selected.add(device.thing);
+    for (const item of this.items.values()) item.refs.checkbox.checked = true;
+    this.onSelectionChange(new Set(this.selected));
+  }
+
   clearSelection() {
     this.selected.clear();
     for (const item of this.items.values()) item.refs.checkbox.checked = false;

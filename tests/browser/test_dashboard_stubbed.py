@@ -196,6 +196,24 @@ def test_a_link_to_no_device_says_so_and_offers_nothing_to_send(site: tuple[Page
     assert stub.errors == []
 
 
+def test_a_whole_fleet_is_selected_at_once_and_the_bulk_panel_is_in_view(site: tuple[Page, Stub]) -> None:
+    # GIVEN a fleet of 120 devices
+    page, stub = site
+    stub.devices = [device(f"sim-{i:03d}") for i in range(120)]
+    page.goto(page.base + "/")  # type: ignore[attr-defined]
+    page.wait_for_function("document.querySelectorAll('.device-card').length >= 120", timeout=10_000)
+    # WHEN the user selects them all
+    page.get_by_role("button", name="Select all for a bulk command").click()
+    # THEN the bulk panel is in view, names a few of them and counts the rest, and sends to all 120
+    bulk = page.locator("#bulk")
+    expect(bulk).to_be_in_viewport()
+    expect(bulk.locator(".bulk-count")).to_have_text("120 devices selected: sim-000, sim-001, sim-002, sim-003, sim-004 and 115 more")
+    bulk.get_by_label("Action").select_option("ping")
+    bulk.get_by_role("button", name="Send to 120 devices").click()
+    expect(bulk.get_by_role("status")).to_contain_text("120 of 120 succeeded", timeout=10_000)
+    assert len(stub.jobs[0]["things"]) == 120
+
+
 def test_the_times_in_recent_commands_move_on_with_the_clock(site: tuple[Page, Stub]) -> None:
     # GIVEN a device whose last command finished just now
     page, stub = site
