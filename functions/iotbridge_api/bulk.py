@@ -489,7 +489,10 @@ class _Page:
             return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"), "error": outcome.get("error")}
         pending = record.desired(doc)
         if job_id in pending and self._is_ours(pending[job_id]):
-            if contract.is_abandoned(pending[job_id], self.now):  # the device never came back for it
+            # Expired long ago and still pending: shown EXPIRED (a device that started it and lost its
+            # connection since reports the outcome when back; the single command's GET reads presence
+            # to tell, a job's progress reads hundreds of devices and does not).
+            if contract.expired_long_ago(pending[job_id], self.now):
                 return {"thing": thing, "state": CommandState.EXPIRED.value}
             return {"thing": thing, "state": PENDING}
         if index in self.failed:

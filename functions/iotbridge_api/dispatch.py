@@ -179,7 +179,7 @@ def _existing(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any]
         if not contract.is_same_command(pending, request.action, request.params):
             raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
         current = view(thing, cid, doc, connected=True)
-        if current is not None and doc is not None and contract.is_abandoned(pending, now_ms()):
+        if current is not None and doc is not None and contract.expired_long_ago(pending, now_ms()):
             return _expire_if_abandoned(thing, cid, doc, current)
         return current  # already queued: join the wait
     return None
@@ -211,13 +211,14 @@ def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] 
                 waiting.note_request(thing, COMMANDS_SHADOW)
             continue
         desired, issued = _desired(doc), now_ms()
-        if contract.live_pending(desired, issued) >= contract.MAX_PENDING:
+        presence = _presence_if_needed(thing, desired, issued)
+        if contract.live_pending(desired, issued, presence) >= contract.MAX_PENDING:
             raise errors.TooManyPending(
                 f"{thing} already has {len(desired)} pending commands (at most {contract.MAX_PENDING})"
             )
         entry = contract.pending_entry(request.action, request.params, issued_at=issued, expires_at=issued + request.ttlMs)
         update: dict[str, Any] = {
-            "state": contract.queue_state(desired, _reported(doc), cid, entry, issued), "clientToken": cid,
+            "state": contract.queue_state(desired, _reported(doc), cid, entry, issued, presence), "clientToken": cid,
             "version": doc["version"],  # optimistic lock: nobody else took this id or a place meanwhile
         }  # fmt: skip
         try:
@@ -271,13 +272,31 @@ def lookup(thing: str, cid: str) -> CommandView:
             details={"thing": thing, "id": cid},
         )
     if current.state not in _TERMINAL and doc is not None:
-        return _expire_if_abandoned(thing, cid, doc, current)
+        return _expire_if_abandoned(thing, cid, doc, current, presence=_reported(presence) or None)
     return current
 
 
-def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: CommandView) -> CommandView:
-    """A command still pending long after it expired never ran and never will: record EXPIRED."""
+_UNREAD: dict[str, Any] = {}  # presence not read yet (None is a device that never connected)
+
+
+def _presence_if_needed(thing: str, desired: dict[str, Any], now: int) -> dict[str, Any] | None:
+    """The device's presence (reported) when judging `desired` needs it: only for entries that
+    expired long ago (contract.is_abandoned), so a command's usual path reads no more."""
+    if not contract.needs_presence(desired, now):
+        return None
+    return _reported(iot.get_shadow(thing, PRESENCE_SHADOW)) or None
+
+
+def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: CommandView,
+                         presence: dict[str, Any] | None = _UNREAD) -> CommandView:  # fmt: skip
+    """A command still pending long after it expired, for a device not connected since it was issued,
+    never ran and never will: record EXPIRED. One the device may have started (it was connected since)
+    stays pending: a device that lost its connection mid-command reports the outcome when it is back."""
     if current.expiresAt is None or now_ms() <= current.expiresAt + contract.EXPIRY_GRACE_MS:
+        return current
+    if presence is _UNREAD:
+        presence = _reported(iot.get_shadow(thing, PRESENCE_SHADOW)) or None
+    if contract.may_have_started(_desired(doc).get(cid), presence):
         return current
     outcome = contract.expired_outcome({"action": current.action}, now_ms())
     # The oldest outcomes go, as in every write of an outcome: the shadow stays within 8 KB.
@@ -302,7 +321,8 @@ def history(thing: str) -> list[CommandView]:
     views = [v for cid in dict.fromkeys(ids) if (v := view(thing, cid, doc, connected=connected))]
     now = now_ms()
     for v in views:  # what a GET of the command would record
-        if v.state not in _TERMINAL and contract.is_abandoned({"expiresAt": v.expiresAt}, now):
+        entry = {"expiresAt": v.expiresAt, "issuedAt": v.issuedAt}
+        if v.state not in _TERMINAL and contract.is_abandoned(entry, now, _reported(presence) or None):
             v.state, v.error = CommandState.EXPIRED.value, "expired before the device took it"
     # newest first: pending by issue time, done by completion time
     views.sort(key=lambda v: -(v.doneAt or v.issuedAt or 0))

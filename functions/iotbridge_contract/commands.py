@@ -131,15 +131,41 @@ def is_expired(entry: dict[str, Any], now_ms: int) -> bool:
     return isinstance(expires_at, int) and now_ms > expires_at
 
 
-def is_abandoned(entry: Any, now_ms: int) -> bool:
-    """A pending entry that expired more than EXPIRY_GRACE_MS ago: no device started it, none will."""
+def expired_long_ago(entry: Any, now_ms: int) -> bool:
+    """A pending entry that expired more than EXPIRY_GRACE_MS ago: no device will start it now."""
     expires_at = entry.get("expiresAt") if isinstance(entry, dict) else None
     return isinstance(expires_at, int) and now_ms > expires_at + EXPIRY_GRACE_MS
 
 
-def live_pending(desired: dict[str, Any], now_ms: int) -> int:
+def may_have_started(entry: Any, presence: dict[str, Any] | None) -> bool:
+    """Whether a device may have started this pending entry: it has been connected since the entry was
+    issued (`presence`: the presence shadow's reported state; None: the device never connected). A
+    device that started a command and then lost its connection reports the outcome when it is back,
+    after an outage of any length."""
+    if not presence:
+        return False
+    if presence.get("connected"):
+        return True
+    at, issued = presence.get("at"), entry.get("issuedAt") if isinstance(entry, dict) else None
+    if not (isinstance(at, int) and isinstance(issued, int)):
+        return True  # cannot tell: it may have
+    return at >= issued
+
+
+def needs_presence(desired: dict[str, Any], now_ms: int) -> bool:
+    """Whether judging `desired` (is_abandoned) needs the device's presence: only entries that expired long ago do."""
+    return any(expired_long_ago(entry, now_ms) for entry in desired.values())
+
+
+def is_abandoned(entry: Any, now_ms: int, presence: dict[str, Any] | None) -> bool:
+    """A pending entry no device started nor will: it expired long ago, and its device has not been
+    connected since it was issued. Recorded EXPIRED ("expired before the device took it") for good."""
+    return expired_long_ago(entry, now_ms) and not may_have_started(entry, presence)
+
+
+def live_pending(desired: dict[str, Any], now_ms: int, presence: dict[str, Any] | None) -> int:
     """Entries that hold a place in the queue (MAX_PENDING): commands not abandoned; anything else is junk."""
-    return sum(1 for entry in desired.values() if isinstance(entry, dict) and not is_abandoned(entry, now_ms))
+    return sum(1 for entry in desired.values() if isinstance(entry, dict) and not is_abandoned(entry, now_ms, presence))
 
 
 def number_or_zero(value: Any) -> float:
@@ -162,16 +188,16 @@ def expired_outcome(entry: Any, now_ms: int) -> dict[str, Any]:
 
 
 def queue_state(desired: dict[str, Any], reported: dict[str, Any], cid: str, entry: dict[str, Any],
-                now_ms: int) -> dict[str, Any]:  # fmt: skip
+                now_ms: int, presence: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
     """The `state` of the commands-shadow update that queues `entry` as `cid`, tidying the queue in the same write.
 
-    Abandoned entries (expired long ago, e.g. queued for a device that never came back) are
+    Abandoned entries (expired long ago, queued for a device that has not been back since) are
     recorded EXPIRED, the oldest outcomes going as a device prunes them, so the document stays
     within what a small device can read; entries that are no command are removed. The caller
     checks `live_pending` first, and writes with the version it read.
     """
     junk = [k for k, e in desired.items() if not isinstance(e, dict) and k != cid]
-    abandoned = [k for k, e in desired.items() if is_abandoned(e, now_ms)]
+    abandoned = [k for k, e in desired.items() if is_abandoned(e, now_ms, presence)]
     state: dict[str, Any] = {"desired": {cid: entry, **dict.fromkeys(junk), **dict.fromkeys(abandoned)}}
     if abandoned:
         expired = {k: expired_outcome(desired[k], now_ms) for k in abandoned}

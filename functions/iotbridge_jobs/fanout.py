@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iotbridge_contract import commands as contract
-from iotbridge_contract.commands import COMMANDS_SHADOW
+from iotbridge_contract.commands import COMMANDS_SHADOW, PRESENCE_SHADOW
 from iotbridge_jobs import record
 
 THREADS = 16
@@ -125,9 +125,14 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, out_of_time: C
                 record.update(thing, contract.QUEUE_OPENED, COMMANDS_SHADOW)
                 continue
             now = record.now_ms()
-            if contract.live_pending(desired, now) >= contract.MAX_PENDING:
+            # Entries that expired long ago are given up only for a device not connected since (the
+            # contract's is_abandoned): its presence is read for those alone.
+            presence = None
+            if contract.needs_presence(desired, now):
+                presence = record.reported(record.get(thing, PRESENCE_SHADOW)) or None
+            if contract.live_pending(desired, now, presence) >= contract.MAX_PENDING:
                 return "TOO_MANY_PENDING"
-            update = {"state": contract.queue_state(desired, reported, job_id, entry, now), "clientToken": job_id,
+            update = {"state": contract.queue_state(desired, reported, job_id, entry, now, presence), "clientToken": job_id,
                       "version": doc["version"]}  # fmt: skip
             record.update(thing, update, COMMANDS_SHADOW)
             return None

@@ -402,7 +402,7 @@ def test_a_job_with_a_chosen_id_counts_only_live_commands_against_a_devices_queu
     # and one whose queue holds 10 live commands
     data = boto3.client("iot-data", region_name="us-east-1")
     for thing in ("q-stale", "q-full"):
-        make_device(thing)
+        make_device(thing, connected=thing != "q-stale")  # offline since long before those were queued
     now = record.now_ms()
     for thing, expires_at in (("q-stale", now - 3_600_000), ("q-full", now + 600_000)):
         queue = {f"c{i}": pending_entry("ping", {}, issued_at=expires_at - 60_000, expires_at=expires_at) for i in range(10)}
@@ -423,7 +423,7 @@ def test_a_job_never_makes_a_devices_queue_longer_than_ten_and_tidies_its_dead_e
     # one whose queue holds 10 commands that expired an hour ago, and one with an empty queue
     data = boto3.client("iot-data", region_name="us-east-1")
     for thing in ("t-full", "t-stale", "t-free"):
-        make_device(thing)
+        make_device(thing, connected=thing != "t-stale")  # offline since long before those were queued
     now = record.now_ms()
     for thing, expires_at in (("t-stale", now - 3_600_000), ("t-full", now + 600_000)):
         queue = {f"c{i}": pending_entry("ping", {}, issued_at=expires_at - 60_000, expires_at=expires_at) for i in range(10)}
@@ -440,6 +440,21 @@ def test_a_job_never_makes_a_devices_queue_longer_than_ten_and_tidies_its_dead_e
     assert list(_pending("t-free")) == [job] and list(_pending("t-stale")) == [job]
     reported = shadow("t-stale")["state"]["reported"]
     assert {reported[f"c{i}"]["state"] for i in range(10)} == {"EXPIRED"}
+
+
+def test_a_job_gives_up_no_command_a_device_may_have_started_while_away(api: ApiClient, invocations: Invocations) -> None:
+    # GIVEN a connected device whose queue holds 3 commands that expired an hour ago: it may have
+    # started them and lost its connection before reporting
+    make_device("t-away")
+    now = record.now_ms()
+    queue = {f"c{i}": pending_entry("ping", {}, issued_at=now - 3_660_000, expires_at=now - 3_600_000) for i in range(3)}
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="t-away", shadowName=COMMANDS_SHADOW, payload=json.dumps({"state": {"desired": queue}}))
+    # WHEN a bulk command goes to it
+    job = api.post("/commands", json={"action": "ping", "things": ["t-away"]}).json["jobId"]
+    # THEN it gets the job, and the three stay pending, not recorded EXPIRED ("nothing ran")
+    assert sorted(_pending("t-away")) == sorted([job, "c0", "c1", "c2"])
+    assert not {f"c{i}" for i in range(3)} & set(shadow("t-away")["state"].get("reported", {}))
 
 
 def test_a_device_whose_every_write_meets_another_writer_is_left_for_a_retry_as_a_conflict(

@@ -274,6 +274,52 @@ def test_the_list_shows_a_long_expired_pending_command_as_expired(api: ApiClient
     assert api.get(f"/devices/lamp-13/commands/{cid}").json["state"] == "EXPIRED"
 
 
+def _set_presence(thing: str, *, connected: bool, at: int) -> None:
+    presence = {"state": {"reported": {"connected": connected, "at": at, "clientId": thing}}}
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName=thing, shadowName=PRESENCE_SHADOW, payload=json.dumps(presence))
+
+
+@pytest.mark.parametrize("since", ["connected now", "disconnected after it was issued"])
+def test_a_command_a_device_may_have_started_is_not_given_up_while_it_is_away(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch, since: str
+) -> None:
+    # GIVEN a one-second command sent to a connected device, which may have started it and then lost its connection
+    make_device("lamp-away")
+    cid = api.post("/devices/lamp-away/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+    issued = shadow("lamp-away")["state"]["desired"][cid]["issuedAt"]
+    if since != "connected now":
+        _set_presence("lamp-away", connected=False, at=issued + 500)
+    # WHEN it is read an hour later, listed, and a new command is queued behind it
+    real_now = dispatch.now_ms
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + 3_600_000)
+    read = api.get(f"/devices/lamp-away/commands/{cid}")
+    listed = {c["id"]: c["state"] for c in api.get("/devices/lamp-away/commands").json["commands"]}
+    api.post("/devices/lamp-away/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN it is not recorded EXPIRED ("nothing ran") but still pending: the device reports it when back
+    assert read.json["state"] in ("SENT", "QUEUED") and listed[cid] in ("SENT", "QUEUED")
+    assert cid in shadow("lamp-away")["state"]["desired"] and cid not in shadow("lamp-away")["state"].get("reported", {})
+    # WHEN the device is back and reports that it ran it
+    done = outcome_entry(CommandState.SUCCEEDED, "ping", done_at=issued + 200, result={"pong": True})
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-away", shadowName=COMMANDS_SHADOW,
+        payload=json.dumps({"state": {"desired": {cid: None}, "reported": {cid: done}}}))
+    # THEN its outcome is the one answered, and no other was ever given
+    assert api.get(f"/devices/lamp-away/commands/{cid}").json["state"] == "SUCCEEDED"
+
+
+def test_a_command_for_a_device_away_since_before_it_was_issued_is_given_up(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-second command queued for a device offline since before it was issued
+    make_device("lamp-gone", connected=False)
+    cid = api.post("/devices/lamp-gone/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+    # WHEN it is read an hour later THEN it is EXPIRED, recorded so (no device can have started it)
+    real_now = dispatch.now_ms
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + 3_600_000)
+    assert api.get(f"/devices/lamp-gone/commands/{cid}").json["state"] == "EXPIRED"
+    assert shadow("lamp-gone")["state"]["reported"][cid]["state"] == "EXPIRED"
+
 
 @pytest.mark.parametrize(("spec", "value"), [("int:a..b", 3), ("str:many", "x"), (5, 3)])
 def test_a_device_advertising_a_malformed_spec_gets_a_clear_refusal(api: ApiClient, spec: object, value: object) -> None:
