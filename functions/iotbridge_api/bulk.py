@@ -32,7 +32,7 @@ from iotbridge_api import errors, iot
 from iotbridge_api.models import MAX_JOB_ID
 from iotbridge_contract import commands as contract
 from iotbridge_contract import names
-from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState
+from iotbridge_contract.commands import COMMANDS_SHADOW, PRESENCE_SHADOW, CommandState
 from iotbridge_jobs import fanout, record
 from iotbridge_jobs.record import JOBS_THING
 
@@ -482,17 +482,18 @@ class _Page:
         # The fan-out left it for Lambda to retry (the API's own attempt is retried only by a retry of the POST).
         self.retried = state == record.RETRYING and self.sent.get("by") != "api" and not self.settled
 
-    def state_of(self, index: int, doc: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+    def state_of(self, index: int, read: tuple[dict[str, Any] | None, dict[str, Any] | None], job_id: str) -> dict[str, Any]:
+        """A device's state in the job from `read`: its commands shadow, and its presence when needed (_read_device)."""
+        doc, presence = read
         thing = self.things[index]
         outcome = record.reported(doc).get(job_id)
         if isinstance(outcome, dict) and self._is_ours(outcome):
             return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"), "error": outcome.get("error")}
         pending = record.desired(doc)
         if job_id in pending and self._is_ours(pending[job_id]):
-            # Expired long ago and still pending: shown EXPIRED (a device that started it and lost its
-            # connection since reports the outcome when back; the single command's GET reads presence
-            # to tell, a job's progress reads hundreds of devices and does not).
-            if contract.expired_long_ago(pending[job_id], self.now):
+            # Expired long ago, still pending, and its device not connected since: it never ran. (One
+            # that was may have started it, and reports the outcome when back.)
+            if contract.is_abandoned(pending[job_id], self.now, presence):
                 return {"thing": thing, "state": CommandState.EXPIRED.value}
             return {"thing": thing, "state": PENDING}
         if index in self.failed:
@@ -665,20 +666,29 @@ def progress(job_id: str, *, offset: int, limit: int) -> dict[str, Any]:
 def _read_states(pool: ThreadPoolExecutor, pages: list[_Page], keys: list[tuple[int, int]],
                  job_id: str) -> dict[tuple[int, int], dict[str, Any]]:  # fmt: skip
     """The states of the devices at `keys` (page number, index in the page), each read from its shadow."""
-    read = pool.map(lambda key: _shadow_call(_read_device, pages[key[0]].things[key[1]]), keys)
-    return {key: pages[key[0]].state_of(key[1], doc, job_id) for key, doc in zip(keys, read, strict=True)}
+    read = pool.map(lambda key: _shadow_call(_read_device, pages[key[0]].things[key[1]], job_id, pages[key[0]].now), keys)
+    return {key: pages[key[0]].state_of(key[1], both, job_id) for key, both in zip(keys, read, strict=True)}
 
 
-def _read_device(thing: str) -> dict[str, Any] | None:
-    """A device's commands shadow, tried twice: the client makes one short attempt per call, and one
-    slow or failed read of the hundreds a GET makes must not fail the whole GET."""
+def _read_device(thing: str, job_id: str, now: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A device's commands shadow, and its presence (reported) if the job's entry there expired long
+    ago (contract.is_abandoned needs it; rare, so a GET reads no more as a rule)."""
+    doc = _read_twice(thing, COMMANDS_SHADOW)
+    if not contract.expired_long_ago(record.desired(doc).get(job_id), now):
+        return doc, None
+    return doc, record.reported(_read_twice(thing, PRESENCE_SHADOW)) or None
+
+
+def _read_twice(thing: str, shadow: str) -> dict[str, Any] | None:
+    """One shadow, tried twice: the client makes one short attempt per call, and one slow or failed
+    read of the hundreds a GET makes must not fail the whole GET."""
     try:
-        return record.get(thing, COMMANDS_SHADOW)
+        return record.get(thing, shadow)
     except record.ShadowError as exc:
         if not exc.retryable:
             raise
         time.sleep(0.05)
-        return record.get(thing, COMMANDS_SHADOW)
+        return record.get(thing, shadow)
 
 
 def _agrees(counts: dict[str, int], listed: list[dict[str, Any]]) -> bool:

@@ -635,9 +635,9 @@ def test_progress_reads_the_window_and_a_bounded_refresh_then_keeps_finished_pag
 def test_a_job_completes_when_its_offline_devices_let_the_command_expire(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN a one-second job on a device that answers and one that never comes back
+    # GIVEN a one-second job on a device that answers and one offline since before it (it never comes back)
     for thing in ("exp-on", "exp-off"):
-        make_device(thing)
+        make_device(thing, connected=thing == "exp-on")
     job = api.post("/commands", json={"action": "ping", "things": ["exp-on", "exp-off"], "ttlMs": 1_000}).json["jobId"]
     _answer("exp-on", job)
     # WHEN progress is read an hour later
@@ -647,6 +647,23 @@ def test_a_job_completes_when_its_offline_devices_let_the_command_expire(
     # THEN the silent device counts EXPIRED, as GET /devices/{thing}/commands/{id} says, and the job is complete
     assert view["counts"] == {"SUCCEEDED": 1, "EXPIRED": 1}
     assert view["complete"] is True and view["done"] == 2
+
+
+def test_a_device_that_may_have_started_the_job_before_it_went_away_is_not_counted_expired(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-second job on a device that was connected when it was sent, and no outcome from it yet
+    make_device("exp-away")
+    job = api.post("/commands", json={"action": "ping", "things": ["exp-away"], "ttlMs": 1_000}).json["jobId"]
+    # WHEN progress is read an hour later
+    later = record.now_ms() + 3_600_000
+    monkeypatch.setattr(record, "now_ms", lambda: later)
+    view = api.get(f"/commands/jobs/{job}").json
+    # THEN it is not counted EXPIRED ("nothing ran"): it may have run it and reports when back
+    assert "EXPIRED" not in view["counts"] and view["complete"] is False, view
+    # WHEN it is back and reports that it ran it THEN the job completes with that outcome
+    _answer("exp-away", job)
+    assert api.get(f"/commands/jobs/{job}").json["counts"] == {"SUCCEEDED": 1}
 
 
 def test_a_job_whose_outcome_left_a_devices_history_still_completes(api: ApiClient, invocations: Invocations) -> None:
