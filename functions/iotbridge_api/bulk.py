@@ -120,7 +120,7 @@ def _all_things(deadline: float) -> list[str]:
     token: str | None = None
     while True:
         page, token = iot.list_things(LIST_PAGE, token)
-        things.extend(t for t in page if t != JOBS_THING and t not in record.SHARD_THINGS)
+        things.extend(t for t in page if not names.is_jobs_thing(t))  # as every route refuses them
         # Room left for the job's record, and then for handing its pages to the fan-out (a job
         # recorded without that time would sit unsent until it expires).
         if time.monotonic() > deadline - RECORD_MARGIN_S - HAND_OVER_MS / 1000:

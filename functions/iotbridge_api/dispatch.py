@@ -295,8 +295,11 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
     if current.expiresAt is None or now_ms() <= current.expiresAt + contract.EXPIRY_GRACE_MS:
         return current
     if presence is _UNREAD:
-        presence = _reported(iot.get_shadow(thing, PRESENCE_SHADOW)) or None
-    if contract.may_have_started(_desired(doc).get(cid), presence):
+        try:
+            presence = _reported(iot.get_shadow(thing, PRESENCE_SHADOW)) or None
+        except _READ_FAILED:
+            return current  # a command that was queued is never answered with a read's error: pending, as it may be
+    if contract.may_have_started(_desired(doc).get(cid), presence, now_ms()):
         return current
     outcome = contract.expired_outcome({"action": current.action}, now_ms())
     # The oldest outcomes go, as in every write of an outcome: the shadow stays within 8 KB.

@@ -35,8 +35,9 @@ MAX_STATE_LEVELS = 5
 # are queued only by versioned writes (the pending limit and an id's params are checked against
 # the version read), and a versioned write needs an existing shadow: writes without one from
 # requests at once would all pass the limit, and two entries of one id would merge (objects merge).
-# Nothing reads this key: outcomes are objects, and the ESP32's history keeps integer `doneAt`s only.
-QUEUE_OPENED = {"state": {"reported": {"queueOpened": True}}}
+# Nothing reads this key: outcomes are objects, and the ESP32's history keeps integer `doneAt`s only;
+# no command or job id can be it (":" is no id character).
+QUEUE_OPENED = {"state": {"reported": {"queue:opened": True}}}
 
 
 class CommandState(enum.StrEnum):
@@ -137,18 +138,21 @@ def expired_long_ago(entry: Any, now_ms: int) -> bool:
     return isinstance(expires_at, int) and now_ms > expires_at + EXPIRY_GRACE_MS
 
 
-def may_have_started(entry: Any, presence: dict[str, Any] | None) -> bool:
-    """Whether a device may have started this pending entry: it has been connected since the entry was
-    issued (`presence`: the presence shadow's reported state; None: the device never connected). A
-    device that started a command and then lost its connection reports the outcome when it is back,
-    after an outage of any length."""
+def may_have_started(entry: Any, presence: dict[str, Any] | None, now_ms: int) -> bool:
+    """Whether a device may have started this pending entry and not reported it yet: it has been
+    connected since the entry was issued (`presence`: the presence shadow's reported state; None:
+    the device never connected). A device that started a command and then lost its connection
+    reports the outcome when it is back, after an outage of any length. One connected since after
+    the entry expired, for longer than EXPIRY_GRACE_MS, has read its queue on that connection and
+    answered whatever it had started: still pending, the entry is one it never took."""
     if not presence:
         return False
-    if presence.get("connected"):
-        return True
-    at, issued = presence.get("at"), entry.get("issuedAt") if isinstance(entry, dict) else None
+    at = presence.get("at")
+    issued, expires = (entry.get("issuedAt"), entry.get("expiresAt")) if isinstance(entry, dict) else (None, None)
     if not (isinstance(at, int) and isinstance(issued, int)):
         return True  # cannot tell: it may have
+    if presence.get("connected"):
+        return not (isinstance(expires, int) and at > expires and now_ms - at > EXPIRY_GRACE_MS)
     return at >= issued
 
 
@@ -160,7 +164,7 @@ def needs_presence(desired: dict[str, Any], now_ms: int) -> bool:
 def is_abandoned(entry: Any, now_ms: int, presence: dict[str, Any] | None) -> bool:
     """A pending entry no device started nor will: it expired long ago, and its device has not been
     connected since it was issued. Recorded EXPIRED ("expired before the device took it") for good."""
-    return expired_long_ago(entry, now_ms) and not may_have_started(entry, presence)
+    return expired_long_ago(entry, now_ms) and not may_have_started(entry, presence, now_ms)
 
 
 def live_pending(desired: dict[str, Any], now_ms: int, presence: dict[str, Any] | None) -> int:

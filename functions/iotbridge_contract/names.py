@@ -42,10 +42,15 @@ JOBS_THING = "iotbridge-jobs"
 _JOBS_THINGS_RE = re.compile(JOBS_THING + r"(-[0-9]+)?")
 
 
+def is_jobs_thing(thing: str) -> bool:
+    """Whether `thing` is (or is named like) one of the things holding bulk job records."""
+    return _JOBS_THINGS_RE.fullmatch(thing) is not None
+
+
 def device_name(value: object) -> str:
     """A thing name the API may address as a device: not one that holds job records."""
     thing = thing_name(value)
-    if _JOBS_THINGS_RE.fullmatch(thing):
+    if is_jobs_thing(thing):
         raise InvalidName("thing name", value, f"a device, not one of the things holding bulk job records ({JOBS_THING}[-n])")
     return thing
 

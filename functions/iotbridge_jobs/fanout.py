@@ -130,6 +130,8 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, out_of_time: C
             presence = None
             if contract.needs_presence(desired, now):
                 presence = record.reported(record.get(thing, PRESENCE_SHADOW)) or None
+                if out_of_time():  # every call is checked first: MARGIN_MS holds one call and the page's record
+                    return "OUT_OF_TIME"
             if contract.live_pending(desired, now, presence) >= contract.MAX_PENDING:
                 return "TOO_MANY_PENDING"
             update = {"state": contract.queue_state(desired, reported, job_id, entry, now, presence), "clientToken": job_id,

@@ -457,6 +457,40 @@ def test_a_job_gives_up_no_command_a_device_may_have_started_while_away(api: Api
     assert not {f"c{i}" for i in range(3)} & set(shadow("t-away")["state"].get("reported", {}))
 
 
+def test_a_job_to_all_leaves_out_every_thing_named_like_a_job_record_as_the_routes_do(
+    api: ApiClient, invocations: Invocations
+) -> None:
+    # GIVEN a device, and a registered thing named like the job records' things (which every route refuses)
+    make_device("real-1")
+    make_device("iotbridge-jobs-8")
+    # WHEN a command goes to all
+    started = api.post("/commands", json={"action": "ping", "all": True})
+    # THEN only the device gets it
+    assert started.status == 202 and started.json["targets"] == 1, started.body
+    assert _pending("iotbridge-jobs-8") == {} and started.json["jobId"] in _pending("real-1")
+
+
+def test_the_fan_out_starts_no_device_call_inside_the_margin_its_record_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a device whose queue holds an entry that expired long ago (its presence must be read),
+    # and a fan-out attempt with just enough time left for one more call before its margin
+    left = [fanout.MARGIN_MS + record.CALL_MS + 1]
+    calls: list[int] = []
+    stale = pending_entry("ping", {}, issued_at=1, expires_at=2)
+
+    def call(*args: Any) -> dict[str, Any]:
+        calls.append(left[0])
+        left[0] -= record.CALL_MS  # each call at its worst
+        return {"version": 3, "state": {"desired": {"old": stale}, "reported": {"connected": True, "at": 1}}}
+
+    monkeypatch.setattr(record, "get", call)
+    monkeypatch.setattr(record, "update", call)
+    entry = pending_entry("ping", {}, issued_at=record.now_ms(), expires_at=record.now_ms() + 60_000)
+    # WHEN it queues the job on that device
+    code = fanout._queue_one("dev-m", "job-m", entry, out_of_time=lambda: left[0] < fanout.MARGIN_MS)
+    # THEN it stops for lack of time, and no call started inside the margin (the page's record needs it)
+    assert code == "OUT_OF_TIME" and all(at >= fanout.MARGIN_MS for at in calls), calls
+
+
 def test_a_device_whose_every_write_meets_another_writer_is_left_for_a_retry_as_a_conflict(
     api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
 ) -> None:

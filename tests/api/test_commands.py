@@ -308,6 +308,51 @@ def test_a_command_a_device_may_have_started_is_not_given_up_while_it_is_away(
     assert api.get(f"/devices/lamp-away/commands/{cid}").json["state"] == "SUCCEEDED"
 
 
+def test_a_command_a_device_connected_since_it_expired_did_not_answer_is_given_up(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-second command, and its device connected again after it expired: on that
+    # connection it read its queue and answered whatever it had started, but not this
+    make_device("lamp-back")
+    cid = api.post("/devices/lamp-back/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+    expires = shadow("lamp-back")["state"]["desired"][cid]["expiresAt"]
+    _set_presence("lamp-back", connected=True, at=expires + 1000)
+    # WHEN it is read an hour later THEN it is EXPIRED: the device never took it
+    real_now = dispatch.now_ms
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + 3_600_000)
+    assert api.get(f"/devices/lamp-back/commands/{cid}").json["state"] == "EXPIRED"
+
+
+def test_a_retry_of_a_long_expired_command_is_answered_though_presence_cannot_be_read(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-second command for an offline device, and an hour later AWS IoT throttling presence reads
+    make_device("lamp-thr2", connected=False)
+    cid = api.post("/devices/lamp-thr2/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+    real_now, real_get = dispatch.now_ms, iot.get_shadow
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + 3_600_000)
+
+    def get(thing: str, shadow_name: str | None = None) -> Any:
+        if shadow_name == PRESENCE_SHADOW:
+            raise errors.Throttled("AWS IoT is throttling requests for this device; retry later")
+        return real_get(thing, shadow_name)
+
+    monkeypatch.setattr(iot, "get_shadow", get)
+    # WHEN the caller retries it with its id
+    retry = api.post("/devices/lamp-thr2/commands", json={"action": "ping", "id": cid, "timeoutMs": 0})
+    # THEN it is answered with the command (still pending: whether it can be given up is not known
+    # yet), never with an error that says nothing was queued
+    assert retry.status in (200, 202) and retry.json["id"] == cid, retry.body
+
+
+def test_no_command_id_can_be_the_key_that_opens_a_devices_queue() -> None:
+    from iotbridge_contract import names
+
+    (key,) = contract.QUEUE_OPENED["state"]["reported"]
+    with pytest.raises(names.InvalidName):
+        names.command_id(key)
+
+
 def test_a_command_for_a_device_away_since_before_it_was_issued_is_given_up(
     api: ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
