@@ -282,21 +282,24 @@ _UNREAD: dict[str, Any] = {}  # presence not read yet (None is a device that nev
 def _presence_if_needed(thing: str, desired: dict[str, Any], now: int) -> dict[str, Any] | None:
     """The device's presence (reported) when judging `desired` needs it: only for entries that
     expired long ago (contract.is_abandoned), so a command's usual path reads no more."""
-    if not contract.needs_presence(desired, now):
-        return None
+    return _presence_of(thing) if contract.needs_presence(desired, now) else None
+
+
+def _presence_of(thing: str) -> dict[str, Any] | None:
+    """The presence shadow's reported state; None for a device that never connected."""
     return _reported(iot.get_shadow(thing, PRESENCE_SHADOW)) or None
 
 
 def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: CommandView,
                          presence: dict[str, Any] | None = _UNREAD) -> CommandView:  # fmt: skip
-    """A command still pending long after it expired, for a device not connected since it was issued,
-    never ran and never will: record EXPIRED. One the device may have started (it was connected since)
-    stays pending: a device that lost its connection mid-command reports the outcome when it is back."""
+    """A command still pending long after it expired that its device never took (contract.may_have_started)
+    never ran and never will: record EXPIRED. One the device may have started stays pending: a device
+    that lost its connection mid-command reports the outcome when it is back."""
     if current.expiresAt is None or now_ms() <= current.expiresAt + contract.EXPIRY_GRACE_MS:
         return current
     if presence is _UNREAD:
         try:
-            presence = _reported(iot.get_shadow(thing, PRESENCE_SHADOW)) or None
+            presence = _presence_of(thing)
         except _READ_FAILED:
             return current  # a command that was queued is never answered with a read's error: pending, as it may be
     if contract.may_have_started(_desired(doc).get(cid), presence, now_ms()):
