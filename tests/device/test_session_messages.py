@@ -525,3 +525,43 @@ def test_an_outcome_with_a_done_at_that_is_no_number_stops_no_report(tmp_path: P
     wire.step(1.0)
     # THEN the other command's outcome is still reported
     assert wire.outcomes()["c1"]["state"] == "SUCCEEDED"
+
+
+def test_a_reboot_that_finished_while_offline_is_reported_before_the_device_reboots(tmp_path: Path) -> None:
+    from iotbridge_pi.model import RebootRequest
+
+    # GIVEN a command that asks for a reboot, running when the connection drops, and finishing offline
+    release = threading.Event()
+
+    def slow_reboot(device: DeviceModel, params: dict[str, Any]) -> Any:
+        release.wait(5)
+        device.reboot = RebootRequest(0)
+        return {"rebooting": True}
+
+    registry = default_registry()
+    registry.add(Action("slow_reboot", {}, slow_reboot, deadline_s=5.0))
+    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
+    wire.connect()
+    wire.answer_get(None, {})
+    pending = {"rb": command("slow_reboot", {})}
+    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
+    wire.step(0.01)
+    wire.drop()
+    release.set()
+    for _ in range(20):
+        if not wire.session.busy():
+            break
+        time.sleep(0.05)
+        wire.step(0.05)
+    # WHEN it connects again
+    wire.connect()
+    wire.step(1.0)
+    # THEN it does not reboot before it has read its commands shadow (where the outcome must go first)
+    assert wire.session.connected and "rb" not in wire.outcomes()
+    # WHEN the gets are answered, the commands get still listing the command
+    wire.answer_get(None, {})
+    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
+    for _ in range(5):
+        wire.step(1.0)
+    # THEN its outcome was reported, and then the device rebooted
+    assert wire.outcomes()["rb"]["state"] == "SUCCEEDED" and not wire.session.connected

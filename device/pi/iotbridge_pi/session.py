@@ -180,6 +180,7 @@ class DeviceSession:
         self._get_tokens: dict[str | None, set[str]] = {}
         self._queue_opened = False  # this run created its commands shadow (once: a 404 after it is a late answer)
         self._classic_synced = False  # this connection's classic get was answered
+        self._commands_read = False  # this connection's commands get was answered and acted on
         self._held: list[tuple[str, dict[str, Any]]] = []  # commands-shadow messages waiting for it
         self._held_since: float | None = None
         # Desired keys a command set, with when (the service's ms): a desired value the shadow
@@ -233,7 +234,9 @@ class DeviceSession:
                 else:
                     self._next_connect = now + CONNECT_RETRY_S
             return self._next_wake(now)
-        if self._reboot_at is not None and now >= self._reboot_at and not self.core.has_unsent:
+        # A reboot waits for the outcomes to go out: after a reconnect, for the commands get too, which
+        # lists a reboot that finished while offline (logged, not reported) and reports it first.
+        if self._reboot_at is not None and now >= self._reboot_at and self._commands_read and not self.core.has_unsent:
             self._reboot()
             return self._next_wake(time.monotonic())
         if self._held_since is not None and now >= self._held_since + CLASSIC_FIRST_S:
@@ -313,6 +316,7 @@ class DeviceSession:
             self._get_retry.clear()  # every connect asks afresh
             self._get_tokens.clear()  # and answers to this connection's gets are stale after it
             self._classic_synced, self._held, self._held_since = False, [], None
+            self._commands_read = False
             self._clear_outbox()
             # Commands not started yet wait for the next connection's gets, which list them again:
             # run at its CONNACK, one would start before the classic shadow's get is applied, and
@@ -458,6 +462,7 @@ class DeviceSession:
                     self._commands_message(what[1], doc)
             elif what == ("get", "rejected"):
                 self._act_on(self.core.on_get_rejected(doc))
+                self._commands_read = self._commands_read or doc.get("code") == 404  # no shadow: nothing to report
                 if self.core.has_early and self.core.service_clock.now_ms() is None:
                     self._resync_at = now + RESYNC_DELAY_S  # deltas wait for a clock: a get finds the shadow now
                 if doc.get("code") == 404 and not self._queue_opened:
@@ -522,6 +527,8 @@ class DeviceSession:
         return tuple(older)
 
     def _commands_message(self, kind: str, doc: dict[str, Any]) -> None:
+        if kind == "accepted":
+            self._commands_read = True
         if kind == "delta" and self.core.service_clock.now_ms() is None and COMMANDS_SHADOW not in self._get_retry:
             # No clock yet: this connection's get found no shadow, and AWS's 404 need not carry a
             # timestamp (a delta cannot set it). The delta says the shadow exists now: read it again.
