@@ -138,15 +138,20 @@ def test_every_page_of_devices_is_listed(site: tuple[Page, Stub]) -> None:
     page.wait_for_function("document.querySelectorAll('.device-card').length >= 60", timeout=10_000)
 
 
+def _toggle_sim1_led(page: Page) -> None:
+    """Open sim-1's view and press its LED's Toggle once."""
+    page.goto(page.base + "/#/devices/sim-1")  # type: ignore[attr-defined]
+    toggle = page.locator("button[data-action=led][data-choice=toggle]")
+    toggle.wait_for()
+    toggle.click()
+
+
 def test_a_command_whose_answer_was_lost_is_asked_again_with_its_id(site: tuple[Page, Stub]) -> None:
     # GIVEN an API whose answer to the first POST is lost on the way (the request itself arrived)
     page, stub = site
     stub.abort_posts = 1
-    page.goto(page.base + "/#/devices/sim-1")  # type: ignore[attr-defined]
-    toggle = page.locator("button[data-action=led][data-choice=toggle]")
-    toggle.wait_for()
     # WHEN the user toggles the LED once
-    toggle.click()
+    _toggle_sim1_led(page)
     # THEN the dashboard asks again by itself, with the same command id: the API answers for the
     # same command, and the device toggles once, not twice
     page.wait_for_selector(".outcome[data-state=SUCCEEDED]", timeout=10_000)
@@ -159,11 +164,8 @@ def test_a_command_whose_every_answer_was_lost_is_looked_up_by_its_id(site: tupl
     # GIVEN an API whose every answer to the POST is lost (three tries)
     page, stub = site
     stub.abort_posts = 3
-    page.goto(page.base + "/#/devices/sim-1")  # type: ignore[attr-defined]
-    toggle = page.locator("button[data-action=led][data-choice=toggle]")
-    toggle.wait_for()
     # WHEN the user toggles the LED, and the page says it may have been queued
-    toggle.click()
+    _toggle_sim1_led(page)
     card = page.locator(".outcome").first
     expect(card).to_contain_text("may have been queued", timeout=15_000)
     cid = stub.posts[0]["id"]
