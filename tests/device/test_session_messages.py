@@ -70,6 +70,11 @@ class Wire:
         topic = topics.shadow_topic(THING, "get", shadow=shadow)
         return next(doc["clientToken"] for t, doc in reversed(self.sent) if t == topic)
 
+    def commands_gets(self) -> list[str]:
+        """The gets of the commands shadow the agent has sent."""
+        topic = topics.shadow_topic(THING, "get", shadow=COMMANDS_SHADOW)
+        return [t for t, _ in self.sent if t == topic]
+
     def answer_get(self, shadow: str | None, state: dict[str, Any], **extra: Any) -> None:
         self.message(shadow, "get", "accepted", {"state": state, "clientToken": self.last_get_token(shadow), **extra})
 
@@ -118,15 +123,14 @@ def test_a_connected_agent_reads_its_commands_shadow_every_six_hours_to_keep_the
     wire.connect()
     wire.answer_get(None, {})
     wire.answer_get(COMMANDS_SHADOW, {})
-    gets = lambda: [t for t, _ in wire.sent if t == topics.shadow_topic(THING, "get", shadow=COMMANDS_SHADOW)]  # noqa: E731
-    assert len(gets()) == 1
+    assert len(wire.commands_gets()) == 1
     # WHEN six hours pass
     wire.step(CLOCK_CHECK_S - 1)
-    assert len(gets()) == 1
+    assert len(wire.commands_gets()) == 1
     wire.step(2)
     # THEN it asks for the commands shadow again: the answer, matched by its clientToken, is current,
     # and may hold back a monotonic clock that runs fast (ServiceClock.observe)
-    assert CLOCK_CHECK_S == 6 * 3600 and len(gets()) >= 2  # (its retry timer runs on the real clock)
+    assert CLOCK_CHECK_S == 6 * 3600 and len(wire.commands_gets()) >= 2  # (its retry timer runs on the real clock)
 
 
 def test_the_classic_desired_is_applied_before_a_command_whatever_order_the_answers_come_in(tmp_path: Path) -> None:
@@ -413,18 +417,17 @@ def test_a_new_devices_first_command_runs_though_the_404_of_its_get_carried_no_c
         wire.step()
 
     refuse_last_get()
-    gets = lambda: [t for t, _ in wire.sent if t == topics.shadow_topic(THING, "get", shadow=COMMANDS_SHADOW)]  # noqa: E731
     # THEN it opens its command queue (creates the commands shadow, so the API queues commands at
     # once) and reads it again
-    assert wire.updates(COMMANDS_SHADOW) == [QUEUE_OPENED] and len(gets()) == 2
+    assert wire.updates(COMMANDS_SHADOW) == [QUEUE_OPENED] and len(wire.commands_gets()) == 2
     # WHEN that get is refused 404 as well (AWS orders nothing: it was served before the update)
     refuse_last_get()
-    assert wire.updates(COMMANDS_SHADOW) == [QUEUE_OPENED] and len(gets()) == 2  # opened once
+    assert wire.updates(COMMANDS_SHADOW) == [QUEUE_OPENED] and len(wire.commands_gets()) == 2  # opened once
     # AND its first command arrives, as a delta (which cannot set the clock: it may have waited in the broker)
     pending = {"c1": command("relay", {"on": True})}
     wire.message(COMMANDS_SHADOW, "update", "delta", {"state": pending})
     # THEN it reads its commands shadow again, which exists now, and that answer's clock runs the command
-    assert len(gets()) == 3
+    assert len(wire.commands_gets()) == 3
     wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
     wire.step(1.0)
     wire.accept_last_state()  # the relay's new state first, then the outcome
