@@ -39,7 +39,7 @@ from benchmarks.common import (
 DEFAULTS = {"devices": 100, "callers": 32, "duration_s": 60.0, "settle_s": 40.0, "environments": 16}
 SMOKE = {"devices": 4, "callers": 3, "duration_s": 2.0, "settle_s": 20.0, "environments": 2}
 
-TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "EXPIRED"}
+TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "EXPIRED", "UNKNOWN"}
 RAN = {"SUCCEEDED", "FAILED", "TIMED_OUT"}  # a handler started for these
 
 

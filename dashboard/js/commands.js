@@ -49,6 +49,8 @@ function outcomeText(thing, action, cmd) {
       return `${thing} started ${action}, but it ran past its deadline${err}.`;
     case "EXPIRED":
       return `${action} expired before ${thing} could run it. Nothing ran.`;
+    case "UNKNOWN":
+      return `${thing} may have run ${action}, but never reported how it went. If it does, its outcome replaces this.`;
     case "QUEUED":
       return `${thing} is offline. ${action} is queued and runs when it reconnects${
         cmd.expiresAt ? ` (until ${absoluteTime(cmd.expiresAt)})` : ""
@@ -250,7 +252,11 @@ export class CommandRunner {
         if (isTerminal(cmd.state)) {
           this.finish(card, thing, action, cmd, performance.now() - started);
           const after = formatMs(performance.now() - started);
-          card.setTiming(cmd.state === "EXPIRED" ? `Expired ${after} after it was sent` : `Answered after ${after} (followed up after the wait ran out)`);
+          const timing = {
+            EXPIRED: `Expired ${after} after it was sent`,
+            UNKNOWN: `No answer from ${thing}; looked up ${after} after it was sent`,
+          };
+          card.setTiming(timing[cmd.state] || `Answered after ${after} (followed up after the wait ran out)`);
           return;
         }
         card.setState(cmd.state || "SENT", outcomeText(thing, action, cmd), "pending");

@@ -61,7 +61,7 @@ export function ledIsOn(value) {
   return value === true || value === 1;
 }
 
-export const TERMINAL_STATES = new Set(["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "EXPIRED"]);
+export const TERMINAL_STATES = new Set(["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "EXPIRED", "UNKNOWN"]);
 
 export function isTerminal(state) {
   return TERMINAL_STATES.has(state);

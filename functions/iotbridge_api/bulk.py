@@ -51,8 +51,11 @@ INVOKE_BACKOFF_S = (0.2, 0.6)  # before the second and third try
 # failed. The inline attempt stops that much earlier than the request's deadline (and fanout.MARGIN_MS
 # before that again, for its last device call and its own record write).
 HAND_OVER_MS = INVOKE_MS + 2 * record.RECORD_MS
-NOT_SENT, UNKNOWN, PENDING, SENDING = "NOT_SENT", "UNKNOWN", "PENDING", "SENDING"
-TERMINAL = frozenset(s.value for s in CommandState if s.terminal)
+NOT_SENT, PENDING, SENDING = "NOT_SENT", "PENDING", "SENDING"
+UNKNOWN = CommandState.UNKNOWN.value  # a device's UNKNOWN outcome; in a job, also "queued, then gone"
+# Done for good, whenever counted. UNKNOWN is done only once its page settled (_Page.done): in a job it
+# also means "queued, then gone", which a sender still at work may not have finished with.
+TERMINAL = frozenset(s.value for s in CommandState if s.terminal) - {UNKNOWN}
 # A job with a caller's id is claimed before its pages are written (_claim). A claim whose request
 # has surely ended (the API function's 29 s timeout, and a margin for clocks) is taken over by a retry.
 CLAIM_LAPSE_MS = 35_000
@@ -491,10 +494,12 @@ class _Page:
             return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"), "error": outcome.get("error")}
         pending = record.desired(doc)
         if job_id in pending and self._is_ours(pending[job_id]):
-            # Expired long ago, still pending, and its device not connected since: it never ran. (One
-            # that was may have started it, and reports the outcome when back.)
-            if contract.is_abandoned(pending[job_id], self.now, presence):
-                return {"thing": thing, "state": CommandState.EXPIRED.value}
+            # Expired long ago, still pending, and its device not connected since: it never ran (EXPIRED).
+            # One that was may have started it, and reports the outcome when back; unanswered GIVE_UP_MS
+            # after that, it is UNKNOWN (contract.unanswered), so a job with a device that died completes.
+            ended = contract.unanswered(pending[job_id], self.now, presence)
+            if ended is not None:
+                return {"thing": thing, "state": ended.value, "error": contract.UNANSWERED_ERRORS[ended]}
             return {"thing": thing, "state": PENDING}
         if index in self.failed:
             code = self.failed[index]
@@ -672,7 +677,7 @@ def _read_states(pool: ThreadPoolExecutor, pages: list[_Page], keys: list[tuple[
 
 def _read_device(thing: str, job_id: str, now: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """A device's commands shadow, and its presence (reported) if the job's entry there expired long
-    ago (contract.is_abandoned needs it; rare, so a GET reads no more as a rule)."""
+    ago (contract.unanswered needs it; rare, so a GET reads no more as a rule)."""
     doc = _read_twice(thing, COMMANDS_SHADOW)
     if not contract.expired_long_ago(record.desired(doc).get(job_id), now):
         return doc, None

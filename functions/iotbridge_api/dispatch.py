@@ -180,7 +180,7 @@ def _existing(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any]
             raise errors.IdConflict(f"command {cid} exists with other action or params", details={"id": cid})
         current = view(thing, cid, doc, connected=True)
         if current is not None and doc is not None and contract.expired_long_ago(pending, now_ms()):
-            return _expire_if_abandoned(thing, cid, doc, current)
+            return _end_if_unanswered(thing, cid, doc, current)
         return current  # already queued: join the wait
     return None
 
@@ -194,9 +194,10 @@ def _check_same(cid: str, request: CommandRequest, outcome: Any) -> None:
 def _enqueue(thing: str, cid: str, request: CommandRequest, doc: dict[str, Any] | None) -> CommandView:
     """Add desired.{cid} once. Returns the command's view: as it already was (a retry), or as written.
 
-    Abandoned entries (expired long ago, e.g. queued for a device that never came back) are
-    recorded EXPIRED in the same write, so they neither block the queue nor read as QUEUED;
-    entries that are no command object (written around the API) are removed.
+    Entries that ended without their device's word (contract.unanswered: expired long ago for a
+    device that never came back, or unanswered long after by one that may have started them) are
+    recorded EXPIRED or UNKNOWN in the same write, so they neither block the queue nor read as
+    pending; entries that are no command object (written around the API) are removed.
     """
     for attempt in range(MAX_SUBMIT_ATTEMPTS):
         if attempt:
@@ -272,7 +273,7 @@ def lookup(thing: str, cid: str) -> CommandView:
             details={"thing": thing, "id": cid},
         )
     if current.state not in _TERMINAL and doc is not None:
-        return _expire_if_abandoned(thing, cid, doc, current, presence=_reported(presence) or None)
+        return _end_if_unanswered(thing, cid, doc, current, presence=_reported(presence) or None)
     return current
 
 
@@ -281,7 +282,7 @@ _UNREAD: dict[str, Any] = {}  # presence not read yet (None is a device that nev
 
 def _presence_if_needed(thing: str, desired: dict[str, Any], now: int) -> dict[str, Any] | None:
     """The device's presence (reported) when judging `desired` needs it: only for entries that
-    expired long ago (contract.is_abandoned), so a command's usual path reads no more."""
+    expired long ago (contract.unanswered), so a command's usual path reads no more."""
     return _presence_of(thing) if contract.needs_presence(desired, now) else None
 
 
@@ -290,11 +291,12 @@ def _presence_of(thing: str) -> dict[str, Any] | None:
     return _reported(iot.get_shadow(thing, PRESENCE_SHADOW)) or None
 
 
-def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: CommandView,
-                         presence: dict[str, Any] | None = _UNREAD) -> CommandView:  # fmt: skip
-    """A command still pending long after it expired that its device never took (contract.may_have_started)
-    never ran and never will: record EXPIRED. One the device may have started stays pending: a device
-    that lost its connection mid-command reports the outcome when it is back."""
+def _end_if_unanswered(thing: str, cid: str, doc: dict[str, Any], current: CommandView,
+                       presence: dict[str, Any] | None = _UNREAD) -> CommandView:  # fmt: skip
+    """A command still pending long after it expired, recorded as it ended (contract.unanswered):
+    EXPIRED if its device never took it; UNKNOWN if the device may have started it and has not
+    answered for GIVE_UP_MS since. Until then it stays pending: a device that lost its connection
+    mid-command reports the outcome when it is back."""
     if current.expiresAt is None or now_ms() <= current.expiresAt + contract.EXPIRY_GRACE_MS:
         return current
     if presence is _UNREAD:
@@ -302,9 +304,11 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
             presence = _presence_of(thing)
         except _READ_FAILED:
             return current  # a command that was queued is never answered with a read's error: pending, as it may be
-    if contract.may_have_started(_desired(doc).get(cid), presence, now_ms()):
+    now = now_ms()
+    ended = contract.unanswered(_desired(doc).get(cid), now, presence)
+    if ended is None:
         return current
-    outcome = contract.expired_outcome({"action": current.action}, now_ms())
+    outcome = contract.unanswered_outcome(ended, {"action": current.action}, now)
     # The oldest outcomes go, as in every write of an outcome: the shadow stays within 8 KB.
     reported = {**contract.prune_history({**_reported(doc), cid: outcome}), cid: outcome}
     update = {"state": {"desired": {cid: None}, "reported": reported}, "version": doc["version"]}
@@ -313,10 +317,11 @@ def _expire_if_abandoned(thing: str, cid: str, doc: dict[str, Any], current: Com
     except iot.VersionConflict:
         return lookup(thing, cid)  # the device moved first: its word stands
     except errors.ApiError as exc:
-        # Recording it is housekeeping; the answer is true either way (it expired, it never ran).
-        # A read must not fail on it, nor answer a write's error codes; the next read tries again.
-        logger.warning("expired command not recorded", extra={"thing": thing, "id": cid, "code": exc.code})
-    return CommandView(id=cid, thing=thing, action=current.action, state=CommandState.EXPIRED.value,
+        # Recording it is housekeeping; the answer is true either way (it ended, as said, without
+        # the device's word). A read must not fail on it, nor answer a write's error codes; the
+        # next read tries again.
+        logger.warning("unanswered command not recorded", extra={"thing": thing, "id": cid, "code": exc.code})
+    return CommandView(id=cid, thing=thing, action=current.action, state=ended.value,
                        error=outcome.get("error"), doneAt=outcome["doneAt"])  # fmt: skip
 
 
@@ -328,8 +333,8 @@ def history(thing: str) -> list[CommandView]:
     now = now_ms()
     for v in views:  # what a GET of the command would record
         entry = {"expiresAt": v.expiresAt, "issuedAt": v.issuedAt}
-        if v.state not in _TERMINAL and contract.is_abandoned(entry, now, _reported(presence) or None):
-            v.state, v.error = CommandState.EXPIRED.value, "expired before the device took it"
+        if v.state not in _TERMINAL and (ended := contract.unanswered(entry, now, _reported(presence) or None)):
+            v.state, v.error = ended.value, contract.UNANSWERED_ERRORS[ended]
     # newest first: pending by issue time, done by completion time
     views.sort(key=lambda v: -(v.doneAt or v.issuedAt or 0))
     return views

@@ -44,7 +44,7 @@ class CommandView(Model):
     id: str = field(description="The caller's id, or one the API made: 26 characters, a-z and 2-7")
     thing: str
     action: str
-    state: str = field(description="QUEUED | SENT | SUCCEEDED | FAILED | REJECTED | TIMED_OUT | EXPIRED")
+    state: str = field(description="QUEUED | SENT | SUCCEEDED | FAILED | REJECTED | TIMED_OUT | EXPIRED | UNKNOWN")
     params: dict[str, Any] | None = None
     result: Any = None
     error: str | None = None

@@ -26,6 +26,9 @@ MAX_ERROR_CHARS = 160
 DEFAULT_TTL_MS = 60_000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
 EXPIRY_GRACE_MS = 30_000  # > the longest a handler may run: after this a pending, expired command never ran
+# A command its device may have started, still unanswered this long after it expired (and its grace),
+# is recorded UNKNOWN: a device that died for good must not hold a place in its queue, or a job, forever.
+GIVE_UP_MS = 3_600_000
 # AWS IoT: levels of keys in a shadow's desired or reported section (its limits page: 5, its
 # example {"one": {"two": {"three": {"four": {"five": {}}}}}}; the 400's text, counting the
 # section itself, says "maximum is 6"). An array's items count as a level too, to be safe.
@@ -48,6 +51,9 @@ class CommandState(enum.StrEnum):
     REJECTED = "REJECTED"  # unknown action or bad params: nothing ran
     TIMED_OUT = "TIMED_OUT"  # the handler ran past its own deadline
     EXPIRED = "EXPIRED"  # its time-to-live ran out before it could start
+    # The device may have started it and never reported (GIVE_UP_MS after it expired); recorded by the
+    # API. The one terminal state that may change: a device that reports the outcome later replaces it.
+    UNKNOWN = "UNKNOWN"
 
     @property
     def terminal(self) -> bool:
@@ -157,19 +163,27 @@ def may_have_started(entry: Any, presence: dict[str, Any] | None, now_ms: int) -
 
 
 def needs_presence(desired: dict[str, Any], now_ms: int) -> bool:
-    """Whether judging `desired` (is_abandoned) needs the device's presence: only entries that expired long ago do."""
+    """Whether judging `desired` (unanswered) needs the device's presence: only entries that expired long ago do."""
     return any(expired_long_ago(entry, now_ms) for entry in desired.values())
 
 
-def is_abandoned(entry: Any, now_ms: int, presence: dict[str, Any] | None) -> bool:
-    """A pending entry no device started nor will: it expired long ago, and its device has not been
-    connected since it was issued. Recorded EXPIRED ("expired before the device took it") for good."""
-    return expired_long_ago(entry, now_ms) and not may_have_started(entry, presence, now_ms)
+def unanswered(entry: Any, now_ms: int, presence: dict[str, Any] | None) -> CommandState | None:
+    """How a pending entry ends without its device's word, or None while the device may still answer it.
+
+    EXPIRED: it expired long ago, and its device has not been connected since it was issued (it
+    never took it, and never will). UNKNOWN: its device may have started it (may_have_started) and
+    has not answered GIVE_UP_MS after that; a device that died for good never will.
+    """
+    if not expired_long_ago(entry, now_ms):
+        return None
+    if not may_have_started(entry, presence, now_ms):
+        return CommandState.EXPIRED
+    return CommandState.UNKNOWN if now_ms > entry["expiresAt"] + EXPIRY_GRACE_MS + GIVE_UP_MS else None
 
 
 def live_pending(desired: dict[str, Any], now_ms: int, presence: dict[str, Any] | None) -> int:
-    """Entries that hold a place in the queue (MAX_PENDING): commands not abandoned; anything else is junk."""
-    return sum(1 for entry in desired.values() if isinstance(entry, dict) and not is_abandoned(entry, now_ms, presence))
+    """Entries that hold a place in the queue (MAX_PENDING): commands a device may still answer; anything else is junk."""
+    return sum(1 for entry in desired.values() if isinstance(entry, dict) and unanswered(entry, now_ms, presence) is None)
 
 
 def number_or_zero(value: Any) -> float:
@@ -185,25 +199,30 @@ def prune_history(reported: dict[str, Any], keep: int = HISTORY) -> dict[str, No
     return {k: None for _, k in outcomes[:excess]} if excess > 0 else {}
 
 
-def expired_outcome(entry: Any, now_ms: int) -> dict[str, Any]:
-    """The outcome recorded for a pending entry that expired before any device took it."""
+UNANSWERED_ERRORS = {
+    CommandState.EXPIRED: "expired before the device took it",
+    CommandState.UNKNOWN: "the device may have run it and never reported; if it does, its outcome replaces this",
+}
+
+
+def unanswered_outcome(state: CommandState, entry: Any, now_ms: int) -> dict[str, Any]:
+    """The outcome recorded for a pending entry that ended without its device's word (`unanswered`)."""
     action = entry.get("action", "") if isinstance(entry, dict) else ""
-    return outcome_entry(CommandState.EXPIRED, str(action), done_at=now_ms, error="expired before the device took it")
+    return outcome_entry(state, str(action), done_at=now_ms, error=UNANSWERED_ERRORS[state])
 
 
 def queue_state(desired: dict[str, Any], reported: dict[str, Any], cid: str, entry: dict[str, Any],
                 now_ms: int, presence: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
     """The `state` of the commands-shadow update that queues `entry` as `cid`, tidying the queue in the same write.
 
-    Abandoned entries (expired long ago, queued for a device that has not been back since) are
-    recorded EXPIRED, the oldest outcomes going as a device prunes them, so the document stays
+    Entries that ended without their device's word (`unanswered`: EXPIRED or UNKNOWN) are
+    recorded so, the oldest outcomes going as a device prunes them, so the document stays
     within what a small device can read; entries that are no command are removed. The caller
     checks `live_pending` first, and writes with the version it read.
     """
     junk = [k for k, e in desired.items() if not isinstance(e, dict) and k != cid]
-    abandoned = [k for k, e in desired.items() if is_abandoned(e, now_ms, presence)]
-    state: dict[str, Any] = {"desired": {cid: entry, **dict.fromkeys(junk), **dict.fromkeys(abandoned)}}
-    if abandoned:
-        expired = {k: expired_outcome(desired[k], now_ms) for k in abandoned}
-        state["reported"] = {**prune_history({**reported, **expired}), **expired}
+    ended = {k: unanswered_outcome(st, e, now_ms) for k, e in desired.items() if (st := unanswered(e, now_ms, presence))}
+    state: dict[str, Any] = {"desired": {cid: entry, **dict.fromkeys(junk), **dict.fromkeys(ended)}}
+    if ended:
+        state["reported"] = {**prune_history({**reported, **ended}), **ended}
     return state

@@ -125,8 +125,8 @@ def _queue_one(thing: str, job_id: str, entry: dict[str, Any], *, out_of_time: C
                 record.update(thing, contract.QUEUE_OPENED, COMMANDS_SHADOW)
                 continue
             now = record.now_ms()
-            # Entries that expired long ago are given up only for a device not connected since (the
-            # contract's is_abandoned): its presence is read for those alone.
+            # Entries that expired long ago end, EXPIRED or UNKNOWN, by whether the device has been
+            # connected since (the contract's unanswered): its presence is read for those alone.
             presence = None
             if contract.needs_presence(desired, now):
                 presence = record.reported(record.get(thing, PRESENCE_SHADOW)) or None

@@ -39,7 +39,7 @@ TERMINAL = {s.value for s in CommandState if s.terminal}
 
 class ExitCode(enum.IntEnum):
     SUCCEEDED = 0
-    FAILED = 1  # the outcome is FAILED, REJECTED, TIMED_OUT or EXPIRED (or a job target was not queued)
+    FAILED = 1  # the outcome is FAILED, REJECTED, TIMED_OUT, EXPIRED or UNKNOWN (or a job target was not queued)
     USAGE = 2
     PENDING = 3  # the wait ran out with the command still QUEUED/SENT (HTTP 202)
     OFFLINE = 4  # 409 DEVICE_OFFLINE (--if-offline fail)
@@ -50,7 +50,7 @@ class ExitCode(enum.IntEnum):
 
 EXIT_CODES_HELP = """exit codes (send, command, desired, job, job-status, devices, shadow):
   0  SUCCEEDED (or the request was answered)
-  1  the outcome is FAILED, REJECTED, TIMED_OUT or EXPIRED; a job target was not queued
+  1  the outcome is FAILED, REJECTED, TIMED_OUT, EXPIRED or UNKNOWN; a job target was not queued
   2  usage error (bad flags, bad --param, no API configured)
   3  still pending when the wait ran out (HTTP 202; desired: not yet reported); the command id is printed
   4  the device is offline (409 DEVICE_OFFLINE, with --if-offline fail)

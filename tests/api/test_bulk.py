@@ -20,7 +20,14 @@ import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from iotbridge_api import bulk
-from iotbridge_contract.commands import COMMANDS_SHADOW, CommandState, outcome_entry, pending_entry
+from iotbridge_contract.commands import (
+    COMMANDS_SHADOW,
+    EXPIRY_GRACE_MS,
+    GIVE_UP_MS,
+    CommandState,
+    outcome_entry,
+    pending_entry,
+)
 from iotbridge_jobs import fanout, record
 from iotbridge_jobs.handler import lambda_handler as fanout_handler
 from iotbridge_jobs.record import JOBS_THING
@@ -698,6 +705,25 @@ def test_a_device_that_may_have_started_the_job_before_it_went_away_is_not_count
     # WHEN it is back and reports that it ran it THEN the job completes with that outcome
     _answer("exp-away", job)
     assert api.get(f"/commands/jobs/{job}").json["counts"] == {"SUCCEEDED": 1}
+
+
+def test_a_job_with_a_device_that_died_after_it_was_sent_completes_with_that_device_unknown(
+    api: ApiClient, invocations: Invocations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-second job to two connected devices: one answers, the other dies without a word
+    make_device("died-1")
+    make_device("lives-1")
+    job = api.post("/commands", json={"action": "ping", "things": ["died-1", "lives-1"], "ttlMs": 1_000}).json["jobId"]
+    _answer("lives-1", job)
+    # WHEN progress is read once the API has stopped waiting for the dead device's answer
+    later = record.now_ms() + 1_000 + EXPIRY_GRACE_MS + GIVE_UP_MS + 5_000
+    monkeypatch.setattr(record, "now_ms", lambda: later)
+    view = api.get(f"/commands/jobs/{job}").json
+    # THEN the job is complete, with that device UNKNOWN (it may have run it), not EXPIRED nor pending
+    assert view["counts"] == {"SUCCEEDED": 1, "UNKNOWN": 1}, view
+    assert view["complete"] is True
+    dead = next(d for d in view["devices"] if d["thing"] == "died-1")
+    assert dead["state"] == "UNKNOWN" and "may have run it" in dead["error"]
 
 
 def test_a_job_whose_outcome_left_a_devices_history_still_completes(api: ApiClient, invocations: Invocations) -> None:

@@ -308,6 +308,57 @@ def test_a_command_a_device_may_have_started_is_not_given_up_while_it_is_away(
     assert api.get(f"/devices/lamp-away/commands/{cid}").json["state"] == "SUCCEEDED"
 
 
+def test_commands_a_device_that_died_may_have_started_end_unknown_and_free_its_queue(
+    api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a device that had ten one-second commands sent to it, then died without answering any
+    make_device("lamp-dead")
+    sent = [api.post("/devices/lamp-dead/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+            for _ in range(10)]  # fmt: skip
+    issued = max(e["issuedAt"] for e in shadow("lamp-dead")["state"]["desired"].values())
+    _set_presence("lamp-dead", connected=False, at=issued + 500)
+    # WHEN, past the time the API waits for their answer, one is read and another command is posted
+    real_now = dispatch.now_ms
+    monkeypatch.setattr(dispatch, "now_ms", lambda: real_now() + contract.EXPIRY_GRACE_MS + contract.GIVE_UP_MS + 5000)
+    read = api.get(f"/devices/lamp-dead/commands/{sent[0]}")
+    fresh = api.post("/devices/lamp-dead/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN the read says UNKNOWN, and why, not EXPIRED ("nothing ran") nor pending for ever
+    assert read.json["state"] == "UNKNOWN" and "may have run it" in read.json["error"], read.json
+    # AND the new command is queued: the dead device's commands no longer hold its queue
+    assert (fresh.status, fresh.json["state"]) == (202, "QUEUED"), fresh.json
+    state = shadow("lamp-dead")["state"]
+    assert set(state["desired"]) == {fresh.json["id"]}
+    assert {state["reported"][cid]["state"] for cid in sent} == {"UNKNOWN"}
+    listed = {c["id"]: c["state"] for c in api.get("/devices/lamp-dead/commands").json["commands"]}
+    assert listed == {**dict.fromkeys(sent, "UNKNOWN"), fresh.json["id"]: "QUEUED"}
+    # AND a retry of one gets UNKNOWN, and does not queue it again
+    retry = api.post("/devices/lamp-dead/commands", json={"action": "ping", "id": sent[1], "timeoutMs": 0})
+    assert (retry.status, retry.json["state"]) == (200, "UNKNOWN")
+    assert sent[1] not in shadow("lamp-dead")["state"]["desired"]
+    # WHEN the device comes back after all and reports that it ran one
+    done = outcome_entry(CommandState.SUCCEEDED, "ping", done_at=issued + 200, result={"pong": True})
+    boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
+        thingName="lamp-dead", shadowName=COMMANDS_SHADOW,
+        payload=json.dumps({"state": {"desired": {sent[2]: None}, "reported": {sent[2]: done}}}))
+    # THEN its word replaces UNKNOWN
+    assert api.get(f"/devices/lamp-dead/commands/{sent[2]}").json["state"] == "SUCCEEDED"
+
+
+def test_a_command_a_connected_device_never_answers_ends_unknown(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a one-second command sent to a device that stays connected and never answers it
+    make_device("lamp-mute")
+    cid = api.post("/devices/lamp-mute/commands", json={"action": "ping", "ttlMs": 1000, "timeoutMs": 0}).json["id"]
+    # WHEN it is read just before and just after the API gives up waiting for its answer
+    expires = shadow("lamp-mute")["state"]["desired"][cid]["expiresAt"]
+    give_up = expires + contract.EXPIRY_GRACE_MS + contract.GIVE_UP_MS
+    monkeypatch.setattr(dispatch, "now_ms", lambda: give_up - 1000)
+    before = api.get(f"/devices/lamp-mute/commands/{cid}").json["state"]
+    monkeypatch.setattr(dispatch, "now_ms", lambda: give_up + 1000)
+    after = api.get(f"/devices/lamp-mute/commands/{cid}").json["state"]
+    # THEN it is SENT until then, and UNKNOWN after
+    assert (before, after) == ("SENT", "UNKNOWN")
+
+
 def test_a_command_a_device_connected_since_it_expired_did_not_answer_is_given_up(
     api: ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

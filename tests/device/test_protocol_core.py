@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from iotbridge_contract.commands import HISTORY, CommandState, pending_entry
+from iotbridge_contract.commands import HISTORY, CommandState, outcome_entry, pending_entry
 from iotbridge_pi.executed_log import CAPACITY, FILE_NAME, ExecutedLog
 from iotbridge_pi.handlers import default_registry
 from iotbridge_pi.model import DESIRED_SPECS
@@ -181,6 +181,25 @@ def test_a_command_interrupted_by_a_crash_is_reported_failed_never_rerun(tmp_pat
     assert plan.run == []
     assert plan.report["c1"]["state"] == "FAILED"
     assert plan.report["c1"]["error"] == INTERRUPTED
+
+
+def test_a_device_back_after_the_api_gave_up_on_its_commands_reports_what_it_knows(tmp_path: Path) -> None:
+    # GIVEN a device that ran c1 and had started c2 when it lost power, and was away so long that
+    # the API recorded both UNKNOWN (and took them out of its queue); c3 it never saw
+    core = make_core(tmp_path)
+    plan = core.on_delta(delta({"c1": cmd("led", {"state": "on"}), "c2": cmd("reboot")}))
+    c1, c2 = plan.run
+    core.begin(c1)
+    ran = core.finish(c1, CommandState.SUCCEEDED, result={"led": "on"})
+    core.begin(c2)
+    unknown = outcome_entry(CommandState.UNKNOWN, "x", done_at=SERVICE_NOW_MS + 9, error="the API gave up")
+    # WHEN it is back and reads its commands shadow
+    plan = make_core(tmp_path).on_get_accepted(get_accepted({}, {"c1": unknown, "c2": unknown, "c3": unknown}))
+    # THEN it reports its own word for the two it knows, replacing UNKNOWN; nothing runs
+    assert plan.run == []
+    assert plan.report["c1"] == ran
+    assert (plan.report["c2"]["state"], plan.report["c2"]["error"]) == ("FAILED", INTERRUPTED)
+    assert set(plan.report) == {"c1", "c2"}
 
 
 def test_bad_params_are_rejected_with_the_reason(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from iotbridge_contract import names
 from iotbridge_contract.actions import ParamError, check_params, check_value
 from iotbridge_contract.commands import HISTORY, CommandState, is_expired, number_or_zero, outcome_entry, prune_history
-from iotbridge_pi.executed_log import ExecutedLog
+from iotbridge_pi.executed_log import ExecutedLog, LogEntry
 
 logger = logging.getLogger("iotbridge_pi.protocol")
 
@@ -139,7 +139,9 @@ class CommandCore:
         # id that also has an outcome holds only the fields that differ.
         pending = state.get("desired") or {}
         version = document.get("version")
-        return self._with_early(self._plan(pending), version if isinstance(version, int) else None)
+        plan = self._with_early(self._plan(pending), version if isinstance(version, int) else None)
+        plan.report.update(self._corrections(plan))
+        return plan
 
     def on_get_rejected(self, document: dict[str, Any]) -> Plan:
         """A 404 means no shadow yet: nothing pending, no history (and every early delta is newer)."""
@@ -209,17 +211,32 @@ class CommandCore:
     def _already_done(self, command_id: str) -> dict[str, Any] | None:
         logged = self.log.get(command_id)
         if logged is not None:
-            if logged.outcome is None:
-                # Started before a crash or reboot and no outcome on disk: it ran, or may have.
-                # The outcome line is not synced, so the shadow can know more than the log
-                # (reported, then the power went); otherwise it is answered, never run again.
-                known = self._reported.get(command_id)
-                outcome = known or outcome_entry(CommandState.FAILED, logged.action, done_at=self.clock_ms(), error=INTERRUPTED)
-                self._log_finished(command_id, logged.action, outcome)
-                return outcome
-            return logged.outcome
+            return self._logged_outcome(command_id, logged)
         # Not in our log (it was lost, or rotated out) but the shadow holds its outcome.
         return self._reported.get(command_id)
+
+    def _logged_outcome(self, command_id: str, logged: LogEntry) -> dict[str, Any]:
+        if logged.outcome is not None:
+            return logged.outcome
+        # Started before a crash or reboot and no outcome on disk: it ran, or may have.
+        # The outcome line is not synced, so the shadow can know more than the log
+        # (reported, then the power went); otherwise it is answered, never run again.
+        known = self._reported.get(command_id)
+        if known is None or known.get("state") == CommandState.UNKNOWN:  # the API's, not a device's word
+            known = outcome_entry(CommandState.FAILED, logged.action, done_at=self.clock_ms(), error=INTERRUPTED)
+        self._log_finished(command_id, logged.action, known)
+        return known
+
+    def _corrections(self, plan: Plan) -> dict[str, dict[str, Any]]:
+        """Our outcomes of commands the API recorded UNKNOWN: it stopped waiting for them while
+        we were away (contract.GIVE_UP_MS). The device's word replaces it."""
+        busy = self._claimed | self._settling() | set(plan.report)
+        found = {}
+        for command_id, known in self._reported.items():
+            logged = self.log.get(command_id)
+            if known.get("state") == CommandState.UNKNOWN and command_id not in busy and logged is not None:
+                found[command_id] = self._logged_outcome(command_id, logged)
+        return found
 
     def _judge(self, command_id: str, entry: Any, now_ms: int | None) -> Command | dict[str, Any]:
         asked = entry.get("params") if isinstance(entry, dict) else None
