@@ -245,6 +245,8 @@ def _same_job(job_id: str, summary: dict[str, Any], request: dict[str, Any]) -> 
     differs = sorted(k for k, v in request.items()
                      if (k in summary or k in ("action", "params")) and contract.compact(summary.get(k)) != contract.compact(v))
     if differs:
+        # Named as the request names them: the record keeps a digest of the targets, not the list.
+        differs = sorted("things" if k == "targetsDigest" else k for k in differs)
         message = f"job {job_id} exists with other {', '.join(differs)}"
         raise errors.IdConflict(message, details={"id": job_id, "differs": differs})
 

@@ -126,10 +126,10 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
     # A retry of a known id gets that command, whatever changed since (the device went offline,
     # stopped advertising the action): it was accepted once, and a 4xx now would say it was not.
     current = _existing(thing, cid, request, commands_doc) if request.id else None
-    since = None
+    since = queued = None
     if current is None:
         _check_acceptable(device, request, check_online=check_online)
-        current = _enqueue(thing, cid, request, commands_doc)
+        current = queued = _enqueue(thing, cid, request, commands_doc)
         since = time.monotonic()
     # From here on the command is in the device's queue: a read that fails (throttled, AWS IoT
     # unreachable) ends the wait with what is known, never with an error that hides the id.
@@ -137,6 +137,9 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
         with contextlib.suppress(*_READ_FAILED):
             current = wait_for_outcome(thing, cid, deadline=deadline, since=since, request=request, last=current)
     if current.state in _TERMINAL:
+        if queued is not None and queued.state not in _TERMINAL:
+            # An outcome keeps no params nor times; this call queued them, so it knows them.
+            current.params, current.issuedAt, current.expiresAt = queued.params, queued.issuedAt, queued.expiresAt
         current.latencyMs = round((time.monotonic() - started) * 1000, 3)
         with contextlib.suppress(*_READ_FAILED):  # the outcome stands without it
             after = iot.get_shadow(thing)

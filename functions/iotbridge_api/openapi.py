@@ -42,6 +42,9 @@ def _responses(route: Route, defs: dict[str, Any]) -> dict[str, Any]:
     if "responses" in docs:
         for status, (model, description) in docs["responses"].items():
             out[str(status)] = {"description": description, "content": _content(model, defs)}
+            if status == 202:  # where to follow what the API accepted (every 202 sends it)
+                out["202"]["headers"] = {"Location": {"description": "The path to poll with GET", "required": True,
+                                                      "schema": {"type": "string"}}}  # fmt: skip
     else:
         out["200"] = {"description": "Successful Response", "content": _content(docs["response"], defs)}
     # A body sent to any route is checked (size, media type, JSON) before the route's own checks.
@@ -90,7 +93,7 @@ def document() -> dict[str, Any]:
             "description": "Commands from a dashboard to IoT devices through AWS IoT device shadows. "
             "Every error is {code, message, details?}; codes: "
             + ", ".join(f"{e.code} ({e.status})" for e in ALL_ERRORS)
-            + ". API Gateway itself answers 403 {message: Forbidden} without a valid x-api-key.",
+            + '. API Gateway itself answers 403 {"code": "INVALID_API_KEY", "message": "Forbidden"} without a valid x-api-key.',
         },
         "servers": [{"url": "/"}],
         "paths": paths,

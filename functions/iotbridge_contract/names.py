@@ -38,12 +38,14 @@ def thing_name(value: object) -> str:
 
 
 # The things whose shadows hold iotbridge's bulk job records (iotbridge_jobs.record): never a device.
+# The whole `iotbridge-jobs-*` family is kept from devices, as the device policy denies it (its
+# only wildcard is `*`): a device of that name would read the job records' shadow topics.
 JOBS_THING = "iotbridge-jobs"
-_JOBS_THINGS_RE = re.compile(JOBS_THING + r"(-[0-9]+)?")
+_JOBS_THINGS_RE = re.compile(JOBS_THING + r"(-.*)?")
 
 
 def is_jobs_thing(thing: str) -> bool:
-    """Whether `thing` is (or is named like) one of the things holding bulk job records."""
+    """Whether `thing` is (or is named like) one of the things holding bulk job records: `iotbridge-jobs[-*]`."""
     return _JOBS_THINGS_RE.fullmatch(thing) is not None
 
 
@@ -51,7 +53,7 @@ def device_name(value: object) -> str:
     """A thing name the API may address as a device: not one that holds job records."""
     thing = thing_name(value)
     if is_jobs_thing(thing):
-        raise InvalidName("thing name", value, f"a device, not one of the things holding bulk job records ({JOBS_THING}[-n])")
+        raise InvalidName("thing name", value, f"a device, not one of the things holding bulk job records ({JOBS_THING}[-*])")
     return thing
 
 

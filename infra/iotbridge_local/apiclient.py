@@ -90,7 +90,8 @@ def resolve_target(api_url: str | None, api_key: str | None, data_dir: Path, env
     if not url:
         raise NoApiConfigured(
             f"no API configured: pass --api-url (and --api-key), set {ENV_URL} and {ENV_KEY}, "
-            f"or start the local stack (`iotbridge up --data-dir {data_dir}`)"
+            f"or point --data-dir at a running local stack's data dir (none in {data_dir}; start one with "
+            f"`iotbridge up --data-dir {data_dir}`)"
         )
     url = _checked_url(url)
     if not hint and urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):

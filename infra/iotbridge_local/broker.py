@@ -328,7 +328,7 @@ class Broker:
 
     def device_endpoint(self, thing: str) -> Endpoint:
         """How `thing` connects: mutual TLS with its certificate, or (tls off) username = thing name."""
-        names.thing_name(thing)
+        names.device_name(thing)
         if self.config.tls:
             p = self.device_cert_paths(thing)
             return Endpoint(host=HOST, port=self.config.mqtts_port,

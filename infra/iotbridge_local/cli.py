@@ -278,8 +278,9 @@ def _add_provision(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = sub.add_parser(
         "provision", help="create a device's thing and certificate and write its bundle (Pi + ESP32 configs)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit codes: 0 provisioned or already provisioned, 1 refused (the thing has a certificate and the bundle\n"
-        "is not in --out: pass --rotate for a new one), 2 usage/config, 5 AWS error, 6 endpoint unreachable",
+        epilog="exit codes: 0 provisioned or already provisioned (--local exports the local CA's certificate again),\n"
+        "1 refused (--aws: the thing has a certificate and the bundle is not in --out: pass --rotate for a new one),\n"
+        "2 usage/config, 5 AWS error, 6 endpoint unreachable",
     )  # fmt: skip
     p.add_argument("thing")
     where = p.add_mutually_exclusive_group()
@@ -304,7 +305,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from iotbridge_contract.names import InvalidName, thing_name
+    from iotbridge_contract.names import InvalidName, device_name
     from iotbridge_local.apiclient import read_stack_json
     from iotbridge_local.broker import Broker, BrokerError
     from iotbridge_pi.fleet import run_fleet
@@ -324,7 +325,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     things = [f"{args.prefix}{n:05d}" for n in range(1, args.devices + 1)]
     try:
-        thing_name(things[-1])  # the longest: a prefix that makes it too long or invalid fails here, not mid-way
+        device_name(things[-1])  # the longest: a prefix that makes it too long or invalid fails here, not mid-way
     except InvalidName as exc:
         print(f"iotbridge: --prefix {args.prefix!r}: {exc}", file=sys.stderr)
         return apicommands.ExitCode.USAGE

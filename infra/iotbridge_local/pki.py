@@ -207,7 +207,7 @@ class LocalCA:
     # -- device certificates -----------------------------------------------------------------
 
     def _device_paths(self, thing: str) -> DeviceCert:
-        d = self.devices_dir / names.thing_name(thing)
+        d = self.devices_dir / names.device_name(thing)
         return DeviceCert(
             thing=thing,
             ca_pem=self.ca_pem,

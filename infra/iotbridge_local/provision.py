@@ -261,7 +261,7 @@ def provision_aws(
     rotate: bool = False,
 ) -> Result:
     """Thing, certificate, policy, attachment and bundle on AWS IoT. Checks everything before it creates a key."""
-    thing = names.thing_name(thing)
+    thing = names.device_name(thing)  # not a job records' thing: it could read their topics
     out = Path(out)
     try:
         iot.get_policy(policyName=policy)
@@ -321,7 +321,7 @@ def provision_local(thing: str, out: Path, *, data_dir: Path, rotate: bool = Fal
     from iotbridge_local.config import HOST
     from iotbridge_local.pki import CertificateMissing, LocalCA
 
-    thing = names.thing_name(thing)
+    thing = names.device_name(thing)  # not a job records' thing: it could read their topics
     out = Path(out)
     state = read_stack_json(Path(data_dir))
     if not state or not state.get("iot") or not state.get("mqtts"):

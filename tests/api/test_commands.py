@@ -98,6 +98,9 @@ def test_answer_from_the_device_is_returned_with_200(api: ApiClient) -> None:
     assert response.status == 200, response.body
     assert response.json["state"] == "SUCCEEDED" and response.json["result"] == {"pong": True}
     assert response.json["latencyMs"] > 0
+    # AND what was sent with it, not the nulls of an outcome that keeps no params nor times
+    assert response.json["params"] == {}
+    assert 0 < response.json["issuedAt"] < response.json["expiresAt"]
 
 
 def test_retry_with_the_same_id_does_not_run_twice_and_gets_the_same_outcome(api: ApiClient) -> None:

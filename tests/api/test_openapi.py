@@ -33,6 +33,21 @@ def test_every_operation_documents_its_errors_as_json() -> None:
                 assert "application/json" in operation["responses"][code]["content"], (method, path, code)
 
 
+def test_every_accepted_answer_documents_where_to_follow_it(api: ApiClient) -> None:
+    # GIVEN the document's 202 answers, and an offline device
+    from tests.api.conftest import make_device
+
+    make_device("doc-off", connected=False)
+    accepted = {(m, p) for p, ops in document()["paths"].items() for m, op in ops.items() if "202" in op["responses"]}
+    # WHEN a command and a bulk command are accepted without an outcome
+    single = api.post("/devices/doc-off/commands", json={"action": "ping", "timeoutMs": 0})
+    # THEN the document declares the Location header each 202 carries
+    assert single.status == 202 and single.headers["Location"].endswith(single.json["id"])
+    assert accepted == {("post", "/devices/{thing}/commands"), ("post", "/commands")}
+    for method, path in accepted:
+        assert document()["paths"][path][method]["responses"]["202"]["headers"]["Location"]["required"] is True
+
+
 def test_every_route_describes_what_a_bad_body_gets_even_a_get(api: ApiClient) -> None:
     # GIVEN the document, and the API (in-process, against moto)
     doc = document()

@@ -152,10 +152,15 @@ def test_missing_policy_or_output_stops_before_any_certificate(
     assert _certificates(iot) == []
 
 
-def test_an_invalid_thing_name_is_a_usage_error(aws: dict[str, Any], tmp_path: Path) -> None:
-    # WHEN the thing name has a character AWS IoT does not allow THEN exit 2, nothing created
-    assert main(["provision", "bad/name", "--aws", "--region", REGION, "--policy", POLICY, "--out", str(tmp_path)]) == 2
+@pytest.mark.parametrize("thing", ["bad/name", "iotbridge-jobs-0", "iotbridge-jobs"])
+def test_an_invalid_thing_name_is_a_usage_error(aws: dict[str, Any], tmp_path: Path, thing: str) -> None:
+    # WHEN the thing name has a character AWS IoT does not allow, or names one of the things that
+    # hold the bulk job records (a device of that name could read them)
+    done = main(["provision", thing, "--aws", "--region", REGION, "--policy", POLICY, "--out", str(tmp_path)])
+    # THEN exit 2, nothing created
+    assert done == 2
     assert _certificates(aws["iot"]) == []
+    assert aws["iot"].list_things()["things"] == []
 
 
 def test_port_443_uses_alpn_for_the_pi_and_8883_for_the_esp32(aws: dict[str, Any], tmp_path: Path) -> None:

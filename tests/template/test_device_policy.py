@@ -32,11 +32,9 @@ def _statements(template: dict[str, Any]) -> list[dict[str, Any]]:
     return list(cfn.as_list(doc["Statement"]))
 
 
-def _allowed(template: dict[str, Any], thing: str, action: str, name: str) -> bool:
-    """May the device connected as `thing` do `action` on `name` (client id, topic or filter)?"""
-    target = f"{ARN_PREFIX}{RESOURCE_TYPE[action]}/{name}"
+def _matches(template: dict[str, Any], effect: str, thing: str, action: str, target: str) -> bool:
     for st in _statements(template):
-        if st["Effect"] != "Allow" or action not in cfn.as_list(st["Action"]):
+        if st["Effect"] != effect or action not in cfn.as_list(st["Action"]):
             continue
         for resource in cfn.as_list(st["Resource"]):
             pattern = cfn.render(resource).replace(THING_VAR, thing)
@@ -46,9 +44,17 @@ def _allowed(template: dict[str, Any], thing: str, action: str, name: str) -> bo
     return False
 
 
+def _allowed(template: dict[str, Any], thing: str, action: str, name: str) -> bool:
+    """May the device connected as `thing` do `action` on `name` (client id, topic or filter)? An explicit Deny wins."""
+    target = f"{ARN_PREFIX}{RESOURCE_TYPE[action]}/{name}"
+    return _matches(template, "Allow", thing, action, target) and not _matches(template, "Deny", thing, action, target)
+
+
 def test_every_resource_is_scoped_to_the_connected_thing(template: dict[str, Any]) -> None:
-    # GIVEN each resource of the device policy
+    # GIVEN each resource the device policy allows (a Deny only narrows what is allowed)
     for st in _statements(template):
+        if st["Effect"] == "Deny":
+            continue
         assert st["Effect"] == "Allow"
         for action in cfn.as_list(st["Action"]):
             for resource in cfn.as_list(st["Resource"]):
@@ -72,6 +78,16 @@ def test_connect_requires_the_exact_thing_name_as_client_id(template: dict[str, 
     # AND only while the certificate is attached to that thing
     connect = next(st for st in _statements(template) if "iot:Connect" in cfn.as_list(st["Action"]))
     assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+
+
+@pytest.mark.parametrize("thing", ["iotbridge-jobs", "iotbridge-jobs-0", "iotbridge-jobs-17"])
+def test_no_certificate_connects_as_a_thing_holding_the_bulk_job_records(template: dict[str, Any], thing: str) -> None:
+    # GIVEN a certificate attached to a thing named like those whose shadows hold the job records
+    # WHEN it connects as that thing
+    # THEN the policy refuses: it would receive every job record on those shadows' topics
+    assert not _allowed(template, thing, "iot:Connect", thing)
+    # AND a device whose name only starts alike still connects
+    assert _allowed(template, "iotbridge-jobsite", "iot:Connect", "iotbridge-jobsite")
 
 
 @pytest.mark.parametrize("shadow", [None, commands.COMMANDS_SHADOW])
