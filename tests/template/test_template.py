@@ -133,6 +133,19 @@ def test_api_answers_before_api_gateway_gives_up(template: dict[str, Any]) -> No
     assert template["Resources"]["ApiFunction"]["Properties"]["Timeout"] <= 29
 
 
+def test_the_api_reserves_concurrency_only_when_asked(template: dict[str, Any]) -> None:
+    # GIVEN the parameter that reserves concurrency for the API function (a cap on what waiting
+    # commands can take from the presence and fan-out functions)
+    parameter = template["Parameters"]["ApiReservedConcurrency"]
+    reserved = template["Resources"]["ApiFunction"]["Properties"]["ReservedConcurrentExecutions"]
+    condition = template["Conditions"]["HasApiReservedConcurrency"]
+    # THEN by default nothing is reserved (an account with a quota of 10 cannot reserve any: AWS
+    # keeps 100 unreserved), and a value given is the API function's reservation
+    assert parameter["Default"] == 0
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ApiReservedConcurrency"}, 0]}]}
+    assert reserved == {"Fn::If": ["HasApiReservedConcurrency", {"Ref": "ApiReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+
+
 def test_fan_out_attempts_are_what_the_page_records_count_on(template: dict[str, Any]) -> None:
     # GIVEN the fan-out function, invoked asynchronously once per page of a bulk command
     props = template["Resources"]["JobsFunction"]["Properties"]
