@@ -50,7 +50,7 @@ function outcomeText(thing, action, cmd) {
     case "EXPIRED":
       return `${action} expired before ${thing} could run it. Nothing ran.`;
     case "UNKNOWN":
-      return `${thing} may have run ${action}, but never reported how it went. If it does, its outcome replaces this.`;
+      return `${thing} may have run ${action}, but never reported how it went. If it reports later, its outcome shows in Recent commands.`;
     case "QUEUED":
       return `${thing} is offline. ${action} is queued and runs when it reconnects${
         cmd.expiresAt ? ` (until ${absoluteTime(cmd.expiresAt)})` : ""

@@ -484,6 +484,7 @@ class _Page:
         if self.error is None and over and not state:
             self.error = "EXPIRED: the job expired before this page was sent"
         self.taken = bool(state)  # some sender has worked on it: its devices may hold the command
+        self.open_unknown: set[int] = set()  # devices counted UNKNOWN whose entry is still pending (state_of)
         # The fan-out left it for Lambda to retry (the API's own attempt is retried only by a retry of the POST).
         self.retried = state == record.RETRYING and self.sent.get("by") != "api" and not self.settled
 
@@ -493,7 +494,8 @@ class _Page:
         thing = self.things[index]
         outcome = record.reported(doc).get(job_id)
         if isinstance(outcome, dict) and self._is_ours(outcome):
-            return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"), "error": outcome.get("error")}
+            return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"),
+                    "error": contract.outcome_error(outcome)}  # fmt: skip
         pending = record.desired(doc)
         if job_id in pending and self._is_ours(pending[job_id]):
             # Expired long ago, still pending, and its device not connected since: it never ran (EXPIRED).
@@ -501,6 +503,8 @@ class _Page:
             # after that, it is UNKNOWN (contract.unanswered), so a job with a device that died completes.
             ended = contract.unanswered(pending[job_id], self.now, presence)
             if ended is not None:
+                if ended is CommandState.UNKNOWN:  # still in its queue: the device may yet report (no final counts)
+                    self.open_unknown.add(index)
                 return {"thing": thing, "state": ended.value, "error": contract.UNANSWERED_ERRORS[ended]}
             return {"thing": thing, "state": PENDING}
         if index in self.failed:
@@ -717,7 +721,8 @@ def _save_tally(job_id: str, page: _Page, counts: dict[str, int], now: int) -> N
     """Keep the counts on the page; once settled and all terminal, as final: never read again."""
     value = {"counts": json.dumps(counts, separators=(",", ":"), sort_keys=True), "at": now}
     update: dict[str, Any] = {"tally": value}
-    if page.settled and page.done(counts) == len(page.things):
+    # Not final while a device counted UNKNOWN still has the job pending: if it comes back, it reports.
+    if page.settled and page.done(counts) == len(page.things) and not page.open_unknown:
         update["final"] = value
     with contextlib.suppress(record.ShadowError):  # only a cache: the next GET reads again
         record.update_page(job_id, page.number, update)

@@ -96,10 +96,9 @@ def view(thing: str, cid: str, doc: dict[str, Any] | None, *, connected: bool) -
     """The command's current view from the commands shadow, or None if unknown."""
     outcome = _reported(doc).get(cid)
     if isinstance(outcome, dict):
-        error = outcome.get("error")
         return CommandView(
             id=cid, thing=thing, action=str(outcome.get("action", "")), state=str(outcome.get("state")),
-            result=outcome.get("result"), error=None if error is None else str(error), doneAt=_ms(outcome.get("doneAt")),
+            result=outcome.get("result"), error=contract.outcome_error(outcome), doneAt=_ms(outcome.get("doneAt")),
         )  # fmt: skip
     pending = _desired(doc).get(cid)
     if isinstance(pending, dict):
@@ -311,7 +310,7 @@ def _end_if_unanswered(thing: str, cid: str, doc: dict[str, Any], current: Comma
     ended = contract.unanswered(_desired(doc).get(cid), now, presence)
     if ended is None:
         return current
-    outcome = contract.unanswered_outcome(ended, {"action": current.action}, now)
+    outcome = contract.unanswered_outcome(ended, _desired(doc).get(cid), now)
     # The oldest outcomes go, as in every write of an outcome: the shadow stays within 8 KB.
     reported = {**contract.prune_history({**_reported(doc), cid: outcome}), cid: outcome}
     update = {"state": {"desired": {cid: None}, "reported": reported}, "version": doc["version"]}
@@ -325,7 +324,7 @@ def _end_if_unanswered(thing: str, cid: str, doc: dict[str, Any], current: Comma
         # next read tries again.
         logger.warning("unanswered command not recorded", extra={"thing": thing, "id": cid, "code": exc.code})
     return CommandView(id=cid, thing=thing, action=current.action, state=ended.value,
-                       error=outcome.get("error"), doneAt=outcome["doneAt"])  # fmt: skip
+                       error=contract.outcome_error(outcome), doneAt=outcome["doneAt"])  # fmt: skip
 
 
 def history(thing: str) -> list[CommandView]:

@@ -206,9 +206,24 @@ UNANSWERED_ERRORS = {
 
 
 def unanswered_outcome(state: CommandState, entry: Any, now_ms: int) -> dict[str, Any]:
-    """The outcome recorded for a pending entry that ended without its device's word (`unanswered`)."""
+    """The outcome recorded for a pending entry that ended without its device's word (`unanswered`).
+
+    With its params' digest, so a retry of the id with other params is still a conflict. UNKNOWN
+    is stored without its `error` (outcome_error supplies it): a device's later outcome replaces
+    it by merging, and a key the device's outcome lacks would stay behind.
+    """
     action = entry.get("action", "") if isinstance(entry, dict) else ""
-    return outcome_entry(state, str(action), done_at=now_ms, error=UNANSWERED_ERRORS[state])
+    params = entry.get("params") if isinstance(entry, dict) else None
+    error = None if state is CommandState.UNKNOWN else UNANSWERED_ERRORS[state]
+    return outcome_entry(state, str(action), done_at=now_ms, error=error, params=params if isinstance(params, dict) else None)
+
+
+def outcome_error(outcome: dict[str, Any]) -> str | None:
+    """An outcome's `error` as told to a caller: UNKNOWN's explanation is not stored (unanswered_outcome)."""
+    error = outcome.get("error")
+    if error is None and outcome.get("state") == CommandState.UNKNOWN:
+        return UNANSWERED_ERRORS[CommandState.UNKNOWN]
+    return None if error is None else str(error)
 
 
 def queue_state(desired: dict[str, Any], reported: dict[str, Any], cid: str, entry: dict[str, Any],

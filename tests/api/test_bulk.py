@@ -724,6 +724,11 @@ def test_a_job_with_a_device_that_died_after_it_was_sent_completes_with_that_dev
     assert view["complete"] is True
     dead = next(d for d in view["devices"] if d["thing"] == "died-1")
     assert dead["state"] == "UNKNOWN" and "may have run it" in dead["error"]
+    # WHEN the device comes back after all and reports the job's outcome
+    _answer("died-1", job)
+    # THEN the job's counts follow, as its device list does
+    again = api.get(f"/commands/jobs/{job}").json
+    assert again["counts"] == {"SUCCEEDED": 2}, again
 
 
 def test_a_job_whose_outcome_left_a_devices_history_still_completes(api: ApiClient, invocations: Invocations) -> None:

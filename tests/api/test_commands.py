@@ -334,17 +334,20 @@ def test_commands_a_device_that_died_may_have_started_end_unknown_and_free_its_q
     assert {state["reported"][cid]["state"] for cid in sent} == {"UNKNOWN"}
     listed = {c["id"]: c["state"] for c in api.get("/devices/lamp-dead/commands").json["commands"]}
     assert listed == {**dict.fromkeys(sent, "UNKNOWN"), fresh.json["id"]: "QUEUED"}
-    # AND a retry of one gets UNKNOWN, and does not queue it again
+    # AND a retry of one gets UNKNOWN, and does not queue it again; with other params, it is a conflict
     retry = api.post("/devices/lamp-dead/commands", json={"action": "ping", "id": sent[1], "timeoutMs": 0})
     assert (retry.status, retry.json["state"]) == (200, "UNKNOWN")
     assert sent[1] not in shadow("lamp-dead")["state"]["desired"]
+    other = api.post("/devices/lamp-dead/commands", json={"action": "ping", "id": sent[1], "params": {"n": 1}})
+    assert (other.status, other.json["code"]) == (409, "ID_CONFLICT"), other.json
     # WHEN the device comes back after all and reports that it ran one
     done = outcome_entry(CommandState.SUCCEEDED, "ping", done_at=issued + 200, result={"pong": True})
     boto3.client("iot-data", region_name="us-east-1").update_thing_shadow(
         thingName="lamp-dead", shadowName=COMMANDS_SHADOW,
         payload=json.dumps({"state": {"desired": {sent[2]: None}, "reported": {sent[2]: done}}}))
-    # THEN its word replaces UNKNOWN
-    assert api.get(f"/devices/lamp-dead/commands/{sent[2]}").json["state"] == "SUCCEEDED"
+    # THEN its word replaces UNKNOWN, and nothing of UNKNOWN's is left on it
+    after = api.get(f"/devices/lamp-dead/commands/{sent[2]}").json
+    assert (after["state"], after["result"], after.get("error")) == ("SUCCEEDED", {"pong": True}, None), after
 
 
 def test_a_command_a_connected_device_never_answers_ends_unknown(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
