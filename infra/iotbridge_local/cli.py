@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotbridge_contract.stopflag import StopFlag, stopped_by_signals
 from iotbridge_local import apicommands
-from iotbridge_local.config import StackConfig, free_port
+from iotbridge_local.config import StackConfig, free_port, private_dir
 
 if TYPE_CHECKING:
     from iotbridge_local.stack import LocalStack
@@ -95,7 +95,7 @@ def _only_stack_in(data_dir: Path) -> Iterator[None]:
     """One stack per data dir: two would share a broker database, shadow store and device state."""
     import fcntl
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     with open(data_dir / ".lock", "a+") as lock:  # not "w": that would erase the running stack's pid
         # A few tries: `status` holds a shared lock for a moment while it checks a stack that died.
         for attempt in range(_LOCK_TRIES):

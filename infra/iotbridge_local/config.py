@@ -6,8 +6,10 @@ Defaults are documented in the README; every port can be overridden
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +37,17 @@ def free_port(*, taken: frozenset[int] = frozenset()) -> int:
     with socket.socket() as s:  # a crowded range: let the kernel choose
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def private_dir(path: Path) -> Path:
+    """Make `path` (a data dir) readable by its owner only: it holds device keys and passwords and the API key.
+
+    One that exists is tightened if it is ours; another user's is left as it is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        path.chmod(stat.S_IMODE(st.st_mode) & 0o700)
+    return path
 
 
 @dataclass(frozen=True, kw_only=True)

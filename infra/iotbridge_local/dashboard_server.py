@@ -9,12 +9,12 @@ from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from iotbridge_local.httpserver import LocalHTTPServer
+from iotbridge_local.httpserver import LocalHTTPServer, LoopbackOnly
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "dashboard"
 
 
-class _Handler(SimpleHTTPRequestHandler):
+class _Handler(LoopbackOnly, SimpleHTTPRequestHandler):  # LoopbackOnly: config.json has the API key
     disable_nagle_algorithm = True
     site_config: bytes = b"{}"
 

@@ -24,8 +24,10 @@ and `AWS_ENDPOINT_URL_IOT`):
               DELETE /things/{thing}                      DeleteThing
 
 Errors are AWS's: status, header `x-amzn-ErrorType`, body `{"message": ...}`,
-so boto3 raises its typed exceptions. Requests are not signed-checked: any
-credentials work, as with moto.
+so boto3 raises its typed exceptions. A request must be SigV4-signed, as every
+SDK call is, but any credentials work (the signature is not checked, as with
+moto); one from a web page (an `Origin` header) or to a non-loopback Host name
+is refused with 403 (see httpserver.SignedCallersOnly).
 
 Registered things and shadows: AWS IoT does not require a thing to be in the
 registry for its shadow to be used (shadows are addressed by thing name only;
@@ -43,7 +45,6 @@ import logging
 import os
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -51,7 +52,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from iotbridge_contract import names, topics
 from iotbridge_contract.mqtt import Endpoint, make_client
 from iotbridge_contract.stopflag import StopFlag
-from iotbridge_local.httpserver import LocalHTTPServer
+from iotbridge_local.httpserver import LocalHTTPServer, SignedCallersOnly
 from iotbridge_local.shadow.engine import MAX_PAYLOAD_BYTES, ShadowError
 from iotbridge_local.shadow.service import MAX_RATE, ShadowService
 from iotbridge_local.shadow.store import ShadowStore, Thing
@@ -394,9 +395,7 @@ def _json(doc: Any) -> bytes:
 MAX_BODY_BYTES = 2 * MAX_PAYLOAD_BYTES
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as boto3 expects
-    disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms Nagle wait
+class _Handler(SignedCallersOnly):
     server_version = "iotbridge-iotcore"
 
     def _serve(self) -> None:
@@ -407,12 +406,12 @@ class _Handler(BaseHTTPRequestHandler):
             length = -1
         if length < 0:
             self.close_connection = True
-            self._reply(400, _json({"message": "Invalid Content-Length"}),
-                        {"Content-Type": "application/json", "x-amzn-ErrorType": "InvalidRequestException"})  # fmt: skip
+            self._send(400, _json({"message": "Invalid Content-Length"}),
+                       {"Content-Type": "application/json", "x-amzn-ErrorType": "InvalidRequestException"})  # fmt: skip
             return
         if length > MAX_BODY_BYTES:  # refuse before reading: nothing that large is a valid request
             self.close_connection = True
-            self._reply(
+            self._send(
                 413,
                 _json({"message": "The payload exceeds the maximum size allowed"}),
                 {"Content-Type": "application/json", "x-amzn-ErrorType": "RequestEntityTooLargeException"},
@@ -429,15 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("HTTP %s %s failed", self.command, self.path)
             status, payload = 500, _json({"message": "Internal service failure"})
             headers = {"Content-Type": "application/json", "x-amzn-ErrorType": "InternalFailureException"}
-        self._reply(status, payload, headers)
-
-    def _reply(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self._send(status, payload, headers)
 
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
 

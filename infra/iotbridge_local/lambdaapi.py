@@ -12,7 +12,9 @@ or timeout is retried twice (AWS waits about 1 and then 2 minutes; here
 `retry_delays_s`), and an event whose retries are spent is logged as dropped;
 at most `max_environments` run at once (like reserved concurrency) and the others
 wait in the queue. Errors are AWS's: 404 ResourceNotFoundException, 400
-InvalidRequestContentException, 413 RequestTooLargeException.
+InvalidRequestContentException, 413 RequestTooLargeException. A request must be
+SigV4-signed (any credentials: the signature is not checked); one from a web page
+or to a non-loopback Host name gets 403 (see httpserver.SignedCallersOnly).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from iotbridge_local.apigw.environments import Environments, InvocationError
-from iotbridge_local.httpserver import LocalHTTPServer, LocalRequestHandler, bound_handler
+from iotbridge_local.httpserver import LocalHTTPServer, SignedCallersOnly, bound_handler
 
 log = logging.getLogger("iotbridge.lambda")
 
@@ -163,7 +165,7 @@ class LambdaService:
             self._cond.notify_all()
 
 
-class _RequestHandler(LocalRequestHandler):
+class _RequestHandler(SignedCallersOnly):
     service: LambdaService
     server_version = "iotbridge-local-lambda"
 
@@ -172,9 +174,31 @@ class _RequestHandler(LocalRequestHandler):
         self._send(status, body, {"Content-Type": "application/json", "x-amzn-ErrorType": error_type,
                                   "x-amzn-RequestId": str(uuid.uuid4())})  # fmt: skip
 
+    def _body(self, limit: int) -> bytes | None:
+        """The body, or None once refused: its length is checked before a byte is read (a client
+        could declare 1 GB and hold a thread while it trickles in), and the connection is closed
+        since where the body ends is then unknown or not worth reading to."""
+        declared = self.headers.get("Content-Length")
+        try:
+            length = int(declared) if declared is not None else None
+        except ValueError:
+            length = -1
+        if length is None or length < 0 or length > limit:
+            self.close_connection = True
+            if length is None:  # boto3 always sends one; a chunked body is not supported
+                self._error(411, "InvalidRequestContentException", "Content-Length is required")
+            elif length < 0:
+                self._error(400, "InvalidRequestContentException", "Invalid Content-Length")
+            else:
+                self._error(413, "RequestTooLargeException", "Request must be smaller than the invocation payload limit")
+            return None
+        return self.rfile.read(length)
+
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        kind = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        raw = self._body(ASYNC_PAYLOAD_LIMIT if kind == "Event" else SYNC_PAYLOAD_LIMIT)
+        if raw is None:
+            return
         match = _PATH.match(self.path)
         if not match:
             self._error(404, "UnknownOperationException", f"no such operation: POST {self.path}")
@@ -183,12 +207,8 @@ class _RequestHandler(LocalRequestHandler):
         if name not in self.service.functions:
             self._error(404, "ResourceNotFoundException", f"Function not found: {name}")
             return
-        kind = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if kind == "DryRun":
             self._send(204)
-            return
-        if len(raw) > (ASYNC_PAYLOAD_LIMIT if kind == "Event" else SYNC_PAYLOAD_LIMIT):
-            self._error(413, "RequestTooLargeException", "Request must be smaller than the invocation payload limit")
             return
         try:
             payload = json.loads(raw) if raw else {}

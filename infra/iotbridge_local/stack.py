@@ -27,9 +27,10 @@ from typing import IO, Any
 from iotbridge_local.apigw.environments import Environments
 from iotbridge_local.apigw.server import ApiGateway
 from iotbridge_local.broker import Broker, wait_for_port
-from iotbridge_local.config import StackConfig
+from iotbridge_local.config import StackConfig, private_dir
 from iotbridge_local.dashboard_server import DashboardServer
 from iotbridge_local.lambdaapi import LambdaService
+from iotbridge_local.pki import write_atomically
 from iotbridge_local.processes import die_with_parent, rotate_large_logs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,7 @@ class LocalStack:
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> LocalStack:
+        private_dir(self.data_dir)
         self.logs.mkdir(parents=True, exist_ok=True)
         rotate_large_logs([*self.logs.glob("*.log"), self.broker.log_path])
         try:
@@ -206,7 +208,7 @@ class LocalStack:
             lines += ["[auth]", f"username = {q(endpoint.username)}", f"password = {q(endpoint.password or '')}"]
         path = self.device_config_path(thing)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n")
+        write_atomically(path, ("\n".join(lines) + "\n").encode(), secret=True)  # with --no-tls, it has the password
         return path
 
     def start_device(self, thing: str) -> None:
@@ -293,4 +295,4 @@ class LocalStack:
             "iot": self.config.iot_endpoint, "mqtt": self.config.mqtt_port, "things": self.things,
             "lambda": self.config.lambda_endpoint,
         }  # fmt: skip
-        (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
+        write_atomically(self.data_dir / "stack.json", json.dumps(state, indent=2).encode(), secret=True)  # the API key

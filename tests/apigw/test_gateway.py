@@ -149,8 +149,8 @@ def _raw(port: int, data: bytes) -> bytes:
 def test_a_head_answer_has_no_body_so_the_next_answer_on_the_connection_is_intact(gateway: tuple[int, str]) -> None:
     port, _ = gateway
     # WHEN a HEAD and a GET go one after the other on one keep-alive connection
-    head = f"HEAD /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\n\r\n"
-    get = f"GET /y HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nConnection: close\r\n\r\n"
+    head = f"HEAD /x HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {KEY}\r\n\r\n"
+    get = f"GET /y HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {KEY}\r\nConnection: close\r\n\r\n"
     out = _raw(port, (head + get).encode())
     # THEN the GET's answer starts right after the HEAD's headers
     assert out[out.index(b"\r\n\r\n") + 4:].startswith(b"HTTP/1.1 "), out[:400]
@@ -159,7 +159,7 @@ def test_a_head_answer_has_no_body_so_the_next_answer_on_the_connection_is_intac
 @pytest.mark.parametrize("length", ["-1", "abc"])
 def test_a_malformed_content_length_is_answered_400(gateway: tuple[int, str], length: str) -> None:
     port, _ = gateway
-    out = _raw(port, f"POST /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nContent-Length: {length}\r\n\r\n{{}}".encode())
+    out = _raw(port, f"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {KEY}\r\nContent-Length: {length}\r\n\r\n{{}}".encode())
     assert out.startswith(b"HTTP/1.1 400"), out[:200]
 
 
@@ -167,9 +167,9 @@ def test_a_chunked_body_reaches_the_function_whole(gateway: tuple[int, str]) -> 
     port, _ = gateway
     # WHEN a client streams its JSON body in chunks (Transfer-Encoding: chunked, no Content-Length),
     # then sends another request on the same connection
-    chunked = (f"POST /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nContent-Type: application/json\r\n"
+    chunked = (f"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {KEY}\r\nContent-Type: application/json\r\n"
                "Transfer-Encoding: chunked\r\n\r\n" "7\r\n{\"a\": 1\r\n" "1;ext=1\r\n}\r\n" "0\r\n\r\n")  # fmt: skip
-    get = f"GET /y HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nConnection: close\r\n\r\n"
+    get = f"GET /y HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {KEY}\r\nConnection: close\r\n\r\n"
     out = _raw(port, (chunked + get).encode())
     # THEN the function gets the body whole, and the next request is answered as one (not as junk)
     first, second = (json.loads(answer[answer.index(b"\r\n\r\n") + 4:]) for answer in out.split(b"HTTP/1.1 200 ")[1:3])
@@ -178,7 +178,7 @@ def test_a_chunked_body_reaches_the_function_whole(gateway: tuple[int, str]) -> 
 
 def test_a_malformed_chunked_body_is_answered_400_in_json(gateway: tuple[int, str]) -> None:
     port, _ = gateway
-    out = _raw(port, (f"POST /x HTTP/1.1\r\nHost: a\r\nx-api-key: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    out = _raw(port, (f"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "zz\r\n{}\r\n0\r\n\r\n").encode())  # fmt: skip
     assert out.startswith(b"HTTP/1.1 400"), out[:200]
     assert json.loads(out[out.index(b"\r\n\r\n") + 4:])["code"] == "BAD_REQUEST_BODY"

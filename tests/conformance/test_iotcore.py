@@ -19,6 +19,9 @@ from iotbridge_local.config import StackConfig
 from iotbridge_local.iotcore import IotCore
 from tests.conformance.conftest import WAIT, IotCoreProcess, Watcher, boto
 
+# What boto3 sends, for the raw requests below: the data plane wants a SigV4 Authorization header (it does not check it).
+SIGNED = "Authorization: AWS4-HMAC-SHA256 Credential=local/us-east-1/iotdata/aws4_request, SignedHeaders=host, Signature=0"
+
 
 def test_http_update_publishes_accepted_documents_and_delta_for_devices(iotcore: IotCore, watcher: Watcher) -> None:
     # GIVEN a device listening on its shadow's reply topics, having reported led=off
@@ -191,7 +194,8 @@ def test_http_server_does_not_wait_on_nagle(iotcore: IotCore) -> None:
     # GIVEN / WHEN / THEN the handler class opts out of Nagle (a timing test would flake; the flag is the fix)
     assert iotcore._http is not None
     assert getattr(iotcore._http.RequestHandlerClass, "disable_nagle_algorithm", False) is True
-    with urllib.request.urlopen(f"{iotcore.url}/things") as resp:
+    name, value = SIGNED.split(": ", 1)
+    with urllib.request.urlopen(urllib.request.Request(f"{iotcore.url}/things", headers={name: value})) as resp:
         assert json.loads(resp.read()) == {"things": []}
 
 
@@ -430,7 +434,8 @@ def test_a_clean_stop_lets_an_update_in_progress_publish_its_delta(broker: Broke
 
 @pytest.mark.parametrize("length", [b"abc", b"-1"])
 def test_a_malformed_content_length_is_a_400_not_a_hang(iotcore: IotCore, length: bytes) -> None:
-    request = b"POST /things/dev1/shadow HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n{}"
+    head = f"POST /things/dev1/shadow HTTP/1.1\r\nHost: 127.0.0.1\r\n{SIGNED}\r\nContent-Length: ".encode()
+    request = head + length + b"\r\n\r\n{}"
     with socket.create_connection(("127.0.0.1", iotcore.http_port), timeout=WAIT) as sock:
         sock.sendall(request)
         assert sock.recv(4096).startswith(b"HTTP/1.1 400")
