@@ -10,7 +10,7 @@
     iotbridge shadow THING [--name NAME] [--json]
     iotbridge job ACTION (--things A,B | --all) [--param K=V …] [--wait 30s] [--json]
     iotbridge job-status JOB_ID [--wait 30s] [--json]
-    iotbridge provision THING [--local | --aws] [--out DIR] [--stack-name NAME | --policy NAME] [--rotate]
+    iotbridge provision THING [--local | --aws] [--out DIR] [--stack NAME | --policy NAME] [--rotate]
 
 The API commands find the API through --api-url/--api-key, --stack NAME (a deployed stack),
 IOTBRIDGE_API_URL/IOTBRIDGE_API_KEY, or the running local stack. `iotbridge COMMAND --help` for each.
@@ -196,6 +196,8 @@ def _run_stack(stack: LocalStack, config: StackConfig, stopping: StopFlag) -> in
   API         {config.api_url}      (header  x-api-key: {config.api_key})
   IoT data    {config.iot_endpoint}  (boto3 iot-data / iot endpoint_url)
   MQTT        127.0.0.1:{config.mqtt_port} (service)  127.0.0.1:{config.mqtts_port} (devices, mutual TLS: {config.tls})
+              ws://127.0.0.1:{config.ws_port} (MQTT over WebSockets)
+  Lambda      {config.lambda_endpoint}  (boto3 lambda endpoint_url)
   devices     {", ".join(stack.things)}
   logs        {stack.logs}
 
@@ -288,7 +290,9 @@ def _add_provision(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     where.add_argument("--aws", action="store_true", help="AWS IoT Core, with your AWS credentials")
     p.add_argument("--out", help="bundle directory (default ./THING)")
     p.add_argument("--data-dir", default=".iotbridge", help="local: the running stack's data dir")
-    p.add_argument("--stack-name", default=DEFAULT_STACK_NAME, help="aws: read DevicePolicyName from this stack's outputs")
+    # --stack, as the API commands name a deployed stack; --stack-name, as sam and the aws CLI do.
+    p.add_argument("--stack", "--stack-name", dest="stack_name", metavar="NAME", default=DEFAULT_STACK_NAME,
+                   help="aws: read DevicePolicyName from this stack's outputs")  # fmt: skip
     p.add_argument("--policy", help="aws: the device policy name (instead of the stack output)")
     p.add_argument("--region", help="aws: region (default: your AWS config)")
     p.add_argument("--port", type=int, default=8883, choices=(8883, 443), help="aws: MQTT port the device uses")
@@ -425,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the API commands say what may still run (apicommands.run); the rest stop here
         print("\niotbridge: interrupted", file=sys.stderr)
         return apicommands.ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The output's reader left (`| head`): nothing more to say, and the exit's own flush of
+        # stdout must not fail again. 141 = 128 + SIGPIPE, as a shell reports a program it killed.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

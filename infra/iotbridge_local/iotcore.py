@@ -39,6 +39,7 @@ it raises ResourceNotFoundException unless `iot.create_thing` ran first.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import logging
@@ -89,6 +90,22 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.error_type = error_type or ERROR_TYPES.get(status, "InternalFailureException")
+
+
+# ListThings' nextToken, opaque as AWS's: a token it did not give out is a 400 InvalidRequestException
+# there, and the API's INVALID_QUERY path needs that to be exercised here too.
+_TOKEN_PREFIX = "things-after."
+
+
+def _after(token: str) -> str:
+    """The thing name a ListThings token lists after; ApiError 400 for one this service did not give out."""
+    try:
+        if not token.startswith(_TOKEN_PREFIX):
+            raise ValueError(token)
+        raw = base64.b64decode(token.removeprefix(_TOKEN_PREFIX).encode(), altchars=b"-_", validate=True)
+        return names.thing_name(raw.decode())
+    except (ValueError, names.InvalidName):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, "The specified nextToken is not valid") from None
 
 
 def _valid_thing(value: str) -> str:
@@ -352,11 +369,11 @@ class IotCore:
         limit = _int_param(query, "maxResults") or 50
         if not 1 <= limit <= 250:
             raise ApiError(400, "maxResults must be between 1 and 250")
-        after = query.get("nextToken", [None])[0]
-        page = self.store.list_things(after=after, limit=limit + 1)
+        token = query.get("nextToken", [None])[0]
+        page = self.store.list_things(after=_after(token) if token else None, limit=limit + 1)
         doc: dict[str, Any] = {"things": [self._thing_doc(t, describe=False) for t in page[:limit]]}
         if len(page) > limit:
-            doc["nextToken"] = page[limit - 1].name
+            doc["nextToken"] = _TOKEN_PREFIX + base64.urlsafe_b64encode(page[limit - 1].name.encode()).decode()
         return 200, _json(doc)
 
     def _thing_route(self, method: str, name: str, body: bytes) -> tuple[int, bytes]:

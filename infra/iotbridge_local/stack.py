@@ -293,6 +293,6 @@ class LocalStack:
             "dashboard": self.config.dashboard_url, "mqtts": self.config.mqtts_port, "dataDir": str(self.data_dir),
             "tls": self.config.tls,
             "iot": self.config.iot_endpoint, "mqtt": self.config.mqtt_port, "things": self.things,
-            "lambda": self.config.lambda_endpoint,
+            "lambda": self.config.lambda_endpoint, "ws": self.config.ws_port,
         }  # fmt: skip
         write_atomically(self.data_dir / "stack.json", json.dumps(state, indent=2).encode(), secret=True)  # the API key

@@ -5,6 +5,7 @@ against a scripted HTTP server standing in for a deployed API behind a stage pat
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -194,6 +195,22 @@ def test_devices_reads_every_page(api: tuple[str, Script]) -> None:
     assert done.returncode == 0, done.stderr
     assert [d["thing"] for d in json.loads(done.stdout)["devices"]] == ["a", "b"]
     assert script.requests[1]["query"]["nextToken"] == ["a"]
+
+
+def test_output_piped_into_a_reader_that_leaves_early_ends_quietly(api: tuple[str, Script]) -> None:
+    url, script = api
+    # GIVEN a device list, and a reader that has gone before the CLI writes (as `| head -1` does)
+    script.on("GET", "/devices", (200, {"devices": [{"thing": "a", "connected": True, "reported": {}}], "nextToken": None}))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        # WHEN devices are listed into it
+        done = subprocess.run([*CLI, "devices", "--api-url", url, "--api-key", KEY, "--json"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=cli_env(), timeout=90, check=False)  # fmt: skip
+    finally:
+        os.close(write_end)
+    # THEN it ends as a program killed by SIGPIPE is reported, without a traceback
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr[-500:]
 
 
 def test_a_gateway_error_after_the_post_names_the_command_that_may_still_run(api: tuple[str, Script]) -> None:

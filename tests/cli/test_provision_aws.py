@@ -144,7 +144,7 @@ def test_missing_policy_or_output_stops_before_any_certificate(
     iot = aws["iot"]
     # WHEN the named policy does not exist, or the stack does not exist
     no_policy = _provision(tmp_path / "a", "--policy", "no-such-policy")
-    no_stack = _provision(tmp_path / "b", "--stack-name", "not-deployed")
+    no_stack = _provision(tmp_path / "b", "--stack", "not-deployed")  # named as the API commands name it
     # THEN both are usage errors (exit 2) that name the problem, and no certificate was created
     assert (no_policy, no_stack) == (2, 2)
     err = capsys.readouterr().err

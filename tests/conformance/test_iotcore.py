@@ -173,6 +173,10 @@ def test_thing_registry_through_boto3_iot(iotcore: IotCore) -> None:
     rest = iot.list_things(maxResults=2, nextToken=first["nextToken"])
     assert [t["thingName"] for t in first["things"] + rest["things"]] == ["pi-1", "pi-2", "pi-3"]
     assert "nextToken" not in rest
+    # AND a token it did not give out is refused, as AWS refuses one (the API answers INVALID_QUERY)
+    for forged in ("pi-1", "zzz", first["nextToken"] + "!"):
+        with pytest.raises(iot.exceptions.InvalidRequestException):
+            iot.list_things(maxResults=2, nextToken=forged)
     # AND conflicts and absences are typed exceptions
     with pytest.raises(iot.exceptions.ResourceAlreadyExistsException):
         iot.create_thing(thingName="pi-1", attributePayload={"attributes": {"model": "other"}})

@@ -54,6 +54,18 @@ def test_the_api_key_is_enforced_like_api_gateway(stack: LocalStack) -> None:
         assert headers.get("x-amzn-ErrorType") == "ForbiddenException"
 
 
+def test_the_device_list_pages_and_refuses_a_page_token_it_did_not_give_out(stack: LocalStack) -> None:
+    api, key = stack.config.api_url, stack.config.api_key
+    # WHEN the device list is read one device per page
+    status, _, first = call(api, "GET", "/devices?limit=1", key=key)
+    status2, _, second = call(api, "GET", f"/devices?limit=1&nextToken={first['nextToken']}", key=key)
+    # THEN each page holds another device
+    assert (status, status2) == (200, 200) and first["devices"][0]["thing"] != second["devices"][0]["thing"]
+    # AND a token the API did not give out is a client error that says so, not a 5xx or an empty list
+    status, _, body = call(api, "GET", "/devices?limit=1&nextToken=sim-1", key=key)
+    assert (status, body["code"]) == (400, "INVALID_QUERY"), body
+
+
 def test_hostile_thing_names_are_refused(stack: LocalStack) -> None:
     # GIVEN names with MQTT wildcards, separators, NUL or reserved prefixes, URL-encoded as a browser sends them
     for thing in ("sim-1%2Fshadow", "%2B", "sim-1%23", "%24aws", "sim-1%00", "x" * 129):
