@@ -135,7 +135,23 @@ def test_every_page_of_devices_is_listed(site: tuple[Page, Stub]) -> None:
     stub.devices = [device(f"sim-{i:02d}") for i in range(60)]
     # WHEN the dashboard opens THEN it shows all 60
     page.goto(page.base + "/")  # type: ignore[attr-defined]
-    page.wait_for_function("document.querySelectorAll('.device-card').length >= 60", timeout=10_000)
+    page.wait_for_function("() => document.querySelectorAll('.device-card').length >= 60", timeout=10_000)
+
+
+def test_a_script_that_got_into_the_page_does_not_run(site: tuple[Page, Stub]) -> None:
+    # GIVEN the dashboard, working
+    page, stub = site
+    page.goto(page.base + "/")  # type: ignore[attr-defined]
+    page.wait_for_selector(".device-card")
+    # WHEN markup with an inline script and an event handler lands in it (what an XSS would need)
+    page.evaluate("""() => {
+        const s = document.createElement('script'); s.textContent = 'window.ran = 1'; document.body.append(s);
+        const d = document.createElement('div'); d.innerHTML = '<img src=x onerror="window.ran = 2">'; document.body.append(d);
+    }""")
+    page.wait_for_timeout(300)
+    # THEN neither runs, and the dashboard's own code still does
+    assert page.evaluate("window.ran") is None
+    assert page.locator(".device-card").count() == 1 and not stub.errors
 
 
 def _toggle_sim1_led(page: Page) -> None:
@@ -207,7 +223,7 @@ def test_a_whole_fleet_is_selected_at_once_and_the_bulk_panel_is_in_view(site: t
     page, stub = site
     stub.devices = [device(f"sim-{i:03d}") for i in range(120)]
     page.goto(page.base + "/")  # type: ignore[attr-defined]
-    page.wait_for_function("document.querySelectorAll('.device-card').length >= 120", timeout=10_000)
+    page.wait_for_function("() => document.querySelectorAll('.device-card').length >= 120", timeout=10_000)
     # WHEN the user selects them all
     page.get_by_role("button", name="Select all for a bulk command").click()
     # THEN the bulk panel is in view, names a few of them and counts the rest, and sends to all 120
@@ -324,7 +340,7 @@ def test_the_device_list_of_a_large_fleet_stays_well_within_the_api_keys_daily_q
     page.on("request", lambda r: seen.append(r.url) if "/api/" in r.url else None)
     # WHEN the device list is left open for 10 s
     page.goto(page.base + "/")  # type: ignore[attr-defined]
-    page.wait_for_function("document.querySelectorAll('.device-card').length >= 210", timeout=10_000)
+    page.wait_for_function("() => document.querySelectorAll('.device-card').length >= 210", timeout=10_000)
     seen.clear()
     page.wait_for_timeout(10_000)
     # THEN at that pace a day of it uses at most half the quota, however many pages the fleet fills
@@ -343,7 +359,7 @@ def test_a_command_still_being_sent_is_not_sent_again_from_the_devices_view_open
     base = page.base  # type: ignore[attr-defined]
     page.goto(base + "/#/devices/sim-1")
     page.locator("button[data-action=ping]").click()
-    page.wait_for_function("document.querySelector('button[data-action=ping]').getAttribute('aria-busy') === 'true'")
+    page.wait_for_function("() => document.querySelector('button[data-action=ping]').getAttribute('aria-busy') === 'true'")
     # WHEN the user opens the other device and comes back while the command is being sent, and clicks again
     page.goto(base + "/#/devices/sim-2")
     page.wait_for_selector("#detail h2:has-text('sim-2')")
