@@ -484,7 +484,7 @@ class _Page:
         if self.error is None and over and not state:
             self.error = "EXPIRED: the job expired before this page was sent"
         self.taken = bool(state)  # some sender has worked on it: its devices may hold the command
-        self.open_unknown: set[int] = set()  # devices counted UNKNOWN whose entry is still pending (state_of)
+        self.open_unknown: set[int] = set()  # devices counted UNKNOWN that may yet report (state_of): no final counts
         # The fan-out left it for Lambda to retry (the API's own attempt is retried only by a retry of the POST).
         self.retried = state == record.RETRYING and self.sent.get("by") != "api" and not self.settled
 
@@ -494,6 +494,8 @@ class _Page:
         thing = self.things[index]
         outcome = record.reported(doc).get(job_id)
         if isinstance(outcome, dict) and self._is_ours(outcome):
+            if outcome.get("state") == UNKNOWN:  # recorded by the API (a GET, a new command): a device may correct it
+                self.open_unknown.add(index)
             return {"thing": thing, "state": outcome.get("state"), "result": outcome.get("result"),
                     "error": contract.outcome_error(outcome)}  # fmt: skip
         pending = record.desired(doc)

@@ -125,19 +125,20 @@ def submit(thing: str, request: CommandRequest, *, deadline: float) -> tuple[Com
     # A retry of a known id gets that command, whatever changed since (the device went offline,
     # stopped advertising the action): it was accepted once, and a 4xx now would say it was not.
     current = _existing(thing, cid, request, commands_doc) if request.id else None
-    since = queued = None
+    since = None
     if current is None:
         _check_acceptable(device, request, check_online=check_online)
-        current = queued = _enqueue(thing, cid, request, commands_doc)
+        current = _enqueue(thing, cid, request, commands_doc)
         since = time.monotonic()
+    queued = current if current.state not in _TERMINAL else None  # pending: its params and times, for the outcome
     # From here on the command is in the device's queue: a read that fails (throttled, AWS IoT
     # unreachable) ends the wait with what is known, never with an error that hides the id.
     if current.state not in _TERMINAL:
         with contextlib.suppress(*_READ_FAILED):
             current = wait_for_outcome(thing, cid, deadline=deadline, since=since, request=request, last=current)
     if current.state in _TERMINAL:
-        if queued is not None and queued.state not in _TERMINAL:
-            # An outcome keeps no params nor times; this call queued them, so it knows them.
+        if queued is not None:
+            # An outcome keeps no params nor times; this call saw them pending, so it knows them.
             current.params, current.issuedAt, current.expiresAt = queued.params, queued.issuedAt, queued.expiresAt
         current.latencyMs = round((time.monotonic() - started) * 1000, 3)
         with contextlib.suppress(*_READ_FAILED):  # the outcome stands without it

@@ -245,12 +245,16 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from iotbridge_local import provision
 
     out = Path(args.out) if args.out else Path(args.thing)
+    if args.stack_name and args.local:
+        print("iotbridge: --stack names a deployed stack: it goes with --aws, not --local", file=sys.stderr)
+        return apicommands.ExitCode.USAGE
     try:
-        if args.aws:
+        if args.aws or args.stack_name:
             import boto3
 
             session = boto3.Session(region_name=args.region)
-            policy = args.policy or provision.policy_from_stack(session.client("cloudformation"), args.stack_name)
+            stack = args.stack_name or provision.DEFAULT_STACK_NAME
+            policy = args.policy or provision.policy_from_stack(session.client("cloudformation"), stack)
             result = provision.provision_aws(args.thing, out, iot=session.client("iot"), policy=policy,
                                              port=args.port, rotate=args.rotate)  # fmt: skip
         else:
@@ -291,8 +295,8 @@ def _add_provision(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--out", help="bundle directory (default ./THING)")
     p.add_argument("--data-dir", default=".iotbridge", help="local: the running stack's data dir")
     # --stack, as the API commands name a deployed stack; --stack-name, as sam and the aws CLI do.
-    p.add_argument("--stack", "--stack-name", dest="stack_name", metavar="NAME", default=DEFAULT_STACK_NAME,
-                   help="aws: read DevicePolicyName from this stack's outputs")  # fmt: skip
+    p.add_argument("--stack", "--stack-name", dest="stack_name", metavar="NAME",
+                   help=f"implies --aws: read DevicePolicyName from this stack's outputs (default {DEFAULT_STACK_NAME})")
     p.add_argument("--policy", help="aws: the device policy name (instead of the stack output)")
     p.add_argument("--region", help="aws: region (default: your AWS config)")
     p.add_argument("--port", type=int, default=8883, choices=(8883, 443), help="aws: MQTT port the device uses")
@@ -425,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, where a reader that left is caught, not at the interpreter's exit
+        return code
     except KeyboardInterrupt:  # the API commands say what may still run (apicommands.run); the rest stop here
         print("\niotbridge: interrupted", file=sys.stderr)
         return apicommands.ExitCode.INTERRUPTED

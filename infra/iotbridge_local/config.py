@@ -42,10 +42,16 @@ def free_port(*, taken: frozenset[int] = frozenset()) -> int:
 def private_dir(path: Path) -> Path:
     """Make `path` (a data dir) readable by its owner only: it holds device keys and passwords and the API key.
 
-    One that exists is tightened if it is ours; another user's is left as it is."""
+    One that exists must be ours and not a shared directory: another user could read what we
+    write there, or plant links where we write. PermissionError, saying so, otherwise."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
-    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"data dir {path} belongs to another user (uid {st.st_uid}), who could read or replace "
+                              "the keys in it: use a directory of your own (--data-dir)")  # fmt: skip
+    if st.st_mode & stat.S_ISVTX:
+        raise PermissionError(f"data dir {path} is a shared directory (sticky, like /tmp): use a directory in it")
+    if stat.S_IMODE(st.st_mode) & 0o7077:
         path.chmod(stat.S_IMODE(st.st_mode) & 0o700)
     return path
 

@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from iotbridge_api import bulk
+from iotbridge_api import bulk, dispatch
 from iotbridge_contract.commands import (
     COMMANDS_SHADOW,
     EXPIRY_GRACE_MS,
@@ -724,6 +724,10 @@ def test_a_job_with_a_device_that_died_after_it_was_sent_completes_with_that_dev
     assert view["complete"] is True
     dead = next(d for d in view["devices"] if d["thing"] == "died-1")
     assert dead["state"] == "UNKNOWN" and "may have run it" in dead["error"]
+    # AND once the API has recorded it UNKNOWN in the device's shadow (a GET of the command does)
+    monkeypatch.setattr(dispatch, "now_ms", lambda: later)
+    assert api.get(f"/devices/died-1/commands/{job}").json["state"] == "UNKNOWN"
+    assert api.get(f"/commands/jobs/{job}").json["counts"] == {"SUCCEEDED": 1, "UNKNOWN": 1}
     # WHEN the device comes back after all and reports the job's outcome
     _answer("died-1", job)
     # THEN the job's counts follow, as its device list does

@@ -117,6 +117,21 @@ def test_retry_with_the_same_id_does_not_run_twice_and_gets_the_same_outcome(api
     assert first.json["result"] == second.json["result"] == {"n": 1}
 
 
+def test_a_retry_that_waits_for_a_pending_command_gets_what_was_sent_with_its_outcome(api: ApiClient) -> None:
+    # GIVEN a command whose first POST answered 202 (the device had not answered yet)
+    make_device("lamp-3b")
+    body = {"action": "led", "params": {"state": "on"}, "id": "retry-2"}
+    first = api.post("/devices/lamp-3b/commands", json={**body, "timeoutMs": 0})
+    assert first.status == 202
+    # WHEN the caller retries it with its id and waits, and the device answers
+    with FakeDeviceAnswers("lamp-3b", result={"led": "on"}):
+        retry = api.post("/devices/lamp-3b/commands", json={**body, "timeoutMs": 5000})
+    # THEN the 200 carries the outcome and what the 202 said was sent
+    assert retry.status == 200 and retry.json["result"] == {"led": "on"}, retry.json
+    assert (retry.json["params"], retry.json["issuedAt"], retry.json["expiresAt"]) == (
+        first.json["params"], first.json["issuedAt"], first.json["expiresAt"])
+
+
 def test_same_id_with_other_params_is_a_conflict(api: ApiClient) -> None:
     make_device("lamp-4")
     api.post("/devices/lamp-4/commands", json={"action": "led", "params": {"state": "on"}, "id": "x1", "timeoutMs": 0})

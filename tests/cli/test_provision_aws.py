@@ -152,6 +152,17 @@ def test_missing_policy_or_output_stops_before_any_certificate(
     assert _certificates(iot) == []
 
 
+def test_naming_a_deployed_stack_provisions_on_aws(aws: dict[str, Any], tmp_path: Path) -> None:
+    # WHEN a device is provisioned naming the deployed stack, and no --aws
+    done = main(["provision", THING, "--stack", "iotbridge", "--region", REGION, "--out", str(tmp_path / "b")])
+    # THEN it is provisioned there (not on a local stack), with the stack's device policy
+    assert done == 0
+    [principal] = aws["iot"].list_thing_principals(thingName=THING)["principals"]
+    assert [p["policyName"] for p in aws["iot"].list_attached_policies(target=principal)["policies"]] == [POLICY]
+    # AND naming a stack with --local is a usage error
+    assert main(["provision", "other", "--local", "--stack", "iotbridge", "--out", str(tmp_path / "c")]) == 2
+
+
 @pytest.mark.parametrize("thing", ["bad/name", "iotbridge-jobs-0", "iotbridge-jobs"])
 def test_an_invalid_thing_name_is_a_usage_error(aws: dict[str, Any], tmp_path: Path, thing: str) -> None:
     # WHEN the thing name has a character AWS IoT does not allow, or names one of the things that

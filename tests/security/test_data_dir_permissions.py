@@ -56,3 +56,26 @@ def test_up_tightens_a_data_dir_it_made_readable_before(tmp_path: Path) -> None:
         pass
     # THEN the group and others lose access; the owner keeps theirs
     assert _mode(data_dir) == 0o700
+
+
+def test_up_refuses_a_data_dir_another_user_owns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a data dir that belongs to someone else (made in advance by another user, say in /tmp)
+    data_dir = tmp_path / "theirs"
+    data_dir.mkdir(mode=0o777)
+    data_dir.chmod(0o777)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(data_dir).st_uid + 1)
+    # WHEN `iotbridge up` is pointed at it THEN it refuses, saying why, and writes nothing there
+    with pytest.raises(PermissionError, match="belongs to another user"), _only_stack_in(data_dir):
+        pass
+    assert list(data_dir.iterdir()) == [] and _mode(data_dir) == 0o777
+
+
+def test_up_refuses_a_shared_directory_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    # GIVEN a shared directory such as /tmp (sticky, writable by all)
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    # WHEN `iotbridge up --data-dir` names it THEN it refuses, and does not lock everyone else out of it
+    with pytest.raises(PermissionError, match="shared directory"), _only_stack_in(shared):
+        pass
+    assert _mode(shared) == 0o1777
