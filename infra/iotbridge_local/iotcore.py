@@ -459,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mqtt-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--mqtt-host", default="127.0.0.1")
-    parser.add_argument("--http-host", default="127.0.0.1")
+    parser.add_argument("--http-host", default="127.0.0.1",
+                        help="address to listen on; requests are answered only when addressed to a loopback name")
     parser.add_argument("--mqtt-username")
     parser.add_argument(
         "--mqtt-password",
