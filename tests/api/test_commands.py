@@ -256,6 +256,15 @@ def test_a_retry_of_a_finished_command_gets_its_outcome_even_if_the_device_went_
     assert device.executed == ["once-11"]
 
 
+def _assert_only_pending(api: ApiClient, thing: str, pending: str, *, ended: list[str], as_state: str) -> None:
+    """`pending` is the one command left in `thing`'s queue, and the `ended` ones are recorded and listed `as_state`."""
+    state = shadow(thing)["state"]
+    assert set(state["desired"]) == {pending}
+    assert {state["reported"][cid]["state"] for cid in ended} == {as_state}
+    listed = {c["id"]: c["state"] for c in api.get(f"/devices/{thing}/commands").json["commands"]}
+    assert listed == {**dict.fromkeys(ended, as_state), pending: "QUEUED"}
+
+
 def test_commands_left_for_a_device_that_never_came_back_expire_and_free_its_queue(
     api: ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,11 +279,7 @@ def test_commands_left_for_a_device_that_never_came_back_expire_and_free_its_que
     # THEN it is queued: the expired ones no longer hold the queue
     assert (fresh.status, fresh.json["state"]) == (202, "QUEUED"), fresh.json
     # AND they are recorded EXPIRED (so the device never takes them), and listed as such
-    state = shadow("lamp-12")["state"]
-    assert set(state["desired"]) == {fresh.json["id"]}
-    assert {state["reported"][cid]["state"] for cid in stale} == {"EXPIRED"}
-    listed = {c["id"]: c["state"] for c in api.get("/devices/lamp-12/commands").json["commands"]}
-    assert listed == {**dict.fromkeys(stale, "EXPIRED"), fresh.json["id"]: "QUEUED"}
+    _assert_only_pending(api, "lamp-12", fresh.json["id"], ended=stale, as_state="EXPIRED")
 
 
 def test_the_list_shows_a_long_expired_pending_command_as_expired(api: ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -344,11 +349,7 @@ def test_commands_a_device_that_died_may_have_started_end_unknown_and_free_its_q
     assert read.json["state"] == "UNKNOWN" and "may have run it" in read.json["error"], read.json
     # AND the new command is queued: the dead device's commands no longer hold its queue
     assert (fresh.status, fresh.json["state"]) == (202, "QUEUED"), fresh.json
-    state = shadow("lamp-dead")["state"]
-    assert set(state["desired"]) == {fresh.json["id"]}
-    assert {state["reported"][cid]["state"] for cid in sent} == {"UNKNOWN"}
-    listed = {c["id"]: c["state"] for c in api.get("/devices/lamp-dead/commands").json["commands"]}
-    assert listed == {**dict.fromkeys(sent, "UNKNOWN"), fresh.json["id"]: "QUEUED"}
+    _assert_only_pending(api, "lamp-dead", fresh.json["id"], ended=sent, as_state="UNKNOWN")
     # AND a retry of one gets UNKNOWN, and does not queue it again; with other params, it is a conflict
     retry = api.post("/devices/lamp-dead/commands", json={"action": "ping", "id": sent[1], "timeoutMs": 0})
     assert (retry.status, retry.json["state"]) == (200, "UNKNOWN")
