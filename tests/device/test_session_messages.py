@@ -463,6 +463,24 @@ def test_a_delta_older_than_the_first_gets_answer_runs_nothing_the_answer_left_o
     assert wire.session.commands_run == 0 and "old" not in wire.outcomes()
 
 
+def _finished_while_offline(tmp_path: Path, registry: Registry, desired: dict[str, Any], release: threading.Event) -> Wire:
+    """An agent given `desired` on its first connection, which drops while the handler waits for
+    `release`; then the handler is released and has returned, the agent still offline."""
+    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
+    wire.connect()
+    wire.answer_get(None, {})
+    wire.answer_get(COMMANDS_SHADOW, {"desired": desired})
+    wire.step(0.01)
+    wire.drop()
+    release.set()
+    for _ in range(20):
+        if not wire.session.busy():
+            break
+        time.sleep(0.05)
+        wire.step(0.05)
+    return wire
+
+
 def test_a_handler_that_returns_while_offline_is_logged_at_once_and_reported_after_the_reconnect(tmp_path: Path) -> None:
     from iotbridge_pi import executed_log
 
@@ -470,19 +488,8 @@ def test_a_handler_that_returns_while_offline_is_logged_at_once_and_reported_aft
     release = threading.Event()
     registry = default_registry()
     registry.add(Action("slow", {}, lambda d, p: release.wait(5) and {"done": True}, deadline_s=5.0))
-    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
-    wire.connect()
-    wire.answer_get(None, {})
-    wire.answer_get(COMMANDS_SHADOW, {"desired": {"s1": command("slow", {})}})
-    wire.step(0.01)
-    wire.drop()
     # WHEN its handler returns while the device is offline
-    release.set()
-    for _ in range(20):
-        if not wire.session.busy():
-            break
-        time.sleep(0.05)
-        wire.step(0.05)
+    wire = _finished_while_offline(tmp_path, registry, {"s1": command("slow", {})}, release)
     # THEN its outcome is in the executed log at once, and a stop now waits for nothing
     assert executed_log.read(tmp_path).entries["s1"].outcome["state"] == "SUCCEEDED"
     assert not wire.session.busy()
@@ -543,19 +550,8 @@ def test_a_reboot_that_finished_while_offline_is_reported_before_the_device_rebo
 
     registry = default_registry()
     registry.add(Action("slow_reboot", {}, slow_reboot, deadline_s=5.0))
-    wire = Wire(tmp_path, registry, threaded_starter(lambda: None))
-    wire.connect()
-    wire.answer_get(None, {})
     pending = {"rb": command("slow_reboot", {})}
-    wire.answer_get(COMMANDS_SHADOW, {"desired": pending})
-    wire.step(0.01)
-    wire.drop()
-    release.set()
-    for _ in range(20):
-        if not wire.session.busy():
-            break
-        time.sleep(0.05)
-        wire.step(0.05)
+    wire = _finished_while_offline(tmp_path, registry, pending, release)
     # WHEN it connects again
     wire.connect()
     wire.step(1.0)
